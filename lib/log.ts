@@ -1,0 +1,150 @@
+/**
+ * Structured logging: one JSON object per line with `severity`, `message`,
+ * `time` and fields, which Cloud Logging parses as a structured entry; or a
+ * readable line when a person is watching a terminal.
+ *
+ * @module
+ */
+
+import type { Clock } from "./clock.ts";
+import { systemClock } from "./clock.ts";
+
+/** Log levels, least to most severe. */
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+/** How lines are written. */
+export type LogFormat = "json" | "text";
+
+/** Values a log field may carry. */
+export type LogFields = Record<string, unknown>;
+
+const RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
+
+/** Cloud Logging's names for our levels. */
+const SEVERITY: Record<LogLevel, string> = {
+  debug: "DEBUG",
+  info: "INFO",
+  warn: "WARNING",
+  error: "ERROR",
+};
+
+/** True when `value` names a {@linkcode LogLevel}. */
+export function isLogLevel(value: string): value is LogLevel {
+  return Object.hasOwn(RANK, value);
+}
+
+/** Options for {@linkcode Logger}. */
+export interface LoggerOptions {
+  /** Lines below this level are dropped. @default {"info"} */
+  level?: LogLevel;
+  /** @default {"json"} */
+  format?: LogFormat;
+  /** Receives each finished line. @default {writes to stderr} */
+  sink?: (line: string) => void;
+  /** Fields added to every line. */
+  fields?: LogFields;
+  /** @default {systemClock} */
+  clock?: Clock;
+}
+
+const encoder = new TextEncoder();
+
+function stderrSink(line: string): void {
+  try {
+    Deno.stderr.writeSync(encoder.encode(line + "\n"));
+  } catch {
+    // A closed stderr must not take the service down with it.
+  }
+}
+
+/** Turns field values JSON cannot carry faithfully into something it can. */
+function fieldValue(value: unknown): unknown {
+  if (value instanceof Error) {
+    return { name: value.name, message: value.message };
+  }
+  if (typeof value === "bigint") return value.toString();
+  return value;
+}
+
+/**
+ * A structured logger.
+ *
+ * @example
+ * ```ts
+ * const log = new Logger({ level: "info", fields: { service: "rendezvous" } });
+ * log.info("worker registered", { worker_id: "w1", observed_ip: "192.0.2.7", total: 3 });
+ * // {"severity":"INFO","message":"worker registered","time":"…","service":"rendezvous",…}
+ * ```
+ */
+export class Logger {
+  readonly level: LogLevel;
+  readonly format: LogFormat;
+  #sink: (line: string) => void;
+  #fields: LogFields;
+  #clock: Clock;
+  #threshold: number;
+
+  constructor(options: LoggerOptions = {}) {
+    this.level = options.level ?? "info";
+    this.format = options.format ?? "json";
+    this.#sink = options.sink ?? stderrSink;
+    this.#fields = options.fields ?? {};
+    this.#clock = options.clock ?? systemClock;
+    this.#threshold = RANK[this.level];
+  }
+
+  /** A logger that adds `fields` to every line of this one. */
+  child(fields: LogFields): Logger {
+    return new Logger({
+      level: this.level,
+      format: this.format,
+      sink: this.#sink,
+      fields: { ...this.#fields, ...fields },
+      clock: this.#clock,
+    });
+  }
+
+  /** True when lines at `level` are written; lets callers skip building fields. */
+  enabled(level: LogLevel): boolean {
+    return RANK[level] >= this.#threshold;
+  }
+
+  debug(message: string, fields?: LogFields): void {
+    this.#write("debug", message, fields);
+  }
+
+  info(message: string, fields?: LogFields): void {
+    this.#write("info", message, fields);
+  }
+
+  warn(message: string, fields?: LogFields): void {
+    this.#write("warn", message, fields);
+  }
+
+  error(message: string, fields?: LogFields): void {
+    this.#write("error", message, fields);
+  }
+
+  #write(level: LogLevel, message: string, fields?: LogFields): void {
+    if (RANK[level] < this.#threshold) return;
+    const time = new Date(this.#clock.now()).toISOString();
+    const merged: LogFields = { ...this.#fields };
+    if (fields) {
+      for (const key in fields) merged[key] = fieldValue(fields[key]);
+    }
+    let line: string;
+    if (this.format === "json") {
+      line = JSON.stringify({ severity: SEVERITY[level], message, time, ...merged });
+    } else {
+      const rest = Object.entries(merged)
+        .filter(([, v]) => v !== undefined)
+        .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)
+        .join(" ");
+      line = `${time} ${SEVERITY[level].padEnd(7)} ${message}${rest ? " " + rest : ""}`;
+    }
+    this.#sink(line);
+  }
+}
+
+/** A logger that writes nothing; a default for library code and tests. */
+export const silentLogger: Logger = new Logger({ sink: () => {} });

@@ -1,0 +1,272 @@
+/**
+ * The rendezvous wire protocol: JSON text frames over the WebSocket at
+ * `/ws/register/{worker_id}`, with the seed's message names kept so the
+ * seed's Python worker and rendezvous interoperate with ours.
+ *
+ * One validating parser per direction: {@linkcode parseClientMessage} on the
+ * rendezvous for what workers send, {@linkcode parseServerMessage} on the
+ * worker for what the rendezvous sends. Both ignore extra fields (so either
+ * side can grow) and throw {@linkcode ProtocolError} for anything else.
+ *
+ * @module
+ */
+
+import { normalizeIp } from "./ip.ts";
+
+/** Bumped when a message changes incompatibly. */
+export const PROTOCOL_VERSION = 1;
+
+/** Path prefix of the registration WebSocket (the seed's). */
+export const REGISTER_PATH_PREFIX = "/ws/register/";
+
+/** A worker id: 1–128 characters of `[A-Za-z0-9._-]`. */
+const WORKER_ID = /^[A-Za-z0-9._-]{1,128}$/;
+
+/** True when `id` is a valid worker id. */
+export function isValidWorkerId(id: string): boolean {
+  return WORKER_ID.test(id);
+}
+
+/** Machine-readable codes carried by `error` messages. */
+export type ErrorCode =
+  | "invalid_json"
+  | "invalid_message"
+  | "unknown_type"
+  | "invalid_ip";
+
+/** Thrown by the parsers; `code` is what an `error` reply carries. */
+export class ProtocolError extends Error {
+  override name = "ProtocolError";
+  /** Machine-readable reason. */
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+// ---- worker → rendezvous ---------------------------------------------------
+
+/** The worker's public IP as an HTTP echo service saw it (seed name). */
+export interface RegisterPublicIpMessage {
+  type: "register_public_ip";
+  /** Canonical text form (see `normalizeIp`). */
+  ip: string;
+}
+
+/** Asks the rendezvous to echo `payload` back; also the worker's heartbeat. */
+export interface EchoRequestMessage {
+  type: "echo_request";
+  /** Any JSON value; the seed defaults a missing payload to "". */
+  payload: unknown;
+}
+
+/** Every message a worker may send. */
+export type ClientMessage = RegisterPublicIpMessage | EchoRequestMessage;
+
+// ---- rendezvous → worker ---------------------------------------------------
+
+/** Sent once a session is registered: what the rendezvous observed. */
+export interface RegisteredMessage {
+  type: "registered";
+  worker_id: string;
+  observed_ip: string | null;
+  /** `null` when a proxy hides the port. */
+  observed_port: number | null;
+  protocol_version: number;
+}
+
+/** Confirms a `register_public_ip`, with the IP as stored. */
+export interface PublicIpRegisteredMessage {
+  type: "public_ip_registered";
+  ip: string;
+}
+
+/** The answer to `echo_request` (seed names). */
+export interface EchoResponseMessage {
+  type: "echo_response";
+  original_payload: unknown;
+  processed_by_rendezvous: string;
+}
+
+/** A message was rejected; the session goes on. */
+export interface ErrorMessage {
+  type: "error";
+  /** An {@linkcode ErrorCode}; a worker must accept codes it does not know. */
+  code: string;
+  message: string;
+}
+
+/** Every message the rendezvous may send. */
+export type ServerMessage =
+  | RegisteredMessage
+  | PublicIpRegisteredMessage
+  | EchoResponseMessage
+  | ErrorMessage;
+
+// ---- parsing ---------------------------------------------------------------
+
+function parseObject(text: string): Record<string, unknown> & { type: string } {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (cause) {
+    throw new ProtocolError("invalid_json", "Cannot parse message: it is not valid JSON", {
+      cause,
+    });
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse message: expected a JSON object, got ${describe(value)}`,
+    );
+  }
+  const record = value as Record<string, unknown>;
+  if (typeof record.type !== "string") {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse message: "type" must be a string: current value is ${describe(record.type)}`,
+    );
+  }
+  return record as Record<string, unknown> & { type: string };
+}
+
+/** A short, bounded description of a value for error messages. */
+function describe(value: unknown): string {
+  if (value === undefined) return "missing";
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "object") return "an object";
+  const text = JSON.stringify(value);
+  return text.length > 64 ? `${text.slice(0, 61)}...` : text;
+}
+
+function requireString(record: Record<string, unknown>, field: string): string {
+  const value = record[field];
+  if (typeof value !== "string") {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse "${record.type}": "${field}" must be a string: current value is ${
+        describe(value)
+      }`,
+    );
+  }
+  return value;
+}
+
+function requireIp(record: Record<string, unknown>, field: string): string {
+  const text = requireString(record, field);
+  const ip = normalizeIp(text.trim());
+  if (ip === null) {
+    throw new ProtocolError(
+      "invalid_ip",
+      `Cannot parse "${record.type}": "${field}" must be an IPv4 or IPv6 address: current value is ${
+        describe(text)
+      }`,
+    );
+  }
+  return ip;
+}
+
+function nullable<T>(
+  record: Record<string, unknown>,
+  field: string,
+  check: (value: unknown) => value is T,
+  what: string,
+): T | null {
+  const value = record[field];
+  if (value === null || value === undefined) return null;
+  if (!check(value)) {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse "${record.type}": "${field}" must be ${what} or null: current value is ${
+        describe(value)
+      }`,
+    );
+  }
+  return value;
+}
+
+const isString = (v: unknown): v is string => typeof v === "string";
+const isPort = (v: unknown): v is number =>
+  Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535;
+
+/**
+ * Parses a text frame a worker sent to the rendezvous.
+ *
+ * @throws {ProtocolError} for invalid JSON, a non-object, a missing or unknown
+ * `type`, or fields of the wrong type or form.
+ *
+ * @example
+ * ```ts
+ * parseClientMessage('{"type":"register_public_ip","ip":"192.0.2.7"}');
+ * // { type: "register_public_ip", ip: "192.0.2.7" }
+ * ```
+ */
+export function parseClientMessage(text: string): ClientMessage {
+  const record = parseObject(text);
+  switch (record.type) {
+    case "register_public_ip":
+      return { type: "register_public_ip", ip: requireIp(record, "ip") };
+    case "echo_request":
+      return { type: "echo_request", payload: record.payload === undefined ? "" : record.payload };
+    default:
+      throw new ProtocolError(
+        "unknown_type",
+        `Cannot handle message: unknown type ${describe(record.type)}`,
+      );
+  }
+}
+
+/**
+ * Parses a text frame the rendezvous sent to a worker.
+ *
+ * @throws {ProtocolError} as {@linkcode parseClientMessage} does. A worker
+ * should log and ignore `unknown_type`, so a newer rendezvous can add
+ * messages without breaking older workers.
+ */
+export function parseServerMessage(text: string): ServerMessage {
+  const record = parseObject(text);
+  switch (record.type) {
+    case "registered":
+      return {
+        type: "registered",
+        worker_id: requireString(record, "worker_id"),
+        observed_ip: nullable(record, "observed_ip", isString, "a string"),
+        observed_port: nullable(record, "observed_port", isPort, "a port number"),
+        protocol_version: Number.isInteger(record.protocol_version)
+          ? record.protocol_version as number
+          : PROTOCOL_VERSION,
+      };
+    case "public_ip_registered":
+      return { type: "public_ip_registered", ip: requireIp(record, "ip") };
+    case "echo_response":
+      return {
+        type: "echo_response",
+        original_payload: record.original_payload,
+        processed_by_rendezvous: typeof record.processed_by_rendezvous === "string"
+          ? record.processed_by_rendezvous
+          : "",
+      };
+    case "error":
+      return {
+        type: "error",
+        code: requireString(record, "code"),
+        message: typeof record.message === "string" ? record.message : "",
+      };
+    default:
+      throw new ProtocolError(
+        "unknown_type",
+        `Cannot handle message: unknown type ${describe(record.type)}`,
+      );
+  }
+}
+
+/**
+ * Serializes a message for sending. Throws (RangeError) only for payloads that
+ * JSON cannot express, such as one nested beyond the engine's stack: the
+ * rendezvous catches that when echoing a hostile payload.
+ */
+export function encodeMessage(message: ClientMessage | ServerMessage): string {
+  return JSON.stringify(message);
+}

@@ -1,0 +1,440 @@
+/**
+ * The worker's side of the rendezvous: connect, register, report the public
+ * IP, heartbeat, and reconnect with backoff for as long as it runs.
+ *
+ * Everything it touches (socket constructor, clock, public-IP lookup) is
+ * injected, so tests drive it against real servers or against fakes with a
+ * fake clock.
+ *
+ * @module
+ */
+
+import { Backoff } from "./backoff.ts";
+import { CloseCode, CloseReason, reconnectsImmediately } from "./close_codes.ts";
+import { type Clock, delay, systemClock, type TimerId } from "./clock.ts";
+import { type Logger, silentLogger } from "./log.ts";
+import {
+  encodeMessage,
+  parseServerMessage,
+  ProtocolError,
+  type ServerMessage,
+} from "./protocol.ts";
+
+/** The part of `WebSocket` the client uses. */
+export interface WebSocketLike extends EventTarget {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** Opens a WebSocket to `url` sending `headers` with the handshake. */
+export type SocketFactory = (url: string, headers: Record<string, string>) => WebSocketLike;
+
+/** Looks up this machine's public IP (throws when it cannot). */
+export type PublicIpLookup = (signal: AbortSignal) => Promise<string>;
+
+/** What the client is doing. */
+export type ClientStatus = "connecting" | "connected" | "waiting" | "stopped";
+
+/** Events the client reports, in order, to its tracer and logs. */
+export type ClientEvent =
+  | { type: "connecting"; attempt: number }
+  | { type: "connected" }
+  | { type: "registered"; observed_ip: string | null; observed_port: number | null }
+  | { type: "public_ip_reported"; ip: string }
+  | { type: "public_ip_failed"; error: string }
+  | { type: "heartbeat_timeout" }
+  | { type: "disconnected"; code: number; reason: string; opened: boolean }
+  | { type: "reconnect_scheduled"; delay_ms: number }
+  | { type: "stopped" };
+
+/** Options for {@linkcode RendezvousClient}. */
+export interface RendezvousClientOptions {
+  /** Full registration URL (`ws(s)://…/ws/register/{id}`). */
+  url: URL;
+  workerId: string;
+  /** Sent as `Authorization: Bearer …`. */
+  token?: string;
+  /** Heartbeat period. @default {25000} */
+  pingIntervalMs?: number;
+  /** Reconnect when a heartbeat (or the handshake) gets no answer in this. @default {25000} */
+  pingTimeoutMs?: number;
+  /** @default {new Backoff()} */
+  backoff?: Backoff;
+  /** A session that lasted this long resets the backoff. @default {10000} */
+  stableSessionMs?: number;
+  /** Run on every connect; its answer is sent as `register_public_ip`. */
+  lookupPublicIp?: PublicIpLookup;
+  /** @default {native WebSocket} */
+  openSocket?: SocketFactory;
+  /** @default {systemClock} */
+  clock?: Clock;
+  /** @default {silentLogger} */
+  logger?: Logger;
+  /** Receives every {@linkcode ClientEvent}. */
+  onEvent?: (event: ClientEvent) => void;
+}
+
+/** What one connection ended with. */
+interface SessionOutcome {
+  code: number;
+  reason: string;
+  opened: boolean;
+  durationMs: number;
+}
+
+const nativeSocket: SocketFactory = (url, headers) => new WebSocket(url, { headers });
+
+/** A snapshot for the worker's health endpoint. */
+export interface ClientSnapshot {
+  status: ClientStatus;
+  connected_since: string | null;
+  sessions: number;
+  observed_ip: string | null;
+  observed_port: number | null;
+  http_reported_public_ip: string | null;
+}
+
+/**
+ * Keeps a worker registered with the rendezvous.
+ *
+ * @example
+ * ```ts
+ * const client = new RendezvousClient({
+ *   url: new URL("ws://localhost:8080/ws/register/w1"),
+ *   workerId: "w1",
+ *   lookupPublicIp: (signal) => fetchPublicIp("https://api.ipify.org", { signal }),
+ * });
+ * const controller = new AbortController();
+ * const done = client.run(controller.signal);
+ * // … on SIGTERM:
+ * controller.abort();
+ * await done;
+ * ```
+ */
+export class RendezvousClient {
+  #o: Required<Omit<RendezvousClientOptions, "token" | "lookupPublicIp" | "onEvent">> & {
+    token?: string;
+    lookupPublicIp?: PublicIpLookup;
+    onEvent?: (event: ClientEvent) => void;
+  };
+  #status: ClientStatus = "waiting";
+  #sessions = 0;
+  #connectedSince: number | null = null;
+  #observed: { ip: string | null; port: number | null } = { ip: null, port: null };
+  #reportedIp: string | null = null;
+  #running = false;
+
+  constructor(options: RendezvousClientOptions) {
+    this.#o = {
+      url: options.url,
+      workerId: options.workerId,
+      token: options.token,
+      pingIntervalMs: options.pingIntervalMs ?? 25_000,
+      pingTimeoutMs: options.pingTimeoutMs ?? 25_000,
+      backoff: options.backoff ?? new Backoff(),
+      stableSessionMs: options.stableSessionMs ?? 10_000,
+      lookupPublicIp: options.lookupPublicIp,
+      openSocket: options.openSocket ?? nativeSocket,
+      clock: options.clock ?? systemClock,
+      logger: options.logger ?? silentLogger,
+      onEvent: options.onEvent,
+    };
+  }
+
+  /** What the client is doing now. */
+  get status(): ClientStatus {
+    return this.#status;
+  }
+
+  /** State for a health endpoint. */
+  snapshot(): ClientSnapshot {
+    return {
+      status: this.#status,
+      connected_since: this.#connectedSince === null
+        ? null
+        : new Date(this.#connectedSince).toISOString(),
+      sessions: this.#sessions,
+      observed_ip: this.#observed.ip,
+      observed_port: this.#observed.port,
+      http_reported_public_ip: this.#reportedIp,
+    };
+  }
+
+  #emit(event: ClientEvent): void {
+    this.#o.onEvent?.(event);
+  }
+
+  /**
+   * Connects and stays connected until `signal` aborts; then closes with 1000
+   * and resolves. Never rejects.
+   */
+  async run(signal: AbortSignal): Promise<void> {
+    if (this.#running) throw new Error("Cannot run a RendezvousClient twice at once");
+    this.#running = true;
+    const { backoff, clock, logger } = this.#o;
+    try {
+      while (!signal.aborted) {
+        const attempt = backoff.attempt;
+        const outcome = await this.#session(signal, attempt);
+        if (signal.aborted) break;
+        if (outcome.opened && outcome.durationMs >= this.#o.stableSessionMs) backoff.reset();
+        // Come straight back after a deploy, but never twice in a row: a
+        // server that keeps saying "going away" gets the backoff.
+        const wait = reconnectsImmediately(outcome.code) && backoff.attempt === 0 && outcome.opened
+          ? 0
+          : backoff.next();
+        if (outcome.code === CloseCode.SESSION_REPLACED) {
+          logger.error("another connection registered this worker id; is WORKER_ID shared?", {
+            worker_id: this.#o.workerId,
+          });
+        }
+        this.#status = "waiting";
+        this.#emit({ type: "reconnect_scheduled", delay_ms: wait });
+        logger.info("reconnecting to rendezvous", {
+          worker_id: this.#o.workerId,
+          delay_ms: wait,
+          attempt: backoff.attempt,
+        });
+        await delay(wait, { signal, clock }).catch(() => {});
+      }
+    } finally {
+      this.#status = "stopped";
+      this.#running = false;
+      this.#emit({ type: "stopped" });
+    }
+  }
+
+  /** One connection, from open to close; resolves with how it ended. */
+  #session(signal: AbortSignal, attempt: number): Promise<SessionOutcome> {
+    const { clock, logger, workerId } = this.#o;
+    const url = this.#o.url.href;
+    this.#status = "connecting";
+    this.#emit({ type: "connecting", attempt });
+    logger.info("connecting to rendezvous", { worker_id: workerId, url: redact(this.#o.url) });
+
+    return new Promise<SessionOutcome>((resolve) => {
+      const startedAt = clock.now();
+      const sessionAbort = new AbortController();
+      let opened = false;
+      let openedAt = startedAt;
+      let finished = false;
+      let heartbeatSeq = 0;
+      let heartbeatTimer: TimerId | undefined;
+      let deadlineTimer: TimerId | undefined;
+      let lastError = "";
+      let socket: WebSocketLike | undefined;
+
+      const headers: Record<string, string> = {};
+      if (this.#o.token !== undefined) headers.authorization = `Bearer ${this.#o.token}`;
+
+      const finish = (code: number, reason: string) => {
+        if (finished) return;
+        finished = true;
+        clock.clearTimeout(heartbeatTimer);
+        clock.clearTimeout(deadlineTimer);
+        sessionAbort.abort();
+        signal.removeEventListener("abort", onStop);
+        socket?.removeEventListener("open", onOpen);
+        socket?.removeEventListener("message", onMessage);
+        socket?.removeEventListener("close", onClose);
+        socket?.removeEventListener("error", onError);
+        this.#connectedSince = null;
+        const now = clock.now();
+        this.#emit({ type: "disconnected", code, reason, opened });
+        const fields = {
+          worker_id: workerId,
+          code,
+          reason: reason || undefined,
+          error: lastError || undefined,
+          session_ms: opened ? now - openedAt : undefined,
+        };
+        if (opened) logger.info("disconnected from rendezvous", fields);
+        else logger.warn("cannot connect to rendezvous", fields);
+        resolve({ code, reason, opened, durationMs: opened ? now - openedAt : 0 });
+      };
+
+      /** Gives up on a socket that may never say goodbye (a dead path). */
+      const abandon = (code: number, reason: string) => {
+        try {
+          socket?.close(code, reason);
+        } catch {
+          // Already closed.
+        }
+        finish(code, reason);
+      };
+
+      const armDeadline = () => {
+        clock.clearTimeout(deadlineTimer);
+        deadlineTimer = clock.setTimeout(() => {
+          this.#emit({ type: "heartbeat_timeout" });
+          logger.warn("rendezvous stopped answering; reconnecting", {
+            worker_id: workerId,
+            timeout_ms: this.#o.pingTimeoutMs,
+            opened,
+          });
+          abandon(CloseCode.HEARTBEAT_TIMEOUT, CloseReason.HEARTBEAT_TIMEOUT);
+        }, this.#o.pingTimeoutMs);
+      };
+
+      const scheduleHeartbeat = () => {
+        heartbeatTimer = clock.setTimeout(() => {
+          if (finished) return;
+          heartbeatSeq++;
+          this.#send(socket!, {
+            type: "echo_request",
+            payload: { heartbeat: heartbeatSeq },
+          });
+          if (deadlineTimer === undefined) armDeadline();
+          scheduleHeartbeat();
+        }, this.#o.pingIntervalMs);
+      };
+
+      const onOpen = () => {
+        opened = true;
+        openedAt = clock.now();
+        this.#sessions++;
+        this.#status = "connected";
+        this.#connectedSince = openedAt;
+        clock.clearTimeout(deadlineTimer);
+        deadlineTimer = undefined;
+        this.#emit({ type: "connected" });
+        logger.info("connected to rendezvous", { worker_id: workerId });
+        scheduleHeartbeat();
+        void this.#reportPublicIp(socket!, sessionAbort.signal);
+      };
+
+      const onMessage = (event: Event) => {
+        // Any frame proves the path is alive.
+        clock.clearTimeout(deadlineTimer);
+        deadlineTimer = undefined;
+        const data = (event as MessageEvent).data;
+        if (typeof data !== "string") return;
+        let message: ServerMessage;
+        try {
+          message = parseServerMessage(data);
+        } catch (error) {
+          const level = error instanceof ProtocolError && error.code === "unknown_type"
+            ? "debug"
+            : "warn";
+          logger[level]("ignored a message from the rendezvous", {
+            worker_id: workerId,
+            error: (error as Error).message,
+          });
+          return;
+        }
+        this.#onServerMessage(message);
+      };
+
+      const onClose = (event: Event) => {
+        const close = event as CloseEvent;
+        finish(close.code, close.reason);
+      };
+
+      const onError = (event: Event) => {
+        lastError = (event as ErrorEvent).message ?? "";
+      };
+
+      const onStop = () => {
+        try {
+          socket?.close(CloseCode.NORMAL, CloseReason.WORKER_STOPPING);
+        } catch {
+          // Already closed.
+        }
+        // Wait briefly for the close handshake, but not on a dead path.
+        clock.clearTimeout(deadlineTimer);
+        deadlineTimer = clock.setTimeout(
+          () => finish(CloseCode.NORMAL, CloseReason.WORKER_STOPPING),
+          Math.min(this.#o.pingTimeoutMs, 2000),
+        );
+      };
+
+      try {
+        socket = this.#o.openSocket(url, headers);
+      } catch (error) {
+        lastError = (error as Error).message;
+        finish(1006, "");
+        return;
+      }
+      socket.addEventListener("open", onOpen);
+      socket.addEventListener("message", onMessage);
+      socket.addEventListener("close", onClose);
+      socket.addEventListener("error", onError);
+      signal.addEventListener("abort", onStop, { once: true });
+      if (signal.aborted) onStop();
+      else armDeadline(); // The handshake gets the same bound as a heartbeat.
+    });
+  }
+
+  #onServerMessage(message: ServerMessage): void {
+    const { logger, workerId } = this.#o;
+    switch (message.type) {
+      case "registered":
+        this.#observed = { ip: message.observed_ip, port: message.observed_port };
+        this.#emit({
+          type: "registered",
+          observed_ip: message.observed_ip,
+          observed_port: message.observed_port,
+        });
+        logger.info("registered with rendezvous", {
+          worker_id: workerId,
+          observed_ip: message.observed_ip,
+          observed_port: message.observed_port,
+        });
+        return;
+      case "public_ip_registered":
+        logger.debug("rendezvous stored public ip", { worker_id: workerId, ip: message.ip });
+        return;
+      case "echo_response":
+        return;
+      case "error":
+        logger.warn("rendezvous rejected a message", {
+          worker_id: workerId,
+          code: message.code,
+          error: message.message,
+        });
+        return;
+      default: {
+        const unreachable: never = message;
+        logger.debug("ignored a message", { message: unreachable });
+      }
+    }
+  }
+
+  async #reportPublicIp(socket: WebSocketLike, signal: AbortSignal): Promise<void> {
+    const { lookupPublicIp, logger, workerId } = this.#o;
+    if (lookupPublicIp === undefined) return;
+    let ip: string;
+    try {
+      ip = await lookupPublicIp(signal);
+    } catch (error) {
+      if (signal.aborted) return;
+      const message = (error as Error).message;
+      this.#emit({ type: "public_ip_failed", error: message });
+      logger.warn("cannot get public ip; the rendezvous will use the observed address", {
+        worker_id: workerId,
+        error: message,
+      });
+      return;
+    }
+    if (signal.aborted) return;
+    this.#send(socket, { type: "register_public_ip", ip });
+    this.#reportedIp = ip;
+    this.#emit({ type: "public_ip_reported", ip });
+    logger.info("reported public ip", { worker_id: workerId, http_reported_public_ip: ip });
+  }
+
+  #send(socket: WebSocketLike, message: Parameters<typeof encodeMessage>[0]): void {
+    if (socket.readyState !== WebSocket.OPEN) return;
+    try {
+      socket.send(encodeMessage(message));
+    } catch {
+      // The close event follows.
+    }
+  }
+}
+
+/** The URL without credentials or query, fit for a log line. */
+function redact(url: URL): string {
+  return `${url.protocol}//${url.host}${url.pathname}`;
+}

@@ -1,0 +1,75 @@
+/**
+ * The worker: registers with the rendezvous over WebSocket, reports its public
+ * IP, keeps the connection alive and reconnects; see README.md.
+ *
+ * Run: `RENDEZVOUS_SERVICE_URL=http://localhost:8080 deno task worker`.
+ *
+ * @module
+ */
+
+import { Backoff } from "./lib/backoff.ts";
+import { createLogger, loadOrExit, processEnv } from "./lib/config.ts";
+import { fetchPublicIp } from "./lib/public_ip.ts";
+import { helpText } from "./lib/rendezvous_config.ts";
+import { VERSION } from "./lib/version.ts";
+import { RendezvousClient } from "./lib/worker_client.ts";
+import { loadWorkerConfig, registrationUrl, WORKER_VARIABLES } from "./lib/worker_config.ts";
+import { workerHealthHandler } from "./lib/worker_health.ts";
+
+if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
+  console.log(helpText(`holepunch worker ${VERSION}`, "deno task worker", WORKER_VARIABLES));
+  Deno.exit(0);
+}
+
+const config = loadOrExit("worker", () => loadWorkerConfig(processEnv(), Deno.stderr.isTerminal()));
+const log = createLogger(config.log, "worker").child({ worker_id: config.workerId });
+if (config.rendezvousWarning) log.warn(config.rendezvousWarning);
+
+const { ipEchoUrl, ipEchoTimeoutMs } = config;
+const client = new RendezvousClient({
+  url: registrationUrl(config.rendezvousBase, config.workerId),
+  workerId: config.workerId,
+  token: config.token,
+  pingIntervalMs: config.pingIntervalMs,
+  pingTimeoutMs: config.pingTimeoutMs,
+  backoff: new Backoff({ baseMs: config.reconnectBaseMs, maxMs: config.reconnectMaxMs }),
+  lookupPublicIp: ipEchoUrl === undefined
+    ? undefined
+    : (signal) => fetchPublicIp(ipEchoUrl, { signal, timeoutMs: ipEchoTimeoutMs }),
+  logger: log,
+});
+
+log.info("worker starting", { version: VERSION, ip_echo_url: ipEchoUrl ?? "off" });
+
+const stop = new AbortController();
+const health = Deno.serve(
+  {
+    port: config.port,
+    hostname: config.hostname,
+    signal: stop.signal,
+    onListen: ({ hostname, port }) => log.info("health server listening", { hostname, port }),
+  },
+  workerHealthHandler({
+    workerId: config.workerId,
+    version: VERSION,
+    snapshot: () => client.snapshot(),
+  }),
+);
+
+const running = client.run(stop.signal);
+
+let stopping = false;
+async function shutdown(signal: Deno.Signal): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  log.info("shutdown signal received", { signal });
+  stop.abort();
+  await running;
+  await Promise.race([health.finished, new Promise((r) => setTimeout(r, 1000))]);
+  log.info("worker stopped");
+  Deno.exit(0);
+}
+
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  Deno.addSignalListener(signal, () => void shutdown(signal));
+}

@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { ConfigError } from "../lib/config.ts";
+import { loadRendezvousConfig } from "../lib/rendezvous_config.ts";
+import { loadWorkerConfig, registrationUrl, rendezvousBaseUrl } from "../lib/worker_config.ts";
+
+Deno.test("loadRendezvousConfig() has production defaults", () => {
+  const config = loadRendezvousConfig({});
+  assert.equal(config.port, 8080);
+  assert.equal(config.hostname, "0.0.0.0");
+  assert.equal(config.token, undefined);
+  assert.equal(config.trustProxyHops, 0);
+  assert.equal(config.maxMessageBytes, 65536);
+  assert.ok(config.idleTimeoutSec <= 60);
+  assert.deepEqual(config.log, { level: "info", format: "json" });
+  assert.equal(loadRendezvousConfig({}, true).log.format, "text");
+});
+
+Deno.test("loadRendezvousConfig() reads TRUST_PROXY as a boolean or a hop count", () => {
+  assert.equal(loadRendezvousConfig({ TRUST_PROXY: "true" }).trustProxyHops, 1);
+  assert.equal(loadRendezvousConfig({ TRUST_PROXY: "off" }).trustProxyHops, 0);
+  assert.equal(loadRendezvousConfig({ TRUST_PROXY: "2" }).trustProxyHops, 2);
+  assert.throws(() => loadRendezvousConfig({ TRUST_PROXY: "maybe" }), { variable: "TRUST_PROXY" });
+});
+
+Deno.test("loadRendezvousConfig() names the variable at fault", () => {
+  const bad: Record<string, string> = {
+    PORT: "http",
+    MAX_CONNECTIONS: "0",
+    MAX_MESSAGE_BYTES: "1.5",
+    IDLE_TIMEOUT_SEC: "-1",
+    LOG_LEVEL: "chatty",
+    LOG_FORMAT: "xml",
+  };
+  for (const [name, value] of Object.entries(bad)) {
+    assert.throws(
+      () => loadRendezvousConfig({ [name]: value }),
+      (e: unknown) =>
+        e instanceof ConfigError && e.variable === name && e.message.includes(`"${value}"`),
+      name,
+    );
+  }
+});
+
+Deno.test("rendezvousBaseUrl() maps the seed's schemes", () => {
+  const cases: [string, string, boolean][] = [
+    ["http://rv.example:8080", "ws://rv.example:8080", false],
+    ["https://rv-xyz.a.run.app/", "wss://rv-xyz.a.run.app", false],
+    ["ws://localhost:1", "ws://localhost:1", false],
+    ["WSS://h/prefix/", "wss://h/prefix", false],
+    ["localhost:8080", "ws://localhost:8080", true],
+    ["rv.internal", "ws://rv.internal", true],
+  ];
+  for (const [input, expected, warns] of cases) {
+    const { url, warning } = rendezvousBaseUrl(input);
+    assert.equal(url.href.replace(/\/$/, ""), expected, input);
+    assert.equal(warning !== undefined, warns, input);
+  }
+});
+
+Deno.test("rendezvousBaseUrl() rejects other schemes and junk", () => {
+  for (const input of ["ftp://h", "mailto:x@y", "http://", "http://u:p@h", "file:///x"]) {
+    assert.throws(() => rendezvousBaseUrl(input), ConfigError, input);
+  }
+});
+
+Deno.test("registrationUrl() appends the seed's path and keeps a prefix", () => {
+  assert.equal(
+    registrationUrl(rendezvousBaseUrl("https://h/rv/").url, "w-1").href,
+    "wss://h/rv/ws/register/w-1",
+  );
+  assert.equal(
+    registrationUrl(rendezvousBaseUrl("http://h:9").url, "abc").href,
+    "ws://h:9/ws/register/abc",
+  );
+});
+
+Deno.test("loadWorkerConfig() requires RENDEZVOUS_SERVICE_URL and defaults the rest", () => {
+  assert.throws(() => loadWorkerConfig({}), { variable: "RENDEZVOUS_SERVICE_URL" });
+  const config = loadWorkerConfig({ RENDEZVOUS_SERVICE_URL: "https://rv" });
+  assert.match(config.workerId, /^[0-9a-f-]{36}$/);
+  assert.notEqual(
+    loadWorkerConfig({ RENDEZVOUS_SERVICE_URL: "https://rv" }).workerId,
+    config.workerId,
+  );
+  assert.equal(config.ipEchoUrl, "https://api.ipify.org/");
+  assert.equal(config.pingIntervalMs, 25_000);
+  assert.equal(config.pingTimeoutMs, 25_000);
+  assert.equal(config.port, 8080);
+});
+
+Deno.test("loadWorkerConfig() reads the seed's variables and ours", () => {
+  const config = loadWorkerConfig({
+    RENDEZVOUS_SERVICE_URL: "http://rv:8080",
+    WORKER_ID: "edge-7",
+    PING_INTERVAL_SEC: "0.5",
+    PING_TIMEOUT_SEC: "2",
+    IP_ECHO_URL: "off",
+    RENDEZVOUS_TOKEN: "t",
+    PORT: "0",
+  });
+  assert.equal(config.workerId, "edge-7");
+  assert.equal(config.pingIntervalMs, 500);
+  assert.equal(config.pingTimeoutMs, 2000);
+  assert.equal(config.ipEchoUrl, undefined);
+  assert.equal(config.token, "t");
+  assert.equal(config.port, 0);
+});
+
+Deno.test("loadWorkerConfig() names the variable at fault", () => {
+  const base = { RENDEZVOUS_SERVICE_URL: "http://rv" };
+  const bad: Record<string, string> = {
+    RENDEZVOUS_SERVICE_URL: "gopher://x",
+    WORKER_ID: "has space",
+    IP_ECHO_URL: "ftp://x",
+    PING_INTERVAL_SEC: "soon",
+    PORT: "70000",
+    RECONNECT_MAX_SEC: "0.1",
+  };
+  for (const [name, value] of Object.entries(bad)) {
+    assert.throws(
+      () => loadWorkerConfig({ ...base, [name]: value }),
+      (e: unknown) => e instanceof ConfigError && e.variable === name,
+      name,
+    );
+  }
+});

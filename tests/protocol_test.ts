@@ -1,0 +1,152 @@
+import assert from "node:assert/strict";
+import {
+  encodeMessage,
+  isValidWorkerId,
+  parseClientMessage,
+  parseServerMessage,
+  ProtocolError,
+} from "../lib/protocol.ts";
+
+Deno.test("parseClientMessage() reads the seed's register_public_ip and normalizes the IP", () => {
+  assert.deepEqual(parseClientMessage('{"type":"register_public_ip","ip":"192.0.2.7"}'), {
+    type: "register_public_ip",
+    ip: "192.0.2.7",
+  });
+  assert.deepEqual(
+    parseClientMessage('{"type":"register_public_ip","ip":" 2001:DB8::1\\n","extra":1}'),
+    { type: "register_public_ip", ip: "2001:db8::1" },
+  );
+});
+
+Deno.test("parseClientMessage() reads echo_request with any payload, defaulting to the seed's empty string", () => {
+  assert.deepEqual(parseClientMessage('{"type":"echo_request","payload":{"a":[1]}}'), {
+    type: "echo_request",
+    payload: { a: [1] },
+  });
+  assert.deepEqual(parseClientMessage('{"type":"echo_request"}'), {
+    type: "echo_request",
+    payload: "",
+  });
+});
+
+Deno.test("parseClientMessage() rejects malformed input with a typed error and a code", () => {
+  const cases: [string, string][] = [
+    ["not json", "invalid_json"],
+    ["", "invalid_json"],
+    ["[1,2]", "invalid_message"],
+    ["null", "invalid_message"],
+    ['"register_public_ip"', "invalid_message"],
+    ["{}", "invalid_message"],
+    ['{"type":5}', "invalid_message"],
+    ['{"type":"launch_missiles"}', "unknown_type"],
+    ['{"type":"register_public_ip"}', "invalid_message"],
+    ['{"type":"register_public_ip","ip":7}', "invalid_message"],
+    ['{"type":"register_public_ip","ip":""}', "invalid_ip"],
+    ['{"type":"register_public_ip","ip":"example.com"}', "invalid_ip"],
+    ['{"type":"register_public_ip","ip":"999.1.1.1"}', "invalid_ip"],
+  ];
+  for (const [text, code] of cases) {
+    assert.throws(
+      () => parseClientMessage(text),
+      (error: unknown) => error instanceof ProtocolError && error.code === code,
+      `${text} -> ${code}`,
+    );
+  }
+});
+
+Deno.test("parseClientMessage() error messages say what was wrong and what was seen", () => {
+  assert.throws(
+    () => parseClientMessage('{"type":"register_public_ip","ip":"x"}'),
+    {
+      message:
+        'Cannot parse "register_public_ip": "ip" must be an IPv4 or IPv6 address: current value is "x"',
+    },
+  );
+  const long = "y".repeat(500);
+  try {
+    parseClientMessage(JSON.stringify({ type: long }));
+    assert.fail("should throw");
+  } catch (error) {
+    assert.ok((error as Error).message.length < 200, "long values are truncated");
+  }
+});
+
+Deno.test("parseServerMessage() reads every server message and tolerates extra fields", () => {
+  assert.deepEqual(
+    parseServerMessage(
+      '{"type":"registered","worker_id":"w","observed_ip":"192.0.2.1","observed_port":null,"protocol_version":1,"x":0}',
+    ),
+    {
+      type: "registered",
+      worker_id: "w",
+      observed_ip: "192.0.2.1",
+      observed_port: null,
+      protocol_version: 1,
+    },
+  );
+  assert.deepEqual(parseServerMessage('{"type":"public_ip_registered","ip":"::1"}'), {
+    type: "public_ip_registered",
+    ip: "::1",
+  });
+  // The seed's rendezvous answers echo with exactly these fields.
+  assert.deepEqual(
+    parseServerMessage(
+      '{"type":"echo_response","original_payload":{"heartbeat":3},"processed_by_rendezvous":"ok"}',
+    ),
+    { type: "echo_response", original_payload: { heartbeat: 3 }, processed_by_rendezvous: "ok" },
+  );
+  assert.deepEqual(parseServerMessage('{"type":"error","code":"new_code","message":"m"}'), {
+    type: "error",
+    code: "new_code",
+    message: "m",
+  });
+});
+
+Deno.test("parseServerMessage() rejects unknown types and bad fields", () => {
+  assert.throws(() => parseServerMessage('{"type":"peer_joined"}'), { code: "unknown_type" });
+  assert.throws(
+    () => parseServerMessage('{"type":"registered","worker_id":"w","observed_port":70000}'),
+    { code: "invalid_message" },
+  );
+  assert.throws(() => parseServerMessage('{"type":"error"}'), { code: "invalid_message" });
+});
+
+Deno.test("parseClientMessage() never throws anything but ProtocolError on random input", () => {
+  const samples = [
+    '{"type":"register_public_ip","ip":"1.2.3.4"}',
+    '{"type":"echo_request","payload":[1,{"a":"b"}]}',
+  ];
+  for (let i = 0; i < 5000; i++) {
+    const base = samples[i % samples.length];
+    const chars = [...base];
+    const edits = 1 + (i % 4);
+    for (let e = 0; e < edits; e++) {
+      const at = Math.floor(Math.random() * chars.length);
+      const op = Math.random();
+      if (op < 0.4) chars.splice(at, 1);
+      else if (op < 0.8) chars[at] = String.fromCharCode(Math.floor(Math.random() * 128));
+      else chars.splice(at, 0, String.fromCharCode(Math.floor(Math.random() * 0xffff)));
+    }
+    const text = chars.join("");
+    try {
+      const message = parseClientMessage(text);
+      assert.ok(message.type === "register_public_ip" || message.type === "echo_request");
+    } catch (error) {
+      assert.ok(error instanceof ProtocolError, `${JSON.stringify(text)} threw ${error}`);
+    }
+  }
+});
+
+Deno.test("isValidWorkerId() allows 1-128 characters of [A-Za-z0-9._-]", () => {
+  for (const id of ["a", "A.b_c-9", crypto.randomUUID(), "x".repeat(128)]) {
+    assert.ok(isValidWorkerId(id), id);
+  }
+  for (const id of ["", "x".repeat(129), "a b", "a/b", "a%20", "é", "a\n"]) {
+    assert.ok(!isValidWorkerId(id), JSON.stringify(id));
+  }
+});
+
+Deno.test("encodeMessage() writes JSON the parsers read back", () => {
+  const text = encodeMessage({ type: "register_public_ip", ip: "192.0.2.9" });
+  assert.deepEqual(parseClientMessage(text), { type: "register_public_ip", ip: "192.0.2.9" });
+});

@@ -174,16 +174,21 @@ export class RendezvousClient {
     this.#running = true;
     const { backoff, clock, logger } = this.#o;
     try {
+      let lastImmediate = false;
       while (!signal.aborted) {
         const attempt = backoff.attempt;
         const outcome = await this.#session(signal, attempt);
         if (signal.aborted) break;
-        if (outcome.opened && outcome.durationMs >= this.#o.stableSessionMs) backoff.reset();
+        if (outcome.opened && outcome.durationMs >= this.#o.stableSessionMs) {
+          backoff.reset();
+          lastImmediate = false;
+        }
         // Come straight back after a deploy, but never twice in a row: a
         // server that keeps saying "going away" gets the backoff.
-        const wait = reconnectsImmediately(outcome.code) && backoff.attempt === 0 && outcome.opened
-          ? 0
-          : backoff.next();
+        const immediate: boolean = outcome.opened && reconnectsImmediately(outcome.code) &&
+          !lastImmediate;
+        const wait = immediate ? 0 : backoff.next();
+        lastImmediate = immediate;
         if (outcome.code === CloseCode.SESSION_REPLACED) {
           logger.error("another connection registered this worker id; is WORKER_ID shared?", {
             worker_id: this.#o.workerId,

@@ -326,3 +326,73 @@ export async function startIpEcho(
   const port = await listening.promise;
   return { url: `http://127.0.0.1:${port}/`, close: () => server.shutdown(), hits: () => hits };
 }
+
+/**
+ * A TCP relay to `targetPort` that can turn every connection it holds into a
+ * black hole: sockets stay open, bytes vanish, as when a NAT or load balancer
+ * silently forgets a flow.
+ */
+export function startTcpProxy(targetPort: number): {
+  port: number;
+  blackholeExisting: () => void;
+  connections: () => number;
+  close: () => Promise<void>;
+} {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<{ a: Deno.Conn; b: Deno.Conn; dead: boolean }>();
+  const tasks: Promise<void>[] = [];
+  const pump = async (from: Deno.Conn, to: Deno.Conn, pair: { dead: boolean }) => {
+    const buffer = new Uint8Array(16 * 1024);
+    try {
+      while (true) {
+        const n = await from.read(buffer);
+        if (n === null) break;
+        if (!pair.dead) await to.write(buffer.subarray(0, n));
+      }
+    } catch {
+      // Closed.
+    }
+    try {
+      if (!pair.dead) await to.closeWrite();
+    } catch {
+      // Already closed.
+    }
+  };
+  const accepting = (async () => {
+    try {
+      for await (const a of listener) {
+        const b = await Deno.connect({ hostname: "127.0.0.1", port: targetPort }).catch(() => null);
+        if (b === null) {
+          a.close();
+          continue;
+        }
+        const pair = { a, b, dead: false };
+        conns.add(pair);
+        tasks.push(pump(a, b, pair), pump(b, a, pair));
+      }
+    } catch {
+      // Listener closed.
+    }
+  })();
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    blackholeExisting: () => {
+      for (const pair of conns) pair.dead = true;
+    },
+    connections: () => conns.size,
+    async close() {
+      listener.close();
+      await accepting;
+      for (const { a, b } of conns) {
+        for (const c of [a, b]) {
+          try {
+            c.close();
+          } catch {
+            // Already closed.
+          }
+        }
+      }
+      await Promise.all(tasks);
+    },
+  };
+}

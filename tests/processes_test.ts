@@ -1,0 +1,233 @@
+/**
+ * End-to-end: the real entry points as subprocesses, as Cloud Run runs them.
+ */
+
+import assert from "node:assert/strict";
+import {
+  listWorkers,
+  Proc,
+  spawnRendezvous,
+  spawnWorker,
+  startIpEcho,
+  startTcpProxy,
+  waitFor,
+  within,
+} from "./_helpers.ts";
+
+const FAST = { PING_INTERVAL_SEC: "0.5", PING_TIMEOUT_SEC: "1", RECONNECT_BASE_SEC: "0.1" };
+
+Deno.test("worker registers with the rendezvous and reports the echo service's IP", async () => {
+  // The stand-in answers a documentation address, so the listing shows the
+  // reported IP apart from the observed one.
+  const echo = await startIpEcho(() => new Response("203.0.113.50\n"));
+  const rv = await spawnRendezvous();
+  const worker = spawnWorker(rv.http, { WORKER_ID: "edge-1", IP_ECHO_URL: echo.url });
+  try {
+    const entry = await waitFor(async () => {
+      const w = (await listWorkers(rv.http)).workers["edge-1"];
+      return w?.http_reported_public_ip ? w : undefined;
+    }, "edge-1 listed with its IP");
+    assert.equal(entry.http_reported_public_ip, "203.0.113.50");
+    assert.equal(entry.websocket_observed_ip, "127.0.0.1");
+    assert.equal(entry.websocket_connected, true);
+    assert.equal(echo.hits(), 1);
+
+    const health = await worker.waitForLog("health server listening");
+    const base = `http://127.0.0.1:${health.port}`;
+    const ok = await fetch(`${base}/health`);
+    assert.equal(ok.status, 200);
+    assert.equal(await ok.text(), "OK");
+    const status = await (await fetch(base)).json();
+    assert.equal(status.worker_id, "edge-1");
+    assert.equal(status.rendezvous.status, "connected");
+    assert.equal(status.rendezvous.http_reported_public_ip, "203.0.113.50");
+
+    await rv.proc.waitForLog("worker reported public ip", (l) => l.worker_id === "edge-1");
+  } finally {
+    await worker.stop();
+    await rv.proc.stop();
+    await echo.close();
+  }
+});
+
+Deno.test("worker on SIGTERM closes with 1000, is de-registered at once and exits 0", async () => {
+  const rv = await spawnRendezvous();
+  const worker = spawnWorker(rv.http, { WORKER_ID: "leaver" });
+  try {
+    await rv.proc.waitForLog("worker registered", (l) => l.worker_id === "leaver");
+    const started = Date.now();
+    worker.signal("SIGTERM");
+    const status = await within(worker.status, 5000, "worker exit");
+    assert.equal(status.code, 0, worker.dump());
+    const gone = await rv.proc.waitForLog("worker de-registered", (l) => l.worker_id === "leaver");
+    assert.equal(gone.total, 0);
+    const disconnected = rv.proc.lines.find((l) => l.message === "worker disconnected");
+    assert.equal(disconnected?.code, 1000);
+    const elapsed = Date.now() - started;
+    assert.ok(elapsed < 2000, `de-registered ${elapsed} ms after SIGTERM`);
+    assert.equal((await listWorkers(rv.http)).connected_workers_count, 0);
+  } finally {
+    await worker.stop();
+    await rv.proc.stop();
+  }
+});
+
+Deno.test("rendezvous restart: it exits 0 on SIGTERM with 1001, and workers re-register within the backoff bound", async () => {
+  const first = await spawnRendezvous();
+  const ids = ["r1", "r2", "r3"];
+  const workers = ids.map((id) =>
+    spawnWorker(first.http, { ...FAST, WORKER_ID: id, RECONNECT_MAX_SEC: "2" })
+  );
+  let second: Proc | undefined;
+  try {
+    await waitFor(
+      async () => (await listWorkers(first.http)).connected_workers_count === 3,
+      "three workers",
+    );
+    const stopAt = Date.now();
+    first.proc.signal("SIGTERM");
+    const status = await within(first.proc.status, 10_000, "rendezvous exit");
+    assert.equal(status.code, 0, first.proc.dump());
+    assert.ok(Date.now() - stopAt < 5000, "well inside Cloud Run's 10 s grace");
+    for (const worker of workers) {
+      const line = await worker.waitForLog("disconnected from rendezvous");
+      assert.equal(line.code, 1001);
+    }
+    const restartedAt = Date.now();
+    second = (await spawnRendezvous({ PORT: String(first.port) })).proc;
+    await waitFor(
+      async () => (await listWorkers(first.http)).connected_workers_count === 3,
+      "all three back",
+      8000,
+    );
+    const back = Date.now() - restartedAt;
+    // Backoff windows 0.1, 0.2 … capped at 2 s: one window plus a connect.
+    assert.ok(back < 4000, `registry whole ${back} ms after the restart`);
+  } finally {
+    await Promise.all(workers.map((w) => w.stop()));
+    await first.proc.stop();
+    await second?.stop();
+  }
+});
+
+Deno.test("rendezvous drops a frozen worker (SIGSTOP) and takes it back after SIGCONT", async () => {
+  const rv = await spawnRendezvous({ IDLE_TIMEOUT_SEC: "1" });
+  const worker = spawnWorker(rv.http, { WORKER_ID: "frozen", ...FAST });
+  try {
+    await rv.proc.waitForLog("worker registered", (l) => l.worker_id === "frozen");
+    worker.signal("SIGSTOP");
+    const stoppedAt = Date.now();
+    await rv.proc.waitForLog("worker de-registered", (l) => l.worker_id === "frozen", 5000);
+    assert.ok(Date.now() - stoppedAt < 3000, "dropped within the idle timeout bound");
+    assert.equal((await listWorkers(rv.http)).connected_workers_count, 0);
+    const count = rv.proc.lines.length;
+    worker.signal("SIGCONT");
+    await rv.proc.waitForLog("worker registered", (l) => l.worker_id === "frozen", 10_000, count);
+  } finally {
+    worker.signal("SIGCONT");
+    await worker.stop();
+    await rv.proc.stop();
+  }
+});
+
+Deno.test("worker notices a silently dead connection through its heartbeat and reconnects", async () => {
+  const rv = await spawnRendezvous();
+  const proxy = startTcpProxy(rv.port);
+  const worker = spawnWorker(`http://127.0.0.1:${proxy.port}`, {
+    WORKER_ID: "blackholed",
+    PING_INTERVAL_SEC: "0.3",
+    PING_TIMEOUT_SEC: "0.6",
+    RECONNECT_BASE_SEC: "0.1",
+  });
+  try {
+    await worker.waitForLog("registered with rendezvous");
+    const before = (await listWorkers(rv.http)).workers.blackholed.websocket_observed_port;
+    proxy.blackholeExisting();
+    const lost = await worker.waitForLog(
+      "rendezvous stopped answering; reconnecting",
+      () => true,
+      5000,
+    );
+    assert.equal(lost.timeout_ms, 600);
+    const count = worker.lines.length;
+    await worker.waitForLog("registered with rendezvous", () => true, 5000, count);
+    const after = (await listWorkers(rv.http)).workers.blackholed.websocket_observed_port;
+    assert.notEqual(after, before, "a new session from a new port replaced the dead one");
+  } finally {
+    await worker.stop();
+    await proxy.close();
+    await rv.proc.stop();
+  }
+});
+
+Deno.test("worker with a token registers; without it is refused and keeps retrying", async () => {
+  const rv = await spawnRendezvous({ RENDEZVOUS_TOKEN: "s3cret" });
+  const good = spawnWorker(rv.http, { WORKER_ID: "good", RENDEZVOUS_TOKEN: "s3cret" });
+  const bad = spawnWorker(rv.http, { WORKER_ID: "bad", RECONNECT_BASE_SEC: "0.05" });
+  try {
+    await good.waitForLog("registered with rendezvous");
+    const refused = await bad.waitForLog("cannot connect to rendezvous");
+    assert.match(String(refused.error), /401/);
+    await bad.waitForLog(
+      "cannot connect to rendezvous",
+      () => true,
+      5000,
+      bad.lines.indexOf(refused) + 1,
+    );
+    const listing = await listWorkers(rv.http, { authorization: "Bearer s3cret" });
+    assert.deepEqual(Object.keys(listing.workers), ["good"]);
+  } finally {
+    await good.stop();
+    await bad.stop();
+    await rv.proc.stop();
+  }
+});
+
+Deno.test("configuration errors name the variable and exit 2", async () => {
+  const cases: [string, Record<string, string>, RegExp][] = [
+    ["worker.ts", {}, /RENDEZVOUS_SERVICE_URL is not set/],
+    ["worker.ts", { RENDEZVOUS_SERVICE_URL: "ftp://x" }, /RENDEZVOUS_SERVICE_URL.*ftp:/],
+    ["worker.ts", { RENDEZVOUS_SERVICE_URL: "http://x", WORKER_ID: "a b" }, /WORKER_ID/],
+    [
+      "worker.ts",
+      { RENDEZVOUS_SERVICE_URL: "http://x", PING_TIMEOUT_SEC: "x" },
+      /PING_TIMEOUT_SEC/,
+    ],
+    ["rendezvous.ts", { PORT: "99999" }, /PORT/],
+    ["rendezvous.ts", { TRUST_PROXY: "perhaps" }, /TRUST_PROXY/],
+  ];
+  for (const [file, env, pattern] of cases) {
+    const proc = Proc.deno(["run", "--allow-net", "--allow-env", file], env);
+    const status = await within(proc.status, 10_000, file);
+    assert.equal(status.code, 2, `${file} ${JSON.stringify(env)}`);
+    assert.match(proc.dump(), pattern);
+  }
+});
+
+Deno.test("--help prints the configuration table and exits 0", async () => {
+  for (
+    const [file, variable] of [["worker.ts", "RENDEZVOUS_SERVICE_URL"], [
+      "rendezvous.ts",
+      "TRUST_PROXY",
+    ]]
+  ) {
+    const proc = Proc.deno(["run", "--allow-net", "--allow-env", file, "--help"]);
+    assert.equal((await proc.status).code, 0);
+    assert.match(proc.stdout, new RegExp(variable));
+  }
+});
+
+Deno.test("worker warns and assumes ws:// for a URL without a scheme", async () => {
+  const rv = await spawnRendezvous();
+  const worker = spawnWorker(`127.0.0.1:${rv.port}`, { WORKER_ID: "noscheme" });
+  try {
+    const warning = await worker.waitForLog(
+      `RENDEZVOUS_SERVICE_URL ("127.0.0.1:${rv.port}") has no scheme: assuming ws://`,
+    );
+    assert.equal(warning.severity, "WARNING");
+    await worker.waitForLog("registered with rendezvous");
+  } finally {
+    await worker.stop();
+    await rv.proc.stop();
+  }
+});

@@ -57,7 +57,7 @@ function seedBlock(doc: string, heading: string): string {
   return doc.slice(start, end) + "\n";
 }
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
@@ -178,7 +178,7 @@ Deno.test({
     const rv = await spawnRendezvous();
     const worker = new Proc(PYTHON, ["-u", files.worker], {
       RENDEZVOUS_SERVICE_URL: rv.http,
-      PORT: String(await freePort()),
+      PORT: String(freePort()),
       PING_INTERVAL_SEC: "1",
       PING_TIMEOUT_SEC: "2",
       HTTPS_PROXY: ipify.proxyUrl,
@@ -232,7 +232,7 @@ Deno.test({
   ignore: skip !== undefined,
   async fn() {
     const files = await seedFiles();
-    const port = await freePort();
+    const port = freePort();
     const seed = new Proc(
       PYTHON,
       ["-u", files.rendezvous],

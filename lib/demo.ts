@@ -1,0 +1,170 @@
+/**
+ * `deno task demo`: a rendezvous and three workers on this machine, with a
+ * local IP echo stand-in instead of api.ipify.org, then the registry table,
+ * then a clean shutdown. Nothing leaves loopback.
+ *
+ * @module
+ */
+
+import { ipEchoHandler } from "./ip_echo.ts";
+
+const ROOT = new URL("../", import.meta.url);
+const WORKERS = 3;
+const TIMEOUT_MS = 20_000;
+
+interface Child {
+  name: string;
+  process: Deno.ChildProcess;
+  /** Resolves with the first JSON log line whose message is `message`. */
+  waitFor(message: string): Promise<Record<string, unknown>>;
+}
+
+function spawn(name: string, file: string, env: Record<string, string>): Child {
+  const process = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-env", file],
+    cwd: ROOT.pathname,
+    env: { LOG_FORMAT: "json", ...env },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const seen: Record<string, unknown>[] = [];
+  const waiters: { message: string; resolve: (l: Record<string, unknown>) => void }[] = [];
+  (async () => {
+    let buffer = "";
+    for await (const chunk of process.stderr.pipeThrough(new TextDecoderStream())) {
+      buffer += chunk;
+      let index;
+      while ((index = buffer.indexOf("\n")) >= 0) {
+        const text = buffer.slice(0, index);
+        buffer = buffer.slice(index + 1);
+        let line: Record<string, unknown>;
+        try {
+          line = JSON.parse(text);
+        } catch {
+          console.error(`[${name}] ${text}`);
+          continue;
+        }
+        seen.push(line);
+        for (const waiter of waiters.filter((w) => w.message === line.message)) {
+          waiters.splice(waiters.indexOf(waiter), 1);
+          waiter.resolve(line);
+        }
+      }
+    }
+  })();
+  return {
+    name,
+    process,
+    waitFor(message) {
+      const found = seen.find((l) => l.message === message);
+      if (found) return Promise.resolve(found);
+      return new Promise((resolve) => waiters.push({ message, resolve }));
+    },
+  };
+}
+
+function deadline<T>(promise: Promise<T>, what: string): Promise<T> {
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error(`demo: timed out waiting for ${what}`)), TIMEOUT_MS)
+    ),
+  ]);
+}
+
+interface Listing {
+  connected_workers_count: number;
+  workers: Record<string, {
+    websocket_observed_ip: string | null;
+    websocket_observed_port: number | null;
+    http_reported_public_ip: string | null;
+    websocket_connected: boolean;
+  }>;
+}
+
+async function list(base: string): Promise<Listing> {
+  return await (await fetch(`${base}/debug/list_workers`)).json();
+}
+
+async function until(check: () => Promise<boolean>, what: string): Promise<void> {
+  const end = Date.now() + TIMEOUT_MS;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`demo: timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function table(listing: Listing): string {
+  const header = ["worker_id", "observed (ip:port)", "reported public ip", "connected"];
+  const rows = Object.entries(listing.workers).sort(([a], [b]) => a.localeCompare(b)).map((
+    [id, w],
+  ) => [
+    id,
+    `${w.websocket_observed_ip}:${w.websocket_observed_port}`,
+    String(w.http_reported_public_ip),
+    String(w.websocket_connected),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+}
+
+const echoListening = Promise.withResolvers<number>();
+const echo = Deno.serve({
+  port: 0,
+  hostname: "127.0.0.1",
+  onListen: ({ port }) => echoListening.resolve(port),
+}, ipEchoHandler);
+const echoUrl = `http://127.0.0.1:${await echoListening.promise}/`;
+console.log(`IP echo stand-in (instead of api.ipify.org): ${echoUrl}`);
+
+const rendezvous = spawn("rendezvous", "rendezvous.ts", { PORT: "0", HOST: "127.0.0.1" });
+const children: Child[] = [rendezvous];
+let exitCode = 0;
+try {
+  const listening = await deadline(rendezvous.waitFor("rendezvous listening"), "the rendezvous");
+  const base = `http://127.0.0.1:${listening.port}`;
+  console.log(`rendezvous listening: ${base}  (list: ${base}/debug/list_workers)`);
+
+  for (let i = 1; i <= WORKERS; i++) {
+    children.push(spawn(`worker-${i}`, "worker.ts", {
+      RENDEZVOUS_SERVICE_URL: base,
+      WORKER_ID: `demo-worker-${i}`,
+      IP_ECHO_URL: echoUrl,
+      PORT: "0",
+      HOST: "127.0.0.1",
+    }));
+  }
+  await until(async () => {
+    const l = await list(base);
+    return l.connected_workers_count === WORKERS &&
+      Object.values(l.workers).every((w) => w.http_reported_public_ip !== null);
+  }, "the workers to register");
+
+  const listing = await list(base);
+  console.log(`\n${listing.connected_workers_count} workers registered:\n`);
+  console.log(table(listing));
+
+  console.log("\nstopping the workers (SIGTERM) ...");
+  for (const child of children.slice(1)) child.process.kill("SIGTERM");
+  for (const child of children.slice(1)) await deadline(child.process.status, child.name);
+  await until(async () => (await list(base)).connected_workers_count === 0, "de-registration");
+  console.log("every worker de-registered; stopping the rendezvous ...");
+  rendezvous.process.kill("SIGTERM");
+  const status = await deadline(rendezvous.process.status, "the rendezvous to stop");
+  console.log(`rendezvous exited with code ${status.code}. Demo done.`);
+} catch (error) {
+  console.error((error as Error).message);
+  exitCode = 1;
+} finally {
+  for (const child of children) {
+    try {
+      child.process.kill("SIGKILL");
+    } catch {
+      // Already exited.
+    }
+  }
+  await echo.shutdown();
+}
+Deno.exit(exitCode);

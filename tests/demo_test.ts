@@ -1,0 +1,17 @@
+import assert from "node:assert/strict";
+import { Proc, within } from "./_helpers.ts";
+
+Deno.test("deno task demo registers three workers, prints the table and shuts down cleanly", async () => {
+  const demo = Proc.deno(["task", "demo"]);
+  const status = await within(demo.status, 60_000, "the demo");
+  assert.equal(status.code, 0, `${demo.stdout}\n${demo.dump()}`);
+  assert.match(demo.stdout, /3 workers registered/);
+  for (let i = 1; i <= 3; i++) {
+    assert.match(
+      demo.stdout,
+      new RegExp(`demo-worker-${i}\\s+127\\.0\\.0\\.1:\\d+\\s+127\\.0\\.0\\.1\\s+true`),
+    );
+  }
+  assert.match(demo.stdout, /every worker de-registered/);
+  assert.match(demo.stdout, /rendezvous exited with code 0/);
+});

@@ -46,6 +46,9 @@ async function missing(): Promise<string | undefined> {
 }
 
 const skip = await missing();
+if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
+  throw new Error(`seed interop tests cannot run: ${skip}`);
+}
 if (skip) console.log(`seed interop tests skipped: ${skip}`);
 
 /** The Python code block that follows `heading` in the seed document. */

@@ -7,8 +7,8 @@
  * @module
  */
 
-import { createLogger, loadOrExit, processEnv } from "./lib/config.ts";
-import { helpText, loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous_config.ts";
+import { createLogger, helpText, loadOrExit, processEnv } from "./lib/config.ts";
+import { loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous_config.ts";
 import { Rendezvous } from "./lib/rendezvous_server.ts";
 import { NAME, VERSION } from "./lib/version.ts";
 

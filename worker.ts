@@ -8,9 +8,8 @@
  */
 
 import { Backoff } from "./lib/backoff.ts";
-import { createLogger, loadOrExit, processEnv } from "./lib/config.ts";
+import { createLogger, helpText, loadOrExit, processEnv } from "./lib/config.ts";
 import { fetchPublicIp } from "./lib/public_ip.ts";
-import { helpText } from "./lib/rendezvous_config.ts";
 import { VERSION } from "./lib/version.ts";
 import { RendezvousClient } from "./lib/worker_client.ts";
 import { loadWorkerConfig, registrationUrl, WORKER_VARIABLES } from "./lib/worker_config.ts";

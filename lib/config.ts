@@ -147,3 +147,33 @@ export function loadOrExit<T>(program: string, load: () => T): T {
     Deno.exit(CONFIG_EXIT_CODE);
   }
 }
+
+/** One row of the configuration table printed by `--help` and the README. */
+export interface VariableDoc {
+  name: string;
+  fallback: string;
+  meaning: string;
+}
+
+/** The logging variables both programs read (see {@linkcode logConfig}). */
+export const LOG_VARIABLES: readonly VariableDoc[] = [
+  { name: "LOG_LEVEL", fallback: "info", meaning: "debug, info, warn or error" },
+  {
+    name: "LOG_FORMAT",
+    fallback: "json (text on a terminal)",
+    meaning: "json (Cloud Logging) or text",
+  },
+];
+
+/** A `--help` text: usage and the variable table. */
+export function helpText(
+  program: string,
+  usage: string,
+  variables: readonly VariableDoc[],
+): string {
+  const width = Math.max(...variables.map((v) => v.name.length));
+  const rows = variables.map((v) =>
+    `  ${v.name.padEnd(width)}  ${v.meaning} [default: ${v.fallback}]`
+  );
+  return `${program}\n\nUsage: ${usage}\n\nEnvironment variables:\n${rows.join("\n")}\n`;
+}

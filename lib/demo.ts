@@ -7,6 +7,7 @@
  */
 
 import { ipEchoHandler } from "./ip_echo.ts";
+import type { WorkerListing } from "./protocol.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const WORKERS = 3;
@@ -73,17 +74,7 @@ function deadline<T>(promise: Promise<T>, what: string): Promise<T> {
   ]);
 }
 
-interface Listing {
-  connected_workers_count: number;
-  workers: Record<string, {
-    websocket_observed_ip: string | null;
-    websocket_observed_port: number | null;
-    http_reported_public_ip: string | null;
-    websocket_connected: boolean;
-  }>;
-}
-
-async function list(base: string): Promise<Listing> {
+async function list(base: string): Promise<WorkerListing> {
   return await (await fetch(`${base}/debug/list_workers`)).json();
 }
 
@@ -95,7 +86,7 @@ async function until(check: () => Promise<boolean>, what: string): Promise<void>
   }
 }
 
-function table(listing: Listing): string {
+function table(listing: WorkerListing): string {
   const header = ["worker_id", "observed (ip:port)", "reported public ip", "connected"];
   const rows = Object.entries(listing.workers).sort(([a], [b]) => a.localeCompare(b)).map((
     [id, w],

@@ -104,6 +104,26 @@ export type ServerMessage =
   | EchoResponseMessage
   | ErrorMessage;
 
+// ---- HTTP ------------------------------------------------------------------
+
+/** One worker in `GET /debug/list_workers` (the seed's fields, then ours). */
+export interface WorkerListingEntry {
+  websocket_observed_ip: string | null;
+  websocket_observed_port: number | null;
+  http_reported_public_ip: string | null;
+  websocket_connected: boolean;
+  /** ISO time of registration. */
+  connected_at: string;
+  /** ISO time of the last frame, when this instance holds the session. */
+  last_seen: string | null;
+}
+
+/** The body of `GET /debug/list_workers`, in the seed's shape. */
+export interface WorkerListing {
+  connected_workers_count: number;
+  workers: Record<string, WorkerListingEntry>;
+}
+
 // ---- parsing ---------------------------------------------------------------
 
 function parseObject(text: string): Record<string, unknown> & { type: string } {

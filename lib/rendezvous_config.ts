@@ -8,11 +8,13 @@ import {
   boolVar,
   ConfigError,
   type Env,
+  LOG_VARIABLES,
   type LogConfig,
   logConfig,
   numberVar,
   portVar,
   stringVar,
+  type VariableDoc,
 } from "./config.ts";
 
 /** Everything `rendezvous.ts` needs to start. */
@@ -28,13 +30,6 @@ export interface RendezvousConfig {
   messageBurst: number;
   shutdownTimeoutSec: number;
   log: LogConfig;
-}
-
-/** One row of the configuration table printed by `--help` and the README. */
-export interface VariableDoc {
-  name: string;
-  fallback: string;
-  meaning: string;
 }
 
 /** The rendezvous's environment variables. */
@@ -77,12 +72,7 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     fallback: "5",
     meaning: "how long shutdown waits for sockets to close (Cloud Run allows 10)",
   },
-  { name: "LOG_LEVEL", fallback: "info", meaning: "debug, info, warn or error" },
-  {
-    name: "LOG_FORMAT",
-    fallback: "json (text on a terminal)",
-    meaning: "json (Cloud Logging) or text",
-  },
+  ...LOG_VARIABLES,
 ];
 
 function trustProxyHops(env: Env): number {
@@ -126,17 +116,4 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
     shutdownTimeoutSec: numberVar(env, "SHUTDOWN_TIMEOUT_SEC", 5, { min: 0, max: 60 }),
     log: logConfig(env, isTerminal),
   };
-}
-
-/** A `--help` text: usage and the variable table. */
-export function helpText(
-  program: string,
-  usage: string,
-  variables: readonly VariableDoc[],
-): string {
-  const width = Math.max(...variables.map((v) => v.name.length));
-  const rows = variables.map((v) =>
-    `  ${v.name.padEnd(width)}  ${v.meaning} [default: ${v.fallback}]`
-  );
-  return `${program}\n\nUsage: ${usage}\n\nEnvironment variables:\n${rows.join("\n")}\n`;
 }

@@ -19,6 +19,7 @@ import {
   ProtocolError,
   REGISTER_PATH_PREFIX,
   type ServerMessage,
+  type WorkerListing,
 } from "./protocol.ts";
 import { TokenBucket } from "./rate_limit.ts";
 import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
@@ -284,7 +285,7 @@ export class Rendezvous {
 
   async #listWorkers(): Promise<Response> {
     const records = await this.registry.list();
-    const workers: Record<string, unknown> = {};
+    const workers: WorkerListing["workers"] = {};
     for (const record of records) {
       const session = this.#byWorker.get(record.worker_id);
       const local = session?.id === record.session_id ? session : undefined;
@@ -298,7 +299,8 @@ export class Rendezvous {
         last_seen: local ? new Date(local.lastSeen).toISOString() : null,
       };
     }
-    return json({ connected_workers_count: records.length, workers });
+    const body: WorkerListing = { connected_workers_count: records.length, workers };
+    return json(body);
   }
 
   #register(req: Request, url: URL, info: ServeInfo): Response {

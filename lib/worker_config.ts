@@ -8,14 +8,15 @@
 import {
   ConfigError,
   type Env,
+  LOG_VARIABLES,
   type LogConfig,
   logConfig,
   numberVar,
   portVar,
   stringVar,
+  type VariableDoc,
 } from "./config.ts";
 import { isValidWorkerId, REGISTER_PATH_PREFIX } from "./protocol.ts";
-import type { VariableDoc } from "./rendezvous_config.ts";
 
 /** Everything `worker.ts` needs to start. */
 export interface WorkerConfig {
@@ -78,12 +79,7 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     meaning: "first reconnect backoff window (full jitter)",
   },
   { name: "RECONNECT_MAX_SEC", fallback: "30", meaning: "largest reconnect backoff window" },
-  { name: "LOG_LEVEL", fallback: "info", meaning: "debug, info, warn or error" },
-  {
-    name: "LOG_FORMAT",
-    fallback: "json (text on a terminal)",
-    meaning: "json (Cloud Logging) or text",
-  },
+  ...LOG_VARIABLES,
 ];
 
 /**

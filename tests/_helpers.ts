@@ -5,6 +5,7 @@
  */
 
 import { ipEchoHandler } from "../lib/ip_echo.ts";
+import type { WorkerListing } from "../lib/protocol.ts";
 import { Rendezvous, type RendezvousOptions } from "../lib/rendezvous_server.ts";
 
 export const ROOT = new URL("../", import.meta.url);
@@ -144,18 +145,6 @@ export class TestClient {
     }
     return await within(this.closed, 5000, "close");
   }
-}
-
-/** The seed's list endpoint, typed. */
-export interface WorkerListing {
-  connected_workers_count: number;
-  workers: Record<string, {
-    websocket_observed_ip: string | null;
-    websocket_observed_port: number | null;
-    http_reported_public_ip: string | null;
-    websocket_connected: boolean;
-    [extra: string]: unknown;
-  }>;
 }
 
 export async function listWorkers(

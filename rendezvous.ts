@@ -38,6 +38,24 @@ const rendezvous = new Rendezvous({
   version: VERSION,
 });
 
+// Signal handlers go in before the server listens: a SIGTERM that arrives
+// right after "listening" must drain, not kill.
+let stopping = false;
+async function shutdown(signal: Deno.Signal): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  log.info("shutdown signal received", { signal });
+  const timeoutMs = config.shutdownTimeoutSec * 1000;
+  await rendezvous.close(timeoutMs);
+  await Promise.race([server.shutdown(), new Promise((r) => setTimeout(r, 1000))]);
+  log.info("rendezvous stopped");
+  Deno.exit(0);
+}
+
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  Deno.addSignalListener(signal, () => void shutdown(signal));
+}
+
 const server = Deno.serve({
   port: config.port,
   hostname: config.hostname,
@@ -56,19 +74,3 @@ const server = Deno.serve({
     return new Response("Internal Server Error", { status: 500 });
   },
 }, rendezvous.handler);
-
-let stopping = false;
-async function shutdown(signal: Deno.Signal): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  log.info("shutdown signal received", { signal });
-  const timeoutMs = config.shutdownTimeoutSec * 1000;
-  await rendezvous.close(timeoutMs);
-  await Promise.race([server.shutdown(), new Promise((r) => setTimeout(r, 1000))]);
-  log.info("rendezvous stopped");
-  Deno.exit(0);
-}
-
-for (const signal of ["SIGTERM", "SIGINT"] as const) {
-  Deno.addSignalListener(signal, () => void shutdown(signal));
-}

@@ -41,22 +41,7 @@ const client = new RendezvousClient({
 log.info("worker starting", { version: VERSION, ip_echo_url: ipEchoUrl ?? "off" });
 
 const stop = new AbortController();
-const health = Deno.serve(
-  {
-    port: config.port,
-    hostname: config.hostname,
-    signal: stop.signal,
-    onListen: ({ hostname, port }) => log.info("health server listening", { hostname, port }),
-  },
-  workerHealthHandler({
-    workerId: config.workerId,
-    version: VERSION,
-    snapshot: () => client.snapshot(),
-  }),
-);
-
-const running = client.run(stop.signal);
-
+// Signal handlers go in before anything listens or connects.
 let stopping = false;
 async function shutdown(signal: Deno.Signal): Promise<void> {
   if (stopping) return;
@@ -72,3 +57,19 @@ async function shutdown(signal: Deno.Signal): Promise<void> {
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   Deno.addSignalListener(signal, () => void shutdown(signal));
 }
+
+const health = Deno.serve(
+  {
+    port: config.port,
+    hostname: config.hostname,
+    signal: stop.signal,
+    onListen: ({ hostname, port }) => log.info("health server listening", { hostname, port }),
+  },
+  workerHealthHandler({
+    workerId: config.workerId,
+    version: VERSION,
+    snapshot: () => client.snapshot(),
+  }),
+);
+
+const running = client.run(stop.signal);

@@ -10,6 +10,8 @@
 import { createLogger, helpText, loadOrExit, processEnv } from "./lib/config.ts";
 import { loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous_config.ts";
 import { Rendezvous } from "./lib/rendezvous_server.ts";
+import { formatAddress } from "./lib/stun_client.ts";
+import { StunServer } from "./lib/stun_server.ts";
 import { NAME, VERSION } from "./lib/version.ts";
 
 if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
@@ -38,6 +40,8 @@ const rendezvous = new Rendezvous({
   version: VERSION,
 });
 
+let stun: StunServer | undefined;
+
 // Signal handlers go in before the server listens: a SIGTERM that arrives
 // right after "listening" must drain, not kill.
 let stopping = false;
@@ -47,6 +51,7 @@ async function shutdown(signal: Deno.Signal): Promise<void> {
   log.info("shutdown signal received", { signal });
   const timeoutMs = config.shutdownTimeoutSec * 1000;
   await rendezvous.close(timeoutMs);
+  await stun?.close();
   await Promise.race([server.shutdown(), new Promise((r) => setTimeout(r, 1000))]);
   log.info("rendezvous stopped");
   Deno.exit(0);
@@ -74,3 +79,21 @@ const server = Deno.serve({
     return new Response("Internal Server Error", { status: 500 });
   },
 }, rendezvous.handler);
+
+if (config.stun) {
+  try {
+    stun = StunServer.listen({ ...config.stun, logger: log });
+  } catch (error) {
+    log.error("cannot start the stun server", {
+      error,
+      hostname: config.stun.hostname,
+      port: config.stun.port,
+    });
+    Deno.exit(1);
+  }
+  log.info("stun server listening", {
+    addresses: stun.addresses.map(formatAddress),
+    port: stun.addresses[0].port,
+    rfc5780: stun.addresses.length > 1,
+  });
+}

@@ -14,6 +14,7 @@ import { VERSION } from "./lib/version.ts";
 import { RendezvousClient } from "./lib/worker_client.ts";
 import { loadWorkerConfig, registrationUrl, WORKER_VARIABLES } from "./lib/worker_config.ts";
 import { workerHealthHandler } from "./lib/worker_health.ts";
+import { startWorkerUdp, type WorkerUdp } from "./lib/worker_udp.ts";
 
 if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
   console.log(helpText(`holepunch worker ${VERSION}`, "deno task worker", WORKER_VARIABLES));
@@ -25,6 +26,7 @@ const log = createLogger(config.log, "worker").child({ worker_id: config.workerI
 if (config.rendezvousWarning) log.warn(config.rendezvousWarning);
 
 const { ipEchoUrl, ipEchoTimeoutMs } = config;
+let udp: WorkerUdp | undefined;
 const client = new RendezvousClient({
   url: registrationUrl(config.rendezvousBase, config.workerId),
   workerId: config.workerId,
@@ -36,7 +38,21 @@ const client = new RendezvousClient({
     ? undefined
     : (signal) => fetchPublicIp(ipEchoUrl, { signal, timeoutMs: ipEchoTimeoutMs }),
   logger: log,
+  onEvent: (event) => {
+    if (event.type === "registered") udp?.onRegistered();
+  },
 });
+
+if (config.stunServers.length > 0) {
+  udp = startWorkerUdp({
+    hostname: config.udpHost,
+    port: config.udpPort,
+    stunServers: config.stunServers,
+    keepaliveMs: config.stunKeepaliveMs,
+    logger: log,
+    report: (report) => client.send({ type: "register_udp_endpoint", ...report }),
+  });
+}
 
 log.info("worker starting", { version: VERSION, ip_echo_url: ipEchoUrl ?? "off" });
 
@@ -49,6 +65,7 @@ async function shutdown(signal: Deno.Signal): Promise<void> {
   log.info("shutdown signal received", { signal });
   stop.abort();
   await running;
+  await udp?.close();
   await Promise.race([health.finished, new Promise((r) => setTimeout(r, 1000))]);
   log.info("worker stopped");
   Deno.exit(0);
@@ -69,6 +86,7 @@ const health = Deno.serve(
     workerId: config.workerId,
     version: VERSION,
     snapshot: () => client.snapshot(),
+    udp: () => udp?.presence.last ?? null,
   }),
 );
 

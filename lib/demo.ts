@@ -8,6 +8,8 @@
 
 import { ipEchoHandler } from "./ip_echo.ts";
 import type { WorkerListing } from "./protocol.ts";
+import { formatAddress } from "./stun_client.ts";
+import { StunServer } from "./stun_server.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const WORKERS = 3;
@@ -21,8 +23,9 @@ interface Child {
 }
 
 function spawn(name: string, file: string, env: Record<string, string>): Child {
+  const sys = file === "worker.ts" ? ["--allow-sys=networkInterfaces"] : [];
   const process = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-env", file],
+    args: ["run", "--allow-net", "--allow-env", ...sys, file],
     cwd: ROOT.pathname,
     env: { LOG_FORMAT: "json", ...env },
     stdin: "null",
@@ -87,13 +90,22 @@ async function until(check: () => Promise<boolean>, what: string): Promise<void>
 }
 
 function table(listing: WorkerListing): string {
-  const header = ["worker_id", "observed (ip:port)", "reported public ip", "connected"];
+  const header = [
+    "worker_id",
+    "observed (ip:port)",
+    "reported public ip",
+    "udp endpoint (STUN)",
+    "nat mapping",
+    "connected",
+  ];
   const rows = Object.entries(listing.workers).sort(([a], [b]) => a.localeCompare(b)).map((
     [id, w],
   ) => [
     id,
     `${w.websocket_observed_ip}:${w.websocket_observed_port}`,
     String(w.http_reported_public_ip),
+    w.udp_endpoint?.public ? `${w.udp_endpoint.public.ip}:${w.udp_endpoint.public.port}` : "-",
+    w.udp_endpoint?.nat_mapping ?? "-",
     String(w.websocket_connected),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
@@ -110,13 +122,23 @@ const echo = Deno.serve({
 const echoUrl = `http://127.0.0.1:${await echoListening.promise}/`;
 console.log(`IP echo stand-in (instead of api.ipify.org): ${echoUrl}`);
 
-const rendezvous = spawn("rendezvous", "rendezvous.ts", { PORT: "0", HOST: "127.0.0.1" });
+// Two STUN servers, as the worker needs to classify its NAT: one inside the
+// rendezvous (STUN_PORT) and one standalone, here in this process.
+const secondStun = StunServer.listen({ hostname: "127.0.0.1", port: 0 });
+const rendezvous = spawn("rendezvous", "rendezvous.ts", {
+  PORT: "0",
+  HOST: "127.0.0.1",
+  STUN_PORT: "0",
+});
 const children: Child[] = [rendezvous];
 let exitCode = 0;
 try {
   const listening = await deadline(rendezvous.waitFor("rendezvous listening"), "the rendezvous");
   const base = `http://127.0.0.1:${listening.port}`;
   console.log(`rendezvous listening: ${base}  (list: ${base}/debug/list_workers)`);
+  const stunLine = await deadline(rendezvous.waitFor("stun server listening"), "its STUN server");
+  const stunServers = [`127.0.0.1:${stunLine.port}`, formatAddress(secondStun.addresses[0])];
+  console.log(`STUN servers: ${stunServers.join(", ")}`);
 
   for (let i = 1; i <= WORKERS; i++) {
     children.push(spawn(`worker-${i}`, "worker.ts", {
@@ -125,12 +147,15 @@ try {
       IP_ECHO_URL: echoUrl,
       PORT: "0",
       HOST: "127.0.0.1",
+      STUN_SERVERS: stunServers.join(","),
     }));
   }
   await until(async () => {
     const l = await list(base);
     return l.connected_workers_count === WORKERS &&
-      Object.values(l.workers).every((w) => w.http_reported_public_ip !== null);
+      Object.values(l.workers).every((w) =>
+        w.http_reported_public_ip !== null && w.udp_endpoint !== null
+      );
   }, "the workers to register");
 
   const listing = await list(base);
@@ -157,5 +182,6 @@ try {
     }
   }
   await echo.shutdown();
+  await secondStun.close();
 }
 Deno.exit(exitCode);

@@ -61,8 +61,52 @@ export interface EchoRequestMessage {
   payload: unknown;
 }
 
+/** How a worker's NAT maps its UDP socket (RFC 4787 terms). */
+export type NatMapping =
+  /** Every STUN server saw the same public endpoint: peers can reach it. */
+  | "endpoint-independent"
+  /** Servers saw different endpoints: a "hard" (symmetric) NAT. */
+  | "endpoint-dependent"
+  /** The mapped endpoint is one of the worker's own addresses. */
+  | "no-nat"
+  /** No STUN server answered: UDP is blocked (or every server is down). */
+  | "no-udp"
+  /** Only one server answered, so the mapping could not be compared. */
+  | "unknown";
+
+/** The NAT mappings, for validation. */
+export const NAT_MAPPINGS: readonly NatMapping[] = [
+  "endpoint-independent",
+  "endpoint-dependent",
+  "no-nat",
+  "no-udp",
+  "unknown",
+];
+
+/** A UDP address. */
+export interface UdpAddress {
+  ip: string;
+  port: number;
+}
+
+/** At most this many local candidates are accepted from one worker. */
+export const MAX_LOCAL_CANDIDATES = 16;
+
+/** The worker's UDP socket as STUN and its interfaces describe it. */
+export interface RegisterUdpEndpointMessage {
+  type: "register_udp_endpoint";
+  /** The STUN-mapped endpoint; null when no server answered. */
+  public: UdpAddress | null;
+  /** Interface addresses with the socket's port. */
+  local: UdpAddress[];
+  nat: { mapping: NatMapping };
+}
+
 /** Every message a worker may send. */
-export type ClientMessage = RegisterPublicIpMessage | EchoRequestMessage;
+export type ClientMessage =
+  | RegisterPublicIpMessage
+  | EchoRequestMessage
+  | RegisterUdpEndpointMessage;
 
 // ---- rendezvous → worker ---------------------------------------------------
 
@@ -97,14 +141,31 @@ export interface ErrorMessage {
   message: string;
 }
 
+/** Confirms a `register_udp_endpoint`. */
+export interface UdpEndpointRegisteredMessage {
+  type: "udp_endpoint_registered";
+  public: UdpAddress | null;
+  mapping: NatMapping;
+}
+
 /** Every message the rendezvous may send. */
 export type ServerMessage =
   | RegisteredMessage
   | PublicIpRegisteredMessage
   | EchoResponseMessage
+  | UdpEndpointRegisteredMessage
   | ErrorMessage;
 
 // ---- HTTP ------------------------------------------------------------------
+
+/** What the rendezvous stores of a worker's UDP endpoint. */
+export interface UdpEndpointRecord {
+  public: UdpAddress | null;
+  local: UdpAddress[];
+  nat_mapping: NatMapping;
+  /** ISO time of the last report. */
+  updated_at: string;
+}
 
 /** One worker in `GET /debug/list_workers` (the seed's fields, then ours). */
 export interface WorkerListingEntry {
@@ -116,6 +177,8 @@ export interface WorkerListingEntry {
   connected_at: string;
   /** ISO time of the last frame, when this instance holds the session. */
   last_seen: string | null;
+  /** Null until the worker reports one (the seed's worker never does). */
+  udp_endpoint: UdpEndpointRecord | null;
 }
 
 /** The body of `GET /debug/list_workers`, in the seed's shape. */
@@ -207,6 +270,69 @@ function nullable<T>(
   return value;
 }
 
+function udpAddress(value: unknown, type: string, field: string): UdpAddress {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse "${type}": "${field}" must be an object {ip, port}: current value is ${
+        describe(value)
+      }`,
+    );
+  }
+  const record = value as Record<string, unknown>;
+  const ip = typeof record.ip === "string" ? normalizeIp(record.ip) : null;
+  if (ip === null) {
+    throw new ProtocolError(
+      "invalid_ip",
+      `Cannot parse "${type}": "${field}.ip" must be an IPv4 or IPv6 address: current value is ${
+        describe(record.ip)
+      }`,
+    );
+  }
+  if (
+    !Number.isInteger(record.port) || (record.port as number) < 1 || (record.port as number) > 65535
+  ) {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse "${type}": "${field}.port" must be a port number 1-65535: current value is ${
+        describe(record.port)
+      }`,
+    );
+  }
+  return { ip, port: record.port as number };
+}
+
+function udpEndpointFields(
+  record: Record<string, unknown>,
+): Omit<RegisterUdpEndpointMessage, "type"> {
+  const type = String(record.type);
+  const publicAddress = record.public === null || record.public === undefined
+    ? null
+    : udpAddress(record.public, type, "public");
+  const local = record.local ?? [];
+  if (!Array.isArray(local) || local.length > MAX_LOCAL_CANDIDATES) {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse "${type}": "local" must be an array of at most ${MAX_LOCAL_CANDIDATES} {ip, port}`,
+    );
+  }
+  const nat = record.nat as Record<string, unknown> | undefined;
+  const mapping = nat?.mapping;
+  if (typeof mapping !== "string" || !(NAT_MAPPINGS as readonly string[]).includes(mapping)) {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse "${type}": "nat.mapping" must be one of ${
+        NAT_MAPPINGS.join(", ")
+      }: current value is ${describe(mapping)}`,
+    );
+  }
+  return {
+    public: publicAddress,
+    local: local.map((entry, i) => udpAddress(entry, type, `local[${i}]`)),
+    nat: { mapping: mapping as NatMapping },
+  };
+}
+
 const isString = (v: unknown): v is string => typeof v === "string";
 const isPort = (v: unknown): v is number =>
   Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535;
@@ -230,6 +356,8 @@ export function parseClientMessage(text: string): ClientMessage {
       return { type: "register_public_ip", ip: requireIp(record, "ip") };
     case "echo_request":
       return { type: "echo_request", payload: record.payload === undefined ? "" : record.payload };
+    case "register_udp_endpoint":
+      return { type: "register_udp_endpoint", ...udpEndpointFields(record) };
     default:
       throw new ProtocolError(
         "unknown_type",
@@ -260,6 +388,14 @@ export function parseServerMessage(text: string): ServerMessage {
       };
     case "public_ip_registered":
       return { type: "public_ip_registered", ip: requireIp(record, "ip") };
+    case "udp_endpoint_registered": {
+      const { public: address, nat } = udpEndpointFields({
+        type: record.type,
+        public: record.public,
+        nat: { mapping: record.mapping },
+      });
+      return { type: "udp_endpoint_registered", public: address, mapping: nat.mapping };
+    }
     case "echo_response":
       return {
         type: "echo_response",

@@ -10,6 +10,8 @@
  * @module
  */
 
+import type { UdpEndpointRecord } from "./protocol.ts";
+
 /** What the registry holds for one worker. */
 export interface WorkerRecord {
   readonly worker_id: string;
@@ -23,10 +25,12 @@ export interface WorkerRecord {
   readonly http_reported_public_ip: string | null;
   /** Milliseconds since the epoch. */
   readonly connected_at: number;
+  /** The worker's UDP endpoint, once it reports one. */
+  readonly udp_endpoint: UdpEndpointRecord | null;
 }
 
 /** Fields a session may change on its own record. */
-export type WorkerPatch = Partial<Pick<WorkerRecord, "http_reported_public_ip">>;
+export type WorkerPatch = Partial<Pick<WorkerRecord, "http_reported_public_ip" | "udp_endpoint">>;
 
 /** Storage for {@linkcode WorkerRecord}s. */
 export interface Registry {
@@ -51,7 +55,8 @@ export interface Registry {
  * ```ts
  * const registry = new MemoryRegistry();
  * await registry.put({ worker_id: "w1", session_id: "s1", observed_ip: "192.0.2.7",
- *   observed_port: 40000, http_reported_public_ip: null, connected_at: Date.now() });
+ *   observed_port: 40000, http_reported_public_ip: null, connected_at: Date.now(),
+ *   udp_endpoint: null });
  * await registry.size(); // 1
  * ```
  */

@@ -16,6 +16,8 @@ import {
   stringVar,
   type VariableDoc,
 } from "./config.ts";
+import { loadStunConfig, STUN_VARIABLES } from "./stun_config.ts";
+import type { StunServerOptions } from "./stun_server.ts";
 
 /** Everything `rendezvous.ts` needs to start. */
 export interface RendezvousConfig {
@@ -29,6 +31,8 @@ export interface RendezvousConfig {
   messageRatePerSec: number;
   messageBurst: number;
   shutdownTimeoutSec: number;
+  /** A STUN server beside the rendezvous (STUN_PORT set), or undefined. */
+  stun?: StunServerOptions;
   log: LogConfig;
 }
 
@@ -72,6 +76,7 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     fallback: "5",
     meaning: "how long shutdown waits for sockets to close (Cloud Run allows 10)",
   },
+  ...STUN_VARIABLES,
   ...LOG_VARIABLES,
 ];
 
@@ -99,9 +104,11 @@ function trustProxyHops(env: Env): number {
  */
 export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousConfig {
   const token = stringVar(env, "RENDEZVOUS_TOKEN");
+  const hostname = stringVar(env, "HOST", "0.0.0.0");
   return {
     port: portVar(env, "PORT", 8080),
-    hostname: stringVar(env, "HOST", "0.0.0.0"),
+    hostname,
+    stun: loadStunConfig(env, { hostname }),
     token,
     trustProxyHops: trustProxyHops(env),
     maxConnections: numberVar(env, "MAX_CONNECTIONS", 10_000, { min: 1, integer: true }),

@@ -297,6 +297,7 @@ export class Rendezvous {
         websocket_connected: local ? local.socket.readyState === WebSocket.OPEN : true,
         connected_at: new Date(record.connected_at).toISOString(),
         last_seen: local ? new Date(local.lastSeen).toISOString() : null,
+        udp_endpoint: record.udp_endpoint,
       };
     }
     const body: WorkerListing = { connected_workers_count: records.length, workers };
@@ -401,6 +402,7 @@ export class Rendezvous {
       observed_port: session.observedPort,
       http_reported_public_ip: null,
       connected_at: session.connectedAt,
+      udp_endpoint: null,
     };
     const previous = await this.registry.put(record);
     session.registered = true;
@@ -480,6 +482,30 @@ export class Rendezvous {
           http_reported_public_ip: message.ip,
         });
         session.send({ type: "public_ip_registered", ip: message.ip });
+        return;
+      }
+      case "register_udp_endpoint": {
+        const udp = {
+          public: message.public,
+          local: message.local,
+          nat_mapping: message.nat.mapping,
+          updated_at: new Date(this.#clock.now()).toISOString(),
+        };
+        const stored = await this.registry.update(session.workerId, session.id, {
+          udp_endpoint: udp,
+        });
+        if (!stored) return;
+        this.#log.info("worker reported udp endpoint", {
+          worker_id: session.workerId,
+          udp_public: message.public ? `${message.public.ip}:${message.public.port}` : null,
+          nat_mapping: message.nat.mapping,
+          local_candidates: message.local.length,
+        });
+        session.send({
+          type: "udp_endpoint_registered",
+          public: message.public,
+          mapping: message.nat.mapping,
+        });
         return;
       }
       case "echo_request": {

@@ -14,6 +14,7 @@ import { CloseCode, CloseReason, reconnectsImmediately } from "./close_codes.ts"
 import { type Clock, delay, systemClock, type TimerId } from "./clock.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import {
+  type ClientMessage,
   encodeMessage,
   parseServerMessage,
   ProtocolError,
@@ -124,6 +125,8 @@ export class RendezvousClient {
   #observed: { ip: string | null; port: number | null } = { ip: null, port: null };
   #reportedIp: string | null = null;
   #running = false;
+  /** The socket of the open session, if any. */
+  #socket: WebSocketLike | undefined;
 
   constructor(options: RendezvousClientOptions) {
     this.#o = {
@@ -159,6 +162,16 @@ export class RendezvousClient {
       observed_port: this.#observed.port,
       http_reported_public_ip: this.#reportedIp,
     };
+  }
+
+  /**
+   * Sends `message` on the open session. Returns false when there is none
+   * (the caller sends it again after the next `registered` event).
+   */
+  send(message: ClientMessage): boolean {
+    const socket = this.#socket;
+    if (socket === undefined || this.#status !== "connected") return false;
+    return this.#send(socket, message);
   }
 
   #emit(event: ClientEvent): void {
@@ -245,6 +258,7 @@ export class RendezvousClient {
         socket?.removeEventListener("close", onClose);
         socket?.removeEventListener("error", onError);
         this.#connectedSince = null;
+        if (this.#socket === socket) this.#socket = undefined;
         const now = clock.now();
         this.#emit({ type: "disconnected", code, reason, opened });
         const fields = {
@@ -297,6 +311,7 @@ export class RendezvousClient {
 
       const onOpen = () => {
         opened = true;
+        this.#socket = socket;
         openedAt = clock.now();
         this.#sessions++;
         this.#status = "connected";
@@ -392,6 +407,12 @@ export class RendezvousClient {
         return;
       case "echo_response":
         return;
+      case "udp_endpoint_registered":
+        logger.debug("rendezvous stored udp endpoint", {
+          worker_id: workerId,
+          mapping: message.mapping,
+        });
+        return;
       case "error":
         logger.warn("rendezvous rejected a message", {
           worker_id: workerId,
@@ -429,12 +450,13 @@ export class RendezvousClient {
     logger.info("reported public ip", { worker_id: workerId, http_reported_public_ip: ip });
   }
 
-  #send(socket: WebSocketLike, message: Parameters<typeof encodeMessage>[0]): void {
-    if (socket.readyState !== WebSocket.OPEN) return;
+  #send(socket: WebSocketLike, message: ClientMessage): boolean {
+    if (socket.readyState !== WebSocket.OPEN) return false;
     try {
       socket.send(encodeMessage(message));
+      return true;
     } catch {
-      // The close event follows.
+      return false; // The close event follows.
     }
   }
 }

@@ -16,7 +16,9 @@ import {
   stringVar,
   type VariableDoc,
 } from "./config.ts";
+import { normalizeIp } from "./ip.ts";
 import { isValidWorkerId, REGISTER_PATH_PREFIX } from "./protocol.ts";
+import { parseServerSpec } from "./stun_client.ts";
 
 /** Everything `worker.ts` needs to start. */
 export interface WorkerConfig {
@@ -35,6 +37,12 @@ export interface WorkerConfig {
   pingTimeoutMs: number;
   reconnectBaseMs: number;
   reconnectMaxMs: number;
+  /** UDP socket for STUN (and later hole punching). */
+  udpHost: string;
+  udpPort: number;
+  /** Empty when STUN_SERVERS=off: no UDP discovery. */
+  stunServers: string[];
+  stunKeepaliveMs: number;
   log: LogConfig;
 }
 
@@ -79,6 +87,22 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     meaning: "first reconnect backoff window (full jitter)",
   },
   { name: "RECONNECT_MAX_SEC", fallback: "30", meaning: "largest reconnect backoff window" },
+  {
+    name: "UDP_PORT",
+    fallback: "0 (any free port)",
+    meaning: "UDP port for STUN and peer traffic",
+  },
+  { name: "UDP_HOST", fallback: "0.0.0.0", meaning: "UDP address (:: for IPv6)" },
+  {
+    name: "STUN_SERVERS",
+    fallback: "stun.l.google.com:19302,stun.cloudflare.com:3478",
+    meaning: "comma-separated host:port list, two or more to classify the NAT; off to skip UDP",
+  },
+  {
+    name: "STUN_KEEPALIVE_SEC",
+    fallback: "20",
+    meaning: "refresh the NAT mapping this often (Cloud NAT forgets idle UDP after 30 s)",
+  },
   ...LOG_VARIABLES,
 ];
 
@@ -204,6 +228,31 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
       })`,
     );
   }
+  const stunText = stringVar(
+    env,
+    "STUN_SERVERS",
+    "stun.l.google.com:19302,stun.cloudflare.com:3478",
+  );
+  const stunServers = stunText.toLowerCase() === "off"
+    ? []
+    : stunText.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  for (const server of stunServers) {
+    try {
+      parseServerSpec(server);
+    } catch {
+      throw new ConfigError(
+        "STUN_SERVERS",
+        `Cannot read STUN_SERVERS: "${server}" is not host:port (or set STUN_SERVERS=off)`,
+      );
+    }
+  }
+  const udpHost = stringVar(env, "UDP_HOST", "0.0.0.0");
+  if (normalizeIp(udpHost) === null) {
+    throw new ConfigError(
+      "UDP_HOST",
+      `Cannot read UDP_HOST: it must be an IP address: current value is "${udpHost}"`,
+    );
+  }
   return {
     workerId,
     rendezvousBase: url,
@@ -217,6 +266,10 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     pingTimeoutMs: seconds(env, "PING_TIMEOUT_SEC", 25, 0.05, 3600),
     reconnectBaseMs,
     reconnectMaxMs,
+    udpHost,
+    udpPort: portVar(env, "UDP_PORT", 0),
+    stunServers,
+    stunKeepaliveMs: seconds(env, "STUN_KEEPALIVE_SEC", 20, 0.05, 3600),
     log: logConfig(env, isTerminal),
   };
 }

@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { UdpEndpointReport } from "./udp_discovery.ts";
 import type { ClientSnapshot } from "./worker_client.ts";
 
 /** What the handler reports besides the client's snapshot. */
@@ -12,6 +13,8 @@ export interface WorkerHealthInfo {
   workerId: string;
   version: string;
   snapshot: () => ClientSnapshot;
+  /** The last UDP discovery report, if any. */
+  udp?: () => UdpEndpointReport | null;
 }
 
 /**
@@ -33,6 +36,7 @@ export function workerHealthHandler(info: WorkerHealthInfo): (req: Request) => R
         worker_id: info.workerId,
         version: info.version,
         rendezvous: info.snapshot(),
+        udp: info.udp?.() ?? null,
       });
     }
     return new Response("Not Found\n", { status: 404 });

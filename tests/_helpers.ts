@@ -287,11 +287,19 @@ export async function spawnRendezvous(
 
 /** Starts `worker.ts` against `rendezvousUrl`. */
 export function spawnWorker(rendezvousUrl: string, env: Record<string, string> = {}): Proc {
-  return Proc.deno(["run", "--allow-net", "--allow-env", "worker.ts"], {
+  return Proc.deno([
+    "run",
+    "--allow-net",
+    "--allow-env",
+    "--allow-sys=networkInterfaces",
+    "worker.ts",
+  ], {
     RENDEZVOUS_SERVICE_URL: rendezvousUrl,
     PORT: "0",
     HOST: "127.0.0.1",
     IP_ECHO_URL: "off",
+    // Tests never reach public STUN servers; those that need STUN pass local ones.
+    STUN_SERVERS: "off",
     ...env,
   });
 }

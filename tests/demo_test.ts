@@ -9,7 +9,11 @@ Deno.test("deno task demo registers three workers, prints the table and shuts do
   for (let i = 1; i <= 3; i++) {
     assert.match(
       demo.stdout,
-      new RegExp(`demo-worker-${i}\\s+127\\.0\\.0\\.1:\\d+\\s+127\\.0\\.0\\.1\\s+true`),
+      // observed, reported IP, UDP endpoint from STUN, NAT mapping (none on loopback)
+      new RegExp(
+        `demo-worker-${i}\\s+127\\.0\\.0\\.1:\\d+\\s+127\\.0\\.0\\.1\\s+` +
+          `127\\.0\\.0\\.1:\\d+\\s+no-nat\\s+true`,
+      ),
     );
   }
   assert.match(demo.stdout, /every worker de-registered/);

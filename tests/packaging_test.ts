@@ -103,6 +103,7 @@ Deno.test("Dockerfile.worker: its build and start commands work outside Docker",
     RENDEZVOUS_SERVICE_URL: rv.http,
     WORKER_ID: "from-dockerfile",
     IP_ECHO_URL: "off",
+    STUN_SERVERS: "off",
   }, app);
   try {
     await proc.waitForLog("registered with rendezvous", () => true, 20_000);
@@ -136,6 +137,7 @@ Deno.test("compile tasks: their permission flags are enough to run each program"
         RENDEZVOUS_SERVICE_URL: rv.http,
         WORKER_ID: "compiled",
         IP_ECHO_URL: "off",
+        STUN_SERVERS: "off",
       });
       try {
         await proc.waitForLog(

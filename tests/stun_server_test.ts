@@ -11,7 +11,6 @@ import {
   parseStunMessage,
   type StunAttribute,
   StunClass,
-  StunMethod,
   type TransportAddress,
 } from "../lib/stun.ts";
 import { StunClient } from "../lib/stun_client.ts";

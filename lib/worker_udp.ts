@@ -1,0 +1,72 @@
+/**
+ * Wires a worker's UDP socket, STUN client and {@linkcode UdpPresence} to its
+ * rendezvous session: discover after every registration, report each new
+ * result once per session, keep the mapping alive in between.
+ *
+ * @module
+ */
+
+import type { Logger } from "./log.ts";
+import { StunClient } from "./stun_client.ts";
+import { UdpEndpoint } from "./udp.ts";
+import { type UdpEndpointReport, UdpPresence } from "./udp_discovery.ts";
+
+/** Options for {@linkcode startWorkerUdp}. */
+export interface WorkerUdpOptions {
+  hostname: string;
+  port: number;
+  stunServers: readonly string[];
+  keepaliveMs: number;
+  logger: Logger;
+  /** Sends a report to the rendezvous; false when no session is open. */
+  report: (report: UdpEndpointReport) => boolean;
+}
+
+/** A running UDP side of a worker. */
+export interface WorkerUdp {
+  udp: UdpEndpoint;
+  presence: UdpPresence;
+  /** Call on every `registered` event: rediscover and report. */
+  onRegistered(): void;
+  close(): Promise<void>;
+}
+
+/** Binds the socket and starts the keepalive. */
+export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
+  const { logger } = options;
+  const udp = UdpEndpoint.bind({ hostname: options.hostname, port: options.port });
+  const stun = new StunClient((bytes, to) => udp.send(bytes, to), {
+    family: udp.local.family,
+  });
+  udp.onStun = (bytes, from) => stun.handle(bytes, from);
+  let sentThisSession: string | undefined;
+  const sendIfNew = (report: UdpEndpointReport) => {
+    const text = JSON.stringify(report);
+    if (text === sentThisSession) return;
+    if (options.report(report)) sentThisSession = text;
+  };
+  const presence = new UdpPresence({
+    stun,
+    servers: options.stunServers,
+    local: udp.local,
+    keepaliveMs: options.keepaliveMs,
+    logger,
+    onChange: sendIfNew,
+  });
+  const stop = new AbortController();
+  const keepalive = presence.keepAlive(stop.signal);
+  logger.info("udp socket bound", { udp_local: `${udp.local.ip}:${udp.local.port}` });
+  return {
+    udp,
+    presence,
+    onRegistered() {
+      sentThisSession = undefined;
+      presence.discover(stop.signal).then(sendIfNew, () => {});
+    },
+    async close() {
+      stop.abort();
+      await keepalive;
+      await udp.close();
+    },
+  };
+}

@@ -1,0 +1,61 @@
+/**
+ * A standalone STUN server (RFC 8489 Binding; RFC 5780 with STUN_ALT_HOST).
+ * Cloud Run cannot receive UDP: run it on a VM, GKE, or any host with a
+ * public UDP port. See README.md.
+ *
+ * Run: `deno task stun`.
+ *
+ * @module
+ */
+
+import {
+  createLogger,
+  helpText,
+  loadOrExit,
+  LOG_VARIABLES,
+  logConfig,
+  processEnv,
+} from "./lib/config.ts";
+import { loadStunConfig, STUN_VARIABLES } from "./lib/stun_config.ts";
+import { StunServer } from "./lib/stun_server.ts";
+import { formatAddress } from "./lib/stun_client.ts";
+import { VERSION } from "./lib/version.ts";
+
+if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
+  console.log(
+    helpText(`holepunch stun ${VERSION}`, "deno task stun", [...STUN_VARIABLES, ...LOG_VARIABLES]),
+  );
+  Deno.exit(0);
+}
+
+const env = processEnv();
+const { options, log: logSettings } = loadOrExit("stun", () => ({
+  options: loadStunConfig(env, { port: 3478, hostname: "0.0.0.0" })!,
+  log: logConfig(env, Deno.stderr.isTerminal()),
+}));
+const log = createLogger(logSettings, "stun");
+
+let server: StunServer | undefined;
+async function shutdown(signal: Deno.Signal): Promise<void> {
+  await server?.close();
+  log.info("stun server stopped", { signal, ...server?.stats });
+  Deno.exit(0);
+}
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  Deno.addSignalListener(signal, () => void shutdown(signal));
+}
+
+try {
+  server = StunServer.listen({ ...options, logger: log });
+} catch (error) {
+  console.error(
+    `stun: Cannot listen on UDP ${options.hostname}:${options.port}: ${(error as Error).message}`,
+  );
+  Deno.exit(1);
+}
+log.info("stun server listening", {
+  addresses: server.addresses.map(formatAddress),
+  port: server.addresses[0].port,
+  rfc5780: server.addresses.length > 1,
+  version: VERSION,
+});

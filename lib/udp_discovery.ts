@@ -91,7 +91,7 @@ export function hostInterfaces(): InterfaceAddress[] {
 
 /** Options for {@linkcode UdpPresence}. */
 export interface UdpPresenceOptions {
-  stun: StunClient;
+  stun: Pick<StunClient, "binding">;
   /** `host:port` of each STUN server; at least two to classify the mapping. */
   servers: readonly string[];
   /** The socket's bound address. */

@@ -150,3 +150,49 @@ Deno.test("encodeMessage() writes JSON the parsers read back", () => {
   const text = encodeMessage({ type: "register_public_ip", ip: "192.0.2.9" });
   assert.deepEqual(parseClientMessage(text), { type: "register_public_ip", ip: "192.0.2.9" });
 });
+
+Deno.test("parseClientMessage() reads register_udp_endpoint and normalizes its addresses", () => {
+  const message = parseClientMessage(JSON.stringify({
+    type: "register_udp_endpoint",
+    public: { ip: "203.0.113.9", port: 40000 },
+    local: [{ ip: "10.0.0.5", port: 40000 }, { ip: "2001:DB8::5", port: 40000 }],
+    nat: { mapping: "endpoint-independent", servers_answered: 2 },
+  }));
+  assert.deepEqual(message, {
+    type: "register_udp_endpoint",
+    public: { ip: "203.0.113.9", port: 40000 },
+    local: [{ ip: "10.0.0.5", port: 40000 }, { ip: "2001:db8::5", port: 40000 }],
+    nat: { mapping: "endpoint-independent" },
+  });
+  assert.deepEqual(
+    parseClientMessage('{"type":"register_udp_endpoint","public":null,"nat":{"mapping":"no-udp"}}'),
+    { type: "register_udp_endpoint", public: null, local: [], nat: { mapping: "no-udp" } },
+  );
+});
+
+Deno.test("parseClientMessage() rejects malformed register_udp_endpoint", () => {
+  const ok = {
+    type: "register_udp_endpoint",
+    public: { ip: "203.0.113.9", port: 40000 },
+    local: [],
+    nat: { mapping: "no-nat" },
+  };
+  const cases: [Record<string, unknown>, string][] = [
+    [{ ...ok, public: "203.0.113.9:40000" }, "invalid_message"],
+    [{ ...ok, public: { ip: "nope", port: 1 } }, "invalid_ip"],
+    [{ ...ok, public: { ip: "1.2.3.4", port: 0 } }, "invalid_message"],
+    [{ ...ok, public: { ip: "1.2.3.4", port: 70000 } }, "invalid_message"],
+    [{ ...ok, local: "x" }, "invalid_message"],
+    [{ ...ok, local: Array(17).fill({ ip: "10.0.0.1", port: 1 }) }, "invalid_message"],
+    [{ ...ok, local: [{ ip: "10.0.0.1" }] }, "invalid_message"],
+    [{ ...ok, nat: { mapping: "cone" } }, "invalid_message"],
+    [{ ...ok, nat: undefined }, "invalid_message"],
+  ];
+  for (const [message, code] of cases) {
+    assert.throws(
+      () => parseClientMessage(JSON.stringify(message)),
+      { code },
+      JSON.stringify(message),
+    );
+  }
+});

@@ -400,3 +400,43 @@ async function rawUpgrade(port: number, path: string): Promise<Deno.TcpConn> {
   assert.match(head, /^HTTP\/1.1 101/);
   return conn;
 }
+
+Deno.test("rendezvous stores and lists a worker's UDP endpoint beside the seed's fields", async () => {
+  const rv = await startRendezvous();
+  try {
+    const client = await TestClient.connect(`${rv.ws}/ws/register/udp`);
+    const seedOnly = await TestClient.connect(`${rv.ws}/ws/register/seedlike`);
+    client.send({
+      type: "register_udp_endpoint",
+      public: { ip: "203.0.113.9", port: 40000 },
+      local: [{ ip: "10.0.0.5", port: 40000 }],
+      nat: { mapping: "endpoint-independent" },
+    });
+    assert.deepEqual(await client.next(), {
+      type: "udp_endpoint_registered",
+      public: { ip: "203.0.113.9", port: 40000 },
+      mapping: "endpoint-independent",
+    });
+    client.send({
+      type: "register_udp_endpoint",
+      public: { ip: "x", port: 1 },
+      nat: { mapping: "no-nat" },
+    });
+    assert.equal((await client.next()).code, "invalid_ip");
+    const listing = await listWorkers(rv.http);
+    const entry = listing.workers.udp;
+    assert.deepEqual(entry.udp_endpoint?.public, { ip: "203.0.113.9", port: 40000 });
+    assert.deepEqual(entry.udp_endpoint?.local, [{ ip: "10.0.0.5", port: 40000 }]);
+    assert.equal(entry.udp_endpoint?.nat_mapping, "endpoint-independent");
+    assert.equal(
+      typeof entry.websocket_observed_port,
+      "number",
+      "the seed's fields are still there",
+    );
+    assert.equal(listing.workers.seedlike.udp_endpoint, null, "a seed worker never reports one");
+    await client.close();
+    await seedOnly.close();
+  } finally {
+    await rv.close();
+  }
+});

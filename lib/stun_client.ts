@@ -111,15 +111,21 @@ export function parseServerSpec(text: string): StunServerSpec {
   if (bracketed) {
     host = bracketed[1];
     portText = bracketed[2];
+    if (parseIp(host)?.family !== 6) {
+      throw new RangeError(`Cannot read STUN server "${text}": expected [IPv6]:port`);
+    }
   } else if ((trimmed.match(/:/g) ?? []).length > 1) {
-    host = trimmed; // a bare IPv6 address
+    host = trimmed; // a bare IPv6 address, or nothing valid
+    if (parseIp(host) === null) {
+      throw new RangeError(`Cannot read STUN server "${text}": expected host:port`);
+    }
   } else {
     [host, portText] = trimmed.split(":");
   }
   const port = portText === undefined ? 3478 : Number(portText);
-  if (
-    !host || !/^[A-Za-z0-9.:-]+$/.test(host) || !Number.isInteger(port) || port < 1 || port > 65535
-  ) {
+  const validHost = parseIp(host ?? "") !== null ||
+    /^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(host ?? "");
+  if (!validHost || !Number.isInteger(port) || port < 1 || port > 65535) {
     throw new RangeError(`Cannot read STUN server "${text}": expected host:port`);
   }
   return { host, port };

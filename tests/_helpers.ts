@@ -29,7 +29,7 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
  * state that offers no event (another process's registry, over HTTP).
  */
 export async function waitFor<T>(
-  check: () => T | undefined | false | Promise<T | undefined | false>,
+  check: () => T | undefined | null | false | Promise<T | undefined | null | false>,
   what: string,
   timeoutMs = 10_000,
   intervalMs = 20,
@@ -39,7 +39,7 @@ export async function waitFor<T>(
   while (Date.now() < deadline) {
     try {
       const value = await check();
-      if (value !== undefined && value !== false) return value as T;
+      if (value !== undefined && value !== null && value !== false) return value as T;
     } catch (error) {
       lastError = error;
     }

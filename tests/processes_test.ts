@@ -231,3 +231,100 @@ Deno.test("worker warns and assumes ws:// for a URL without a scheme", async () 
     await rv.proc.stop();
   }
 });
+
+Deno.test("worker reports its STUN-learned UDP endpoint, and again after the rendezvous restarts", async () => {
+  const first = await spawnRendezvous({ STUN_PORT: "0" });
+  const rvStun = (await first.proc.waitForLog("stun server listening")).port as number;
+  const stun = Proc.deno(["run", "--allow-net", "--allow-env", "stun.ts"], {
+    STUN_PORT: "0",
+    STUN_HOST: "127.0.0.1",
+  });
+  let second: Proc | undefined;
+  let worker: Proc | undefined;
+  try {
+    const alone = (await stun.waitForLog("stun server listening")).port as number;
+    worker = spawnWorker(first.http, {
+      WORKER_ID: "udp-1",
+      STUN_SERVERS: `127.0.0.1:${rvStun},127.0.0.1:${alone}`,
+      ...FAST,
+    });
+    const entry = await waitFor(
+      async () => (await listWorkers(first.http)).workers["udp-1"]?.udp_endpoint,
+      "udp report",
+    );
+    assert.equal(entry.public?.ip, "127.0.0.1");
+    assert.equal(entry.nat_mapping, "no-nat", "loopback has no NAT");
+    const bound = await worker.waitForLog("udp socket bound");
+    assert.equal(bound.udp_local, `0.0.0.0:${entry.public?.port}`);
+    const health = await worker.waitForLog("health server listening");
+    const status = await (await fetch(`http://127.0.0.1:${health.port}/`)).json();
+    assert.deepEqual(status.udp.public, entry.public);
+
+    first.proc.signal("SIGTERM");
+    assert.equal((await first.proc.status).code, 0);
+    second = (await spawnRendezvous({ PORT: String(first.port), STUN_PORT: String(rvStun) })).proc;
+    const again = await waitFor(
+      async () => (await listWorkers(first.http)).workers["udp-1"]?.udp_endpoint,
+      "udp report after the restart",
+    );
+    assert.deepEqual(again.public, entry.public, "same socket, same mapping");
+  } finally {
+    await worker?.stop();
+    await stun.stop();
+    await first.proc.stop();
+    await second?.stop();
+  }
+});
+
+Deno.test("stun.ts answers until SIGTERM, then logs its counters and exits 0", async () => {
+  const stun = Proc.deno(["run", "--allow-net", "--allow-env", "stun.ts"], {
+    STUN_PORT: "0",
+    STUN_HOST: "127.0.0.1",
+  });
+  try {
+    const port = (await stun.waitForLog("stun server listening")).port as number;
+    const { StunClient } = await import("../lib/stun_client.ts");
+    const { UdpEndpoint } = await import("../lib/udp.ts");
+    const udp = UdpEndpoint.bind({ hostname: "127.0.0.1" });
+    const client = new StunClient((b, to) => udp.send(b, to), { rtoMs: 50 });
+    udp.onStun = (b, from) => client.handle(b, from);
+    const result = await client.binding(`127.0.0.1:${port}`);
+    await udp.close();
+    assert.deepEqual(result.mapped, udp.local);
+    stun.signal("SIGTERM");
+    assert.equal((await within(stun.status, 5000, "stun exit")).code, 0);
+    const stopped = await stun.waitForLog("stun server stopped");
+    assert.equal(stopped.answered, 1);
+  } finally {
+    await stun.stop();
+  }
+});
+
+Deno.test("STUN configuration errors name the variable and exit 2", async () => {
+  const cases: [string, Record<string, string>, RegExp][] = [
+    ["stun.ts", { STUN_PORT: "x" }, /STUN_PORT/],
+    ["stun.ts", { STUN_ALT_HOST: "0.0.0.0" }, /STUN_ALT_HOST/],
+    [
+      "rendezvous.ts",
+      {
+        STUN_PORT: "3478",
+        STUN_HOST: "127.0.0.1",
+        STUN_ALT_HOST: "127.0.0.2",
+        STUN_ALT_PORT: "3478",
+      },
+      /STUN_ALT_PORT/,
+    ],
+    [
+      "worker.ts",
+      { RENDEZVOUS_SERVICE_URL: "http://x", STUN_SERVERS: "a:b:c:d:e:f:g:h:i" },
+      /STUN_SERVERS/,
+    ],
+    ["worker.ts", { RENDEZVOUS_SERVICE_URL: "http://x", UDP_HOST: "any" }, /UDP_HOST/],
+  ];
+  for (const [file, env, pattern] of cases) {
+    const proc = Proc.deno(["run", "--allow-net", "--allow-env", file], env);
+    const status = await within(proc.status, 10_000, file);
+    assert.equal(status.code, 2, `${file} ${JSON.stringify(env)}\n${proc.dump()}`);
+    assert.match(proc.dump(), pattern);
+  }
+});

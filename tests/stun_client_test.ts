@@ -143,7 +143,9 @@ Deno.test("parseServerSpec() reads host:port forms", () => {
   });
   assert.deepEqual(parseServerSpec("[2001:db8::1]:3479"), { host: "2001:db8::1", port: 3479 });
   assert.deepEqual(parseServerSpec("stun:127.0.0.1:1"), { host: "127.0.0.1", port: 1 });
-  for (const bad of ["", ":1", "host:0", "host:99999", "host:x", "a b:1"]) {
+  for (
+    const bad of ["", ":1", "host:0", "host:99999", "host:x", "a b:1", "a:b:c", "-x:1", "[nope]:1"]
+  ) {
     assert.throws(() => parseServerSpec(bad), RangeError, bad);
   }
 });

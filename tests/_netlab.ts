@@ -1,0 +1,209 @@
+/**
+ * A NAT lab on one machine: network namespaces joined by veth pairs and a
+ * bridge, with real Linux NAT (iptables) in front of private hosts.
+ *
+ *   public ns "pub": bridge 198.51.100.1/24 (rendezvous, STUN servers)
+ *     ├─ router ns: wan 198.51.100.(10+i), lan 192.168.(10+i).1, NAT of a kind
+ *     │    └─ host ns: 192.168.(10+i).2, default route via its router
+ *     └─ public host ns: 198.51.100.(100+i), no NAT
+ *
+ * Every address lives inside namespaces the lab made; nothing is routed to
+ * the machine's own network. `destroy()` removes every namespace (and with
+ * them every interface and rule), also after a failure.
+ */
+
+import { DENO, Proc } from "./_helpers.ts";
+
+/** NAT behaviours the lab can build. */
+export type NatKind =
+  /** MASQUERADE: endpoint-independent mapping, address-and-port-dependent filtering. */
+  | "eim"
+  /** MASQUERADE --random-fully: a new port per destination (symmetric). */
+  | "edm"
+  /** NAT that forwards no UDP at all: only the relay can work. */
+  | "block-udp";
+
+/** Why the lab cannot run here, or undefined when it can. */
+export async function netlabUnavailable(): Promise<string | undefined> {
+  if (Deno.uid() !== 0) return "the NAT lab needs root (network namespaces, iptables)";
+  for (const tool of ["ip", "iptables"]) {
+    try {
+      const out = await new Deno.Command(tool, { args: ["-V"], stdout: "null", stderr: "null" })
+        .output();
+      if (!out.success && tool === "ip") return `${tool} does not run`;
+    } catch {
+      return `${tool} not found (Debian packages iproute2, iptables)`;
+    }
+  }
+  return undefined;
+}
+
+export const PUBLIC_IP = "198.51.100.1";
+
+export interface LabHost {
+  ns: string;
+  /** The host's own address. */
+  ip: string;
+  /** The address the public side sees (the router's, behind a NAT). */
+  publicIp: string;
+}
+
+export class NetLab {
+  readonly prefix: string;
+  readonly pub: string;
+  #namespaces: string[] = [];
+  #procs: Proc[] = [];
+  #next = 0;
+
+  private constructor(prefix: string) {
+    this.prefix = prefix;
+    this.pub = `${prefix}-pub`;
+  }
+
+  static async create(): Promise<NetLab> {
+    const prefix = `hp${crypto.getRandomValues(new Uint16Array(1))[0].toString(16)}`;
+    const lab = new NetLab(prefix);
+    try {
+      await lab.#addNamespace(lab.pub);
+      await lab.#sh("ip", "-n", lab.pub, "link", "add", "br0", "type", "bridge");
+      await lab.#sh("ip", "-n", lab.pub, "addr", "add", `${PUBLIC_IP}/24`, "dev", "br0");
+      await lab.#sh("ip", "-n", lab.pub, "link", "set", "br0", "up");
+    } catch (error) {
+      await lab.destroy();
+      throw error;
+    }
+    return lab;
+  }
+
+  async #sh(...args: string[]): Promise<void> {
+    const out = await new Deno.Command(args[0], {
+      args: args.slice(1),
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
+    if (!out.success) {
+      throw new Error(`netlab: ${args.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
+    }
+  }
+
+  async #addNamespace(ns: string): Promise<void> {
+    await this.#sh("ip", "netns", "add", ns);
+    this.#namespaces.push(ns);
+    await this.#sh("ip", "-n", ns, "link", "set", "lo", "up");
+  }
+
+  /** A veth from `ns` (named `name`, address `cidr`) into the public bridge. */
+  async #wire(ns: string, name: string, cidr: string): Promise<void> {
+    const peer = `${name}p`;
+    await this.#sh(
+      "ip",
+      "link",
+      "add",
+      name,
+      "netns",
+      ns,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      peer,
+      "netns",
+      this.pub,
+    );
+    await this.#sh("ip", "-n", this.pub, "link", "set", peer, "master", "br0", "up");
+    await this.#sh("ip", "-n", ns, "addr", "add", cidr, "dev", name);
+    await this.#sh("ip", "-n", ns, "link", "set", name, "up");
+  }
+
+  /** A private host behind a NAT router of `kind`. */
+  async addNatted(kind: NatKind): Promise<LabHost> {
+    const i = ++this.#next;
+    const router = `${this.prefix}-r${i}`;
+    const host = `${this.prefix}-h${i}`;
+    const wan = `198.51.100.${10 + i}`;
+    const lan = `192.168.${10 + i}`;
+    await this.#addNamespace(router);
+    await this.#addNamespace(host);
+    await this.#wire(router, `w${i}`, `${wan}/24`);
+    await this.#sh(
+      "ip",
+      "link",
+      "add",
+      `l${i}`,
+      "netns",
+      router,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      `e${i}`,
+      "netns",
+      host,
+    );
+    await this.#sh("ip", "-n", router, "addr", "add", `${lan}.1/24`, "dev", `l${i}`);
+    await this.#sh("ip", "-n", router, "link", "set", `l${i}`, "up");
+    await this.#sh("ip", "-n", host, "addr", "add", `${lan}.2/24`, "dev", `e${i}`);
+    await this.#sh("ip", "-n", host, "link", "set", `e${i}`, "up");
+    await this.#sh("ip", "-n", host, "route", "add", "default", "via", `${lan}.1`);
+    await this.#sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
+    const masquerade = [
+      "ip",
+      "netns",
+      "exec",
+      router,
+      "iptables",
+      "-t",
+      "nat",
+      "-A",
+      "POSTROUTING",
+      "-o",
+      `w${i}`,
+      "-j",
+      "MASQUERADE",
+    ];
+    await this.#sh(...masquerade, ...(kind === "edm" ? ["--random-fully"] : []));
+    if (kind === "block-udp") {
+      await this.#sh(
+        "ip",
+        "netns",
+        "exec",
+        router,
+        "iptables",
+        "-A",
+        "FORWARD",
+        "-p",
+        "udp",
+        "-j",
+        "DROP",
+      );
+    }
+    return { ns: host, ip: `${lan}.2`, publicIp: wan };
+  }
+
+  /** A host on the public segment, no NAT. */
+  async addPublicHost(): Promise<LabHost> {
+    const i = ++this.#next;
+    const ns = `${this.prefix}-p${i}`;
+    const ip = `198.51.100.${100 + i}`;
+    await this.#addNamespace(ns);
+    await this.#wire(ns, `v${i}`, `${ip}/24`);
+    return { ns, ip, publicIp: ip };
+  }
+
+  /** Runs `deno <args>` inside `ns`; the lab stops it on destroy. */
+  deno(ns: string, args: string[], env: Record<string, string> = {}): Proc {
+    const proc = new Proc("ip", ["netns", "exec", ns, DENO, ...args], env);
+    this.#procs.push(proc);
+    return proc;
+  }
+
+  /** Stops every process and deletes every namespace. */
+  async destroy(): Promise<void> {
+    await Promise.all(this.#procs.map((p) => p.stop()));
+    for (const ns of this.#namespaces.reverse()) {
+      await new Deno.Command("ip", { args: ["netns", "del", ns], stdout: "null", stderr: "null" })
+        .output();
+    }
+  }
+}

@@ -74,6 +74,14 @@ export interface AnswerOptions {
 
 const NO_CHANGE: Change = { ip: false, port: false };
 
+let softwareCache: { text: string; bytes: Uint8Array } | undefined;
+
+/** SOFTWARE is the same on every answer: encode it once. */
+function softwareBytes(text: string): Uint8Array {
+  if (softwareCache?.text !== text) softwareCache = { text, bytes: encodeText(text) };
+  return softwareCache.bytes;
+}
+
 /**
  * Decides the answer to one datagram from `source`. Pure: no sockets.
  *
@@ -138,7 +146,7 @@ export function answerStun(
       },
     );
   }
-  if (software) attributes.push({ type: Attr.SOFTWARE, value: encodeText(software) });
+  if (software) attributes.push({ type: Attr.SOFTWARE, value: softwareBytes(software) });
   const bytes = encodeStunMessage({
     method: StunMethod.BINDING,
     cls: StunClass.SUCCESS,
@@ -159,7 +167,7 @@ function errorReply(
     { type: Attr.ERROR_CODE, value: encodeErrorCode(code, reason) },
     ...extra,
   ];
-  if (software) attributes.push({ type: Attr.SOFTWARE, value: encodeText(software) });
+  if (software) attributes.push({ type: Attr.SOFTWARE, value: softwareBytes(software) });
   const bytes = encodeStunMessage({
     method: StunMethod.BINDING,
     cls: StunClass.ERROR,
@@ -198,6 +206,9 @@ export interface StunServerStats {
 
 type Socket = Deno.DatagramConn;
 
+/** Concurrent receive loops per socket; measured in bench/stun_bench.ts. */
+const RECEIVERS_PER_SOCKET = 4;
+
 function addressOf(conn: Socket): TransportAddress {
   const addr = conn.addr as Deno.NetAddr;
   const ip = normalizeIp(addr.hostname) ?? addr.hostname;
@@ -235,7 +246,13 @@ export class StunServer {
     this.#software = software;
     this.#log = logger;
     this.addresses = grid.flat().map(addressOf);
-    grid.forEach((row, i) => row.forEach((conn, p) => this.#loops.push(this.#serve(conn, i, p))));
+    // Several receives in flight per socket keep the kernel queue draining
+    // while one answer is being sent (each op is a round trip into Deno's runtime).
+    grid.forEach((row, i) =>
+      row.forEach((conn, p) => {
+        for (let k = 0; k < RECEIVERS_PER_SOCKET; k++) this.#loops.push(this.#serve(conn, i, p));
+      })
+    );
   }
 
   /** Binds the socket(s) and starts answering. */
@@ -288,7 +305,8 @@ export class StunServer {
         continue;
       }
       this.stats.received++;
-      const ip = normalizeIp(from.hostname);
+      // Deno gives IPv4 in canonical form already; only IPv6 needs the work.
+      const ip = from.hostname.includes(":") ? normalizeIp(from.hostname) : from.hostname;
       if (ip === null) continue;
       const source: TransportAddress = { family: ip.includes(":") ? 6 : 4, ip, port: from.port };
       const decision = answerStun(data, source, { software: this.#software, alternate });

@@ -14,7 +14,7 @@
  */
 
 import { type Logger, silentLogger } from "./log.ts";
-import { normalizeIp } from "./ip.ts";
+import { toTransportAddress } from "./udp.ts";
 import {
   Attr,
   decodeChangeRequest,
@@ -210,9 +210,7 @@ type Socket = Deno.DatagramConn;
 const RECEIVERS_PER_SOCKET = 4;
 
 function addressOf(conn: Socket): TransportAddress {
-  const addr = conn.addr as Deno.NetAddr;
-  const ip = normalizeIp(addr.hostname) ?? addr.hostname;
-  return { family: ip.includes(":") ? 6 : 4, ip, port: addr.port };
+  return toTransportAddress(conn.addr as Deno.NetAddr)!;
 }
 
 /**
@@ -305,10 +303,8 @@ export class StunServer {
         continue;
       }
       this.stats.received++;
-      // Deno gives IPv4 in canonical form already; only IPv6 needs the work.
-      const ip = from.hostname.includes(":") ? normalizeIp(from.hostname) : from.hostname;
-      if (ip === null) continue;
-      const source: TransportAddress = { family: ip.includes(":") ? 6 : 4, ip, port: from.port };
+      const source = toTransportAddress(from);
+      if (source === null) continue;
       const decision = answerStun(data, source, { software: this.#software, alternate });
       if (decision.action === "drop") {
         this.stats.dropped[decision.reason]++;

@@ -9,6 +9,18 @@
 import { normalizeIp } from "./ip.ts";
 import { isStun, type TransportAddress } from "./stun.ts";
 
+/**
+ * A socket address from Deno as a {@linkcode TransportAddress}, or null when
+ * the host is not an IP. Deno already gives IPv4 in canonical form, so only
+ * IPv6 is re-formatted (this runs once per packet).
+ */
+export function toTransportAddress(addr: Deno.NetAddr): TransportAddress | null {
+  if (!addr.hostname.includes(":")) return { family: 4, ip: addr.hostname, port: addr.port };
+  const ip = normalizeIp(addr.hostname);
+  if (ip === null) return null;
+  return { family: ip.includes(":") ? 6 : 4, ip, port: addr.port };
+}
+
 /** Receives datagrams of one kind. */
 export type DatagramHandler = (bytes: Uint8Array, from: TransportAddress) => void;
 
@@ -41,9 +53,7 @@ export class UdpEndpoint {
 
   private constructor(conn: Deno.DatagramConn) {
     this.#conn = conn;
-    const addr = conn.addr as Deno.NetAddr;
-    const ip = normalizeIp(addr.hostname) ?? addr.hostname;
-    this.local = { family: ip.includes(":") ? 6 : 4, ip, port: addr.port };
+    this.local = toTransportAddress(conn.addr as Deno.NetAddr)!;
     this.#loop = this.#receive();
   }
 
@@ -73,9 +83,8 @@ export class UdpEndpoint {
         if (this.#closed) return;
         continue; // ICMP errors surface here, one packet at a time.
       }
-      const ip = normalizeIp(addr.hostname);
-      if (ip === null) continue;
-      const from: TransportAddress = { family: ip.includes(":") ? 6 : 4, ip, port: addr.port };
+      const from = toTransportAddress(addr);
+      if (from === null) continue;
       try {
         (isStun(bytes) ? this.onStun : this.onOther)(bytes, from);
       } catch {

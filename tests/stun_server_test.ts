@@ -158,3 +158,24 @@ Deno.test("StunServer with an alternate address serves RFC 5780 from four socket
     await server.close();
   }
 });
+
+Deno.test("StunServer and StunClient work over IPv6", async () => {
+  let server: StunServer;
+  try {
+    server = StunServer.listen({ hostname: "::1", port: 0 });
+  } catch (error) {
+    console.log(`IPv6 loopback unavailable here (${(error as Error).message}); skipping`);
+    return;
+  }
+  const udp = UdpEndpoint.bind({ hostname: "::1" });
+  const client = new StunClient((b, to) => udp.send(b, to), { rtoMs: 50, family: 6 });
+  udp.onStun = (b, from) => client.handle(b, from);
+  try {
+    assert.equal(udp.local.family, 6);
+    const result = await client.binding(`[::1]:${server.addresses[0].port}`);
+    assert.deepEqual(result.mapped, { family: 6, ip: "::1", port: udp.local.port });
+  } finally {
+    await udp.close();
+    await server.close();
+  }
+});

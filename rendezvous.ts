@@ -35,6 +35,8 @@ const rendezvous = new Rendezvous({
   idleTimeoutSec: config.idleTimeoutSec,
   messageRatePerSec: config.messageRatePerSec,
   messageBurst: config.messageBurst,
+  relayRatePerSec: config.relayRatePerSec,
+  relayBurst: config.relayBurst,
   logger: log,
   name: `${NAME}-rendezvous`,
   version: VERSION,

@@ -50,7 +50,8 @@ if (config.stunServers.length > 0) {
     stunServers: config.stunServers,
     keepaliveMs: config.stunKeepaliveMs,
     logger: log,
-    report: (report) => client.send({ type: "register_udp_endpoint", ...report }),
+    report: (report) =>
+      client.send({ type: "register_udp_endpoint", ...report, rtt_ms: client.rttMs }),
   });
 }
 

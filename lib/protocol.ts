@@ -32,7 +32,9 @@ export type ErrorCode =
   | "invalid_json"
   | "invalid_message"
   | "unknown_type"
-  | "invalid_ip";
+  | "invalid_ip"
+  | "unknown_peer"
+  | "rate_limited";
 
 /** Thrown by the parsers; `code` is what an `error` reply carries. */
 export class ProtocolError extends Error {
@@ -100,13 +102,53 @@ export interface RegisterUdpEndpointMessage {
   /** Interface addresses with the socket's port. */
   local: UdpAddress[];
   nat: { mapping: NatMapping };
+  /** The worker's round trip to the rendezvous, to time introductions. */
+  rtt_ms?: number | null;
+}
+
+/** Asks for the peers in this worker's group; `watch` subscribes to changes. */
+export interface ListPeersMessage {
+  type: "list_peers";
+  watch: boolean;
+}
+
+/** Asks the rendezvous to introduce this worker and `peer_id` (both get `punch`). */
+export interface ConnectMessage {
+  type: "connect";
+  peer_id: string;
+}
+
+/** Largest `data` of a relayed frame, in base64 characters (12 KiB of bytes). */
+export const MAX_RELAY_DATA = 16_384;
+
+/** Data for `to`, carried by the rendezvous (the fallback path). */
+export interface RelayMessage {
+  type: "relay";
+  to: string;
+  /** Base64. */
+  data: string;
+}
+
+/** How a worker reaches a peer now. */
+export type PathKind = "direct" | "relay";
+
+/** Tells the rendezvous which path a peer link is on (shown in the listing). */
+export interface PathUpdateMessage {
+  type: "path_update";
+  peer_id: string;
+  path: PathKind;
+  rtt_ms: number | null;
 }
 
 /** Every message a worker may send. */
 export type ClientMessage =
   | RegisterPublicIpMessage
   | EchoRequestMessage
-  | RegisterUdpEndpointMessage;
+  | RegisterUdpEndpointMessage
+  | ListPeersMessage
+  | ConnectMessage
+  | RelayMessage
+  | PathUpdateMessage;
 
 // ---- rendezvous → worker ---------------------------------------------------
 
@@ -148,8 +190,74 @@ export interface UdpEndpointRegisteredMessage {
   mapping: NatMapping;
 }
 
+/** What a worker learns about a peer. */
+export interface PeerInfo {
+  worker_id: string;
+  public: UdpAddress | null;
+  local: UdpAddress[];
+  nat_mapping: NatMapping | null;
+}
+
+/** The answer to `list_peers`. */
+export interface PeersMessage {
+  type: "peers";
+  peers: PeerInfo[];
+}
+
+/** A peer registered, or reported its UDP endpoint for the first time. */
+export interface PeerJoinedMessage {
+  type: "peer_joined";
+  peer: PeerInfo;
+}
+
+/** A peer's UDP endpoint changed. */
+export interface PeerUpdatedMessage {
+  type: "peer_updated";
+  peer: PeerInfo;
+}
+
+/** A peer de-registered. */
+export interface PeerLeftMessage {
+  type: "peer_left";
+  peer_id: string;
+}
+
+/** A candidate address of a peer, in the order to try it. */
+export interface Candidate extends UdpAddress {
+  kind: "local" | "public";
+}
+
+/** An introduction: punch towards `peer_id` now (after `delay_ms`). */
+export interface PunchMessage {
+  type: "punch";
+  peer_id: string;
+  /** 16 hex characters; names the punch session in every packet. */
+  session_id: string;
+  /** Base64 of 32 random bytes: the session's HMAC key. */
+  key: string;
+  candidates: Candidate[];
+  peer_nat: NatMapping | null;
+  own_nat: NatMapping | null;
+  role: "initiator" | "responder";
+  /** Wait this long before the first probe, so both sides start together. */
+  delay_ms: number;
+}
+
+/** Data a peer sent through the rendezvous. */
+export interface RelayedMessage {
+  type: "relayed";
+  from: string;
+  data: string;
+}
+
 /** Every message the rendezvous may send. */
 export type ServerMessage =
+  | PeersMessage
+  | PeerJoinedMessage
+  | PeerUpdatedMessage
+  | PeerLeftMessage
+  | PunchMessage
+  | RelayedMessage
   | RegisteredMessage
   | PublicIpRegisteredMessage
   | EchoResponseMessage
@@ -179,6 +287,17 @@ export interface WorkerListingEntry {
   last_seen: string | null;
   /** Null until the worker reports one (the seed's worker never does). */
   udp_endpoint: UdpEndpointRecord | null;
+  /** The worker's group (peers see only their group). */
+  group: string;
+  /** The path to each peer, as the worker last reported it. */
+  peer_paths: Record<string, PeerPathRecord>;
+}
+
+/** A worker's report of how it reaches one peer. */
+export interface PeerPathRecord {
+  path: PathKind;
+  rtt_ms: number | null;
+  updated_at: string;
 }
 
 /** The body of `GET /debug/list_workers`, in the seed's shape. */
@@ -333,6 +452,55 @@ function udpEndpointFields(
   };
 }
 
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** A round-trip time in ms (0 to 10 minutes, 0.1 ms precision), else null. */
+function rttOrNull(value: unknown): number | null {
+  return typeof value === "number" && Number.isFinite(value) && value >= 0 && value < 600_000
+    ? Math.round(value * 10) / 10
+    : null;
+}
+
+function requireWorkerId(record: Record<string, unknown>, field: string): string {
+  const id = requireString(record, field);
+  if (!isValidWorkerId(id)) {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse "${record.type}": "${field}" must be a worker id: current value is ${
+        describe(id)
+      }`,
+    );
+  }
+  return id;
+}
+
+function peerInfo(value: unknown): PeerInfo {
+  if (typeof value !== "object" || value === null) {
+    throw new ProtocolError("invalid_message", "Cannot parse peer: expected an object");
+  }
+  const record = value as Record<string, unknown>;
+  const fields = udpEndpointFields({
+    type: "peer",
+    public: record.public,
+    local: record.local,
+    nat: { mapping: record.nat_mapping ?? "unknown" },
+  });
+  return {
+    worker_id: requireWorkerId(record, "worker_id"),
+    public: fields.public,
+    local: fields.local,
+    nat_mapping: record.nat_mapping === null || record.nat_mapping === undefined
+      ? null
+      : fields.nat.mapping,
+  };
+}
+
+function natOrNull(value: unknown): NatMapping | null {
+  return typeof value === "string" && (NAT_MAPPINGS as readonly string[]).includes(value)
+    ? value as NatMapping
+    : null;
+}
+
 const isString = (v: unknown): v is string => typeof v === "string";
 const isPort = (v: unknown): v is number =>
   Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535;
@@ -357,7 +525,43 @@ export function parseClientMessage(text: string): ClientMessage {
     case "echo_request":
       return { type: "echo_request", payload: record.payload === undefined ? "" : record.payload };
     case "register_udp_endpoint":
-      return { type: "register_udp_endpoint", ...udpEndpointFields(record) };
+      return {
+        type: "register_udp_endpoint",
+        ...udpEndpointFields(record),
+        rtt_ms: rttOrNull(record.rtt_ms),
+      };
+    case "list_peers":
+      return { type: "list_peers", watch: record.watch === true };
+    case "connect":
+      return { type: "connect", peer_id: requireWorkerId(record, "peer_id") };
+    case "relay": {
+      const to = requireWorkerId(record, "to");
+      const data = requireString(record, "data");
+      if (data.length > MAX_RELAY_DATA || !BASE64.test(data)) {
+        throw new ProtocolError(
+          "invalid_message",
+          `Cannot parse "relay": "data" must be base64 of at most ${MAX_RELAY_DATA} characters`,
+        );
+      }
+      return { type: "relay", to, data };
+    }
+    case "path_update": {
+      const path = record.path;
+      if (path !== "direct" && path !== "relay") {
+        throw new ProtocolError(
+          "invalid_message",
+          `Cannot parse "path_update": "path" must be "direct" or "relay": current value is ${
+            describe(path)
+          }`,
+        );
+      }
+      return {
+        type: "path_update",
+        peer_id: requireWorkerId(record, "peer_id"),
+        path,
+        rtt_ms: rttOrNull(record.rtt_ms),
+      };
+    }
     default:
       throw new ProtocolError(
         "unknown_type",
@@ -388,6 +592,52 @@ export function parseServerMessage(text: string): ServerMessage {
       };
     case "public_ip_registered":
       return { type: "public_ip_registered", ip: requireIp(record, "ip") };
+    case "peers": {
+      if (!Array.isArray(record.peers)) {
+        throw new ProtocolError(
+          "invalid_message",
+          'Cannot parse "peers": "peers" must be an array',
+        );
+      }
+      return { type: "peers", peers: record.peers.map(peerInfo) };
+    }
+    case "peer_joined":
+    case "peer_updated":
+      return { type: record.type, peer: peerInfo(record.peer) };
+    case "peer_left":
+      return { type: "peer_left", peer_id: requireWorkerId(record, "peer_id") };
+    case "punch": {
+      const sessionId = requireString(record, "session_id");
+      const key = requireString(record, "key");
+      if (!/^[0-9a-f]{16}$/.test(sessionId) || !BASE64.test(key) || key.length !== 44) {
+        throw new ProtocolError("invalid_message", 'Cannot parse "punch": bad session_id or key');
+      }
+      const list = Array.isArray(record.candidates) ? record.candidates : [];
+      const candidates = list.slice(0, MAX_LOCAL_CANDIDATES + 1).map((c, i) => {
+        const address = udpAddress(c, "punch", `candidates[${i}]`);
+        const kind = (c as Record<string, unknown>).kind === "local" ? "local" : "public";
+        return { ...address, kind } as Candidate;
+      });
+      const delay = Number(record.delay_ms);
+      return {
+        type: "punch",
+        peer_id: requireWorkerId(record, "peer_id"),
+        session_id: sessionId,
+        key,
+        candidates,
+        peer_nat: natOrNull(record.peer_nat),
+        own_nat: natOrNull(record.own_nat),
+        role: record.role === "responder" ? "responder" : "initiator",
+        delay_ms: Number.isFinite(delay) ? Math.min(Math.max(delay, 0), 5000) : 0,
+      };
+    }
+    case "relayed": {
+      const data = requireString(record, "data");
+      if (!BASE64.test(data)) {
+        throw new ProtocolError("invalid_message", 'Cannot parse "relayed": "data" must be base64');
+      }
+      return { type: "relayed", from: requireWorkerId(record, "from"), data };
+    }
     case "udp_endpoint_registered": {
       const { public: address, nat } = udpEndpointFields({
         type: record.type,

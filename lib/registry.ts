@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { UdpEndpointRecord } from "./protocol.ts";
+import type { PeerPathRecord, UdpEndpointRecord } from "./protocol.ts";
 
 /** What the registry holds for one worker. */
 export interface WorkerRecord {
@@ -27,10 +27,16 @@ export interface WorkerRecord {
   readonly connected_at: number;
   /** The worker's UDP endpoint, once it reports one. */
   readonly udp_endpoint: UdpEndpointRecord | null;
+  /** Peers see only workers of their own group. */
+  readonly group: string;
+  /** How the worker reaches each peer, as it last said. */
+  readonly peer_paths: Readonly<Record<string, PeerPathRecord>>;
 }
 
 /** Fields a session may change on its own record. */
-export type WorkerPatch = Partial<Pick<WorkerRecord, "http_reported_public_ip" | "udp_endpoint">>;
+export type WorkerPatch = Partial<
+  Pick<WorkerRecord, "http_reported_public_ip" | "udp_endpoint" | "peer_paths">
+>;
 
 /** Storage for {@linkcode WorkerRecord}s. */
 export interface Registry {
@@ -56,7 +62,7 @@ export interface Registry {
  * const registry = new MemoryRegistry();
  * await registry.put({ worker_id: "w1", session_id: "s1", observed_ip: "192.0.2.7",
  *   observed_port: 40000, http_reported_public_ip: null, connected_at: Date.now(),
- *   udp_endpoint: null });
+ *   udp_endpoint: null, group: "default", peer_paths: {} });
  * await registry.size(); // 1
  * ```
  */

@@ -30,6 +30,8 @@ export interface RendezvousConfig {
   idleTimeoutSec: number;
   messageRatePerSec: number;
   messageBurst: number;
+  relayRatePerSec: number;
+  relayBurst: number;
   shutdownTimeoutSec: number;
   /** A STUN server beside the rendezvous (STUN_PORT set), or undefined. */
   stun?: StunServerOptions;
@@ -76,6 +78,12 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     fallback: "5",
     meaning: "how long shutdown waits for sockets to close (Cloud Run allows 10)",
   },
+  {
+    name: "RELAY_RATE_PER_SEC",
+    fallback: "500",
+    meaning: "relayed frames per second per worker; more are refused with an error",
+  },
+  { name: "RELAY_BURST", fallback: "1000", meaning: "relayed frames a worker may send in a burst" },
   ...STUN_VARIABLES,
   ...LOG_VARIABLES,
 ];
@@ -120,6 +128,8 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
     idleTimeoutSec: numberVar(env, "IDLE_TIMEOUT_SEC", 30, { min: 1, max: 3600, integer: true }),
     messageRatePerSec: numberVar(env, "MESSAGE_RATE_PER_SEC", 50, { min: 0.1 }),
     messageBurst: numberVar(env, "MESSAGE_BURST", 100, { min: 1, integer: true }),
+    relayRatePerSec: numberVar(env, "RELAY_RATE_PER_SEC", 500, { min: 0.1 }),
+    relayBurst: numberVar(env, "RELAY_BURST", 1000, { min: 1, integer: true }),
     shutdownTimeoutSec: numberVar(env, "SHUTDOWN_TIMEOUT_SEC", 5, { min: 0, max: 60 }),
     log: logConfig(env, isTerminal),
   };

@@ -22,6 +22,7 @@ import {
   type WorkerListing,
 } from "./protocol.ts";
 import { TokenBucket } from "./rate_limit.ts";
+import { PeerDirectory, type PeerSession } from "./rendezvous_peers.ts";
 import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
 
 /** Lifecycle of a {@linkcode Rendezvous}. */
@@ -53,6 +54,10 @@ export interface RendezvousOptions {
   messageRatePerSec?: number;
   /** Messages a session may send in a burst. @default {100} */
   messageBurst?: number;
+  /** Relayed frames per second a session may send on average. @default {500} */
+  relayRatePerSec?: number;
+  /** Relayed frames a session may send in a burst. @default {1000} */
+  relayBurst?: number;
   /** @default {silentLogger} */
   logger?: Logger;
   /** @default {systemClock} */
@@ -65,6 +70,9 @@ export interface RendezvousOptions {
 
 /** Connection info as `Deno.serve` passes it. */
 export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
+
+/** Peer paths kept per worker in the listing. */
+const MAX_PEER_PATHS = 256;
 
 const REGISTER_PATTERN = new URLPattern({ pathname: `${REGISTER_PATH_PREFIX}:worker_id` });
 
@@ -130,36 +138,46 @@ export function forwardedClientIp(header: string | null, hops: number): string |
   return normalizeIp(v4WithPort ? v4WithPort[1] : entry);
 }
 
-class Session {
+interface SessionInit {
+  workerId: string;
+  group: string;
+  socket: WebSocket;
+  observedIp: string | null;
+  observedPort: number | null;
+  now: number;
+  bucket: TokenBucket;
+  relayBucket: TokenBucket;
+}
+
+class Session implements PeerSession {
   readonly id = crypto.randomUUID();
   readonly workerId: string;
+  readonly group: string;
   readonly socket: WebSocket;
   readonly observedIp: string | null;
   readonly observedPort: number | null;
   readonly connectedAt: number;
   readonly bucket: TokenBucket;
+  readonly relayBucket: TokenBucket;
   lastSeen: number;
+  rttMs: number | null = null;
+  watching = false;
   /** Serializes this session's registry work so its writes land in order. */
   tail: Promise<unknown> = Promise.resolve();
   registered = false;
   readonly closed: Promise<void>;
   markClosed!: () => void;
 
-  constructor(
-    workerId: string,
-    socket: WebSocket,
-    observedIp: string | null,
-    observedPort: number | null,
-    now: number,
-    bucket: TokenBucket,
-  ) {
-    this.workerId = workerId;
-    this.socket = socket;
-    this.observedIp = observedIp;
-    this.observedPort = observedPort;
-    this.connectedAt = now;
-    this.lastSeen = now;
-    this.bucket = bucket;
+  constructor(init: SessionInit) {
+    this.workerId = init.workerId;
+    this.group = init.group;
+    this.socket = init.socket;
+    this.observedIp = init.observedIp;
+    this.observedPort = init.observedPort;
+    this.connectedAt = init.now;
+    this.lastSeen = init.now;
+    this.bucket = init.bucket;
+    this.relayBucket = init.relayBucket;
     this.closed = new Promise((resolve) => this.markClosed = resolve);
   }
 
@@ -205,6 +223,7 @@ export class Rendezvous {
   /** The registered session of each worker on this instance. */
   #byWorker = new Map<string, Session>();
   #closing?: Promise<void>;
+  #peers: PeerDirectory;
 
   constructor(options: RendezvousOptions = {}) {
     this.registry = options.registry ?? new MemoryRegistry();
@@ -218,11 +237,19 @@ export class Rendezvous {
       idleTimeoutSec: options.idleTimeoutSec ?? 30,
       messageRatePerSec: options.messageRatePerSec ?? 50,
       messageBurst: options.messageBurst ?? 100,
+      relayRatePerSec: options.relayRatePerSec ?? 500,
+      relayBurst: options.relayBurst ?? 1000,
       logger: this.#log,
       clock: this.#clock,
       name: options.name ?? "holepunch-rendezvous",
       version: options.version ?? "0.0.0",
     };
+    this.#peers = new PeerDirectory({
+      registry: this.registry,
+      sessionOf: (id) => this.#byWorker.get(id),
+      clock: this.#clock,
+      logger: this.#log,
+    });
   }
 
   /** Where the service is in its life. */
@@ -298,6 +325,8 @@ export class Rendezvous {
         connected_at: new Date(record.connected_at).toISOString(),
         last_seen: local ? new Date(local.lastSeen).toISOString() : null,
         udp_endpoint: record.udp_endpoint,
+        group: record.group,
+        peer_paths: { ...record.peer_paths },
       };
     }
     const body: WorkerListing = { connected_workers_count: records.length, workers };
@@ -320,6 +349,10 @@ export class Rendezvous {
         400,
         "Cannot register: worker_id must be 1-128 characters of [A-Za-z0-9._-]",
       );
+    }
+    const group = url.searchParams.get("group") ?? "default";
+    if (!isValidWorkerId(group)) {
+      return problem(400, "Cannot register: group must be 1-128 characters of [A-Za-z0-9._-]");
     }
     if (!this.#authorized(req)) return this.#unauthorized();
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
@@ -362,14 +395,16 @@ export class Rendezvous {
       return problem(400, `Cannot upgrade to WebSocket: ${(error as Error).message}`);
     }
     const now = this.#clock.now();
-    const session = new Session(
+    const session = new Session({
       workerId,
+      group,
       socket,
       observedIp,
       observedPort,
       now,
-      new TokenBucket(this.#options.messageRatePerSec, this.#options.messageBurst, now),
-    );
+      bucket: new TokenBucket(this.#options.messageRatePerSec, this.#options.messageBurst, now),
+      relayBucket: new TokenBucket(this.#options.relayRatePerSec, this.#options.relayBurst, now),
+    });
     this.#sessions.set(session.id, session);
     this.#log.info("worker connecting", {
       worker_id: workerId,
@@ -403,6 +438,8 @@ export class Rendezvous {
       http_reported_public_ip: null,
       connected_at: session.connectedAt,
       udp_endpoint: null,
+      group: session.group,
+      peer_paths: {},
     };
     const previous = await this.registry.put(record);
     session.registered = true;
@@ -429,6 +466,7 @@ export class Rendezvous {
       observed_port: session.observedPort,
       protocol_version: PROTOCOL_VERSION,
     });
+    this.#peers.joined(session, record);
   }
 
   #onMessage(session: Session, event: MessageEvent): void {
@@ -449,16 +487,12 @@ export class Rendezvous {
       session.close(CloseCode.MESSAGE_TOO_BIG, CloseReason.TOO_BIG);
       return;
     }
-    if (!session.bucket.take(now)) {
-      this.#log.warn("worker exceeded the message rate", { worker_id: session.workerId });
-      session.close(CloseCode.POLICY_VIOLATION, CloseReason.RATE_LIMITED);
-      return;
-    }
     let message: ClientMessage;
     try {
       message = parseClientMessage(data);
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
+      if (!this.#withinRate(session, now)) return;
       this.#log.info("worker sent an invalid message", {
         worker_id: session.workerId,
         code: error.code,
@@ -467,10 +501,21 @@ export class Rendezvous {
       session.send({ type: "error", code: error.code, message: error.message });
       return;
     }
+    // Relayed frames have their own budget (the peer directory's), so data
+    // cannot starve a worker's control messages, nor the reverse.
+    if (message.type !== "relay" && !this.#withinRate(session, now)) return;
     this.#enqueue(session, () => this.#handle(session, message));
   }
 
+  #withinRate(session: Session, now: number): boolean {
+    if (session.bucket.take(now)) return true;
+    this.#log.warn("worker exceeded the message rate", { worker_id: session.workerId });
+    session.close(CloseCode.POLICY_VIOLATION, CloseReason.RATE_LIMITED);
+    return false;
+  }
+
   async #handle(session: Session, message: ClientMessage): Promise<void> {
+    if (await this.#peers.handle(session, message)) return;
     switch (message.type) {
       case "register_public_ip": {
         const stored = await this.registry.update(session.workerId, session.id, {
@@ -491,10 +536,13 @@ export class Rendezvous {
           nat_mapping: message.nat.mapping,
           updated_at: new Date(this.#clock.now()).toISOString(),
         };
+        if (message.rtt_ms !== null && message.rtt_ms !== undefined) session.rttMs = message.rtt_ms;
         const stored = await this.registry.update(session.workerId, session.id, {
           udp_endpoint: udp,
         });
         if (!stored) return;
+        const record = await this.registry.get(session.workerId);
+        if (record) this.#peers.updated(session, record);
         this.#log.info("worker reported udp endpoint", {
           worker_id: session.workerId,
           udp_public: message.public ? `${message.public.ip}:${message.public.port}` : null,
@@ -508,6 +556,29 @@ export class Rendezvous {
         });
         return;
       }
+      case "path_update": {
+        const record = await this.registry.get(session.workerId);
+        if (!record || record.session_id !== session.id) return;
+        const paths = { ...record.peer_paths };
+        if (!(message.peer_id in paths) && Object.keys(paths).length >= MAX_PEER_PATHS) return;
+        paths[message.peer_id] = {
+          path: message.path,
+          rtt_ms: message.rtt_ms,
+          updated_at: new Date(this.#clock.now()).toISOString(),
+        };
+        await this.registry.update(session.workerId, session.id, { peer_paths: paths });
+        this.#log.info("peer path changed", {
+          worker_id: session.workerId,
+          peer_id: message.peer_id,
+          path: message.path,
+          rtt_ms: message.rtt_ms,
+        });
+        return;
+      }
+      case "list_peers":
+      case "connect":
+      case "relay":
+        return; // handled by the peer directory above
       case "echo_request": {
         let text: string;
         try {
@@ -549,7 +620,10 @@ export class Rendezvous {
     });
     this.#enqueue(session, async () => {
       if (this.#byWorker.get(session.workerId) === session) this.#byWorker.delete(session.workerId);
-      if (session.registered && await this.registry.remove(session.workerId, session.id)) {
+      const removed = session.registered &&
+        await this.registry.remove(session.workerId, session.id);
+      this.#peers.left(session, removed);
+      if (removed) {
         this.#log.info("worker de-registered", {
           worker_id: session.workerId,
           total: await this.registry.size(),

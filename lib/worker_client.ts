@@ -74,7 +74,15 @@ export interface RendezvousClientOptions {
   logger?: Logger;
   /** Receives every {@linkcode ClientEvent}. */
   onEvent?: (event: ClientEvent) => void;
+  /** Receives the peer messages (`peers`, `peer_*`, `punch`, `relayed`). */
+  onPeerMessage?: (message: PeerServerMessage) => void;
 }
+
+/** The server messages about peers, handed to `onPeerMessage`. */
+export type PeerServerMessage = Extract<
+  ServerMessage,
+  { type: "peers" | "peer_joined" | "peer_updated" | "peer_left" | "punch" | "relayed" }
+>;
 
 /** What one connection ended with. */
 interface SessionOutcome {
@@ -114,11 +122,16 @@ export interface ClientSnapshot {
  * ```
  */
 export class RendezvousClient {
-  #o: Required<Omit<RendezvousClientOptions, "token" | "lookupPublicIp" | "onEvent">> & {
-    token?: string;
-    lookupPublicIp?: PublicIpLookup;
-    onEvent?: (event: ClientEvent) => void;
-  };
+  #o:
+    & Required<
+      Omit<RendezvousClientOptions, "token" | "lookupPublicIp" | "onEvent" | "onPeerMessage">
+    >
+    & {
+      token?: string;
+      lookupPublicIp?: PublicIpLookup;
+      onEvent?: (event: ClientEvent) => void;
+      onPeerMessage?: (message: PeerServerMessage) => void;
+    };
   #status: ClientStatus = "waiting";
   #sessions = 0;
   #connectedSince: number | null = null;
@@ -127,6 +140,9 @@ export class RendezvousClient {
   #running = false;
   /** The socket of the open session, if any. */
   #socket: WebSocketLike | undefined;
+  #rttMs: number | null = null;
+  #openedAt = 0;
+  #heartbeatSentAt = new Map<number, number>();
 
   constructor(options: RendezvousClientOptions) {
     this.#o = {
@@ -142,7 +158,17 @@ export class RendezvousClient {
       clock: options.clock ?? systemClock,
       logger: options.logger ?? silentLogger,
       onEvent: options.onEvent,
+      onPeerMessage: options.onPeerMessage,
     };
+  }
+
+  /** Smoothed round trip to the rendezvous (registration and heartbeats), if measured. */
+  get rttMs(): number | null {
+    return this.#rttMs;
+  }
+
+  #sampleRtt(ms: number): void {
+    this.#rttMs = this.#rttMs === null ? ms : 0.8 * this.#rttMs + 0.2 * ms;
   }
 
   /** What the client is doing now. */
@@ -300,6 +326,8 @@ export class RendezvousClient {
         heartbeatTimer = clock.setTimeout(() => {
           if (finished) return;
           heartbeatSeq++;
+          this.#heartbeatSentAt.clear();
+          this.#heartbeatSentAt.set(heartbeatSeq, clock.now());
           this.#send(socket!, {
             type: "echo_request",
             payload: { heartbeat: heartbeatSeq },
@@ -312,6 +340,7 @@ export class RendezvousClient {
       const onOpen = () => {
         opened = true;
         this.#socket = socket;
+        this.#openedAt = clock.now();
         openedAt = clock.now();
         this.#sessions++;
         this.#status = "connected";
@@ -390,6 +419,7 @@ export class RendezvousClient {
     const { logger, workerId } = this.#o;
     switch (message.type) {
       case "registered":
+        this.#sampleRtt(this.#o.clock.now() - this.#openedAt);
         this.#observed = { ip: message.observed_ip, port: message.observed_port };
         this.#emit({
           type: "registered",
@@ -405,7 +435,19 @@ export class RendezvousClient {
       case "public_ip_registered":
         logger.debug("rendezvous stored public ip", { worker_id: workerId, ip: message.ip });
         return;
-      case "echo_response":
+      case "echo_response": {
+        const beat = (message.original_payload as { heartbeat?: unknown } | null)?.heartbeat;
+        const sentAt = typeof beat === "number" ? this.#heartbeatSentAt.get(beat) : undefined;
+        if (sentAt !== undefined) this.#sampleRtt(this.#o.clock.now() - sentAt);
+        return;
+      }
+      case "peers":
+      case "peer_joined":
+      case "peer_updated":
+      case "peer_left":
+      case "punch":
+      case "relayed":
+        this.#o.onPeerMessage?.(message);
         return;
       case "udp_endpoint_registered":
         logger.debug("rendezvous stored udp endpoint", {

@@ -103,7 +103,7 @@ Deno.test("parseServerMessage() reads every server message and tolerates extra f
 });
 
 Deno.test("parseServerMessage() rejects unknown types and bad fields", () => {
-  assert.throws(() => parseServerMessage('{"type":"peer_joined"}'), { code: "unknown_type" });
+  assert.throws(() => parseServerMessage('{"type":"from_the_future"}'), { code: "unknown_type" });
   assert.throws(
     () => parseServerMessage('{"type":"registered","worker_id":"w","observed_port":70000}'),
     { code: "invalid_message" },
@@ -163,10 +163,19 @@ Deno.test("parseClientMessage() reads register_udp_endpoint and normalizes its a
     public: { ip: "203.0.113.9", port: 40000 },
     local: [{ ip: "10.0.0.5", port: 40000 }, { ip: "2001:db8::5", port: 40000 }],
     nat: { mapping: "endpoint-independent" },
+    rtt_ms: null,
   });
   assert.deepEqual(
-    parseClientMessage('{"type":"register_udp_endpoint","public":null,"nat":{"mapping":"no-udp"}}'),
-    { type: "register_udp_endpoint", public: null, local: [], nat: { mapping: "no-udp" } },
+    parseClientMessage(
+      '{"type":"register_udp_endpoint","public":null,"nat":{"mapping":"no-udp"},"rtt_ms":12.34}',
+    ),
+    {
+      type: "register_udp_endpoint",
+      public: null,
+      local: [],
+      nat: { mapping: "no-udp" },
+      rtt_ms: 12.3,
+    },
   );
 });
 

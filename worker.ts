@@ -15,6 +15,8 @@ import { RendezvousClient } from "./lib/worker_client.ts";
 import { loadWorkerConfig, registrationUrl, WORKER_VARIABLES } from "./lib/worker_config.ts";
 import { workerHealthHandler } from "./lib/worker_health.ts";
 import { startWorkerUdp, type WorkerUdp } from "./lib/worker_udp.ts";
+import { PeerManager } from "./lib/peer_manager.ts";
+import { describeHello, sendHello, startHello } from "./lib/peer_hello.ts";
 
 if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
   console.log(helpText(`holepunch worker ${VERSION}`, "deno task worker", WORKER_VARIABLES));
@@ -28,7 +30,7 @@ if (config.rendezvousWarning) log.warn(config.rendezvousWarning);
 const { ipEchoUrl, ipEchoTimeoutMs } = config;
 let udp: WorkerUdp | undefined;
 const client = new RendezvousClient({
-  url: registrationUrl(config.rendezvousBase, config.workerId),
+  url: registrationUrl(config.rendezvousBase, config.workerId, config.group),
   workerId: config.workerId,
   token: config.token,
   pingIntervalMs: config.pingIntervalMs,
@@ -39,8 +41,21 @@ const client = new RendezvousClient({
     : (signal) => fetchPublicIp(ipEchoUrl, { signal, timeoutMs: ipEchoTimeoutMs }),
   logger: log,
   onEvent: (event) => {
-    if (event.type === "registered") udp?.onRegistered();
+    if (event.type !== "registered") return;
+    udp?.onRegistered();
+    // Without UDP, peers still learn we exist and can only be relayed to.
+    if (!udp) {
+      client.send({
+        type: "register_udp_endpoint",
+        public: null,
+        local: [],
+        nat: { mapping: "no-udp" },
+        rtt_ms: client.rttMs,
+      });
+    }
+    peers.onRegistered();
   },
+  onPeerMessage: (message) => peers.handle(message),
 });
 
 if (config.stunServers.length > 0) {
@@ -50,10 +65,32 @@ if (config.stunServers.length > 0) {
     stunServers: config.stunServers,
     keepaliveMs: config.stunKeepaliveMs,
     logger: log,
-    report: (report) =>
-      client.send({ type: "register_udp_endpoint", ...report, rtt_ms: client.rttMs }),
+    report: (report) => {
+      const sent = client.send({ type: "register_udp_endpoint", ...report, rtt_ms: client.rttMs });
+      if (sent) peers.ownEndpointReported(report.public);
+      return sent;
+    },
   });
 }
+
+// Referenced by the callbacks above, which run only once the client runs.
+const peers: PeerManager = new PeerManager({
+  udp: udp?.udp,
+  sendToRendezvous: (message) => client.send(message),
+  autoConnect: config.peerAutoConnect,
+  logger: log,
+  // Hello 0 goes out as soon as a peer is known: queued until the
+  // introduction, then relayed at once (time to first relayed byte).
+  onPeer: (peerId) => {
+    if (config.peerHelloMs > 0) sendHello(peers, peerId, config.workerId, 0);
+  },
+  onMessage: (peerId, payload, path) =>
+    log.info("peer message received", { peer_id: peerId, path, ...describeHello(payload) }),
+});
+if (!udp) peers.ownEndpointReported(null);
+const hello = config.peerHelloMs > 0
+  ? startHello(peers, config.workerId, config.peerHelloMs)
+  : undefined;
 
 log.info("worker starting", { version: VERSION, ip_echo_url: ipEchoUrl ?? "off" });
 
@@ -65,7 +102,9 @@ async function shutdown(signal: Deno.Signal): Promise<void> {
   stopping = true;
   log.info("shutdown signal received", { signal });
   stop.abort();
+  if (hello !== undefined) clearInterval(hello);
   await running;
+  await peers.close();
   await udp?.close();
   await Promise.race([health.finished, new Promise((r) => setTimeout(r, 1000))]);
   log.info("worker stopped");
@@ -88,6 +127,7 @@ const health = Deno.serve(
     version: VERSION,
     snapshot: () => client.snapshot(),
     udp: () => udp?.presence.last ?? null,
+    peers: () => peers.snapshot() ?? {},
   }),
 );
 

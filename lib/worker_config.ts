@@ -6,6 +6,7 @@
  */
 
 import {
+  boolVar,
   ConfigError,
   type Env,
   LOG_VARIABLES,
@@ -43,6 +44,12 @@ export interface WorkerConfig {
   /** Empty when STUN_SERVERS=off: no UDP discovery. */
   stunServers: string[];
   stunKeepaliveMs: number;
+  /** Peers see only workers of the same group. */
+  group: string;
+  /** Introduce ourselves to every peer of the group as it appears. */
+  peerAutoConnect: boolean;
+  /** Send a hello to every peer this often (0: never); for demos and the lab. */
+  peerHelloMs: number;
   log: LogConfig;
 }
 
@@ -102,6 +109,17 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     name: "STUN_KEEPALIVE_SEC",
     fallback: "20",
     meaning: "refresh the NAT mapping this often (Cloud NAT forgets idle UDP after 30 s)",
+  },
+  { name: "WORKER_GROUP", fallback: "default", meaning: "peers see only workers of their group" },
+  {
+    name: "PEER_AUTOCONNECT",
+    fallback: "false",
+    meaning: "connect (punch) to every peer of the group as it appears",
+  },
+  {
+    name: "PEER_HELLO_SEC",
+    fallback: "0 (off)",
+    meaning: "send a small hello to every known peer this often (demo, lab)",
   },
   ...LOG_VARIABLES,
 ];
@@ -167,9 +185,10 @@ export function rendezvousBaseUrl(text: string): { url: URL; warning?: string } 
   return { url, warning };
 }
 
-/** The registration URL of `workerId` under a base from {@linkcode rendezvousBaseUrl}. */
-export function registrationUrl(base: URL, workerId: string): URL {
+/** The registration URL of `workerId` (in `group`) under a base from {@linkcode rendezvousBaseUrl}. */
+export function registrationUrl(base: URL, workerId: string, group = "default"): URL {
   const url = new URL(base.href);
+  if (group !== "default") url.searchParams.set("group", group);
   url.pathname = `${base.pathname.replace(/\/+$/, "")}${REGISTER_PATH_PREFIX}${
     encodeURIComponent(workerId)
   }`;
@@ -246,6 +265,13 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
       );
     }
   }
+  const group = stringVar(env, "WORKER_GROUP", "default");
+  if (!isValidWorkerId(group)) {
+    throw new ConfigError(
+      "WORKER_GROUP",
+      `Cannot read WORKER_GROUP: it must be 1-128 characters of [A-Za-z0-9._-]: current value is "${group}"`,
+    );
+  }
   const udpHost = stringVar(env, "UDP_HOST", "0.0.0.0");
   if (normalizeIp(udpHost) === null) {
     throw new ConfigError(
@@ -270,6 +296,9 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     udpPort: portVar(env, "UDP_PORT", 0),
     stunServers,
     stunKeepaliveMs: seconds(env, "STUN_KEEPALIVE_SEC", 20, 0.05, 3600),
+    group,
+    peerAutoConnect: boolVar(env, "PEER_AUTOCONNECT", false),
+    peerHelloMs: seconds(env, "PEER_HELLO_SEC", 0, 0, 3600),
     log: logConfig(env, isTerminal),
   };
 }

@@ -15,6 +15,8 @@ export interface WorkerHealthInfo {
   snapshot: () => ClientSnapshot;
   /** The last UDP discovery report, if any. */
   udp?: () => UdpEndpointReport | null;
+  /** Each peer link's path, RTT and counters. */
+  peers?: () => Record<string, unknown>;
 }
 
 /**
@@ -37,6 +39,7 @@ export function workerHealthHandler(info: WorkerHealthInfo): (req: Request) => R
         version: info.version,
         rendezvous: info.snapshot(),
         udp: info.udp?.() ?? null,
+        peers: info.peers?.() ?? {},
       });
     }
     return new Response("Not Found\n", { status: 404 });

@@ -123,14 +123,12 @@ interface Session {
 interface Probing {
   session: string;
   sent: Map<string, { to: UdpAddress; via: number }>;
-  checked: Set<string>;
   probes: number;
   timers: TimerId[];
   extra: number[];
   done: boolean;
 }
 
-const addrKey = (a: UdpAddress, via = 0) => `${a.ip}:${a.port}/${via}`;
 const show = (a: UdpAddress) => (a.ip.includes(":") ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`);
 
 /** Counters and timings, for the health endpoint and the lab. */
@@ -270,7 +268,6 @@ export class PeerLink {
     const probing: Probing = {
       session: sessionId,
       sent: new Map(),
-      checked: new Set(),
       probes: 0,
       timers: [],
       extra: [],
@@ -346,7 +343,6 @@ export class PeerLink {
     if (!session) return;
     const nonce = newNonce();
     probing.sent.set(nonce, { to, via });
-    probing.checked.add(addrKey(to, via));
     if (counted) probing.probes++;
     this.#sendUdp(
       { type: "probe", sessionId: session.id, nonce, time: this.#d.clock.now() },
@@ -381,6 +377,9 @@ export class PeerLink {
         current.rttMs = 0.8 * current.rttMs + 0.2 * rttMs;
         return;
       }
+      // A path through an extra socket (the hard side's) stays: the peer
+      // aims at that socket's mapping, and the others are about to close.
+      if (current.via !== 0) return;
       // The best path wins: switch only for a clearly faster one (20 % and
       // 2 ms), so jitter between near-equal paths causes no flapping.
       if (rttMs > current.rttMs * 0.8 || current.rttMs - rttMs < 2) return;
@@ -470,12 +469,13 @@ export class PeerLink {
       case "probe":
         if (!from) return;
         this.#sendUdp({ ...frame, type: "ack" }, from, via);
-        // Triggered check: answer a new address with our own probe.
-        if (
-          this.#probing && !this.#probing.done && !this.#probing.checked.has(addrKey(from, via))
-        ) {
+        // Triggered check (RFC 8445 §7.3.1.4): a probe that got through means
+        // our probe back can too, now, whatever we sent there before (a
+        // mapping the peer's NAT opened after our earlier probe was dropped).
+        if (this.#probing && !this.#probing.done && !this.#isPathTo(from, via)) {
           this.#probe(this.#probing, from, via, false);
         }
+        this.#roam(from, via);
         if (
           this.#path.kind === "direct" && this.#path.to.ip === from.ip &&
           this.#path.to.port === from.port
@@ -499,7 +499,10 @@ export class PeerLink {
       }
       case "data": {
         this.stats.received[pathKind]++;
-        if (from) this.#heard();
+        if (from) {
+          this.#roam(from, via);
+          this.#heard();
+        }
         this.#accept(frame.seq, frame.payload, pathKind);
         const ack: Frame = { type: "data_ack", sessionId: frame.sessionId, seq: this.#expected };
         if (from) this.#sendUdp(ack, from, via);
@@ -511,6 +514,26 @@ export class PeerLink {
         for (const seq of this.#unacked.keys()) if (seq < frame.seq) this.#unacked.delete(seq);
         return;
     }
+  }
+
+  /**
+   * An authenticated probe or data frame came from `from`: if the direct
+   * path points elsewhere, follow the peer there (its NAT rebound, or the
+   * hard side answers from the socket it kept), as WireGuard's roaming does.
+   */
+  #roam(from: UdpAddress, via: number): void {
+    const path = this.#path;
+    if (path.kind !== "direct") return;
+    if (path.to.ip === from.ip && path.to.port === from.port && path.via === via) return;
+    if (this.#probing && !this.#probing.done) return; // still choosing: acks decide
+    this.#path = { kind: "direct", to: from, via, rttMs: path.rttMs };
+    this.#trace({ type: "direct", to: show(from), via, rtt_ms: path.rttMs, probes: 0 });
+  }
+
+  #isPathTo(to: UdpAddress, via: number): boolean {
+    const path = this.#path;
+    return path.kind === "direct" && path.to.ip === to.ip && path.to.port === to.port &&
+      path.via === via;
   }
 
   #heard(): void {

@@ -26,7 +26,12 @@ export interface PeerManagerOptions {
   onMessage?: (peerId: string, payload: Uint8Array, path: PathKind) => void;
   /** A peer became known (from `peers` or `peer_joined`). */
   onPeer?: (peerId: string) => void;
-  /** Extra sockets (for endpoint-dependent NATs) open at once, at most. @default {1024} */
+  /**
+   * Extra sockets (for endpoint-dependent NATs) open at once, at most: 256
+   * per punch in progress, so 16 hard-side punches at once, well under the
+   * 20k open files of a process.
+   * @default {4096}
+   */
   maxExtraSockets?: number;
   clock?: Clock;
   logger: Logger;
@@ -143,7 +148,7 @@ export class PeerManager {
   #openSockets(count: number): number[] {
     const main = this.#o.udp;
     if (!main) return [];
-    const room = (this.#o.maxExtraSockets ?? 1024) - this.#sockets.size;
+    const room = (this.#o.maxExtraSockets ?? 4096) - this.#sockets.size;
     const vias: number[] = [];
     for (let i = 0; i < Math.min(count, room); i++) {
       let socket: UdpEndpoint;

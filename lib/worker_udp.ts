@@ -11,6 +11,14 @@ import { StunClient } from "./stun_client.ts";
 import { UdpEndpoint } from "./udp.ts";
 import { type UdpEndpointReport, UdpPresence } from "./udp_discovery.ts";
 
+/**
+ * Discovery is latency-sensitive (peers wait for it), so the worker uses a
+ * shorter schedule than RFC 8489's 39.5 s default, as Tailscale's netcheck
+ * does: sends at 0, 250, 750, 1750 and 3750 ms, verdict at 4.75 s. A lost
+ * answer costs little: the keepalive asks again every STUN_KEEPALIVE_SEC.
+ */
+export const DISCOVERY_SCHEDULE = { rtoMs: 250, maxSends: 5, finalWaitFactor: 4 } as const;
+
 /** Options for {@linkcode startWorkerUdp}. */
 export interface WorkerUdpOptions {
   hostname: string;
@@ -37,6 +45,7 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   const udp = UdpEndpoint.bind({ hostname: options.hostname, port: options.port });
   const stun = new StunClient((bytes, to) => udp.send(bytes, to), {
     family: udp.local.family,
+    ...DISCOVERY_SCHEDULE,
   });
   udp.onStun = (bytes, from) => stun.handle(bytes, from);
   let sentThisSession: string | undefined;

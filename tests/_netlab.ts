@@ -3,8 +3,8 @@
  * bridge, with real Linux NAT (iptables) in front of private hosts.
  *
  *   public ns "pub": bridge 198.51.100.1/24 (rendezvous, STUN servers)
- *     ├─ router ns: wan 198.51.100.(10+i), lan 192.168.(10+i).1, NAT of a kind
- *     │    └─ host ns: 192.168.(10+i).2, default route via its router
+ *     ├─ router ns: wan 198.51.100.(10+i), LAN bridge 192.168.(10+i).1, NAT of a kind
+ *     │    └─ host ns (one or more): 192.168.(10+i).2…, default route via the router
  *     └─ public host ns: 198.51.100.(100+i), no NAT
  *
  * Every address lives inside namespaces the lab made; nothing is routed to
@@ -21,7 +21,9 @@ export type NatKind =
   /** MASQUERADE --random-fully: a new port per destination (symmetric). */
   | "edm"
   /** NAT that forwards no UDP at all: only the relay can work. */
-  | "block-udp";
+  | "block-udp"
+  /** 1:1 NAT (DNAT + SNAT): endpoint-independent mapping and filtering. */
+  | "fullcone";
 
 /** Why the lab cannot run here, or undefined when it can. */
 export async function netlabUnavailable(): Promise<string | undefined> {
@@ -116,69 +118,109 @@ export class NetLab {
     await this.#sh("ip", "-n", ns, "link", "set", name, "up");
   }
 
-  /** A private host behind a NAT router of `kind`. */
-  async addNatted(kind: NatKind): Promise<LabHost> {
+  /** `hosts` private hosts on one LAN behind a NAT router of `kind`. */
+  async addNatted(kind: NatKind, hosts = 1): Promise<LabHost[]> {
     const i = ++this.#next;
     const router = `${this.prefix}-r${i}`;
-    const host = `${this.prefix}-h${i}`;
     const wan = `198.51.100.${10 + i}`;
     const lan = `192.168.${10 + i}`;
     await this.#addNamespace(router);
-    await this.#addNamespace(host);
     await this.#wire(router, `w${i}`, `${wan}/24`);
-    await this.#sh(
-      "ip",
-      "link",
-      "add",
-      `l${i}`,
-      "netns",
-      router,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      `e${i}`,
-      "netns",
-      host,
-    );
-    await this.#sh("ip", "-n", router, "addr", "add", `${lan}.1/24`, "dev", `l${i}`);
-    await this.#sh("ip", "-n", router, "link", "set", `l${i}`, "up");
-    await this.#sh("ip", "-n", host, "addr", "add", `${lan}.2/24`, "dev", `e${i}`);
-    await this.#sh("ip", "-n", host, "link", "set", `e${i}`, "up");
-    await this.#sh("ip", "-n", host, "route", "add", "default", "via", `${lan}.1`);
-    await this.#sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
-    const masquerade = [
-      "ip",
-      "netns",
-      "exec",
-      router,
-      "iptables",
-      "-t",
-      "nat",
-      "-A",
-      "POSTROUTING",
-      "-o",
-      `w${i}`,
-      "-j",
-      "MASQUERADE",
-    ];
-    await this.#sh(...masquerade, ...(kind === "edm" ? ["--random-fully"] : []));
-    if (kind === "block-udp") {
+    await this.#sh("ip", "-n", router, "link", "add", "lan", "type", "bridge");
+    await this.#sh("ip", "-n", router, "addr", "add", `${lan}.1/24`, "dev", "lan");
+    await this.#sh("ip", "-n", router, "link", "set", "lan", "up");
+    const out: LabHost[] = [];
+    for (let h = 1; h <= hosts; h++) {
+      const ns = `${this.prefix}-h${i}x${h}`;
+      const ip = `${lan}.${1 + h}`;
+      await this.#addNamespace(ns);
       await this.#sh(
         "ip",
+        "link",
+        "add",
+        `l${h}`,
         "netns",
-        "exec",
         router,
-        "iptables",
-        "-A",
-        "FORWARD",
-        "-p",
-        "udp",
-        "-j",
-        "DROP",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns,
       );
+      await this.#sh("ip", "-n", router, "link", "set", `l${h}`, "master", "lan", "up");
+      await this.#sh("ip", "-n", ns, "addr", "add", `${ip}/24`, "dev", "eth0");
+      await this.#sh("ip", "-n", ns, "link", "set", "eth0", "up");
+      await this.#sh("ip", "-n", ns, "route", "add", "default", "via", `${lan}.1`);
+      out.push({ ns, ip, publicIp: wan });
     }
-    return { ns: host, ip: `${lan}.2`, publicIp: wan };
+    const inRouter = (...args: string[]) => this.#sh("ip", "netns", "exec", router, ...args);
+    await inRouter("sysctl", "-qw", "net.ipv4.ip_forward=1");
+    if (kind === "fullcone") {
+      await inRouter(
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-i",
+        `w${i}`,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        out[0].ip,
+      );
+      await inRouter(
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        `w${i}`,
+        "-j",
+        "SNAT",
+        "--to-source",
+        wan,
+      );
+    } else {
+      const masquerade = [
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        `w${i}`,
+        "-j",
+        "MASQUERADE",
+      ];
+      await inRouter(...masquerade, ...(kind === "edm" ? ["--random-fully"] : []));
+    }
+    if (kind === "block-udp") {
+      await inRouter("iptables", "-A", "FORWARD", "-p", "udp", "-j", "DROP");
+    }
+    // Like every NAT gateway, the router drops unsolicited traffic to itself.
+    // Without this, a peer's early probe is delivered to the router's own
+    // stack, conntrack confirms an entry for it, and the router then remaps
+    // the host's own packets to that peer to a new port (a tuple clash): an
+    // artefact of a bare Linux box, not of NAT behaviour. A packet dropped in
+    // INPUT never confirms its conntrack entry.
+    await inRouter(
+      "iptables",
+      "-A",
+      "INPUT",
+      "-i",
+      `w${i}`,
+      "-m",
+      "conntrack",
+      "--ctstate",
+      "NEW",
+      "-j",
+      "DROP",
+    );
+    return out;
   }
 
   /** A host on the public segment, no NAT. */

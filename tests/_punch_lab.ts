@@ -1,0 +1,166 @@
+/**
+ * The hole-punching lab shared by the test and the benchmark: nine workers
+ * behind every kind of NAT the lab builds, all connecting to all, and what
+ * each pair ended with.
+ */
+
+import { type Proc, waitFor } from "./_helpers.ts";
+import { type LabHost, type NatKind, NetLab, PUBLIC_IP } from "./_netlab.ts";
+
+/** Where each worker sits. */
+export const LAB_WORKERS: { id: string; kind: NatKind | "public" }[] = [
+  { id: "eim-1", kind: "eim" },
+  { id: "eim-2", kind: "eim" },
+  { id: "edm-1", kind: "edm" },
+  { id: "edm-2", kind: "edm" },
+  { id: "cone-1", kind: "fullcone" },
+  { id: "public-1", kind: "public" },
+  { id: "shared-1", kind: "eim" },
+  { id: "shared-2", kind: "eim" },
+  { id: "blocked-1", kind: "block-udp" },
+];
+
+/** What the pair can reach at best, from the NAT behaviours alone. */
+export function expectedPath(a: string, b: string): "direct" | "relay" {
+  const kind = (id: string) => LAB_WORKERS.find((w) => w.id === id)!.kind;
+  const [ka, kb] = [kind(a), kind(b)];
+  if (ka === "block-udp" || kb === "block-udp") return "relay";
+  if (ka === "edm" && kb === "edm") return "relay";
+  return "direct";
+}
+
+/** One pair's outcome, seen from `from`. */
+export interface PairResult {
+  from: string;
+  to: string;
+  expected: "direct" | "relay";
+  /** The path the last messages from `to` arrived on. */
+  path: "direct" | "relay" | "none";
+  messages: number;
+  /** ms from the first punch to the direct path, if it went direct. */
+  directMs: number | null;
+  /** Punch attempts before the direct path (1 = first try). */
+  attempts: number | null;
+  /** ms from this side's connect request to its first relayed frame. */
+  firstRelayMs: number | null;
+  strategy: string | null;
+  /** This side's link events for the pair (for failure messages). */
+  events: string[];
+}
+
+export interface LabRun {
+  results: PairResult[];
+  seconds: number;
+}
+
+/**
+ * Builds the lab, runs every worker for `seconds`, and reads each pair's
+ * outcome from the workers' logs.
+ */
+export async function runPunchLab(seconds: number): Promise<LabRun> {
+  const lab = await NetLab.create();
+  const procs = new Map<string, Proc>();
+  const started = Date.now();
+  try {
+    const hosts = new Map<string, LabHost>();
+    const [e1] = await lab.addNatted("eim");
+    const [e2] = await lab.addNatted("eim");
+    const [d1] = await lab.addNatted("edm");
+    const [d2] = await lab.addNatted("edm");
+    const [c1] = await lab.addNatted("fullcone");
+    const p1 = await lab.addPublicHost();
+    const [s1, s2] = await lab.addNatted("eim", 2);
+    const [u1] = await lab.addNatted("block-udp");
+    for (
+      const [id, host] of Object.entries({
+        "eim-1": e1,
+        "eim-2": e2,
+        "edm-1": d1,
+        "edm-2": d2,
+        "cone-1": c1,
+        "public-1": p1,
+        "shared-1": s1,
+        "shared-2": s2,
+        "blocked-1": u1,
+      })
+    ) hosts.set(id, host);
+
+    const rendezvous = lab.deno(lab.pub, ["run", "--allow-net", "--allow-env", "rendezvous.ts"], {
+      PORT: "8080",
+      STUN_PORT: "3478",
+    });
+    const stun = lab.deno(lab.pub, ["run", "--allow-net", "--allow-env", "stun.ts"], {
+      STUN_PORT: "3479",
+    });
+    await rendezvous.waitForLog("stun server listening", () => true, 20_000);
+    await stun.waitForLog("stun server listening", () => true, 20_000);
+    for (const { id } of LAB_WORKERS) {
+      procs.set(
+        id,
+        lab.deno(hosts.get(id)!.ns, [
+          "run",
+          "--allow-net",
+          "--allow-env",
+          "--allow-sys=networkInterfaces",
+          "worker.ts",
+        ], {
+          RENDEZVOUS_SERVICE_URL: `http://${PUBLIC_IP}:8080`,
+          WORKER_ID: id,
+          PORT: "0",
+          IP_ECHO_URL: "off",
+          STUN_SERVERS: `${PUBLIC_IP}:3478,${PUBLIC_IP}:3479`,
+          PEER_AUTOCONNECT: "true",
+          PEER_HELLO_SEC: "0.5",
+        }),
+      );
+    }
+    // Everyone registered, then the lab runs for `seconds`.
+    for (const [id] of procs) {
+      await rendezvous.waitForLog("worker registered", (l) => l.worker_id === id, 20_000);
+    }
+    // Until every pair got where it can (three messages each way, the last
+    // on the expected path) or the time is up; the caller judges the rest.
+    const settled = () =>
+      LAB_WORKERS.every((a) =>
+        LAB_WORKERS.every((b) => {
+          if (a.id === b.id) return true;
+          const mine = procs.get(a.id)!.lines.filter((l) => l.peer_id === b.id);
+          const received = mine.filter((l) => l.message === "peer message received");
+          return received.length >= 3 && received.at(-1)!.path === expectedPath(a.id, b.id);
+        })
+      );
+    await waitFor(settled, "every pair to settle", seconds * 1000, 250).catch(() => {});
+    const results: PairResult[] = [];
+    for (const a of LAB_WORKERS) {
+      const lines = procs.get(a.id)!.lines;
+      for (const b of LAB_WORKERS) {
+        if (a.id === b.id) continue;
+        const mine = lines.filter((l) => l.peer_id === b.id);
+        const received = mine.filter((l) => l.message === "peer message received");
+        const direct = mine.find((l) => l.message === "peer path direct");
+        const firstRelay = mine.find((l) => l.message === "peer first relayed frame sent");
+        const punch = mine.find((l) => l.message === "peer punch started");
+        results.push({
+          from: a.id,
+          to: b.id,
+          expected: expectedPath(a.id, b.id),
+          path: (received.at(-1)?.path as "direct" | "relay" | undefined) ?? "none",
+          messages: received.length,
+          directMs: direct ? Number(direct.ms_since_punch) : null,
+          attempts: direct ? Number(direct.attempts) : null,
+          firstRelayMs: typeof firstRelay?.ms_since_connect === "number"
+            ? firstRelay.ms_since_connect
+            : null,
+          strategy: punch ? String(punch.strategy) : null,
+          events: mine.filter((l) => l.message !== "peer message received").map((l) => {
+            const { severity: _s, service: _v, worker_id: _w, peer_id: _p, ...rest } = l;
+            return JSON.stringify(rest);
+          }),
+        });
+      }
+    }
+    return { results, seconds: (Date.now() - started) / 1000 };
+  } finally {
+    await lab.destroy();
+  }
+}

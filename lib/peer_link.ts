@@ -127,6 +127,7 @@ interface Probing {
   timers: TimerId[];
   extra: number[];
   done: boolean;
+  startedAt: number;
 }
 
 const show = (a: UdpAddress) => (a.ip.includes(":") ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`);
@@ -272,6 +273,7 @@ export class PeerLink {
       timers: [],
       extra: [],
       done: false,
+      startedAt: this.#d.clock.now(),
     };
     this.#probing = probing;
     this.#trace({
@@ -322,13 +324,15 @@ export class PeerLink {
     const session = this.#session;
     const ownHard = session?.ownNat === "endpoint-dependent";
     const peerHard = session?.peerNat === "endpoint-dependent";
-    // Wait for the longest strategy; the timers of the others have stopped.
+    // Give up once the longest strategy of this attempt has run (plus a
+    // second for late answers), counted from the start.
     const longest = Math.max(
       LINK_TIMING.maxProbes * LINK_TIMING.probeIntervalMs,
       ownHard !== peerHard ? LINK_TIMING.hardRounds * LINK_TIMING.hardRoundMs : 0,
       ownHard !== peerHard ? LINK_TIMING.sprayMax * LINK_TIMING.sprayIntervalMs : 0,
     );
-    probing.timers.push(this.#timer(() => this.#punchFailed(probing), longest + 1000));
+    const wait = probing.startedAt + longest + 1000 - this.#d.clock.now();
+    probing.timers.push(this.#timer(() => this.#punchFailed(probing), Math.max(0, wait)));
   }
 
   #punchFailed(probing: Probing): void {

@@ -1,0 +1,271 @@
+/**
+ * PeerLink against a simulated network on a fake clock: two links, a UDP
+ * path that can be cut, and a relay. (WebCrypto is real and asynchronous, so
+ * after each clock step the test lets pending work finish before judging.)
+ */
+
+import assert from "node:assert/strict";
+import { toBase64 } from "../lib/peer_frame.ts";
+import { LINK_TIMING, type LinkEvent, PeerLink } from "../lib/peer_link.ts";
+import type { Candidate, NatMapping, PathKind, PunchMessage, UdpAddress } from "../lib/protocol.ts";
+import { FakeClock } from "./_fake_clock.ts";
+
+const A: UdpAddress = { ip: "203.0.113.1", port: 1000 };
+const B: UdpAddress = { ip: "203.0.113.2", port: 2000 };
+const KEY = toBase64(crypto.getRandomValues(new Uint8Array(32)));
+
+interface Side {
+  link: PeerLink;
+  received: { text: string; path: PathKind }[];
+  paths: PathKind[];
+  events: LinkEvent[];
+  udpSent: { to: UdpAddress; via: number }[];
+  connects: number;
+  opened: number[];
+  closed: number[];
+}
+
+class Net {
+  clock = new FakeClock(0);
+  udpUp = true;
+  pending: Promise<unknown>[] = [];
+  a: Side;
+  b: Side;
+
+  constructor() {
+    this.a = this.#side("b", A);
+    this.b = this.#side("a", B);
+  }
+
+  #side(peer: "a" | "b", self: UdpAddress): Side {
+    const side = {
+      received: [],
+      paths: [],
+      events: [],
+      udpSent: [],
+      connects: 0,
+      opened: [],
+      closed: [],
+    } as unknown as Side;
+    let nextVia = 1;
+    side.link = new PeerLink(peer, {
+      clock: this.clock,
+      sendUdp: (bytes, to, via) => {
+        side.udpSent.push({ to, via });
+        const target = to.ip === A.ip && to.port === A.port
+          ? this.a
+          : to.ip === B.ip && to.port === B.port
+          ? this.b
+          : undefined;
+        if (!this.udpUp || !target) return;
+        this.pending.push(target.link.receive(bytes, self, 0));
+      },
+      sendRelay: (bytes) => {
+        const target = peer === "b" ? this.b : this.a;
+        this.pending.push(target.link.receive(bytes, undefined));
+      },
+      openSockets: (count) => {
+        const vias = Array.from({ length: count }, () => nextVia++);
+        side.opened.push(...vias);
+        return vias;
+      },
+      closeSockets: (vias) => side.closed.push(...vias),
+      requestConnect: () => side.connects++,
+      onMessage: (payload, path) =>
+        side.received.push({ text: new TextDecoder().decode(payload), path }),
+      onPath: (path) => side.paths.push(path),
+      trace: (event) => side.events.push(event),
+    });
+    return side;
+  }
+
+  /** Lets every pending delivery (and the sends it causes) finish. */
+  async settle(): Promise<void> {
+    for (let idle = 0; idle < 3;) {
+      const batch = this.pending.splice(0);
+      await Promise.all(batch);
+      // WebCrypto resolves off the microtask queue: give it a turn.
+      await new Promise((r) => setTimeout(r, 0));
+      idle = batch.length === 0 && this.pending.length === 0 ? idle + 1 : 0;
+    }
+  }
+
+  async tick(ms: number, step = 10): Promise<void> {
+    for (let t = 0; t < ms; t += step) {
+      await this.clock.tick(Math.min(step, ms - t));
+      await this.settle();
+    }
+  }
+
+  async punch(
+    nat: { a?: NatMapping; b?: NatMapping } = {},
+    candidates: { a?: Candidate[]; b?: Candidate[] } = {},
+  ): Promise<void> {
+    const base = {
+      type: "punch",
+      session_id: "00000000000000a1",
+      key: KEY,
+      delay_ms: 100,
+    } as const;
+    await this.a.link.punch(
+      {
+        ...base,
+        peer_id: "b",
+        candidates: candidates.a ?? [{ ...B, kind: "public" }],
+        peer_nat: nat.b ?? "endpoint-independent",
+        own_nat: nat.a ?? "endpoint-independent",
+        role: "initiator",
+      } satisfies PunchMessage,
+    );
+    await this.b.link.punch(
+      {
+        ...base,
+        peer_id: "a",
+        candidates: candidates.b ?? [{ ...A, kind: "public" }],
+        peer_nat: nat.a ?? "endpoint-independent",
+        own_nat: nat.b ?? "endpoint-independent",
+        role: "responder",
+      } satisfies PunchMessage,
+    );
+  }
+
+  close(): void {
+    this.a.link.close();
+    this.b.link.close();
+  }
+}
+
+const text = (s: string) => new TextEncoder().encode(s);
+
+Deno.test("PeerLink relays from the introduction, then moves to direct without loss or reordering", async () => {
+  const net = new Net();
+  try {
+    net.a.link.send(text("m0")); // before any introduction: queued, and a connect is asked for
+    assert.equal(net.a.connects, 1);
+    await net.punch();
+    for (let i = 1; i < 5; i++) net.a.link.send(text(`m${i}`));
+    await net.settle();
+    assert.deepEqual(net.b.received.map((m) => m.path), Array(5).fill("relay"));
+    await net.tick(400);
+    assert.equal(net.a.link.path, "direct");
+    assert.equal(net.b.link.path, "direct");
+    assert.deepEqual(net.a.paths, ["direct"]);
+    for (let i = 5; i < 10; i++) net.a.link.send(text(`m${i}`));
+    await net.tick(50);
+    assert.deepEqual(
+      net.b.received.map((m) => m.text),
+      Array.from({ length: 10 }, (_, i) => `m${i}`),
+    );
+    assert.deepEqual(net.b.received.slice(5).map((m) => m.path), Array(5).fill("direct"));
+    assert.equal(net.a.link.snapshot().in_flight, 0, "every message was acknowledged");
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("PeerLink falls back to the relay when the direct path dies, loses nothing, and asks to upgrade later", async () => {
+  const net = new Net();
+  try {
+    await net.punch();
+    await net.tick(400);
+    assert.equal(net.a.link.path, "direct");
+    net.udpUp = false;
+    net.a.link.send(text("during the outage"));
+    await net.tick(LINK_TIMING.keepaliveMs + LINK_TIMING.lostAfterMs + 500, 50);
+    assert.equal(net.a.link.path, "relay");
+    assert.ok(net.a.events.some((e) => e.type === "path_lost"));
+    assert.deepEqual(net.b.received.map((m) => m.text), ["during the outage"]);
+    assert.equal(net.b.received[0].path, "relay", "retransmitted over the relay");
+    const connects = net.a.connects;
+    await net.tick(LINK_TIMING.upgradeRetryMs, 500);
+    assert.equal(net.a.connects, connects + 1, "asks for a new introduction");
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("PeerLink drops frames it cannot authenticate", async () => {
+  const net = new Net();
+  try {
+    await net.punch();
+    const stranger = new PeerLink("x", {
+      clock: net.clock,
+      sendUdp: () => {},
+      sendRelay: (bytes) => net.pending.push(net.b.link.receive(bytes, undefined)),
+      openSockets: () => [],
+      closeSockets: () => {},
+      requestConnect: () => {},
+      onMessage: () => {},
+      onPath: () => {},
+    });
+    await stranger.punch({
+      type: "punch",
+      peer_id: "a",
+      session_id: "00000000000000a1", // the right session id, the wrong key
+      key: toBase64(crypto.getRandomValues(new Uint8Array(32))),
+      candidates: [],
+      peer_nat: null,
+      own_nat: null,
+      role: "initiator",
+      delay_ms: 0,
+    });
+    stranger.send(text("forged"));
+    await net.settle();
+    assert.deepEqual(net.b.received, []);
+    stranger.close();
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("PeerLink probes are paced and bounded when the peer never answers", async () => {
+  const net = new Net();
+  try {
+    net.udpUp = false;
+    await net.punch();
+    await net.tick(LINK_TIMING.maxProbes * LINK_TIMING.probeIntervalMs + 3000, 50);
+    const probes = net.a.udpSent.length;
+    assert.ok(probes <= LINK_TIMING.maxProbes, `${probes} probes`);
+    assert.ok(net.a.events.some((e) => e.type === "punch_failed"));
+    await net.tick(5000, 500);
+    assert.equal(net.a.udpSent.length, probes, "no probe after giving up");
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("PeerLink picks its strategy from both NATs and bounds each", async () => {
+  const net = new Net();
+  try {
+    net.udpUp = false;
+    await net.punch({ a: "endpoint-dependent", b: "endpoint-independent" });
+    await net.tick(20_000, 100);
+    assert.equal(net.a.events.find((e) => e.type === "punch")?.strategy, "hard-side");
+    assert.equal(net.b.events.find((e) => e.type === "punch")?.strategy, "easy-side");
+    assert.equal(net.a.opened.length, LINK_TIMING.hardSockets);
+    assert.deepEqual(
+      net.a.closed.sort((x, y) => x - y),
+      net.a.opened,
+      "every extra socket closed again",
+    );
+    const hardProbes = net.a.udpSent.filter((s) => s.via !== 0).length;
+    assert.ok(hardProbes <= LINK_TIMING.hardSockets * LINK_TIMING.hardRounds, `${hardProbes}`);
+    const spray = net.b.udpSent.filter((s) => s.to.port !== A.port).length;
+    assert.ok(spray > 0 && spray <= LINK_TIMING.sprayMax, `${spray} spray probes`);
+    assert.ok(net.b.udpSent.every((s) => s.to.ip === A.ip), "spray only at the peer's address");
+  } finally {
+    net.close();
+  }
+  const both = new Net();
+  try {
+    await both.punch({ a: "endpoint-dependent", b: "endpoint-dependent" });
+    await both.tick(1000, 100);
+    assert.equal(both.a.events.find((e) => e.type === "punch")?.strategy, "both-hard");
+    assert.equal(both.a.udpSent.length, 0, "no public probes between two hard NATs");
+    both.a.link.send(text("still delivered"));
+    await both.settle();
+    assert.deepEqual(both.b.received, [{ text: "still delivered", path: "relay" }]);
+  } finally {
+    both.close();
+  }
+});

@@ -20,6 +20,8 @@ interface Child {
   process: Deno.ChildProcess;
   /** Resolves with the first JSON log line whose message is `message`. */
   waitFor(message: string): Promise<Record<string, unknown>>;
+  /** Every JSON log line so far. */
+  lines: Record<string, unknown>[];
 }
 
 function spawn(name: string, file: string, env: Record<string, string>): Child {
@@ -60,6 +62,7 @@ function spawn(name: string, file: string, env: Record<string, string>): Child {
   return {
     name,
     process,
+    lines: seen,
     waitFor(message) {
       const found = seen.find((l) => l.message === message);
       if (found) return Promise.resolve(found);
@@ -148,6 +151,8 @@ try {
       PORT: "0",
       HOST: "127.0.0.1",
       STUN_SERVERS: stunServers.join(","),
+      PEER_AUTOCONNECT: "true",
+      PEER_HELLO_SEC: "0.5",
     }));
   }
   await until(async () => {
@@ -161,6 +166,47 @@ try {
   const listing = await list(base);
   console.log(`\n${listing.connected_workers_count} workers registered:\n`);
   console.log(table(listing));
+
+  // Every worker connects to every other: relay at once, then a punched
+  // direct path; wait until each pair is direct and has traded messages.
+  const workers = children.slice(1);
+  const pairsDone = async () => {
+    const l = await list(base);
+    return Object.entries(l.workers).every(([id, w]) =>
+      Object.keys(l.workers).every((peer) => peer === id || w.peer_paths[peer]?.path === "direct")
+    ) &&
+      workers.every((child) =>
+        child.lines.filter((line) =>
+          line.message === "peer message received" && line.path === "direct"
+        )
+          .length >= 2 * (WORKERS - 1)
+      );
+  };
+  await until(pairsDone, "every pair to go direct");
+  const paths = await list(base);
+  console.log("\npeer paths (each worker's own report, from the listing):\n");
+  const rows = [["worker", "peer", "path", "rtt ms", "messages received (relay/direct)"]];
+  for (const [id, w] of Object.entries(paths.workers).sort(([a], [b]) => a.localeCompare(b))) {
+    const child = workers.find((c) => c.name === `worker-${id.split("-").at(-1)}`)!;
+    for (const [peer, p] of Object.entries(w.peer_paths).sort(([a], [b]) => a.localeCompare(b))) {
+      const got = child.lines.filter((l) =>
+        l.message === "peer message received" && l.peer_id === peer
+      );
+      const relay = got.filter((l) => l.path === "relay").length;
+      rows.push([
+        id,
+        peer,
+        p.path,
+        String(p.rtt_ms ?? "-"),
+        `${got.length} (${relay}/${got.length - relay})`,
+      ]);
+    }
+  }
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const [i, row] of rows.entries()) {
+    console.log(row.map((c, j) => c.padEnd(widths[j])).join("  ").trimEnd());
+    if (i === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
+  }
 
   console.log("\nstopping the workers (SIGTERM) ...");
   for (const child of children.slice(1)) child.process.kill("SIGTERM");

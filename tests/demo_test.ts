@@ -16,6 +16,18 @@ Deno.test("deno task demo registers three workers, prints the table and shuts do
       ),
     );
   }
+  // Every pair reports a direct path, and messages arrived relayed first, then direct.
+  for (let i = 1; i <= 3; i++) {
+    for (let j = 1; j <= 3; j++) {
+      if (i === j) continue;
+      assert.match(
+        demo.stdout,
+        new RegExp(
+          `demo-worker-${i}\\s+demo-worker-${j}\\s+direct\\s+\\S+\\s+\\d+ \\(\\d+/[1-9]\\d*\\)`,
+        ),
+      );
+    }
+  }
   assert.match(demo.stdout, /every worker de-registered/);
   assert.match(demo.stdout, /rendezvous exited with code 0/);
 });

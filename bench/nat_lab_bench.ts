@@ -1,0 +1,119 @@
+/**
+ * Hole-punching outcomes over repeated NAT-lab runs (needs root): per pair of
+ * NAT kinds, how often the pair went direct, how fast, on which attempt, and
+ * how soon the first relayed frame left. Writes bench/results/nat-lab-*.json.
+ *
+ * Run: `deno task bench:natlab` (5 runs; `-- --runs N` for more).
+ *
+ * @module
+ */
+
+import { netlabUnavailable } from "../tests/_netlab.ts";
+import { LAB_WORKERS, runPunchLab } from "../tests/_punch_lab.ts";
+
+const runsFlag = Deno.args.indexOf("--runs");
+const runs = runsFlag >= 0 ? Number(Deno.args[runsFlag + 1]) : 5;
+const why = await netlabUnavailable();
+if (why) {
+  console.error(`nat lab benchmark cannot run: ${why}`);
+  Deno.exit(1);
+}
+
+const kind = (id: string) => LAB_WORKERS.find((w) => w.id === id)!.kind;
+const shared = (a: string, b: string) => a.startsWith("shared") && b.startsWith("shared");
+const category = (a: string, b: string) =>
+  shared(a, b) ? "same NAT (eim)" : [kind(a), kind(b)].sort().join(" ↔ ");
+
+interface Bucket {
+  pairs: number;
+  expectedDirect: number;
+  direct: number;
+  delivered: number;
+  firstAttempt: number;
+  directMs: number[];
+  firstRelayMs: number[];
+}
+const buckets = new Map<string, Bucket>();
+const pct = (p: number, xs: number[]) => {
+  const s = xs.slice().sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] : NaN;
+};
+
+for (let run = 1; run <= runs; run++) {
+  const { results, seconds } = await runPunchLab(40);
+  console.error(`run ${run}/${runs}: ${seconds.toFixed(1)} s`);
+  for (const r of results) {
+    const key = category(r.from, r.to);
+    const b = buckets.get(key) ?? {
+      pairs: 0,
+      expectedDirect: 0,
+      direct: 0,
+      delivered: 0,
+      firstAttempt: 0,
+      directMs: [],
+      firstRelayMs: [],
+    };
+    b.pairs++;
+    if (r.expected === "direct") b.expectedDirect++;
+    if (r.path === "direct" && r.directMs !== null) {
+      b.direct++;
+      b.directMs.push(r.directMs);
+      if (r.attempts === 1) b.firstAttempt++;
+    }
+    if (r.messages >= 3) b.delivered++;
+    if (r.firstRelayMs !== null) b.firstRelayMs.push(r.firstRelayMs);
+    buckets.set(key, b);
+  }
+}
+
+const rows = [...buckets].sort(([a], [b]) => a.localeCompare(b)).map(([key, b]) => ({
+  pair: key,
+  directions: b.pairs,
+  direct_pct: Number((100 * b.direct / b.pairs).toFixed(1)),
+  expected_direct_pct: Number((100 * b.expectedDirect / b.pairs).toFixed(1)),
+  delivered_pct: Number((100 * b.delivered / b.pairs).toFixed(1)),
+  direct_first_attempt_pct: b.direct ? Number((100 * b.firstAttempt / b.direct).toFixed(1)) : null,
+  direct_ms_p50: pct(50, b.directMs),
+  direct_ms_p95: pct(95, b.directMs),
+  first_relay_ms_p50: pct(50, b.firstRelayMs),
+}));
+
+const header = [
+  "pair",
+  "dirs",
+  "direct %",
+  "expected %",
+  "delivered %",
+  "1st try %",
+  "direct p50 ms",
+  "direct p95 ms",
+  "1st relay p50 ms",
+];
+const table = rows.map((r) => [
+  r.pair,
+  String(r.directions),
+  String(r.direct_pct),
+  String(r.expected_direct_pct),
+  String(r.delivered_pct),
+  String(r.direct_first_attempt_pct ?? "-"),
+  String(Number.isNaN(r.direct_ms_p50) ? "-" : r.direct_ms_p50),
+  String(Number.isNaN(r.direct_ms_p95) ? "-" : r.direct_ms_p95),
+  String(Number.isNaN(r.first_relay_ms_p50) ? "-" : r.first_relay_ms_p50),
+]);
+const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i].length)));
+console.log(
+  `\nNAT lab, ${runs} runs × ${LAB_WORKERS.length} workers (every ordered pair counted once per run)\n`,
+);
+for (const row of [header, widths.map((w) => "-".repeat(w)), ...table]) {
+  console.log(row.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd());
+}
+const machine = {
+  cores: navigator.hardwareConcurrency,
+  loadavg_after: Deno.loadavg(),
+  deno: Deno.version.deno,
+  date: new Date().toISOString(),
+};
+const file = new URL(`results/nat-lab-${machine.date.replace(/[:.]/g, "-")}.json`, import.meta.url);
+await Deno.mkdir(new URL("results/", import.meta.url), { recursive: true });
+await Deno.writeTextFile(file, JSON.stringify({ machine, runs, rows }, null, 2) + "\n");
+console.log(`\nwrote ${file.pathname}`);

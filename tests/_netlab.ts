@@ -240,6 +240,41 @@ export class NetLab {
     return proc;
   }
 
+  /**
+   * The public services: a rendezvous (port 8080, STUN 3478) and a second
+   * STUN server (3479) on the public segment. Returns the rendezvous.
+   */
+  async startServices(): Promise<Proc> {
+    const rendezvous = this.deno(this.pub, ["run", "--allow-net", "--allow-env", "rendezvous.ts"], {
+      PORT: "8080",
+      STUN_PORT: "3478",
+    });
+    const stun = this.deno(this.pub, ["run", "--allow-net", "--allow-env", "stun.ts"], {
+      STUN_PORT: "3479",
+    });
+    await rendezvous.waitForLog("stun server listening", () => true, 20_000);
+    await stun.waitForLog("stun server listening", () => true, 20_000);
+    return rendezvous;
+  }
+
+  /** A worker on `host`, registered with the lab's services. */
+  worker(host: LabHost, id: string, env: Record<string, string> = {}): Proc {
+    return this.deno(host.ns, [
+      "run",
+      "--allow-net",
+      "--allow-env",
+      "--allow-sys=networkInterfaces",
+      "worker.ts",
+    ], {
+      RENDEZVOUS_SERVICE_URL: `http://${PUBLIC_IP}:8080`,
+      WORKER_ID: id,
+      PORT: "0",
+      IP_ECHO_URL: "off",
+      STUN_SERVERS: `${PUBLIC_IP}:3478,${PUBLIC_IP}:3479`,
+      ...env,
+    });
+  }
+
   /** Stops every process and deletes every namespace. */
   async destroy(): Promise<void> {
     await Promise.all(this.#procs.map((p) => p.stop()));

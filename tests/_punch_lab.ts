@@ -5,7 +5,7 @@
  */
 
 import { type Proc, waitFor } from "./_helpers.ts";
-import { type LabHost, type NatKind, NetLab, PUBLIC_IP } from "./_netlab.ts";
+import { type LabHost, type NatKind, NetLab } from "./_netlab.ts";
 
 /** Where each worker sits. */
 export const LAB_WORKERS: { id: string; kind: NatKind | "public" }[] = [
@@ -85,33 +85,11 @@ export async function runPunchLab(seconds: number): Promise<LabRun> {
       })
     ) hosts.set(id, host);
 
-    const rendezvous = lab.deno(lab.pub, ["run", "--allow-net", "--allow-env", "rendezvous.ts"], {
-      PORT: "8080",
-      STUN_PORT: "3478",
-    });
-    const stun = lab.deno(lab.pub, ["run", "--allow-net", "--allow-env", "stun.ts"], {
-      STUN_PORT: "3479",
-    });
-    await rendezvous.waitForLog("stun server listening", () => true, 20_000);
-    await stun.waitForLog("stun server listening", () => true, 20_000);
+    const rendezvous = await lab.startServices();
     for (const { id } of LAB_WORKERS) {
       procs.set(
         id,
-        lab.deno(hosts.get(id)!.ns, [
-          "run",
-          "--allow-net",
-          "--allow-env",
-          "--allow-sys=networkInterfaces",
-          "worker.ts",
-        ], {
-          RENDEZVOUS_SERVICE_URL: `http://${PUBLIC_IP}:8080`,
-          WORKER_ID: id,
-          PORT: "0",
-          IP_ECHO_URL: "off",
-          STUN_SERVERS: `${PUBLIC_IP}:3478,${PUBLIC_IP}:3479`,
-          PEER_AUTOCONNECT: "true",
-          PEER_HELLO_SEC: "0.5",
-        }),
+        lab.worker(hosts.get(id)!, id, { PEER_AUTOCONNECT: "true", PEER_HELLO_SEC: "0.5" }),
       );
     }
     // Everyone registered, then the lab runs for `seconds`.

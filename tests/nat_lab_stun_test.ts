@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { NetLab, netlabUnavailable, PUBLIC_IP } from "./_netlab.ts";
+import { NetLab, netlabUnavailable } from "./_netlab.ts";
 
 const skip = await netlabUnavailable();
 if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) throw new Error(`NAT lab cannot run: ${skip}`);
@@ -21,15 +21,7 @@ Deno.test({
       const [blocked] = await lab.addNatted("block-udp");
       const open = await lab.addPublicHost();
 
-      const rendezvous = lab.deno(lab.pub, ["run", "--allow-net", "--allow-env", "rendezvous.ts"], {
-        PORT: "8080",
-        STUN_PORT: "3478",
-      });
-      const stun = lab.deno(lab.pub, ["run", "--allow-net", "--allow-env", "stun.ts"], {
-        STUN_PORT: "3479",
-      });
-      await rendezvous.waitForLog("stun server listening");
-      await stun.waitForLog("stun server listening");
+      const rendezvous = await lab.startServices();
 
       const cases = [
         { host: eim, id: "behind-eim", mapping: "endpoint-independent" },
@@ -37,22 +29,7 @@ Deno.test({
         { host: blocked, id: "udp-blocked", mapping: "no-udp" },
         { host: open, id: "public-host", mapping: "no-nat" },
       ];
-      for (const { host, id } of cases) {
-        lab.deno(host.ns, [
-          "run",
-          "--allow-net",
-          "--allow-env",
-          "--allow-sys=networkInterfaces",
-          "worker.ts",
-        ], {
-          RENDEZVOUS_SERVICE_URL: `http://${PUBLIC_IP}:8080`,
-          WORKER_ID: id,
-          PORT: "0",
-          IP_ECHO_URL: "off",
-          STUN_SERVERS: `${PUBLIC_IP}:3478,${PUBLIC_IP}:3479`,
-          UDP_PORT: "40000",
-        });
-      }
+      for (const { host, id } of cases) lab.worker(host, id, { UDP_PORT: "40000" });
       for (const { host, id, mapping } of cases) {
         const connecting = await rendezvous.waitForLog(
           "worker connecting",

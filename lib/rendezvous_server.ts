@@ -291,6 +291,8 @@ export class Rendezvous {
           : json({ status: this.#state }, 503);
       case "/debug/list_workers":
         return this.#authorized(req) ? this.#listWorkers() : this.#unauthorized();
+      case "/debug/stats":
+        return this.#authorized(req) ? this.#stats() : this.#unauthorized();
       default:
         return problem(404, `Cannot find ${path}`);
     }
@@ -307,6 +309,18 @@ export class Rendezvous {
   #unauthorized(): Response {
     return problem(401, "Missing or invalid bearer token", {
       "www-authenticate": 'Bearer realm="holepunch"',
+    });
+  }
+
+  /** Counts without listing anyone: cheap enough to poll during a storm. */
+  async #stats(): Promise<Response> {
+    const memory = Deno.memoryUsage();
+    return json({
+      state: this.#state,
+      sessions: this.#sessions.size,
+      registered: await this.registry.size(),
+      peers: this.#peers.stats,
+      memory: { rss: memory.rss, heap_used: memory.heapUsed },
     });
   }
 

@@ -440,3 +440,22 @@ Deno.test("rendezvous stores and lists a worker's UDP endpoint beside the seed's
     await rv.close();
   }
 });
+
+Deno.test("rendezvous /debug/stats counts sessions and registrations, behind the token", async () => {
+  const rv = await startRendezvous({ token: "t" });
+  try {
+    const auth = { authorization: "Bearer t" };
+    const client = await TestClient.connect(`${rv.ws}/ws/register/w1`, auth);
+    const stats = await (await fetch(`${rv.http}/debug/stats`, { headers: auth })).json();
+    assert.equal(stats.state, "running");
+    assert.equal(stats.sessions, 1);
+    assert.equal(stats.registered, 1);
+    assert.ok(stats.memory.rss > 0);
+    const open = await fetch(`${rv.http}/debug/stats`);
+    await open.body?.cancel();
+    assert.equal(open.status, 401);
+    await client.close();
+  } finally {
+    await rv.close();
+  }
+});

@@ -1,0 +1,464 @@
+/**
+ * The benchmark suite (`deno task bench`): a rendezvous process under load
+ * from several load-generator processes (bench/_loadgen.ts), everything on
+ * loopback, on this machine's cores. Scenarios:
+ *
+ *   cold start  — process start to `/ready`
+ *   fleet       — ramp to N workers at an offered registration rate, memory
+ *                 per worker (RSS slope 1k → 10k), hold through an idle period
+ *                 with server pings on, the list endpoint at N while echoes flow
+ *   storm       — every worker reconnects at once after a restart (the
+ *                 worker's own backoff), time until the registry is whole
+ *   round trips — echo at a fixed offered rate across many workers
+ *   relay       — relayed frames per second between two workers
+ *   stun        — bench/stun_bench.ts (ours next to coturn)
+ *
+ * Flags: `--workers N` (19000), `--idle S` (60), `--storm N` (10000),
+ * `--quick` (small numbers, for a smoke test). Prints a table; writes
+ * bench/results/bench-*.json.
+ *
+ * @module
+ */
+
+const ROOT = new URL("../", import.meta.url);
+const args = Deno.args;
+const flag = (name: string, fallback: number) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? Number(args[i + 1]) : fallback;
+};
+const quick = args.includes("--quick");
+const WORKERS = flag("--workers", quick ? 400 : 19_000);
+const IDLE_S = flag("--idle", quick ? 2 : 60);
+const STORM = flag("--storm", quick ? 300 : 10_000);
+const RTT_WORKERS = quick ? 100 : 1000;
+const RTT_RATE = 10; // per worker per second: 10,000/s at 1,000 workers
+const RTT_SECONDS = quick ? 2 : 10;
+const LOADGENS = quick ? 2 : 4;
+const REGISTRATION_RATE = 2000;
+const ADDRESSES = 4;
+
+interface Row {
+  scenario: string;
+  metric: string;
+  value: number | string;
+  target?: string;
+  met?: boolean;
+}
+const rows: Row[] = [];
+const record = (row: Row) => {
+  rows.push(row);
+  const mark = row.met === undefined ? "" : row.met ? "  ✓" : "  ✗";
+  console.error(
+    `${row.scenario}: ${row.metric} = ${row.value}${
+      row.target ? ` (target ${row.target})` : ""
+    }${mark}`,
+  );
+};
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const pct = (xs: number[], p: number) => {
+  const s = xs.slice().sort((a, b) => a - b);
+  return s.length ? Number(s[Math.min(s.length - 1, Math.floor(p * s.length))].toFixed(2)) : NaN;
+};
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+interface Server {
+  child: Deno.ChildProcess;
+  port: number;
+  base: string;
+}
+
+function startRendezvous(port: number, env: Record<string, string> = {}): Server {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-env", "rendezvous.ts"],
+    cwd: ROOT.pathname,
+    env: {
+      PORT: String(port),
+      HOST: "0.0.0.0",
+      MAX_CONNECTIONS: "20000",
+      LOG_FORMAT: "json",
+      ...env,
+    },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  return { child, port, base: `http://127.0.0.1:${port}` };
+}
+
+async function waitReady(server: Server, timeoutMs = 10_000): Promise<number> {
+  const start = performance.now();
+  while (performance.now() - start < timeoutMs) {
+    try {
+      const r = await fetch(`${server.base}/ready`);
+      await r.body?.cancel();
+      if (r.ok) return performance.now() - start;
+    } catch {
+      // Not listening yet.
+    }
+    await sleep(1);
+  }
+  throw new Error("rendezvous did not become ready");
+}
+
+async function stats(
+  server: Server,
+): Promise<{ sessions: number; registered: number; memory: { rss: number } }> {
+  return await (await fetch(`${server.base}/debug/stats`)).json();
+}
+
+async function stop(server: Server): Promise<void> {
+  try {
+    server.child.kill("SIGTERM");
+  } catch {
+    // Gone.
+  }
+  await server.child.status;
+}
+
+class LoadGen {
+  child: Deno.ChildProcess;
+  messages: Record<string, unknown>[] = [];
+  #writer: WritableStreamDefaultWriter<Uint8Array>;
+  #reading: Promise<void>;
+
+  constructor(options: Record<string, unknown>) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-net", "bench/_loadgen.ts", JSON.stringify(options)],
+      cwd: ROOT.pathname,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    this.#writer = this.child.stdin.getWriter();
+    const stdout = this.child.stdout;
+    this.#reading = (async () => {
+      let buffer = "";
+      for await (const chunk of stdout.pipeThrough(new TextDecoderStream())) {
+        buffer += chunk;
+        let i;
+        while ((i = buffer.indexOf("\n")) >= 0) {
+          this.messages.push(JSON.parse(buffer.slice(0, i)));
+          buffer = buffer.slice(i + 1);
+        }
+      }
+    })();
+  }
+
+  async command(text: string): Promise<void> {
+    await this.#writer.write(new TextEncoder().encode(text + "\n"));
+  }
+
+  last(type: string): Record<string, unknown> | undefined {
+    return this.messages.findLast((m) => m.type === type);
+  }
+
+  async next(type: string, timeoutMs = 60_000): Promise<Record<string, unknown>> {
+    const from = this.messages.length;
+    const start = performance.now();
+    while (performance.now() - start < timeoutMs) {
+      const found = this.messages.slice(from).find((m) => m.type === type);
+      if (found) return found;
+      await sleep(20);
+    }
+    throw new Error(`load generator: no ${type} message`);
+  }
+
+  async stop(): Promise<void> {
+    await this.command("stop").catch(() => {});
+    await this.child.status;
+    await this.#reading.catch(() => {});
+  }
+}
+
+function loadgens(
+  port: number,
+  total: number,
+  rate: number,
+  prefix: string,
+  reconnect = false,
+): LoadGen[] {
+  return Array.from({ length: LOADGENS }, (_, i) =>
+    new LoadGen({
+      port,
+      count: Math.floor(total / LOADGENS) + (i < total % LOADGENS ? 1 : 0),
+      rate: rate / LOADGENS,
+      prefix: `${prefix}${i}`,
+      addresses: ADDRESSES,
+      reconnect,
+    }));
+}
+
+async function until(
+  check: () => Promise<boolean>,
+  timeoutMs: number,
+  everyMs = 100,
+): Promise<number> {
+  const start = performance.now();
+  while (performance.now() - start < timeoutMs) {
+    if (await check()) return performance.now() - start;
+    await sleep(everyMs);
+  }
+  return NaN;
+}
+
+// ---- cold start ---------------------------------------------------------------
+
+{
+  const samples: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const server = startRendezvous(freePort());
+    samples.push(await waitReady(server));
+    await stop(server);
+  }
+  const median = pct(samples, 0.5);
+  record({
+    scenario: "cold start",
+    metric: "process start → /ready, median of 5 (ms)",
+    value: median,
+    target: "≤ 150",
+    met: median <= 150,
+  });
+}
+
+// ---- fleet: registration, memory, hold, list ----------------------------------
+
+{
+  const server = startRendezvous(freePort(), { IDLE_TIMEOUT_SEC: "30" });
+  await waitReady(server);
+  const gens = loadgens(server.port, WORKERS, REGISTRATION_RATE, "w");
+  const started = performance.now();
+  const rssAt: Record<number, number> = {};
+  for (const mark of [1000, 10_000]) {
+    if (mark > WORKERS) continue;
+    await until(async () => (await stats(server)).registered >= mark, 120_000, 20);
+    rssAt[mark] = (await stats(server)).memory.rss;
+  }
+  const rampMs = await until(async () => (await stats(server)).registered >= WORKERS, 180_000, 200);
+  const whole = (await stats(server)).registered;
+  record({
+    scenario: "fleet",
+    metric: `workers registered (offered ${REGISTRATION_RATE}/s)`,
+    value: whole,
+    target: `${WORKERS}`,
+    met: whole === WORKERS,
+  });
+  record({
+    scenario: "fleet",
+    metric: "achieved registration rate (/s)",
+    value: Math.round(whole / ((performance.now() - started) / 1000)),
+  });
+  void rampMs;
+  const latencies: number[] = [];
+  for (const g of gens) {
+    await g.command("report");
+    latencies.push(...((await g.next("registration")).latencies as number[]));
+  }
+  const p99 = pct(latencies, 0.99);
+  record({
+    scenario: "fleet",
+    metric: "registration: connect → listed with IP, p50 (ms)",
+    value: pct(latencies, 0.5),
+  });
+  record({
+    scenario: "fleet",
+    metric: "registration: connect → listed with IP, p99 (ms)",
+    value: p99,
+    target: "≤ 50",
+    met: p99 <= 50,
+  });
+  if (rssAt[1000] && rssAt[10_000]) {
+    const perWorker = (rssAt[10_000] - rssAt[1000]) / 9000;
+    record({
+      scenario: "fleet",
+      metric: "RSS per idle worker, slope 1k→10k (KB)",
+      value: Number((perWorker / 1024).toFixed(1)),
+      target: "≤ 20",
+      met: perWorker / 1024 <= 20,
+    });
+  }
+  // Idle with server pings on (IDLE_TIMEOUT_SEC=30: a ping after 15 s of silence).
+  await sleep(IDLE_S * 1000); // the idle period is the experiment
+  const drops = gens.reduce((n, g) => n + Number(g.last("progress")?.drops ?? 0), 0);
+  const after = (await stats(server)).registered;
+  record({
+    scenario: "fleet",
+    metric: `dropped during ${IDLE_S} s idle`,
+    value: drops,
+    target: "0",
+    met: drops === 0 && after === WORKERS,
+  });
+  // The list endpoint at full size, while one generator's workers echo.
+  await gens[0].command(`echo 1 3`);
+  const listTimes: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const t = performance.now();
+    const body = await (await fetch(`${server.base}/debug/list_workers`)).json();
+    listTimes.push(performance.now() - t);
+    if (body.connected_workers_count !== WORKERS) listTimes.push(Infinity);
+  }
+  const echo = await gens[0].next("echo");
+  const listMax = Math.max(...listTimes);
+  record({
+    scenario: "fleet",
+    metric: `GET /debug/list_workers at ${WORKERS}, max of 3 (ms)`,
+    value: Number(listMax.toFixed(1)),
+    target: "≤ 100",
+    met: listMax <= 100,
+  });
+  record({
+    scenario: "fleet",
+    metric: "echo p99 / max while listing (ms)",
+    value: `${echo.p99} / ${echo.max}`,
+  });
+  await Promise.all(gens.map((g) => g.stop()));
+  await stop(server);
+}
+
+// ---- reconnect storm -------------------------------------------------------------
+
+{
+  const port = freePort();
+  let server = startRendezvous(port);
+  await waitReady(server);
+  const gens = loadgens(port, STORM, 4000, "s", true);
+  await until(async () => (await stats(server)).registered >= STORM, 120_000, 200);
+  await stop(server); // SIGTERM: 1001 to every worker, as a deploy does
+  server = startRendezvous(port);
+  await waitReady(server);
+  const wholeMs = await until(async () => (await stats(server)).registered >= STORM, 60_000, 50);
+  record({
+    scenario: "storm",
+    metric: `${STORM} workers back after a restart (ms from /ready)`,
+    value: Math.round(wholeMs),
+    target: "≤ 10000",
+    met: wholeMs <= 10_000,
+  });
+  await Promise.all(gens.map((g) => g.stop()));
+  await stop(server);
+}
+
+// ---- round trips ---------------------------------------------------------------
+
+{
+  const server = startRendezvous(freePort());
+  await waitReady(server);
+  const gens = loadgens(server.port, RTT_WORKERS, 2000, "r");
+  await until(async () => (await stats(server)).registered >= RTT_WORKERS, 60_000, 50);
+  for (const g of gens) await g.command(`echo ${RTT_RATE} ${RTT_SECONDS}`);
+  const results = await Promise.all(gens.map((g) => g.next("echo")));
+  const p99 = Math.max(...results.map((r) => Number(r.p99)));
+  const answered = results.reduce((n, r) => n + Number(r.answered), 0);
+  record({
+    scenario: "round trips",
+    metric: `offered ${RTT_WORKERS * RTT_RATE}/s across ${RTT_WORKERS} workers: answered/s`,
+    value: Math.round(answered / RTT_SECONDS),
+  });
+  record({
+    scenario: "round trips",
+    metric: "p99 (ms, worst generator)",
+    value: p99,
+    target: "≤ 10",
+    met: p99 <= 10,
+  });
+  await Promise.all(gens.map((g) => g.stop()));
+  await stop(server);
+}
+
+// ---- relay throughput -------------------------------------------------------------
+
+{
+  const server = startRendezvous(freePort(), {
+    RELAY_RATE_PER_SEC: "1000000",
+    RELAY_BURST: "1000000",
+  });
+  await waitReady(server);
+  const connect = (id: string) =>
+    new Promise<WebSocket>((resolve) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws/register/${id}`);
+      ws.onmessage = (e) => {
+        if (String(e.data).includes('"registered"')) resolve(ws);
+      };
+    });
+  const [a, b] = await Promise.all([connect("relay-a"), connect("relay-b")]);
+  let received = 0;
+  b.onmessage = () => received++;
+  const data = btoa(String.fromCharCode(...new Uint8Array(1024)));
+  const frame = JSON.stringify({ type: "relay", to: "relay-b", data });
+  const seconds = quick ? 1 : 5;
+  const end = performance.now() + seconds * 1000;
+  let sent = 0;
+  while (performance.now() < end) {
+    if (a.bufferedAmount < 1 << 20) {
+      for (let i = 0; i < 64; i++) a.send(frame);
+      sent += 64;
+    }
+    await sleep(0);
+  }
+  await until(() => Promise.resolve(received >= sent), 10_000, 20);
+  record({
+    scenario: "relay",
+    metric: "1 KiB frames relayed per second (one pair)",
+    value: Math.round(received / seconds),
+  });
+  record({
+    scenario: "relay",
+    metric: "relay throughput (MB/s of payload)",
+    value: Number(((received * 1024) / seconds / 1e6).toFixed(1)),
+  });
+  a.close();
+  b.close();
+  await stop(server);
+}
+
+// ---- STUN ------------------------------------------------------------------------
+
+if (!quick) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["task", "bench:stun"],
+    cwd: ROOT.pathname,
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  console.error(new TextDecoder().decode(out.stdout));
+  record({
+    scenario: "stun",
+    metric: "see table above (ours next to coturn)",
+    value: "bench/stun_bench.ts",
+  });
+}
+
+// ---- report ----------------------------------------------------------------------
+
+const machine = {
+  cores: navigator.hardwareConcurrency,
+  loadavg_after: Deno.loadavg(),
+  deno: Deno.version.deno,
+  date: new Date().toISOString(),
+  workers: WORKERS,
+  note: "rendezvous, load generators and this process share the cores",
+};
+const widths = [12, 58, 14, 10];
+console.log(
+  `\nholepunch benchmark (${machine.cores} cores, Deno ${machine.deno}, ${machine.date})\n`,
+);
+for (
+  const r of [
+    { scenario: "scenario", metric: "metric", value: "value", target: "target" } as Row,
+    ...rows,
+  ]
+) {
+  const cells = [r.scenario, r.metric, String(r.value), r.target ?? ""];
+  const mark = r.met === undefined ? "" : r.met ? " ✓" : " ✗";
+  console.log(cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd() + mark);
+}
+await Deno.mkdir(new URL("bench/results/", ROOT), { recursive: true });
+const file = new URL(`bench/results/bench-${machine.date.replace(/[:.]/g, "-")}.json`, ROOT);
+await Deno.writeTextFile(file, JSON.stringify({ machine, rows }, null, 2) + "\n");
+console.log(`\nwrote ${file.pathname}`);

@@ -19,7 +19,7 @@ import {
   ProtocolError,
   REGISTER_PATH_PREFIX,
   type ServerMessage,
-  type WorkerListing,
+  type WorkerListingEntry,
 } from "./protocol.ts";
 import { TokenBucket } from "./rate_limit.ts";
 import { PeerDirectory, type PeerSession } from "./rendezvous_peers.ts";
@@ -70,6 +70,9 @@ export interface RendezvousOptions {
 
 /** Connection info as `Deno.serve` passes it. */
 export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
+
+/** Workers serialized per turn of the event loop by the listing. */
+const LIST_SLICE = 1000;
 
 /** Peer paths kept per worker in the listing. */
 const MAX_PEER_PATHS = 256;
@@ -324,27 +327,57 @@ export class Rendezvous {
     });
   }
 
+  #listEntry(record: WorkerRecord): WorkerListingEntry {
+    const session = this.#byWorker.get(record.worker_id);
+    const local = session?.id === record.session_id ? session : undefined;
+    return {
+      websocket_observed_ip: record.observed_ip,
+      websocket_observed_port: record.observed_port,
+      http_reported_public_ip: record.http_reported_public_ip,
+      // A record lives only while its session does; a local one can say more.
+      websocket_connected: local ? local.socket.readyState === WebSocket.OPEN : true,
+      connected_at: new Date(record.connected_at).toISOString(),
+      last_seen: local ? new Date(local.lastSeen).toISOString() : null,
+      udp_endpoint: record.udp_endpoint,
+      group: record.group,
+      peer_paths: record.peer_paths,
+    };
+  }
+
+  /**
+   * The seed's listing, streamed: a snapshot of the registry is serialized
+   * in slices of {@linkcode LIST_SLICE} workers with a turn of the event loop
+   * between them, so a listing of a whole fleet never stalls the sessions.
+   */
   async #listWorkers(): Promise<Response> {
     const records = await this.registry.list();
-    const workers: WorkerListing["workers"] = {};
-    for (const record of records) {
-      const session = this.#byWorker.get(record.worker_id);
-      const local = session?.id === record.session_id ? session : undefined;
-      workers[record.worker_id] = {
-        websocket_observed_ip: record.observed_ip,
-        websocket_observed_port: record.observed_port,
-        http_reported_public_ip: record.http_reported_public_ip,
-        // A record lives only while its session does; a local one can say more.
-        websocket_connected: local ? local.socket.readyState === WebSocket.OPEN : true,
-        connected_at: new Date(record.connected_at).toISOString(),
-        last_seen: local ? new Date(local.lastSeen).toISOString() : null,
-        udp_endpoint: record.udp_endpoint,
-        group: record.group,
-        peer_paths: { ...record.peer_paths },
-      };
-    }
-    const body: WorkerListing = { connected_workers_count: records.length, workers };
-    return json(body);
+    let index = 0;
+    const body = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        controller.enqueue(
+          encoder.encode(`{"connected_workers_count":${records.length},"workers":{`),
+        );
+      },
+      // Each slice is pulled after the previous one was written to the
+      // socket, an I/O turn in between: other sessions run meanwhile.
+      pull: (controller) => {
+        const end = Math.min(records.length, index + LIST_SLICE);
+        let chunk = "";
+        for (; index < end; index++) {
+          const record = records[index];
+          chunk += `${index === 0 ? "" : ","}${JSON.stringify(record.worker_id)}:${
+            JSON.stringify(this.#listEntry(record))
+          }`;
+        }
+        if (index >= records.length) {
+          controller.enqueue(encoder.encode(chunk + "}}"));
+          controller.close();
+        } else {
+          controller.enqueue(encoder.encode(chunk));
+        }
+      },
+    });
+    return new Response(body, { headers: JSON_HEADERS });
   }
 
   #register(req: Request, url: URL, info: ServeInfo): Response {

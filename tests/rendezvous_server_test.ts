@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { CloseCode } from "../lib/close_codes.ts";
 import { Logger } from "../lib/log.ts";
 import { forwardedClientIp } from "../lib/rendezvous_server.ts";
+import { MemoryRegistry } from "../lib/registry.ts";
 import { listWorkers, startRendezvous, TestClient, waitFor, within } from "./_helpers.ts";
 
 Deno.test("rendezvous lists a registered worker with its observed address and reported IP", async () => {
@@ -455,6 +456,33 @@ Deno.test("rendezvous /debug/stats counts sessions and registrations, behind the
     await open.body?.cancel();
     assert.equal(open.status, 401);
     await client.close();
+  } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("rendezvous streams a large listing as one valid JSON document", async () => {
+  const registry = new MemoryRegistry();
+  for (let i = 0; i < 2500; i++) {
+    await registry.put({
+      worker_id: `w${i}`,
+      session_id: `s${i}`,
+      observed_ip: "192.0.2.1",
+      observed_port: i,
+      http_reported_public_ip: null,
+      connected_at: 0,
+      udp_endpoint: null,
+      group: "default",
+      peer_paths: {},
+    });
+  }
+  const rv = await startRendezvous({ registry });
+  try {
+    const listing = await listWorkers(rv.http);
+    assert.equal(listing.connected_workers_count, 2500);
+    assert.equal(Object.keys(listing.workers).length, 2500);
+    assert.equal(listing.workers.w2499.websocket_observed_port, 2499);
+    assert.equal(listing.workers.w0.connected_at, "1970-01-01T00:00:00.000Z");
   } finally {
     await rv.close();
   }

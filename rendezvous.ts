@@ -8,6 +8,7 @@
  */
 
 import { createLogger, helpText, loadOrExit, processEnv } from "./lib/config.ts";
+import { flushLogs } from "./lib/log.ts";
 import { loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous_config.ts";
 import { Rendezvous } from "./lib/rendezvous_server.ts";
 import { formatAddress } from "./lib/stun_client.ts";
@@ -56,6 +57,7 @@ async function shutdown(signal: Deno.Signal): Promise<void> {
   await stun?.close();
   await Promise.race([server.shutdown(), new Promise((r) => setTimeout(r, 1000))]);
   log.info("rendezvous stopped");
+  flushLogs();
   Deno.exit(0);
 }
 
@@ -91,6 +93,7 @@ if (config.stun) {
       hostname: config.stun.hostname,
       port: config.stun.port,
     });
+    flushLogs();
     Deno.exit(1);
   }
   log.info("stun server listening", {

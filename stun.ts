@@ -16,6 +16,7 @@ import {
   logConfig,
   processEnv,
 } from "./lib/config.ts";
+import { flushLogs } from "./lib/log.ts";
 import { loadStunConfig, STUN_VARIABLES } from "./lib/stun_config.ts";
 import { StunServer } from "./lib/stun_server.ts";
 import { formatAddress } from "./lib/stun_client.ts";
@@ -39,6 +40,7 @@ let server: StunServer | undefined;
 async function shutdown(signal: Deno.Signal): Promise<void> {
   await server?.close();
   log.info("stun server stopped", { signal, ...server?.stats });
+  flushLogs();
   Deno.exit(0);
 }
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
@@ -51,6 +53,7 @@ try {
   console.error(
     `stun: Cannot listen on UDP ${options.hostname}:${options.port}: ${(error as Error).message}`,
   );
+  flushLogs();
   Deno.exit(1);
 }
 log.info("stun server listening", {

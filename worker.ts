@@ -9,6 +9,7 @@
 
 import { Backoff } from "./lib/backoff.ts";
 import { createLogger, helpText, loadOrExit, processEnv } from "./lib/config.ts";
+import { flushLogs } from "./lib/log.ts";
 import { fetchPublicIp } from "./lib/public_ip.ts";
 import { VERSION } from "./lib/version.ts";
 import { RendezvousClient } from "./lib/worker_client.ts";
@@ -108,6 +109,7 @@ async function shutdown(signal: Deno.Signal): Promise<void> {
   await udp?.close();
   await Promise.race([health.finished, new Promise((r) => setTimeout(r, 1000))]);
   log.info("worker stopped");
+  flushLogs();
   Deno.exit(0);
 }
 

@@ -14,7 +14,8 @@
  *   stun        — bench/stun_bench.ts (ours next to coturn)
  *
  * Flags: `--workers N` (19000), `--idle S` (60), `--storm N` (10000),
- * `--quick` (small numbers, for a smoke test). Prints a table; writes
+ * `--quick` (small numbers, for a smoke test), `--only a,b` (scenarios:
+ * cold,memory,fleet,storm,rtt,relay,stun). Prints a table; writes
  * bench/results/bench-*.json.
  *
  * @module
@@ -27,6 +28,9 @@ const flag = (name: string, fallback: number) => {
   return i >= 0 ? Number(args[i + 1]) : fallback;
 };
 const quick = args.includes("--quick");
+const onlyAt = args.indexOf("--only");
+const only = onlyAt >= 0 ? args[onlyAt + 1].split(",") : undefined;
+const run = (scenario: string) => only === undefined || only.includes(scenario);
 const WORKERS = flag("--workers", quick ? 400 : 19_000);
 const IDLE_S = flag("--idle", quick ? 2 : 60);
 const STORM = flag("--storm", quick ? 300 : 10_000);
@@ -74,9 +78,13 @@ interface Server {
   base: string;
 }
 
-function startRendezvous(port: number, env: Record<string, string> = {}): Server {
+function startRendezvous(
+  port: number,
+  env: Record<string, string> = {},
+  script = "rendezvous.ts",
+): Server {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-env", "rendezvous.ts"],
+    args: ["run", "--allow-net", "--allow-env", script],
     cwd: ROOT.pathname,
     env: {
       PORT: String(port),
@@ -109,7 +117,7 @@ async function waitReady(server: Server, timeoutMs = 10_000): Promise<number> {
 
 async function stats(
   server: Server,
-): Promise<{ sessions: number; registered: number; memory: { rss: number } }> {
+): Promise<{ sessions: number; registered: number; memory: { rss: number; heap_used: number } }> {
   return await (await fetch(`${server.base}/debug/stats`)).json();
 }
 
@@ -210,7 +218,7 @@ async function until(
 
 // ---- cold start ---------------------------------------------------------------
 
-{
+if (run("cold")) {
   const samples: number[] = [];
   for (let i = 0; i < 5; i++) {
     const server = startRendezvous(freePort());
@@ -227,19 +235,55 @@ async function until(
   });
 }
 
-// ---- fleet: registration, memory, hold, list ----------------------------------
+// ---- memory per idle worker ----------------------------------------------------
 
-{
+async function memoryPerWorker(script: string, label: string): Promise<void> {
+  // RSS at 1,000 and at 10,000 idle workers, each after the ramp settled
+  // (garbage from registering collected), so the slope is what a worker costs.
+  const server = startRendezvous(freePort(), {}, script);
+  await waitReady(server);
+  const small = Math.min(1000, Math.floor(WORKERS / 10));
+  const large = Math.min(10_000, WORKERS);
+  const settled = async (count: number) => {
+    await until(async () => (await stats(server)).registered >= count, 120_000, 50);
+    await sleep(3000); // settle: the ramp's garbage gets collected
+    return (await stats(server)).memory;
+  };
+  const first = loadgens(server.port, small, REGISTRATION_RATE, "m");
+  const at1 = await settled(small);
+  const second = loadgens(server.port, large - small, REGISTRATION_RATE, "n");
+  const at10 = await settled(large);
+  const perWorker = (at10.rss - at1.rss) / (large - small) / 1024;
+  const heapPerWorker = (at10.heap_used - at1.heap_used) / (large - small) / 1024;
+  const ours = script === "rendezvous.ts";
+  record({
+    scenario: "memory",
+    metric: `${label}: RSS per idle worker, slope ${small}→${large} (KB)`,
+    value: Number(perWorker.toFixed(1)),
+    target: ours ? "≤ 20" : undefined,
+    met: ours ? perWorker <= 20 : undefined,
+  });
+  record({
+    scenario: "memory",
+    metric: `${label}: of which JS heap (KB)`,
+    value: Number(heapPerWorker.toFixed(1)),
+  });
+  await Promise.all([...first, ...second].map((g) => g.stop()));
+  await stop(server);
+}
+
+if (run("memory")) {
+  await memoryPerWorker("bench/_bare_server.ts", "bare Deno WebSocket server");
+  await memoryPerWorker("rendezvous.ts", "rendezvous");
+}
+
+// ---- fleet: registration, hold, list --------------------------------------------
+
+if (run("fleet")) {
   const server = startRendezvous(freePort(), { IDLE_TIMEOUT_SEC: "30" });
   await waitReady(server);
   const gens = loadgens(server.port, WORKERS, REGISTRATION_RATE, "w");
   const started = performance.now();
-  const rssAt: Record<number, number> = {};
-  for (const mark of [1000, 10_000]) {
-    if (mark > WORKERS) continue;
-    await until(async () => (await stats(server)).registered >= mark, 120_000, 20);
-    rssAt[mark] = (await stats(server)).memory.rss;
-  }
   const rampMs = await until(async () => (await stats(server)).registered >= WORKERS, 180_000, 200);
   const whole = (await stats(server)).registered;
   record({
@@ -273,16 +317,6 @@ async function until(
     target: "≤ 50",
     met: p99 <= 50,
   });
-  if (rssAt[1000] && rssAt[10_000]) {
-    const perWorker = (rssAt[10_000] - rssAt[1000]) / 9000;
-    record({
-      scenario: "fleet",
-      metric: "RSS per idle worker, slope 1k→10k (KB)",
-      value: Number((perWorker / 1024).toFixed(1)),
-      target: "≤ 20",
-      met: perWorker / 1024 <= 20,
-    });
-  }
   // Idle with server pings on (IDLE_TIMEOUT_SEC=30: a ping after 15 s of silence).
   await sleep(IDLE_S * 1000); // the idle period is the experiment
   const drops = gens.reduce((n, g) => n + Number(g.last("progress")?.drops ?? 0), 0);
@@ -324,15 +358,22 @@ async function until(
 
 // ---- reconnect storm -------------------------------------------------------------
 
-{
+if (run("storm")) {
   const port = freePort();
   let server = startRendezvous(port);
   await waitReady(server);
   const gens = loadgens(port, STORM, 4000, "s", true);
   await until(async () => (await stats(server)).registered >= STORM, 120_000, 200);
+  const killedAt = performance.now();
   await stop(server); // SIGTERM: 1001 to every worker, as a deploy does
+  const downMs = performance.now() - killedAt;
   server = startRendezvous(port);
   await waitReady(server);
+  record({
+    scenario: "storm",
+    metric: "old process: SIGTERM → exit (ms)",
+    value: Math.round(downMs),
+  });
   const wholeMs = await until(async () => (await stats(server)).registered >= STORM, 60_000, 50);
   record({
     scenario: "storm",
@@ -347,7 +388,7 @@ async function until(
 
 // ---- round trips ---------------------------------------------------------------
 
-{
+if (run("rtt")) {
   const server = startRendezvous(freePort());
   await waitReady(server);
   const gens = loadgens(server.port, RTT_WORKERS, 2000, "r");
@@ -374,7 +415,7 @@ async function until(
 
 // ---- relay throughput -------------------------------------------------------------
 
-{
+if (run("relay")) {
   const server = startRendezvous(freePort(), {
     RELAY_RATE_PER_SEC: "1000000",
     RELAY_BURST: "1000000",
@@ -420,7 +461,7 @@ async function until(
 
 // ---- STUN ------------------------------------------------------------------------
 
-if (!quick) {
+if (!quick && run("stun")) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["task", "bench:stun"],
     cwd: ROOT.pathname,

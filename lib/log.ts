@@ -49,12 +49,40 @@ export interface LoggerOptions {
 
 const encoder = new TextEncoder();
 
-function stderrSink(line: string): void {
+/**
+ * Lines waiting for stderr. One write per burst instead of one per line: a
+ * write costs about as much as building the line, and a busy rendezvous logs
+ * several lines per registration. Flushed within 10 ms, at 64 KiB, and by
+ * {@linkcode flushLogs} before exiting.
+ */
+let pending: string[] = [];
+let pendingLength = 0;
+let flushTimer: ReturnType<typeof setTimeout> | undefined;
+const FLUSH_AFTER_MS = 10;
+const FLUSH_AT_CHARS = 64 * 1024;
+
+/** Writes every buffered line now (call before `Deno.exit`). */
+export function flushLogs(): void {
+  if (flushTimer !== undefined) clearTimeout(flushTimer);
+  flushTimer = undefined;
+  if (pending.length === 0) return;
+  const text = pending.join("\n") + "\n";
+  pending = [];
+  pendingLength = 0;
   try {
-    Deno.stderr.writeSync(encoder.encode(line + "\n"));
+    const bytes = encoder.encode(text);
+    let written = 0;
+    while (written < bytes.length) written += Deno.stderr.writeSync(bytes.subarray(written));
   } catch {
     // A closed stderr must not take the service down with it.
   }
+}
+
+function stderrSink(line: string): void {
+  pending.push(line);
+  pendingLength += line.length;
+  if (pendingLength >= FLUSH_AT_CHARS) flushLogs();
+  else flushTimer ??= setTimeout(flushLogs, FLUSH_AFTER_MS);
 }
 
 /** Turns field values JSON cannot carry faithfully into something it can. */

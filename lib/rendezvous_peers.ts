@@ -20,7 +20,6 @@ import type {
   PunchMessage,
   ServerMessage,
 } from "./protocol.ts";
-import type { TokenBucket } from "./rate_limit.ts";
 import type { Registry, WorkerRecord } from "./registry.ts";
 
 /** What the directory needs of a rendezvous session. */
@@ -30,7 +29,8 @@ export interface PeerSession {
   /** Round trip to this worker, as it reported it. */
   rttMs: number | null;
   watching: boolean;
-  readonly relayBucket: TokenBucket;
+  /** Spends one of the session's relay tokens; false when none is left. */
+  takeRelay(now: number): boolean;
   send(message: ServerMessage): void;
 }
 
@@ -219,7 +219,7 @@ export class PeerDirectory {
   }
 
   #relay(session: PeerSession, to: string, data: string): void {
-    if (!session.relayBucket.take(this.#o.clock.now())) {
+    if (!session.takeRelay(this.#o.clock.now())) {
       this.stats.relayRejected++;
       session.send({ type: "error", code: "rate_limited", message: "Relay rate limit exceeded" });
       return;

@@ -77,9 +77,9 @@ const LIST_SLICE = 1000;
 /** Peer paths kept per worker in the listing. */
 const MAX_PEER_PATHS = 256;
 
-const REGISTER_PATTERN = new URLPattern({ pathname: `${REGISTER_PATH_PREFIX}:worker_id` });
-
 const encoder = new TextEncoder();
+/** Shared by every record that has no peer paths yet (most of a fleet). */
+const NO_PEER_PATHS: Readonly<Record<string, never>> = Object.freeze({});
 
 const JSON_HEADERS = { "content-type": "application/json; charset=utf-8" };
 
@@ -141,6 +141,12 @@ export function forwardedClientIp(header: string | null, hops: number): string |
   return normalizeIp(v4WithPort ? v4WithPort[1] : entry);
 }
 
+/** Per-process prefix of session ids, so ids stay unique in a shared registry. */
+const INSTANCE = [...crypto.getRandomValues(new Uint8Array(4))]
+  .map((b) => b.toString(16).padStart(2, "0")).join("");
+let sessionCounter = 0;
+const SETTLED: Promise<unknown> = Promise.resolve();
+
 interface SessionInit {
   workerId: string;
   group: string;
@@ -149,11 +155,15 @@ interface SessionInit {
   observedPort: number | null;
   now: number;
   bucket: TokenBucket;
-  relayBucket: TokenBucket;
+  relayLimit: { rate: number; burst: number };
 }
 
+/**
+ * One WebSocket session. Kept small: a fleet holds tens of thousands, and
+ * what each costs beyond Deno's own WebSocket is what the product costs.
+ */
 class Session implements PeerSession {
-  readonly id = crypto.randomUUID();
+  readonly id = `${INSTANCE}.${(sessionCounter++).toString(36)}`;
   readonly workerId: string;
   readonly group: string;
   readonly socket: WebSocket;
@@ -161,15 +171,14 @@ class Session implements PeerSession {
   readonly observedPort: number | null;
   readonly connectedAt: number;
   readonly bucket: TokenBucket;
-  readonly relayBucket: TokenBucket;
+  #relayLimit: { rate: number; burst: number };
+  #relayBucket?: TokenBucket;
   lastSeen: number;
   rttMs: number | null = null;
   watching = false;
   /** Serializes this session's registry work so its writes land in order. */
-  tail: Promise<unknown> = Promise.resolve();
+  tail: Promise<unknown> = SETTLED;
   registered = false;
-  readonly closed: Promise<void>;
-  markClosed!: () => void;
 
   constructor(init: SessionInit) {
     this.workerId = init.workerId;
@@ -180,8 +189,13 @@ class Session implements PeerSession {
     this.connectedAt = init.now;
     this.lastSeen = init.now;
     this.bucket = init.bucket;
-    this.relayBucket = init.relayBucket;
-    this.closed = new Promise((resolve) => this.markClosed = resolve);
+    this.#relayLimit = init.relayLimit;
+  }
+
+  /** Spends a relay token; the bucket exists only for sessions that relay. */
+  takeRelay(now: number): boolean {
+    this.#relayBucket ??= new TokenBucket(this.#relayLimit.rate, this.#relayLimit.burst, now);
+    return this.#relayBucket.take(now);
   }
 
   send(message: ServerMessage): void {
@@ -221,12 +235,33 @@ export class Rendezvous {
   #log: Logger;
   #clock: Clock;
   #state: RendezvousState = "starting";
-  /** Live sessions of this instance, by session id. */
-  #sessions = new Map<string, Session>();
+  /**
+   * Live sessions of this instance, by socket: one set of socket handlers
+   * finds its session here (no closure per socket, no property added to
+   * Deno's WebSocket objects).
+   */
+  #sessions = new Map<WebSocket, Session>();
   /** The registered session of each worker on this instance. */
   #byWorker = new Map<string, Session>();
   #closing?: Promise<void>;
   #peers: PeerDirectory;
+  #relayLimit: { rate: number; burst: number };
+  /** Sessions whose close is still being cleaned up. */
+  #cleaning = 0;
+  #drained?: PromiseWithResolvers<void>;
+  // One set of socket handlers for every session (no closures per socket).
+  #socketOpen = (event: Event) => {
+    const session = this.#sessions.get(event.target as WebSocket);
+    if (session) this.#enqueue(session, () => this.#onOpen(session));
+  };
+  #socketMessage = (event: MessageEvent) => {
+    const session = this.#sessions.get(event.target as WebSocket);
+    if (session) this.#onMessage(session, event);
+  };
+  #socketClose = (event: CloseEvent) => {
+    const session = this.#sessions.get(event.target as WebSocket);
+    if (session) this.#onClose(session, event);
+  };
 
   constructor(options: RendezvousOptions = {}) {
     this.registry = options.registry ?? new MemoryRegistry();
@@ -246,6 +281,10 @@ export class Rendezvous {
       clock: this.#clock,
       name: options.name ?? "holepunch-rendezvous",
       version: options.version ?? "0.0.0",
+    };
+    this.#relayLimit = {
+      rate: this.#options.relayRatePerSec,
+      burst: this.#options.relayBurst,
     };
     this.#peers = new PeerDirectory({
       registry: this.registry,
@@ -384,10 +423,12 @@ export class Rendezvous {
     if (this.#state !== "running") {
       return problem(503, `Rendezvous is ${this.#state}`, { "retry-after": "1" });
     }
-    const match = REGISTER_PATTERN.exec(url);
+    // A plain slice, not URLPattern: this runs once per registration, and
+    // URLPattern's matcher was a measurable share of it.
+    const segment = url.pathname.slice(REGISTER_PATH_PREFIX.length);
     let workerId: string | undefined;
     try {
-      workerId = match ? decodeURIComponent(match.pathname.groups.worker_id ?? "") : undefined;
+      workerId = segment.includes("/") ? undefined : decodeURIComponent(segment);
     } catch {
       workerId = undefined;
     }
@@ -450,18 +491,18 @@ export class Rendezvous {
       observedPort,
       now,
       bucket: new TokenBucket(this.#options.messageRatePerSec, this.#options.messageBurst, now),
-      relayBucket: new TokenBucket(this.#options.relayRatePerSec, this.#options.relayBurst, now),
+      relayLimit: this.#relayLimit,
     });
-    this.#sessions.set(session.id, session);
+    this.#sessions.set(socket, session);
     this.#log.info("worker connecting", {
       worker_id: workerId,
       observed_ip: observedIp,
       observed_port: observedPort,
     });
-    socket.onopen = () => this.#enqueue(session, () => this.#onOpen(session));
-    socket.onmessage = (event) => this.#onMessage(session, event);
-    socket.onclose = (event) => this.#onClose(session, event);
-    socket.onerror = () => {}; // The close event that follows does the work.
+    socket.onopen = this.#socketOpen;
+    socket.onmessage = this.#socketMessage;
+    socket.onclose = this.#socketClose;
+    // No error listener: the close event that follows an error does the work.
     return response;
   }
 
@@ -486,11 +527,12 @@ export class Rendezvous {
       connected_at: session.connectedAt,
       udp_endpoint: null,
       group: session.group,
-      peer_paths: {},
+      peer_paths: NO_PEER_PATHS,
     };
     const previous = await this.registry.put(record);
     session.registered = true;
-    const replaced = previous ? this.#sessions.get(previous.session_id) : undefined;
+    const before = this.#byWorker.get(session.workerId);
+    const replaced = previous && before?.id === previous.session_id ? before : undefined;
     this.#byWorker.set(session.workerId, session);
     if (replaced) {
       this.#log.info("worker session replaced", {
@@ -657,7 +699,8 @@ export class Rendezvous {
   }
 
   #onClose(session: Session, event: CloseEvent): void {
-    this.#sessions.delete(session.id);
+    this.#sessions.delete(session.socket);
+    this.#cleaning++;
     this.#log.info("worker disconnected", {
       worker_id: session.workerId,
       observed_ip: session.observedIp,
@@ -677,7 +720,10 @@ export class Rendezvous {
         });
       }
     });
-    session.tail.finally(() => session.markClosed());
+    session.tail.finally(() => {
+      this.#cleaning--;
+      if (this.#sessions.size === 0 && this.#cleaning === 0) this.#drained?.resolve();
+    });
   }
 
   /**
@@ -694,10 +740,12 @@ export class Rendezvous {
     this.#state = "closing";
     const sessions = [...this.#sessions.values()];
     this.#log.info("rendezvous closing", { sessions: sessions.length });
+    this.#drained = Promise.withResolvers<void>();
+    if (sessions.length === 0 && this.#cleaning === 0) this.#drained.resolve();
     for (const session of sessions) session.close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN);
     const abort = new AbortController();
     await Promise.race([
-      Promise.all(sessions.map((s) => s.closed)),
+      this.#drained.promise,
       delay(timeoutMs, { signal: abort.signal, clock: this.#clock }).catch(() => {}),
     ]);
     abort.abort();

@@ -12,8 +12,7 @@
  * @module
  */
 
-import { Backoff } from "../lib/backoff.ts";
-import { reconnectsImmediately } from "../lib/close_codes.ts";
+import { ReconnectPolicy } from "../lib/reconnect_policy.ts";
 
 interface Options {
   port: number;
@@ -35,8 +34,8 @@ interface Conn {
   socket?: WebSocket;
   createdAt: number;
   registered: boolean;
-  backoff: Backoff;
-  lastImmediate: boolean;
+  openedAt: number;
+  policy: ReconnectPolicy;
 }
 
 const conns: Conn[] = [];
@@ -54,6 +53,7 @@ function open(conn: Conn): void {
   const socket = new WebSocket(`ws://${host}:${options.port}/ws/register/${conn.id}`);
   conn.socket = socket;
   socket.onopen = () => {
+    conn.openedAt = performance.now();
     socket.send(
       JSON.stringify({ type: "register_public_ip", ip: `203.0.113.${conn.index % 250}` }),
     );
@@ -75,14 +75,14 @@ function open(conn: Conn): void {
     else failures++;
     const wasRegistered = conn.registered;
     conn.registered = false;
+    const opened = conn.openedAt > 0;
+    const durationMs = opened ? performance.now() - conn.openedAt : 0;
+    conn.openedAt = 0;
     if (stopping) return;
     if (wasRegistered) drops++;
     if (!options.reconnect) return;
-    // The worker's policy (lib/worker_client.ts): at once after 1001/1012,
-    // never twice in a row; otherwise full-jitter backoff.
-    const immediate = wasRegistered && reconnectsImmediately(event.code) && !conn.lastImmediate;
-    const wait = immediate ? 0 : conn.backoff.next();
-    conn.lastImmediate = immediate;
+    // The worker's own policy (lib/reconnect_policy.ts), not a tuned client.
+    const wait = conn.policy.next({ opened, code: event.code, durationMs }, performance.now());
     setTimeout(() => open(conn), wait);
   };
 }
@@ -101,8 +101,8 @@ const ramp = setInterval(() => {
       index: next,
       createdAt: 0,
       registered: false,
-      backoff: new Backoff(),
-      lastImmediate: false,
+      openedAt: 0,
+      policy: new ReconnectPolicy(),
     };
     conns.push(conn);
     open(conn);

@@ -10,7 +10,8 @@
  */
 
 import { Backoff } from "./backoff.ts";
-import { CloseCode, CloseReason, reconnectsImmediately } from "./close_codes.ts";
+import { CloseCode, CloseReason } from "./close_codes.ts";
+import { ReconnectPolicy } from "./reconnect_policy.ts";
 import { type Clock, delay, systemClock, type TimerId } from "./clock.ts";
 import { type Logger, silentLogger } from "./log.ts";
 import {
@@ -64,6 +65,11 @@ export interface RendezvousClientOptions {
   backoff?: Backoff;
   /** A session that lasted this long resets the backoff. @default {10000} */
   stableSessionMs?: number;
+  /** Restart handling (see lib/reconnect_policy.ts); the defaults suit production. */
+  restartGraceMs?: number;
+  restartWindowMs?: number;
+  /** Jitter source for the restart window. @default {Math.random} */
+  random?: () => number;
   /** Run on every connect; its answer is sent as `register_public_ip`. */
   lookupPublicIp?: PublicIpLookup;
   /** @default {native WebSocket} */
@@ -124,9 +130,21 @@ export interface ClientSnapshot {
 export class RendezvousClient {
   #o:
     & Required<
-      Omit<RendezvousClientOptions, "token" | "lookupPublicIp" | "onEvent" | "onPeerMessage">
+      Omit<
+        RendezvousClientOptions,
+        | "token"
+        | "lookupPublicIp"
+        | "onEvent"
+        | "onPeerMessage"
+        | "backoff"
+        | "stableSessionMs"
+        | "restartGraceMs"
+        | "restartWindowMs"
+        | "random"
+      >
     >
     & {
+      policy: ReconnectPolicy;
       token?: string;
       lookupPublicIp?: PublicIpLookup;
       onEvent?: (event: ClientEvent) => void;
@@ -151,8 +169,13 @@ export class RendezvousClient {
       token: options.token,
       pingIntervalMs: options.pingIntervalMs ?? 25_000,
       pingTimeoutMs: options.pingTimeoutMs ?? 25_000,
-      backoff: options.backoff ?? new Backoff(),
-      stableSessionMs: options.stableSessionMs ?? 10_000,
+      policy: new ReconnectPolicy({
+        backoff: options.backoff ?? new Backoff(),
+        stableSessionMs: options.stableSessionMs,
+        restartGraceMs: options.restartGraceMs,
+        restartWindowMs: options.restartWindowMs,
+        random: options.random,
+      }),
       lookupPublicIp: options.lookupPublicIp,
       openSocket: options.openSocket ?? nativeSocket,
       clock: options.clock ?? systemClock,
@@ -211,23 +234,14 @@ export class RendezvousClient {
   async run(signal: AbortSignal): Promise<void> {
     if (this.#running) throw new Error("Cannot run a RendezvousClient twice at once");
     this.#running = true;
-    const { backoff, clock, logger } = this.#o;
+    const { clock, logger } = this.#o;
+    const policy = this.#o.policy;
     try {
-      let lastImmediate = false;
       while (!signal.aborted) {
-        const attempt = backoff.attempt;
+        const attempt = policy.backoff.attempt;
         const outcome = await this.#session(signal, attempt);
         if (signal.aborted) break;
-        if (outcome.opened && outcome.durationMs >= this.#o.stableSessionMs) {
-          backoff.reset();
-          lastImmediate = false;
-        }
-        // Come straight back after a deploy, but never twice in a row: a
-        // server that keeps saying "going away" gets the backoff.
-        const immediate: boolean = outcome.opened && reconnectsImmediately(outcome.code) &&
-          !lastImmediate;
-        const wait = immediate ? 0 : backoff.next();
-        lastImmediate = immediate;
+        const wait = policy.next(outcome, clock.now());
         if (outcome.code === CloseCode.SESSION_REPLACED) {
           logger.error("another connection registered this worker id; is WORKER_ID shared?", {
             worker_id: this.#o.workerId,
@@ -238,7 +252,7 @@ export class RendezvousClient {
         logger.info("reconnecting to rendezvous", {
           worker_id: this.#o.workerId,
           delay_ms: wait,
-          attempt: backoff.attempt,
+          attempt: policy.backoff.attempt,
         });
         await delay(wait, { signal, clock }).catch(() => {});
       }

@@ -49,6 +49,7 @@ function setup(options: Partial<RendezvousClientOptions> = {}) {
     pingTimeoutMs: 500,
     stableSessionMs: 10_000,
     backoff: new Backoff({ baseMs: 100, maxMs: 1000, random: () => 0.5 }),
+    random: () => 0.5,
     clock,
     openSocket: (url, headers) => {
       const socket = new FakeSocket(url, headers);
@@ -180,8 +181,12 @@ Deno.test("RendezvousClient reconnects at once after 1001, but not twice in a ro
   t.last().open();
   t.last().serverClose(1012);
   await flush();
-  assert.equal((t.events.at(-1) as { delay_ms: number }).delay_ms, 50, "second one backs off");
-  await t.clock.tick(50);
+  assert.equal(
+    (t.events.at(-1) as { delay_ms: number }).delay_ms,
+    500,
+    "the second waits within the restart window (1 s, jitter 0.5)",
+  );
+  await t.clock.tick(500);
   t.last().open();
   await stop(t);
 });

@@ -328,29 +328,40 @@ if (run("fleet")) {
     target: "0",
     met: drops === 0 && after === WORKERS,
   });
-  // The list endpoint at full size, while one generator's workers echo.
-  await gens[0].command(`echo 1 3`);
+  // The list endpoint at full size. A light echo probe (about 200/s) runs
+  // first alone, then while the listing is fetched back to back: the
+  // difference is what listing costs everyone else.
+  const probeRate = (200 / (WORKERS / LOADGENS)).toFixed(4);
+  await gens[0].command(`echo ${probeRate} 3`);
+  const quiet = await gens[0].next("echo");
+  await gens[0].command(`echo ${probeRate} 3`);
   const listTimes: number[] = [];
-  for (let i = 0; i < 3; i++) {
+  const listUntil = performance.now() + 3000;
+  while (performance.now() < listUntil) {
     // Time to the last byte; the orchestrator's own JSON parse is not the server's time.
     const t = performance.now();
     const text = await (await fetch(`${server.base}/debug/list_workers`)).text();
     listTimes.push(performance.now() - t);
     if (!text.startsWith(`{"connected_workers_count":${WORKERS},`)) listTimes.push(Infinity);
   }
-  const echo = await gens[0].next("echo");
-  const listMax = Math.max(...listTimes);
+  const busy = await gens[0].next("echo");
+  const listP50 = pct(listTimes, 0.5);
   record({
     scenario: "fleet",
-    metric: `GET /debug/list_workers at ${WORKERS}, max of 3 (ms)`,
-    value: Number(listMax.toFixed(1)),
+    metric: `GET /debug/list_workers at ${WORKERS}, median of ${listTimes.length} (ms)`,
+    value: listP50,
     target: "≤ 100",
-    met: listMax <= 100,
+    met: listP50 <= 100,
   });
   record({
     scenario: "fleet",
-    metric: "echo p99 / max while listing (ms)",
-    value: `${echo.p99} / ${echo.max}`,
+    metric: "  … slowest of them (ms)",
+    value: Number(Math.max(...listTimes).toFixed(1)),
+  });
+  record({
+    scenario: "fleet",
+    metric: "echo p99 without / with back-to-back listings (ms)",
+    value: `${Number(quiet.p99).toFixed(1)} / ${Number(busy.p99).toFixed(1)}`,
   });
   await Promise.all(gens.map((g) => g.stop()));
   await stop(server);

@@ -72,7 +72,7 @@ export interface RendezvousOptions {
 export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
 
 /** Workers serialized per turn of the event loop by the listing. */
-const LIST_SLICE = 1000;
+const LIST_SLICE = 250;
 
 /** Peer paths kept per worker in the listing. */
 const MAX_PEER_PATHS = 256;
@@ -499,7 +499,8 @@ export class Rendezvous {
       observed_ip: observedIp,
       observed_port: observedPort,
     });
-    socket.onopen = this.#socketOpen;
+    // Once: the listener is dropped after it fires, so an idle session holds none.
+    socket.addEventListener("open", this.#socketOpen, { once: true });
     socket.onmessage = this.#socketMessage;
     socket.onclose = this.#socketClose;
     // No error listener: the close event that follows an error does the work.

@@ -11,6 +11,7 @@ import { createLogger, helpText, loadOrExit, processEnv } from "./lib/config.ts"
 import { flushLogs } from "./lib/log.ts";
 import { loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous_config.ts";
 import { Rendezvous } from "./lib/rendezvous_server.ts";
+import { serveResilient } from "./lib/resilient_serve.ts";
 import { formatAddress } from "./lib/stun_client.ts";
 import { StunServer } from "./lib/stun_server.ts";
 import { NAME, VERSION } from "./lib/version.ts";
@@ -65,9 +66,10 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
   Deno.addSignalListener(signal, () => void shutdown(signal));
 }
 
-const server = Deno.serve({
+const server = serveResilient({
   port: config.port,
   hostname: config.hostname,
+  logger: log,
   onListen: ({ hostname, port }) => {
     rendezvous.markReady();
     log.info("rendezvous listening", {

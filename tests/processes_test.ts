@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import {
+  DENO,
   listWorkers,
   Proc,
   spawnRendezvous,
@@ -326,5 +327,47 @@ Deno.test("STUN configuration errors name the variable and exit 2", async () => 
     const status = await within(proc.status, 10_000, file);
     assert.equal(status.code, 2, `${file} ${JSON.stringify(env)}\n${proc.dump()}`);
     assert.match(proc.dump(), pattern);
+  }
+});
+
+Deno.test("rendezvous survives running out of file descriptors and keeps serving", async () => {
+  // A low open-files limit for the rendezvous only, so the test can exhaust it.
+  const proc = new Proc("sh", [
+    "-c",
+    `ulimit -n 200 && exec "${DENO}" run --allow-net --allow-env rendezvous.ts`,
+  ], { PORT: "0", HOST: "127.0.0.1", MAX_CONNECTIONS: "1000" });
+  const clients: WebSocket[] = [];
+  try {
+    const port = (await proc.waitForLog("rendezvous listening")).port as number;
+    const closed: Promise<unknown>[] = [];
+    for (let i = 0; i < 300; i++) {
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/register/fd-${i}`);
+      ws.onerror = () => {};
+      closed.push(new Promise((r) => ws.addEventListener("close", r)));
+      clients.push(ws);
+    }
+    await proc.waitForLog("http listener stopped; restarting it", () => true, 20_000);
+    for (const ws of clients) ws.close();
+    await within(Promise.all(closed), 20_000, "clients closed");
+    // The process is alive and accepts workers again.
+    const listing = await waitFor(
+      async () => {
+        const response = await fetch(`http://127.0.0.1:${port}/ready`);
+        await response.body?.cancel();
+        return response.ok;
+      },
+      "ready again",
+      20_000,
+    );
+    assert.ok(listing);
+    const worker = spawnWorker(`http://127.0.0.1:${port}`, { WORKER_ID: "after-emfile" });
+    try {
+      await proc.waitForLog("worker registered", (l) => l.worker_id === "after-emfile", 20_000);
+    } finally {
+      await worker.stop();
+    }
+  } finally {
+    for (const ws of clients) ws.close();
+    await proc.stop();
   }
 });

@@ -14,7 +14,7 @@
  *   stun        — bench/stun_bench.ts (ours next to coturn)
  *
  * Flags: `--workers N` (19000), `--idle S` (60), `--storm N` (10000),
- * `--quick` (small numbers, for a smoke test), `--only a,b` (scenarios:
+ * `--loadgens N` (4), `--quick` (small numbers, for a smoke test), `--only a,b` (scenarios:
  * cold,memory,fleet,rates,storm,rtt,relay,stun). Prints a table; writes
  * bench/results/bench-*.json.
  *
@@ -37,7 +37,7 @@ const STORM = flag("--storm", quick ? 300 : 10_000);
 const RTT_WORKERS = quick ? 100 : 1000;
 const RTT_RATE = 10; // per worker per second: 10,000/s at 1,000 workers
 const RTT_SECONDS = quick ? 2 : 10;
-const LOADGENS = quick ? 2 : 4;
+const LOADGENS = quick ? 2 : Number(flag("--loadgens", 4));
 const REGISTRATION_RATE = 2000;
 const ADDRESSES = 4;
 

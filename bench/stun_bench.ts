@@ -11,6 +11,7 @@
  * @module
  */
 
+import { turnserverArgs } from "../tests/_coturn.ts";
 import {
   encodeStunMessage,
   newTransactionId,
@@ -249,22 +250,7 @@ const results: Result[] = await run(
 if (await commandExists("turnserver")) {
   const port = await freeUdpPort();
   results.push(
-    ...await run("coturn turnserver", "turnserver", [
-      "-n",
-      "-S",
-      "--no-cli",
-      "--no-tls",
-      "--no-dtls",
-      "-L",
-      "127.0.0.1",
-      "-p",
-      String(port),
-      "--log-file",
-      "/dev/null",
-      "--no-stdout-log",
-      "--pidfile",
-      `/tmp/turnserver-bench-${port}.pid`,
-    ], port),
+    ...await run("coturn turnserver", "turnserver", turnserverArgs(port, "/dev/null"), port),
   );
 } else {
   console.error("turnserver not found (Debian package coturn): measuring our server only");

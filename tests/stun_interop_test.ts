@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { StunClient } from "../lib/stun_client.ts";
 import { StunServer } from "../lib/stun_server.ts";
 import { UdpEndpoint } from "../lib/udp.ts";
+import { turnserverArgs } from "./_coturn.ts";
 import { Proc, waitFor, within } from "./_helpers.ts";
 
 async function available(): Promise<string | undefined> {
@@ -39,21 +40,7 @@ Deno.test({
   ignore: skip !== undefined,
   async fn() {
     const port = freeUdpPort();
-    const turn = new Proc("turnserver", [
-      "-n",
-      "-S",
-      "--no-cli",
-      "--no-tls",
-      "--no-dtls",
-      "-L",
-      "127.0.0.1",
-      "-p",
-      String(port),
-      "--log-file",
-      "stdout",
-      "--pidfile",
-      `/tmp/turnserver-${port}.pid`,
-    ], {});
+    const turn = new Proc("turnserver", turnserverArgs(port, "stdout"), {});
     const udp = UdpEndpoint.bind({ hostname: "127.0.0.1" });
     const client = new StunClient((b, to) => udp.send(b, to), { rtoMs: 50, maxSends: 3 });
     udp.onStun = (b, from) => client.handle(b, from);

@@ -12,8 +12,8 @@ import { flushLogs } from "./lib/log.ts";
 import { loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous_config.ts";
 import { Rendezvous } from "./lib/rendezvous_server.ts";
 import { serveResilient } from "./lib/resilient_serve.ts";
-import { formatAddress } from "./lib/stun_client.ts";
-import { StunServer } from "./lib/stun_server.ts";
+import { startStunOrExit } from "./lib/stun_config.ts";
+import type { StunServer } from "./lib/stun_server.ts";
 import { NAME, VERSION } from "./lib/version.ts";
 
 if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
@@ -86,21 +86,4 @@ const server = serveResilient({
   },
 }, rendezvous.handler);
 
-if (config.stun) {
-  try {
-    stun = StunServer.listen({ ...config.stun, logger: log });
-  } catch (error) {
-    log.error("cannot start the stun server", {
-      error,
-      hostname: config.stun.hostname,
-      port: config.stun.port,
-    });
-    flushLogs();
-    Deno.exit(1);
-  }
-  log.info("stun server listening", {
-    addresses: stun.addresses.map(formatAddress),
-    port: stun.addresses[0].port,
-    rfc5780: stun.addresses.length > 1,
-  });
-}
+if (config.stun) stun = startStunOrExit(config.stun, log);

@@ -17,9 +17,8 @@ import {
   processEnv,
 } from "./lib/config.ts";
 import { flushLogs } from "./lib/log.ts";
-import { loadStunConfig, STUN_VARIABLES } from "./lib/stun_config.ts";
-import { StunServer } from "./lib/stun_server.ts";
-import { formatAddress } from "./lib/stun_client.ts";
+import { loadStunConfig, startStunOrExit, STUN_VARIABLES } from "./lib/stun_config.ts";
+import type { StunServer } from "./lib/stun_server.ts";
 import { VERSION } from "./lib/version.ts";
 
 if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
@@ -36,10 +35,11 @@ const { options, log: logSettings } = loadOrExit("stun", () => ({
 }));
 const log = createLogger(logSettings, "stun");
 
-let server: StunServer | undefined;
+// Handlers go in first; they run only after this module has finished,
+// when `server` (below) exists.
 async function shutdown(signal: Deno.Signal): Promise<void> {
-  await server?.close();
-  log.info("stun server stopped", { signal, ...server?.stats });
+  await server.close();
+  log.info("stun server stopped", { signal, ...server.stats });
   flushLogs();
   Deno.exit(0);
 }
@@ -47,18 +47,4 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
   Deno.addSignalListener(signal, () => void shutdown(signal));
 }
 
-try {
-  server = StunServer.listen({ ...options, logger: log });
-} catch (error) {
-  console.error(
-    `stun: Cannot listen on UDP ${options.hostname}:${options.port}: ${(error as Error).message}`,
-  );
-  flushLogs();
-  Deno.exit(1);
-}
-log.info("stun server listening", {
-  addresses: server.addresses.map(formatAddress),
-  port: server.addresses[0].port,
-  rfc5780: server.addresses.length > 1,
-  version: VERSION,
-});
+const server: StunServer = startStunOrExit(options, log, { version: VERSION });

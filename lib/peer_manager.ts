@@ -46,9 +46,8 @@ export class PeerManager {
   #peers = new Map<string, PeerInfo>();
   #sockets = new Map<number, UdpEndpoint>();
   #nextVia = 1;
-  #connectPending = new Set<string>();
   #connectAt = new Map<string, number>();
-  /** Peers to introduce once both endpoints are known. */
+  /** Peers to introduce once both endpoints are known and a session is open. */
   #wanted = new Set<string>();
 
   constructor(options: PeerManagerOptions) {
@@ -66,7 +65,7 @@ export class PeerManager {
   onRegistered(): void {
     this.#o.sendToRendezvous({ type: "list_peers", watch: true });
     // Links that lost their introduction with the session ask again.
-    for (const peerId of this.#connectPending) this.connect(peerId);
+    for (const peerId of [...this.#wanted]) this.connect(peerId);
   }
 
   /**
@@ -80,11 +79,11 @@ export class PeerManager {
       this.#wanted.add(peerId);
       return;
     }
-    this.#wanted.delete(peerId);
     const sent = this.#o.sendToRendezvous({ type: "connect", peer_id: peerId });
     this.#connectAt.set(peerId, this.#clock.now());
-    if (sent) this.#connectPending.delete(peerId);
-    else this.#connectPending.add(peerId);
+    // Without a session the request waits for the next registration.
+    if (sent) this.#wanted.delete(peerId);
+    else this.#wanted.add(peerId);
     this.#o.logger.info("peer connect requested", { peer_id: peerId, sent, at: this.#clock.now() });
   }
 

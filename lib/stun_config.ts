@@ -7,7 +7,9 @@
 
 import { ConfigError, type Env, portVar, stringVar, type VariableDoc } from "./config.ts";
 import { normalizeIp } from "./ip.ts";
-import type { StunServerOptions } from "./stun_server.ts";
+import { flushLogs, type Logger } from "./log.ts";
+import { formatAddress } from "./stun_client.ts";
+import { StunServer, type StunServerOptions } from "./stun_server.ts";
 
 /** The STUN variables. */
 export const STUN_VARIABLES: readonly VariableDoc[] = [
@@ -61,4 +63,34 @@ export function loadStunConfig(
     );
   }
   return { hostname, port, alternate: { hostname: altHost, port: altPort } };
+}
+
+/**
+ * Starts a STUN server for an entry point and logs where it listens; when
+ * the port cannot be bound, logs why and exits with status 1.
+ */
+export function startStunOrExit(
+  options: StunServerOptions,
+  logger: Logger,
+  fields: Record<string, unknown> = {},
+): StunServer {
+  let server: StunServer;
+  try {
+    server = StunServer.listen({ ...options, logger });
+  } catch (error) {
+    logger.error("cannot start the stun server", {
+      error,
+      hostname: options.hostname,
+      port: options.port,
+    });
+    flushLogs();
+    Deno.exit(1);
+  }
+  logger.info("stun server listening", {
+    addresses: server.addresses.map(formatAddress),
+    port: server.addresses[0].port,
+    rfc5780: server.addresses.length > 1,
+    ...fields,
+  });
+  return server;
 }

@@ -160,7 +160,8 @@ export class RendezvousClient {
   #socket: WebSocketLike | undefined;
   #rttMs: number | null = null;
   #openedAt = 0;
-  #heartbeatSentAt = new Map<number, number>();
+  /** The heartbeat in flight: its number and when it left. */
+  #heartbeat = { seq: 0, at: 0 };
 
   constructor(options: RendezvousClientOptions) {
     this.#o = {
@@ -340,8 +341,7 @@ export class RendezvousClient {
         heartbeatTimer = clock.setTimeout(() => {
           if (finished) return;
           heartbeatSeq++;
-          this.#heartbeatSentAt.clear();
-          this.#heartbeatSentAt.set(heartbeatSeq, clock.now());
+          this.#heartbeat = { seq: heartbeatSeq, at: clock.now() };
           this.#send(socket!, {
             type: "echo_request",
             payload: { heartbeat: heartbeatSeq },
@@ -451,8 +451,9 @@ export class RendezvousClient {
         return;
       case "echo_response": {
         const beat = (message.original_payload as { heartbeat?: unknown } | null)?.heartbeat;
-        const sentAt = typeof beat === "number" ? this.#heartbeatSentAt.get(beat) : undefined;
-        if (sentAt !== undefined) this.#sampleRtt(this.#o.clock.now() - sentAt);
+        if (beat === this.#heartbeat.seq && beat > 0) {
+          this.#sampleRtt(this.#o.clock.now() - this.#heartbeat.at);
+        }
         return;
       }
       case "peers":

@@ -332,7 +332,6 @@ export async function startIpEcho(
 export function startTcpProxy(targetPort: number): {
   port: number;
   blackholeExisting: () => void;
-  connections: () => number;
   close: () => Promise<void>;
 } {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -376,7 +375,6 @@ export function startTcpProxy(targetPort: number): {
     blackholeExisting: () => {
       for (const pair of conns) pair.dead = true;
     },
-    connections: () => conns.size,
     async close() {
       listener.close();
       await accepting;

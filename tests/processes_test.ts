@@ -371,3 +371,23 @@ Deno.test("rendezvous survives running out of file descriptors and keeps serving
     await proc.stop();
   }
 });
+
+Deno.test("stun.ts and the rendezvous exit 1 with a clear line when the STUN port is taken", async () => {
+  const busy = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const port = String((busy.addr as Deno.NetAddr).port);
+  try {
+    for (
+      const [file, env] of [
+        ["stun.ts", { STUN_PORT: port, STUN_HOST: "127.0.0.1" }],
+        ["rendezvous.ts", { PORT: "0", HOST: "127.0.0.1", STUN_PORT: port }],
+      ] as const
+    ) {
+      const proc = Proc.deno(["run", "--allow-net", "--allow-env", file], env);
+      assert.equal((await within(proc.status, 10_000, file)).code, 1, proc.dump());
+      const line = await proc.waitForLog("cannot start the stun server");
+      assert.equal(String(line.port), port);
+    }
+  } finally {
+    busy.close();
+  }
+});

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { turnserverArgs } from "../tests/_coturn.ts";
+import { freeTurnPort, turnserverArgs } from "../tests/_coturn.ts";
 import {
   encodeStunMessage,
   newTransactionId,
@@ -248,7 +248,7 @@ const results: Result[] = await run(
 );
 
 if (await commandExists("turnserver")) {
-  const port = await freeUdpPort();
+  const port = freeTurnPort();
   results.push(
     ...await run("coturn turnserver", "turnserver", turnserverArgs(port, "/dev/null"), port),
   );

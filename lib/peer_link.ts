@@ -105,7 +105,8 @@ export type LinkEvent =
   | { type: "punch_failed"; probes: number }
   | { type: "path_lost"; to: string }
   | { type: "relay" }
-  | { type: "first_relay" };
+  | { type: "first_relay" }
+  | { type: "bad_introduction"; reason: string };
 
 type Path =
   | { kind: "relay" }
@@ -186,6 +187,10 @@ export class PeerLink {
   #reorder = new Map<number, Uint8Array>();
   #rtoTimer?: TimerId;
   #queued: Uint8Array[] = [];
+  // Settles once every introduction received so far has been taken in:
+  // frames that arrive while a session key is still being imported wait
+  // for it instead of being dropped as unauthenticated.
+  #introduced: Promise<void> = Promise.resolve();
 
   constructor(peerId: string, deps: PeerLinkDeps) {
     this.peerId = peerId;
@@ -228,7 +233,16 @@ export class PeerLink {
   /** Starts (or restarts) punching with the rendezvous's introduction. */
   async punch(message: PunchMessage): Promise<void> {
     if (this.#closed) return;
-    const key = await importSessionKey(message.key);
+    const importing = importSessionKey(message.key);
+    this.#introduced = Promise.all([this.#introduced, importing]).then(() => {}, () => {});
+    let key: CryptoKey;
+    try {
+      key = await importing;
+    } catch (error) {
+      this.#trace({ type: "bad_introduction", reason: String(error) });
+      return;
+    }
+    if (this.#closed) return;
     if (this.#session?.id !== message.session_id) this.#previous = this.#session;
     this.#session = {
       id: message.session_id,
@@ -455,6 +469,7 @@ export class PeerLink {
    * the relay (`from` undefined). Frames that fail authentication are dropped.
    */
   async receive(bytes: Uint8Array, from: UdpAddress | undefined, via = 0): Promise<void> {
+    await this.#introduced;
     if (this.#closed) return;
     let frame: Frame | undefined;
     for (const session of [this.#session, this.#previous]) {

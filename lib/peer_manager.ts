@@ -130,8 +130,9 @@ export class PeerManager {
       path_lost: "peer direct path lost",
       relay: "peer path relay",
       first_relay: "peer first relayed frame sent",
+      bad_introduction: "peer introduction rejected",
     }[type];
-    log.info(message, {
+    log[type === "bad_introduction" ? "warn" : "info"](message, {
       ...fields,
       ms_since_punch: since,
       ms_since_connect: connectAt === undefined ? undefined : now - connectAt,

@@ -609,7 +609,8 @@ export function parseServerMessage(text: string): ServerMessage {
     case "punch": {
       const sessionId = requireString(record, "session_id");
       const key = requireString(record, "key");
-      if (!/^[0-9a-f]{16}$/.test(sessionId) || !BASE64.test(key) || key.length !== 44) {
+      // 44 base64 characters ending in one "=" are exactly 32 bytes.
+      if (!/^[0-9a-f]{16}$/.test(sessionId) || !/^[A-Za-z0-9+/]{43}=$/.test(key)) {
         throw new ProtocolError("invalid_message", 'Cannot parse "punch": bad session_id or key');
       }
       const list = Array.isArray(record.candidates) ? record.candidates : [];

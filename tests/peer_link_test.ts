@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { toBase64 } from "../lib/peer_frame.ts";
+import { importSessionKey, sealFrame, toBase64 } from "../lib/peer_frame.ts";
 import { LINK_TIMING, type LinkEvent, PeerLink } from "../lib/peer_link.ts";
 import type { Candidate, NatMapping, PathKind, PunchMessage, UdpAddress } from "../lib/protocol.ts";
 import { FakeClock } from "./_fake_clock.ts";
@@ -181,6 +181,80 @@ Deno.test("PeerLink falls back to the relay when the direct path dies, loses not
     assert.equal(net.a.connects, connects + 1, "asks for a new introduction");
   } finally {
     net.close();
+  }
+});
+
+Deno.test("PeerLink keeps a relayed frame that arrives while its introduction is being taken in", async () => {
+  // The rendezvous sends `punch` to both sides before it relays anything, so
+  // the first relayed frame can reach a link whose session key is still
+  // being imported; it must wait for the key, not be dropped (and wait for
+  // the relay's retransmission timeout).
+  const received: string[] = [];
+  const link = new PeerLink("a", {
+    clock: new FakeClock(0),
+    sendUdp: () => {},
+    sendRelay: () => {},
+    openSockets: () => [],
+    closeSockets: () => {},
+    requestConnect: () => {},
+    onMessage: (payload) => received.push(new TextDecoder().decode(payload)),
+    onPath: () => {},
+  });
+  try {
+    const frame = await sealFrame(
+      { type: "data", sessionId: "00000000000000a1", seq: 0, payload: text("first") },
+      await importSessionKey(KEY),
+    );
+    const introduced = link.punch({
+      type: "punch",
+      peer_id: "a",
+      session_id: "00000000000000a1",
+      key: KEY,
+      candidates: [],
+      peer_nat: null,
+      own_nat: null,
+      role: "responder",
+      delay_ms: 0,
+    });
+    await Promise.all([introduced, link.receive(frame, undefined)]);
+    assert.deepEqual(received, ["first"]);
+  } finally {
+    link.close();
+  }
+});
+
+Deno.test("PeerLink reports an introduction whose key it cannot use, and goes on", async () => {
+  const events: LinkEvent[] = [];
+  const connects: number[] = [];
+  const link = new PeerLink("a", {
+    clock: new FakeClock(0),
+    sendUdp: () => {},
+    sendRelay: () => {},
+    openSockets: () => [],
+    closeSockets: () => {},
+    requestConnect: () => connects.push(1),
+    onMessage: () => {},
+    onPath: () => {},
+    trace: (event) => events.push(event),
+  });
+  try {
+    await link.punch({
+      type: "punch",
+      peer_id: "a",
+      session_id: "00000000000000a1",
+      key: "A".repeat(44), // decodes to 33 bytes
+      candidates: [],
+      peer_nat: null,
+      own_nat: null,
+      role: "responder",
+      delay_ms: 0,
+    });
+    assert.deepEqual(events.map((e) => e.type), ["bad_introduction"]);
+    assert.deepEqual(link.sessionIds, []);
+    link.send(text("still usable")); // queued until a good introduction
+    assert.equal(connects.length, 1);
+  } finally {
+    link.close();
   }
 });
 

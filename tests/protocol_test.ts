@@ -205,3 +205,32 @@ Deno.test("parseClientMessage() rejects malformed register_udp_endpoint", () => 
     );
   }
 });
+
+Deno.test("parseServerMessage() accepts a punch only with a 32-byte key and a 16-hex session id", () => {
+  const punch = (fields: Record<string, unknown>) =>
+    JSON.stringify({
+      type: "punch",
+      peer_id: "b",
+      session_id: "00000000000000a1",
+      key: btoa(String.fromCharCode(...new Uint8Array(32).fill(7))),
+      candidates: [{ ip: "192.0.2.1", port: 4000, kind: "local" }],
+      role: "responder",
+      delay_ms: 120,
+      ...fields,
+    });
+  const ok = parseServerMessage(punch({}));
+  assert.equal(ok.type, "punch");
+  assert.equal(ok.type === "punch" && ok.delay_ms, 120);
+  for (
+    const bad of [
+      { key: "A".repeat(44) }, // 33 bytes once decoded
+      { key: "A".repeat(42) + "==" }, // 31 bytes
+      { key: btoa("short") },
+      { key: 42 },
+      { session_id: "00000000000000A1" },
+      { session_id: "a1" },
+    ]
+  ) {
+    assert.throws(() => parseServerMessage(punch(bad)), ProtocolError, JSON.stringify(bad));
+  }
+});

@@ -25,6 +25,15 @@
  * case a faster one answers, then stop. Every strategy is bounded in packets
  * and time (see {@linkcode LINK_TIMING}).
  *
+ * Nomination: the two sides may select different pairs, which matters only
+ * when one side is hard. Its NAT opened a mapping per extra socket, and the
+ * easy side's acks may have come through any of them, but the hard side
+ * keeps one socket and closes the rest. So, like ICE's controlling agent
+ * (RFC 8445 §8.1.1), the hard side nominates: once settled, and with every
+ * keepalive, it sends `nominate` from the socket it kept, and the easy side
+ * moves its path to wherever the nomination came from and stops choosing on
+ * its own. Neither side ever moves its path onto a socket it has closed.
+ *
  * @module
  */
 
@@ -101,7 +110,15 @@ export interface PeerLinkDeps {
 /** What happened on a link. */
 export type LinkEvent =
   | { type: "punch"; session: string; role: string; candidates: number; strategy: string }
-  | { type: "direct"; to: string; via: number; rtt_ms: number; probes: number }
+  | {
+    type: "direct";
+    to: string;
+    via: number;
+    rtt_ms: number | null;
+    probes: number;
+    /** Set when the peer nominated this path. */
+    nominated?: boolean;
+  }
   | { type: "punch_failed"; probes: number }
   | { type: "path_lost"; to: string }
   | { type: "relay" }
@@ -175,6 +192,12 @@ export class PeerLink {
   #path: Path = { kind: "relay" };
   #probing?: Probing;
   #closed = false;
+  /** Extra sockets this link opened and has not closed. */
+  #extras = new Set<number>();
+  /** The peer (the hard side) nominated our path: its choice holds. */
+  #following = false;
+  /** The direct path's RTT is not measured yet (it came by nomination). */
+  #rttUnknown = false;
   // Path upkeep.
   #keepaliveTimer?: TimerId;
   #lostTimer?: TimerId;
@@ -205,7 +228,7 @@ export class PeerLink {
 
   /** RTT of the direct path, if any. */
   get rttMs(): number | null {
-    return this.#path.kind === "direct" ? this.#path.rttMs : null;
+    return this.#path.kind === "direct" && !this.#rttUnknown ? this.#path.rttMs : null;
   }
 
   /** Session ids this link accepts frames for (current, then previous). */
@@ -243,7 +266,10 @@ export class PeerLink {
       return;
     }
     if (this.#closed) return;
-    if (this.#session?.id !== message.session_id) this.#previous = this.#session;
+    if (this.#session?.id !== message.session_id) {
+      this.#previous = this.#session;
+      this.#following = false;
+    }
     this.#session = {
       id: message.session_id,
       key,
@@ -258,7 +284,8 @@ export class PeerLink {
     const queued = this.#queued.splice(0);
     for (const payload of queued) this.send(payload);
     this.#retransmitAll();
-    this.#stopProbing();
+    // A direct path may go on over the socket it uses while the new attempt runs.
+    this.#stopProbing(this.#path.kind === "direct" ? this.#path.via : undefined);
     this.#timer(() => this.#startProbing(message.session_id), message.delay_ms);
   }
 
@@ -312,6 +339,7 @@ export class PeerLink {
 
     if (strategy === "hard-side") {
       probing.extra = this.#d.openSockets(LINK_TIMING.hardSockets);
+      for (const via of probing.extra) this.#extras.add(via);
       let round = 0;
       const fire = () => {
         if (probing.done || round++ >= LINK_TIMING.hardRounds) return this.#maybeGiveUp(probing);
@@ -374,9 +402,18 @@ export class PeerLink {
     if (!probing) return;
     probing.done = true;
     for (const t of probing.timers) this.#d.clock.clearTimeout(t);
-    const close = probing.extra.filter((v) => v !== keepVia);
-    if (close.length) this.#d.closeSockets(close);
+    this.#closeSockets(probing.extra.filter((v) => v !== keepVia));
     probing.extra = probing.extra.filter((v) => v === keepVia);
+  }
+
+  #closeSockets(vias: number[]): void {
+    const open = vias.filter((v) => this.#extras.delete(v));
+    if (open.length) this.#d.closeSockets(open);
+  }
+
+  /** True for the main socket and extra sockets not closed yet. */
+  #isOpen(via: number): boolean {
+    return via === 0 || this.#extras.has(via);
   }
 
   #scheduleUpgrade(): void {
@@ -388,13 +425,17 @@ export class PeerLink {
   }
 
   #select(to: UdpAddress, via: number, rttMs: number): void {
+    if (!this.#isOpen(via)) return; // a late answer on a socket closed since
     const current = this.#path;
     if (current.kind === "direct") {
       const same = current.to.ip === to.ip && current.to.port === to.port && current.via === via;
       if (same) {
-        current.rttMs = 0.8 * current.rttMs + 0.2 * rttMs;
+        current.rttMs = this.#rttUnknown ? rttMs : 0.8 * current.rttMs + 0.2 * rttMs;
+        this.#rttUnknown = false;
         return;
       }
+      // The peer nominated the path it keeps: our own checks do not move it.
+      if (this.#following) return;
       // A path through an extra socket (the hard side's) stays: the peer
       // aims at that socket's mapping, and the others are about to close.
       if (current.via !== 0) return;
@@ -404,12 +445,16 @@ export class PeerLink {
     }
     const probing = this.#probing;
     this.#path = { kind: "direct", to, via, rttMs };
+    this.#rttUnknown = false;
     this.stats.directAt ??= this.#d.clock.now();
     this.#trace({ type: "direct", to: show(to), via, rtt_ms: rttMs, probes: probing?.probes ?? 0 });
     this.#d.onPath("direct", rttMs);
     if (probing && !probing.done) {
       probing.timers.push(this.#timer(() => {
-        if (this.#path.kind === "direct") this.#stopProbing(this.#path.via);
+        if (this.#path.kind !== "direct") return;
+        this.#stopProbing(this.#path.via);
+        // The hard side keeps one socket of many: nominate it at once.
+        if (this.#path.via !== 0) this.#keepalive();
       }, LINK_TIMING.settleMs));
     }
     this.#clearUpgrade();
@@ -429,15 +474,17 @@ export class PeerLink {
     this.#keepaliveTimer = this.#timer(() => this.#keepalive(), LINK_TIMING.keepaliveMs);
   }
 
+  /** Sends a keepalive now and re-arms the timer (also when called off it). */
   #keepalive(): void {
-    this.#keepaliveTimer = undefined;
     const path = this.#path;
     const session = this.#session;
     if (path.kind !== "direct" || !session) return;
     const nonce = newNonce();
     this.#keepaliveNonce = nonce;
+    // From an extra socket (the hard side's), every keepalive nominates.
+    const type = path.via === 0 ? "probe" : "nominate";
     this.#sendUdp(
-      { type: "probe", sessionId: session.id, nonce, time: this.#d.clock.now() },
+      { type, sessionId: session.id, nonce, time: this.#d.clock.now() },
       path.to,
       path.via,
     );
@@ -454,7 +501,7 @@ export class PeerLink {
     this.#trace({ type: "path_lost", to: show(path.to) });
     if (this.#keepaliveTimer !== undefined) this.#d.clock.clearTimeout(this.#keepaliveTimer);
     this.#keepaliveTimer = undefined;
-    if (this.#probing) this.#d.closeSockets(this.#probing.extra.splice(0));
+    this.#closeSockets([path.via, ...(this.#probing?.extra.splice(0) ?? [])]);
     this.#path = { kind: "relay" };
     this.#trace({ type: "relay" });
     this.#d.onPath("relay", null);
@@ -485,6 +532,11 @@ export class PeerLink {
     if (frame === undefined) return; // unauthenticated or stale: dropped
     const pathKind: PathKind = from ? "direct" : "relay";
     switch (frame.type) {
+      case "nominate":
+        if (!from) return;
+        this.#sendUdp({ ...frame, type: "ack" }, from, via);
+        this.#follow(from, via);
+        return;
       case "probe":
         if (!from) return;
         this.#sendUdp({ ...frame, type: "ack" }, from, via);
@@ -494,7 +546,9 @@ export class PeerLink {
         if (this.#probing && !this.#probing.done && !this.#isPathTo(from, via)) {
           this.#probe(this.#probing, from, via, false);
         }
-        this.#roam(from, via);
+        // After a nomination only data and nominations move the path: a
+        // probe may be a late one from a socket the peer has closed since.
+        if (!this.#following) this.#roam(from, via);
         if (
           this.#path.kind === "direct" && this.#path.to.ip === from.ip &&
           this.#path.to.port === from.port
@@ -508,7 +562,10 @@ export class PeerLink {
         if (frame.nonce === this.#keepaliveNonce) {
           this.#keepaliveNonce = undefined;
           this.#heard();
-          if (this.#path.kind === "direct") this.#path.rttMs = 0.8 * this.#path.rttMs + 0.2 * rtt;
+          if (this.#path.kind === "direct") {
+            this.#path.rttMs = this.#rttUnknown ? rtt : 0.8 * this.#path.rttMs + 0.2 * rtt;
+            this.#rttUnknown = false;
+          }
           return;
         }
         const sent = this.#probing?.sent.get(frame.nonce);
@@ -542,11 +599,40 @@ export class PeerLink {
    */
   #roam(from: UdpAddress, via: number): void {
     const path = this.#path;
-    if (path.kind !== "direct") return;
+    if (path.kind !== "direct" || !this.#isOpen(via)) return;
     if (path.to.ip === from.ip && path.to.port === from.port && path.via === via) return;
     if (this.#probing && !this.#probing.done) return; // still choosing: acks decide
     this.#path = { kind: "direct", to: from, via, rttMs: path.rttMs };
     this.#trace({ type: "direct", to: show(from), via, rtt_ms: path.rttMs, probes: 0 });
+  }
+
+  /**
+   * The peer nominated the path its frame came on (it is the hard side and
+   * keeps only that socket): use it, and stop choosing on our own.
+   */
+  #follow(from: UdpAddress, via: number): void {
+    if (!this.#isOpen(via)) return;
+    this.#following = true;
+    if (this.#probing && !this.#probing.done) this.#stopProbing(via);
+    if (this.#isPathTo(from, via)) return this.#heard();
+    const path = this.#path;
+    const rttMs = path.kind === "direct" ? path.rttMs : 0;
+    this.#rttUnknown = path.kind !== "direct";
+    this.#path = { kind: "direct", to: from, via, rttMs };
+    this.stats.directAt ??= this.#d.clock.now();
+    this.#trace({
+      type: "direct",
+      to: show(from),
+      via,
+      rtt_ms: this.rttMs,
+      probes: this.#probing?.probes ?? 0,
+      nominated: true,
+    });
+    if (path.kind !== "direct") this.#d.onPath("direct", null);
+    this.#clearUpgrade();
+    this.#heard();
+    this.#retransmitAll();
+    this.#keepalive(); // confirms the path and measures its RTT at once
   }
 
   #isPathTo(to: UdpAddress, via: number): boolean {
@@ -658,7 +744,7 @@ export class PeerLink {
 
   #sendUdp(frame: Frame, to: UdpAddress, via: number): void {
     const key = this.#session?.key;
-    if (!key) return;
+    if (!key || !this.#isOpen(via)) return;
     sealFrame(frame, key).then((bytes) => this.#d.sendUdp(bytes, to, via), () => {});
   }
 
@@ -682,6 +768,7 @@ export class PeerLink {
   /** Stops every timer and closes extra sockets. */
   close(): void {
     this.#stopProbing();
+    this.#closeSockets([...this.#extras]);
     this.#closed = true;
     for (const t of [this.#keepaliveTimer, this.#lostTimer, this.#upgradeTimer, this.#rtoTimer]) {
       if (t !== undefined) this.#d.clock.clearTimeout(t);

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { importSessionKey, sealFrame, toBase64 } from "../lib/peer_frame.ts";
+import { type Frame, importSessionKey, openFrame, sealFrame, toBase64 } from "../lib/peer_frame.ts";
 import { LINK_TIMING, type LinkEvent, PeerLink } from "../lib/peer_link.ts";
 import type { Candidate, NatMapping, PathKind, PunchMessage, UdpAddress } from "../lib/protocol.ts";
 import { FakeClock } from "./_fake_clock.ts";
@@ -341,5 +341,146 @@ Deno.test("PeerLink picks its strategy from both NATs and bounds each", async ()
     assert.deepEqual(both.b.received, [{ text: "still delivered", path: "relay" }]);
   } finally {
     both.close();
+  }
+});
+
+/** One link driven by hand: every frame it sends is opened and kept. */
+async function lone(
+  own: NatMapping,
+  peer: NatMapping,
+  peerPublic: UdpAddress,
+): Promise<{
+  link: PeerLink;
+  clock: FakeClock;
+  sent: { frame: Frame; to: UdpAddress; via: number }[];
+  closed: number[];
+  events: LinkEvent[];
+  seal: (frame: Frame) => Promise<Uint8Array>;
+  settle: () => Promise<void>;
+}> {
+  const clock = new FakeClock(0);
+  const key = await importSessionKey(KEY);
+  const sent: { frame: Frame; to: UdpAddress; via: number }[] = [];
+  const closed: number[] = [];
+  const events: LinkEvent[] = [];
+  const pending: Promise<unknown>[] = [];
+  let nextVia = 1;
+  const link = new PeerLink("peer", {
+    clock,
+    sendUdp: (bytes, to, via) =>
+      pending.push(openFrame(bytes, key).then((frame) => sent.push({ frame, to, via }))),
+    sendRelay: () => {},
+    openSockets: (count) => Array.from({ length: Math.min(count, 4) }, () => nextVia++),
+    closeSockets: (vias) => closed.push(...vias),
+    requestConnect: () => {},
+    onMessage: () => {},
+    onPath: () => {},
+    trace: (event) => events.push(event),
+    random: () => 0.5,
+  });
+  await link.punch({
+    type: "punch",
+    peer_id: "peer",
+    session_id: "00000000000000a1",
+    key: KEY,
+    candidates: [{ ...peerPublic, kind: "public" }],
+    peer_nat: peer,
+    own_nat: own,
+    role: "initiator",
+    delay_ms: 0,
+  });
+  const settle = async () => {
+    for (let idle = 0; idle < 3;) {
+      const batch = pending.splice(0);
+      await Promise.all(batch);
+      await new Promise((r) => setTimeout(r, 0));
+      idle = batch.length === 0 && pending.length === 0 ? idle + 1 : 0;
+    }
+  };
+  await clock.tick(0);
+  await settle();
+  return { link, clock, sent, closed, events, seal: (f) => sealFrame(f, key), settle };
+}
+
+const SESSION = "00000000000000a1";
+
+Deno.test("PeerLink, hard side: keeps one socket, nominates it, and never moves onto a closed one", async () => {
+  const easy: UdpAddress = { ip: "198.51.100.1", port: 5000 };
+  const h = await lone("endpoint-dependent", "endpoint-independent", easy);
+  try {
+    // The easy side's ack to the probe our extra socket 3 sent selects via 3.
+    const probe3 = h.sent.find((s) => s.via === 3 && s.frame.type === "probe")!.frame;
+    assert.ok(probe3.type === "probe");
+    await h.link.receive(await h.seal({ ...probe3, type: "ack" }), easy, 3);
+    assert.equal(h.link.path, "direct");
+    h.sent.length = 0;
+    await h.clock.tick(LINK_TIMING.settleMs);
+    await h.settle();
+    assert.deepEqual(h.closed.sort(), [1, 2, 4], "every other extra socket closed");
+    const nominations = h.sent.filter((s) => s.frame.type === "nominate");
+    assert.equal(nominations.length, 1, "the kept socket is nominated at once");
+    assert.equal(nominations[0].via, 3);
+    const nominated = nominations[0].frame;
+    assert.ok(nominated.type === "nominate");
+    await h.link.receive(await h.seal({ ...nominated, type: "ack" }), easy, 3);
+    // A probe received on socket 2 before it closed, handled after: no roaming there.
+    const late = { type: "probe", sessionId: SESSION, nonce: "00000000000000bb", time: 0 } as const;
+    await h.link.receive(await h.seal(late), { ...easy, port: 5001 }, 2);
+    assert.equal(h.link.directTo, "198.51.100.1:5000");
+    assert.deepEqual(
+      h.events.filter((e) => e.type === "direct").map((e) => e.type === "direct" && e.via),
+      [3],
+    );
+    // Keepalives from the kept socket nominate too.
+    await h.settle();
+    h.sent.length = 0;
+    await h.clock.tick(LINK_TIMING.keepaliveMs);
+    await h.settle();
+    assert.deepEqual(h.sent.map((s) => [s.frame.type, s.via]), [["nominate", 3]]);
+  } finally {
+    h.link.close();
+  }
+});
+
+Deno.test("PeerLink, easy side: follows the hard side's nomination over its own choice", async () => {
+  const hard: UdpAddress = { ip: "198.51.100.2", port: 2000 };
+  const e = await lone("endpoint-independent", "endpoint-dependent", hard);
+  try {
+    // Our spray reached the hard side's socket at port 40001 first: we select it...
+    const spray = e.sent.find((s) => s.frame.type === "probe" && s.to.port !== hard.port)!;
+    assert.ok(spray.frame.type === "probe");
+    const at40001 = { ...hard, port: 40001 };
+    await e.link.receive(await e.seal({ ...spray.frame, type: "ack" }), at40001, 0);
+    assert.equal(e.link.directTo, "198.51.100.2:40001");
+    // ...but the hard side kept the socket behind port 40002 and nominates it.
+    e.sent.length = 0;
+    const at40002 = { ...hard, port: 40002 };
+    const nominate = {
+      type: "nominate",
+      sessionId: SESSION,
+      nonce: "00000000000000cc",
+      time: 0,
+    } as const;
+    await e.link.receive(await e.seal(nominate), at40002, 0);
+    await e.settle();
+    assert.equal(e.link.directTo, "198.51.100.2:40002");
+    assert.ok(e.sent.some((s) => s.frame.type === "ack" && s.to.port === 40002), "acked");
+    const direct = e.events.filter((ev) => ev.type === "direct");
+    assert.equal(direct.at(-1)?.type === "direct" && direct.at(-1)?.nominated, true);
+    // Probing stopped; a late probe or ack from another port no longer moves the path.
+    e.sent.length = 0;
+    await e.clock.tick(500);
+    await e.settle();
+    assert.ok(!e.sent.some((s) => s.to.port !== 40002), "no more checks elsewhere");
+    const late = { type: "probe", sessionId: SESSION, nonce: "00000000000000dd", time: 0 } as const;
+    await e.link.receive(await e.seal(late), { ...hard, port: 40003 }, 0);
+    await e.link.receive(
+      await e.seal({ ...spray.frame, type: "ack" }),
+      { ...hard, port: 40004 },
+      0,
+    );
+    assert.equal(e.link.directTo, "198.51.100.2:40002");
+  } finally {
+    e.link.close();
   }
 });

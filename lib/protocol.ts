@@ -183,6 +183,17 @@ export interface ErrorMessage {
   message: string;
 }
 
+/**
+ * The rendezvous is about to close this session (with 1001: it is shutting
+ * down). A worker should send nothing more on it and wait for the close:
+ * Deno's server drops a closing connection outright when a frame crosses
+ * its close frame, and the worker would see an abnormal close, not 1001.
+ */
+export interface GoingAwayMessage {
+  type: "going_away";
+  reason: string;
+}
+
 /** Confirms a `register_udp_endpoint`. */
 export interface UdpEndpointRegisteredMessage {
   type: "udp_endpoint_registered";
@@ -262,6 +273,7 @@ export type ServerMessage =
   | PublicIpRegisteredMessage
   | EchoResponseMessage
   | UdpEndpointRegisteredMessage
+  | GoingAwayMessage
   | ErrorMessage;
 
 // ---- HTTP ------------------------------------------------------------------
@@ -647,6 +659,11 @@ export function parseServerMessage(text: string): ServerMessage {
       });
       return { type: "udp_endpoint_registered", public: address, mapping: nat.mapping };
     }
+    case "going_away":
+      return {
+        type: "going_away",
+        reason: typeof record.reason === "string" ? record.reason.slice(0, 200) : "",
+      };
     case "echo_response":
       return {
         type: "echo_response",

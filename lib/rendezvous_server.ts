@@ -58,6 +58,13 @@ export interface RendezvousOptions {
   relayRatePerSec?: number;
   /** Relayed frames a session may send in a burst. @default {1000} */
   relayBurst?: number;
+  /**
+   * On shutdown, how long workers have between the `going_away` notice and
+   * the 1001 close, to stop sending (a frame that crosses the close frame
+   * makes Deno drop the connection without one).
+   * @default {200}
+   */
+  closeNoticeMs?: number;
   /** @default {silentLogger} */
   logger?: Logger;
   /** @default {systemClock} */
@@ -277,6 +284,7 @@ export class Rendezvous {
       messageBurst: options.messageBurst ?? 100,
       relayRatePerSec: options.relayRatePerSec ?? 500,
       relayBurst: options.relayBurst ?? 1000,
+      closeNoticeMs: options.closeNoticeMs ?? 200,
       logger: this.#log,
       clock: this.#clock,
       name: options.name ?? "holepunch-rendezvous",
@@ -743,12 +751,22 @@ export class Rendezvous {
     this.#log.info("rendezvous closing", { sessions: sessions.length });
     this.#drained = Promise.withResolvers<void>();
     if (sessions.length === 0 && this.#cleaning === 0) this.#drained.resolve();
-    for (const session of sessions) session.close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN);
+    const startedAt = this.#clock.now();
     const abort = new AbortController();
-    await Promise.race([
-      this.#drained.promise,
-      delay(timeoutMs, { signal: abort.signal, clock: this.#clock }).catch(() => {}),
-    ]);
+    const wait = (ms: number) =>
+      delay(ms, { signal: abort.signal, clock: this.#clock }).catch(() => {});
+    if (sessions.length > 0) {
+      // Workers that understand the notice go quiet before the close frame.
+      const notice = { type: "going_away", reason: CloseReason.SHUTDOWN } as const;
+      for (const session of sessions) session.send(notice);
+      const noticeMs = Math.min(this.#options.closeNoticeMs, timeoutMs);
+      await Promise.race([this.#drained.promise, wait(noticeMs)]);
+    }
+    for (const session of this.#sessions.values()) {
+      session.close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN);
+    }
+    const left = Math.max(0, timeoutMs - (this.#clock.now() - startedAt));
+    await Promise.race([this.#drained.promise, wait(left)]);
     abort.abort();
     this.#state = "closed";
     this.#log.info("rendezvous closed", { remaining: this.#sessions.size });

@@ -158,6 +158,8 @@ export class RendezvousClient {
   #running = false;
   /** The socket of the open session, if any. */
   #socket: WebSocketLike | undefined;
+  /** A socket the rendezvous said it is about to close: nothing more is sent on it. */
+  #quiet: WebSocketLike | undefined;
   #rttMs: number | null = null;
   #openedAt = 0;
   /** The heartbeat in flight: its number and when it left. */
@@ -300,6 +302,7 @@ export class RendezvousClient {
         socket?.removeEventListener("error", onError);
         this.#connectedSince = null;
         if (this.#socket === socket) this.#socket = undefined;
+        if (this.#quiet === socket) this.#quiet = undefined;
         const now = clock.now();
         this.#emit({ type: "disconnected", code, reason, opened });
         const fields = {
@@ -386,7 +389,21 @@ export class RendezvousClient {
           });
           return;
         }
+        if (message.type === "going_away") return goQuiet(message.reason);
         this.#onServerMessage(message);
+      };
+
+      /**
+       * The rendezvous closes this session next: stop sending (a frame that
+       * crosses its close frame would cost us the clean 1001) and wait for
+       * the close, within the heartbeat bound.
+       */
+      const goQuiet = (reason: string) => {
+        clock.clearTimeout(heartbeatTimer);
+        heartbeatTimer = undefined;
+        this.#quiet = socket;
+        logger.info("rendezvous going away", { worker_id: workerId, reason });
+        armDeadline();
       };
 
       const onClose = (event: Event) => {
@@ -470,6 +487,8 @@ export class RendezvousClient {
           mapping: message.mapping,
         });
         return;
+      case "going_away": // handled by the session
+        return;
       case "error":
         logger.warn("rendezvous rejected a message", {
           worker_id: workerId,
@@ -508,7 +527,7 @@ export class RendezvousClient {
   }
 
   #send(socket: WebSocketLike, message: ClientMessage): boolean {
-    if (socket.readyState !== WebSocket.OPEN) return false;
+    if (socket.readyState !== WebSocket.OPEN || socket === this.#quiet) return false;
     try {
       socket.send(encodeMessage(message));
       return true;

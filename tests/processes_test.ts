@@ -92,7 +92,7 @@ Deno.test("rendezvous restart: it exits 0 on SIGTERM with 1001, and workers re-r
     assert.ok(Date.now() - stopAt < 5000, "well inside Cloud Run's 10 s grace");
     for (const worker of workers) {
       const line = await worker.waitForLog("disconnected from rendezvous");
-      assert.equal(line.code, 1001);
+      assert.equal(line.code, 1001, worker.dump());
     }
     const restartedAt = Date.now();
     second = (await spawnRendezvous({ PORT: String(first.port) })).proc;

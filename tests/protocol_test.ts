@@ -95,6 +95,14 @@ Deno.test("parseServerMessage() reads every server message and tolerates extra f
     ),
     { type: "echo_response", original_payload: { heartbeat: 3 }, processed_by_rendezvous: "ok" },
   );
+  assert.deepEqual(
+    parseServerMessage('{"type":"going_away","reason":"rendezvous shutting down"}'),
+    {
+      type: "going_away",
+      reason: "rendezvous shutting down",
+    },
+  );
+  assert.deepEqual(parseServerMessage('{"type":"going_away"}'), { type: "going_away", reason: "" });
   assert.deepEqual(parseServerMessage('{"type":"error","code":"new_code","message":"m"}'), {
     type: "error",
     code: "new_code",

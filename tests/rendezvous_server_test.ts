@@ -3,7 +3,7 @@ import { CloseCode } from "../lib/close_codes.ts";
 import { Logger } from "../lib/log.ts";
 import { forwardedClientIp } from "../lib/rendezvous_server.ts";
 import { MemoryRegistry } from "../lib/registry.ts";
-import { listWorkers, startRendezvous, TestClient, waitFor, within } from "./_helpers.ts";
+import { listWorkers, Proc, startRendezvous, TestClient, waitFor, within } from "./_helpers.ts";
 
 Deno.test("rendezvous lists a registered worker with its observed address and reported IP", async () => {
   const rv = await startRendezvous();
@@ -330,7 +330,7 @@ Deno.test("rendezvous serves /, /health and /ready through its lifecycle", async
   }
 });
 
-Deno.test("rendezvous close() sends 1001 to every worker, then refuses with 503", async () => {
+Deno.test("rendezvous close() gives notice, sends 1001 to every worker, then refuses with 503", async () => {
   const lines: string[] = [];
   const rv = await startRendezvous({ logger: new Logger({ sink: (l) => lines.push(l) }) });
   let closedServer = false;
@@ -338,6 +338,9 @@ Deno.test("rendezvous close() sends 1001 to every worker, then refuses with 503"
     const a = await TestClient.connect(`${rv.ws}/ws/register/a`);
     const b = await TestClient.connect(`${rv.ws}/ws/register/b`);
     await rv.rendezvous.close(2000);
+    const notice = { type: "going_away", reason: "rendezvous shutting down" };
+    assert.deepEqual(await a.next(), notice);
+    assert.deepEqual(await b.next(), notice);
     assert.equal((await within(a.closed, 2000, "a closed")).code, 1001);
     assert.equal((await within(b.closed, 2000, "b closed")).code, 1001);
     assert.equal(rv.rendezvous.state, "closed");
@@ -484,6 +487,28 @@ Deno.test("rendezvous streams a large listing as one valid JSON document", async
     assert.equal(listing.workers.w2499.websocket_observed_port, 2499);
     assert.equal(listing.workers.w0.connected_at, "1970-01-01T00:00:00.000Z");
   } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("rendezvous close() stays clean for workers that were sending when it began", async () => {
+  // Deno's server drops a closing connection outright (no close frame, code
+  // 0 on both sides) when a frame crosses its close frame. Workers that go
+  // quiet on the notice all get the clean 1001, however busy they were. The
+  // clients run in their own process, so their frames really cross.
+  const rv = await startRendezvous({ messageRatePerSec: 100_000, messageBurst: 100_000 });
+  const clients = Proc.deno(
+    ["run", "--allow-net", "--allow-env", "tests/_busy_clients.ts", rv.ws, "40"],
+    { HONOR_NOTICE: "1" },
+  );
+  try {
+    await clients.waitForLog("streaming");
+    await rv.rendezvous.close(3000);
+    const status = await within(clients.status, 5000, "clients exit");
+    assert.equal(status.code, 0, clients.dump());
+    assert.deepEqual(JSON.parse(clients.stdout), Array(40).fill(1001));
+  } finally {
+    await clients.stop();
     await rv.close();
   }
 });

@@ -191,6 +191,48 @@ Deno.test("RendezvousClient reconnects at once after 1001, but not twice in a ro
   await stop(t);
 });
 
+Deno.test("RendezvousClient goes quiet on going_away, waits for the close, then reconnects at once", async () => {
+  const t = setup();
+  await flush();
+  t.last().open();
+  t.last().receive({ type: "registered", worker_id: "w1", observed_ip: "127.0.0.1" });
+  await t.clock.tick(1000);
+  const beats = () => t.last().sent.filter((m) => m.type === "echo_request").length;
+  assert.equal(beats(), 1, "heartbeat running");
+  t.last().receive({ type: "going_away", reason: "rendezvous shutting down" });
+  const sentBefore = t.last().sent.length;
+  assert.equal(t.client.send({ type: "relay", to: "peer", data: "AA==" }), false, "nothing sent");
+  await t.clock.tick(400); // inside the 500 ms heartbeat bound: no heartbeat, no abandon
+  assert.equal(t.last().sent.length, sentBefore);
+  t.last().serverClose(1001, "rendezvous shutting down");
+  await flush();
+  assert.equal((t.events.at(-1) as { delay_ms: number }).delay_ms, 0, "reconnects at once");
+  await t.clock.tick(0);
+  assert.equal(t.sockets.length, 2);
+  t.last().open();
+  t.last().receive({ type: "registered", worker_id: "w1", observed_ip: "127.0.0.1" });
+  assert.equal(
+    t.client.send({ type: "relay", to: "peer", data: "AA==" }),
+    true,
+    "new session sends",
+  );
+  await stop(t);
+});
+
+Deno.test("RendezvousClient gives up on a socket that gave notice but never closed", async () => {
+  const t = setup();
+  await flush();
+  t.last().open();
+  t.last().receive({ type: "going_away", reason: "rendezvous shutting down" });
+  await t.clock.tick(500);
+  assert.ok(t.types().includes("heartbeat_timeout"));
+  await flush();
+  const delay = (t.events.at(-1) as { delay_ms: number }).delay_ms;
+  await t.clock.tick(delay);
+  assert.equal(t.sockets.length, 2, "a new connection");
+  await stop(t);
+});
+
 Deno.test("RendezvousClient widens the backoff while the rendezvous is down and resets after a stable session", async () => {
   const t = setup();
   const delays = () =>

@@ -44,6 +44,8 @@ export interface PairResult {
   /** ms from this side's connect request to its first relayed frame. */
   firstRelayMs: number | null;
   strategy: string | null;
+  /** Times this side lost a direct path to the peer. */
+  lost: number;
   /** This side's link events for the pair (for failure messages). */
   events: string[];
 }
@@ -55,9 +57,11 @@ export interface LabRun {
 
 /**
  * Builds the lab, runs every worker for `seconds`, and reads each pair's
- * outcome from the workers' logs.
+ * outcome from the workers' logs. With `holdMs`, a pair that goes direct
+ * is settled only once it still receives on the direct path `holdMs` after
+ * its first direct message (so keepalives and loss detection have run).
  */
-export async function runPunchLab(seconds: number): Promise<LabRun> {
+export async function runPunchLab(seconds: number, holdMs = 0): Promise<LabRun> {
   const lab = await NetLab.create();
   const procs = new Map<string, Proc>();
   const started = Date.now();
@@ -104,7 +108,11 @@ export async function runPunchLab(seconds: number): Promise<LabRun> {
           if (a.id === b.id) return true;
           const mine = procs.get(a.id)!.lines.filter((l) => l.peer_id === b.id);
           const received = mine.filter((l) => l.message === "peer message received");
-          return received.length >= 3 && received.at(-1)!.path === expectedPath(a.id, b.id);
+          const last = received.at(-1);
+          if (received.length < 3 || last!.path !== expectedPath(a.id, b.id)) return false;
+          const firstDirect = received.find((l) => l.path === "direct");
+          return !firstDirect ||
+            Date.parse(String(last!.time)) - Date.parse(String(firstDirect.time)) >= holdMs;
         })
       );
     await waitFor(settled, "every pair to settle", seconds * 1000, 250).catch(() => {});
@@ -130,6 +138,7 @@ export async function runPunchLab(seconds: number): Promise<LabRun> {
             ? firstRelay.ms_since_connect
             : null,
           strategy: punch ? String(punch.strategy) : null,
+          lost: mine.filter((l) => l.message === "peer direct path lost").length,
           events: mine.filter((l) => l.message !== "peer message received").map((l) => {
             const { severity: _s, service: _v, worker_id: _w, peer_id: _p, ...rest } = l;
             return JSON.stringify(rest);

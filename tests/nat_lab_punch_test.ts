@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { LINK_TIMING } from "../lib/peer_link.ts";
 import { netlabUnavailable } from "./_netlab.ts";
 import { type PairResult, runPunchLab } from "./_punch_lab.ts";
 
@@ -19,10 +20,13 @@ function median(values: number[]): number {
 }
 
 Deno.test({
-  name: "NAT lab: every pair gets a direct path where the NATs allow it, and messages either way",
+  name:
+    "NAT lab: every pair gets a direct path where the NATs allow it, keeps it, and messages either way",
   ignore: skip !== undefined,
   async fn() {
-    const { results, seconds } = await runPunchLab(40);
+    // Direct paths must outlive a keepalive round and the loss timeout.
+    const hold = LINK_TIMING.keepaliveMs + LINK_TIMING.lostAfterMs + 1000;
+    const { results, seconds } = await runPunchLab(40, hold);
     const show = (r: PairResult) =>
       `${r.from} ← ${r.to}: ${r.path} (expected ${r.expected}), ${r.messages} msgs, direct after ${r.directMs} ms, strategy ${r.strategy}`;
     console.log(`lab ran ${seconds.toFixed(1)} s`);
@@ -37,6 +41,8 @@ Deno.test({
     };
     const missing = shouldBeDirect.filter((r) => !direct.includes(r));
     assert.equal(missing.length, 0, missing.map(detail).join("\n"));
+    const lost = direct.filter((r) => r.lost > 0);
+    assert.equal(lost.length, 0, `direct paths lost:\n${lost.map(detail).join("\n")}`);
     for (const r of results.filter((r) => r.expected === "relay")) {
       assert.equal(r.path, "relay", show(r));
     }

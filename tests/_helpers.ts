@@ -243,9 +243,11 @@ export class Proc {
       }
     };
     this.#listeners.add(listener);
-    return within(promise, timeoutMs, `log "${message}"`).finally(() =>
-      this.#listeners.delete(listener)
-    );
+    return within(promise, timeoutMs, `log "${message}"`).catch((error) => {
+      // The process's last lines say why it never came.
+      const tail = this.lines.slice(-30).map((l) => JSON.stringify(l)).join("\n    ");
+      throw new Error(`${(error as Error).message}; last lines:\n    ${tail}`, { cause: error });
+    }).finally(() => this.#listeners.delete(listener));
   }
 
   /** Every stderr line, for failure messages. */

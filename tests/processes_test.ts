@@ -151,7 +151,7 @@ Deno.test("worker notices a silently dead connection through its heartbeat and r
     );
     assert.equal(lost.timeout_ms, 600);
     const count = worker.lines.length;
-    await worker.waitForLog("registered with rendezvous", () => true, 5000, count);
+    await worker.waitForLog("registered with rendezvous", () => true, 10_000, count);
     const after = (await listWorkers(rv.http)).workers.blackholed.websocket_observed_port;
     assert.notEqual(after, before, "a new session from a new port replaced the dead one");
   } finally {

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { type Frame, importSessionKey, openFrame, sealFrame, toBase64 } from "../lib/peer_frame.ts";
-import { LINK_TIMING, type LinkEvent, PeerLink } from "../lib/peer_link.ts";
+import { LINK_TIMING, type LinkEvent, PeerLink, type PeerLinkDeps } from "../lib/peer_link.ts";
 import type { Candidate, NatMapping, PathKind, PunchMessage, UdpAddress } from "../lib/protocol.ts";
 import { FakeClock } from "./_fake_clock.ts";
 
@@ -137,6 +137,37 @@ class Net {
 
 const text = (s: string) => new TextEncoder().encode(s);
 
+/** Dependencies that do nothing, for a link driven by hand. */
+function inert(overrides: Partial<PeerLinkDeps> = {}): PeerLinkDeps {
+  return {
+    clock: new FakeClock(0),
+    sendUdp: () => {},
+    sendRelay: () => {},
+    openSockets: () => [],
+    closeSockets: () => {},
+    requestConnect: () => {},
+    onMessage: () => {},
+    onPath: () => {},
+    ...overrides,
+  };
+}
+
+/** An introduction to session a1 under KEY, without candidates. */
+function introduction(overrides: Partial<PunchMessage> = {}): PunchMessage {
+  return {
+    type: "punch",
+    peer_id: "a",
+    session_id: "00000000000000a1",
+    key: KEY,
+    candidates: [],
+    peer_nat: null,
+    own_nat: null,
+    role: "responder",
+    delay_ms: 0,
+    ...overrides,
+  };
+}
+
 Deno.test("PeerLink relays from the introduction, then moves to direct without loss or reordering", async () => {
   const net = new Net();
   try {
@@ -190,32 +221,16 @@ Deno.test("PeerLink keeps a relayed frame that arrives while its introduction is
   // being imported; it must wait for the key, not be dropped (and wait for
   // the relay's retransmission timeout).
   const received: string[] = [];
-  const link = new PeerLink("a", {
-    clock: new FakeClock(0),
-    sendUdp: () => {},
-    sendRelay: () => {},
-    openSockets: () => [],
-    closeSockets: () => {},
-    requestConnect: () => {},
-    onMessage: (payload) => received.push(new TextDecoder().decode(payload)),
-    onPath: () => {},
-  });
+  const link = new PeerLink(
+    "a",
+    inert({ onMessage: (payload) => received.push(new TextDecoder().decode(payload)) }),
+  );
   try {
     const frame = await sealFrame(
       { type: "data", sessionId: "00000000000000a1", seq: 0, payload: text("first") },
       await importSessionKey(KEY),
     );
-    const introduced = link.punch({
-      type: "punch",
-      peer_id: "a",
-      session_id: "00000000000000a1",
-      key: KEY,
-      candidates: [],
-      peer_nat: null,
-      own_nat: null,
-      role: "responder",
-      delay_ms: 0,
-    });
+    const introduced = link.punch(introduction());
     await Promise.all([introduced, link.receive(frame, undefined)]);
     assert.deepEqual(received, ["first"]);
   } finally {
@@ -226,29 +241,12 @@ Deno.test("PeerLink keeps a relayed frame that arrives while its introduction is
 Deno.test("PeerLink reports an introduction whose key it cannot use, and goes on", async () => {
   const events: LinkEvent[] = [];
   const connects: number[] = [];
-  const link = new PeerLink("a", {
-    clock: new FakeClock(0),
-    sendUdp: () => {},
-    sendRelay: () => {},
-    openSockets: () => [],
-    closeSockets: () => {},
-    requestConnect: () => connects.push(1),
-    onMessage: () => {},
-    onPath: () => {},
-    trace: (event) => events.push(event),
-  });
+  const link = new PeerLink(
+    "a",
+    inert({ requestConnect: () => connects.push(1), trace: (event) => events.push(event) }),
+  );
   try {
-    await link.punch({
-      type: "punch",
-      peer_id: "a",
-      session_id: "00000000000000a1",
-      key: "A".repeat(44), // decodes to 33 bytes
-      candidates: [],
-      peer_nat: null,
-      own_nat: null,
-      role: "responder",
-      delay_ms: 0,
-    });
+    await link.punch(introduction({ key: "A".repeat(44) })); // decodes to 33 bytes
     assert.deepEqual(events.map((e) => e.type), ["bad_introduction"]);
     assert.deepEqual(link.sessionIds, []);
     link.send(text("still usable")); // queued until a good introduction

@@ -127,7 +127,8 @@ export type LinkEvent =
 
 type Path =
   | { kind: "relay" }
-  | { kind: "direct"; to: UdpAddress; via: number; rttMs: number };
+  /** `rttMs` is null until measured (a path taken by nomination). */
+  | { kind: "direct"; to: UdpAddress; via: number; rttMs: number | null };
 
 interface Session {
   id: string;
@@ -196,8 +197,6 @@ export class PeerLink {
   #extras = new Set<number>();
   /** The peer (the hard side) nominated our path: its choice holds. */
   #following = false;
-  /** The direct path's RTT is not measured yet (it came by nomination). */
-  #rttUnknown = false;
   // Path upkeep.
   #keepaliveTimer?: TimerId;
   #lostTimer?: TimerId;
@@ -210,10 +209,9 @@ export class PeerLink {
   #reorder = new Map<number, Uint8Array>();
   #rtoTimer?: TimerId;
   #queued: Uint8Array[] = [];
-  // Settles once every introduction received so far has been taken in:
-  // frames that arrive while a session key is still being imported wait
-  // for it instead of being dropped as unauthenticated.
-  #introduced: Promise<void> = Promise.resolve();
+  // While a session key is being imported: frames that arrive meanwhile
+  // wait for it instead of being dropped as unauthenticated.
+  #introducing?: Promise<void>;
 
   constructor(peerId: string, deps: PeerLinkDeps) {
     this.peerId = peerId;
@@ -228,7 +226,7 @@ export class PeerLink {
 
   /** RTT of the direct path, if any. */
   get rttMs(): number | null {
-    return this.#path.kind === "direct" && !this.#rttUnknown ? this.#path.rttMs : null;
+    return this.#path.kind === "direct" ? this.#path.rttMs : null;
   }
 
   /** Session ids this link accepts frames for (current, then previous). */
@@ -257,7 +255,11 @@ export class PeerLink {
   async punch(message: PunchMessage): Promise<void> {
     if (this.#closed) return;
     const importing = importSessionKey(message.key);
-    this.#introduced = Promise.all([this.#introduced, importing]).then(() => {}, () => {});
+    const introducing = Promise.all([this.#introducing, importing]).then(() => {}, () => {});
+    this.#introducing = introducing;
+    introducing.then(() => {
+      if (this.#introducing === introducing) this.#introducing = undefined;
+    });
     let key: CryptoKey;
     try {
       key = await importing;
@@ -430,8 +432,7 @@ export class PeerLink {
     if (current.kind === "direct") {
       const same = current.to.ip === to.ip && current.to.port === to.port && current.via === via;
       if (same) {
-        current.rttMs = this.#rttUnknown ? rttMs : 0.8 * current.rttMs + 0.2 * rttMs;
-        this.#rttUnknown = false;
+        current.rttMs = current.rttMs === null ? rttMs : 0.8 * current.rttMs + 0.2 * rttMs;
         return;
       }
       // The peer nominated the path it keeps: our own checks do not move it.
@@ -441,11 +442,11 @@ export class PeerLink {
       if (current.via !== 0) return;
       // The best path wins: switch only for a clearly faster one (20 % and
       // 2 ms), so jitter between near-equal paths causes no flapping.
+      if (current.rttMs === null) return;
       if (rttMs > current.rttMs * 0.8 || current.rttMs - rttMs < 2) return;
     }
     const probing = this.#probing;
     this.#path = { kind: "direct", to, via, rttMs };
-    this.#rttUnknown = false;
     this.stats.directAt ??= this.#d.clock.now();
     this.#trace({ type: "direct", to: show(to), via, rtt_ms: rttMs, probes: probing?.probes ?? 0 });
     this.#d.onPath("direct", rttMs);
@@ -516,7 +517,7 @@ export class PeerLink {
    * the relay (`from` undefined). Frames that fail authentication are dropped.
    */
   async receive(bytes: Uint8Array, from: UdpAddress | undefined, via = 0): Promise<void> {
-    await this.#introduced;
+    if (this.#introducing) await this.#introducing;
     if (this.#closed) return;
     let frame: Frame | undefined;
     for (const session of [this.#session, this.#previous]) {
@@ -562,9 +563,9 @@ export class PeerLink {
         if (frame.nonce === this.#keepaliveNonce) {
           this.#keepaliveNonce = undefined;
           this.#heard();
-          if (this.#path.kind === "direct") {
-            this.#path.rttMs = this.#rttUnknown ? rtt : 0.8 * this.#path.rttMs + 0.2 * rtt;
-            this.#rttUnknown = false;
+          const path = this.#path;
+          if (path.kind === "direct") {
+            path.rttMs = path.rttMs === null ? rtt : 0.8 * path.rttMs + 0.2 * rtt;
           }
           return;
         }
@@ -616,15 +617,18 @@ export class PeerLink {
     if (this.#probing && !this.#probing.done) this.#stopProbing(via);
     if (this.#isPathTo(from, via)) return this.#heard();
     const path = this.#path;
-    const rttMs = path.kind === "direct" ? path.rttMs : 0;
-    this.#rttUnknown = path.kind !== "direct";
-    this.#path = { kind: "direct", to: from, via, rttMs };
+    this.#path = {
+      kind: "direct",
+      to: from,
+      via,
+      rttMs: path.kind === "direct" ? path.rttMs : null,
+    };
     this.stats.directAt ??= this.#d.clock.now();
     this.#trace({
       type: "direct",
       to: show(from),
       via,
-      rtt_ms: this.rttMs,
+      rtt_ms: this.#path.rttMs,
       probes: this.#probing?.probes ?? 0,
       nominated: true,
     });
@@ -721,7 +725,7 @@ export class PeerLink {
 
   #rto(): number {
     return this.#path.kind === "direct"
-      ? Math.max(LINK_TIMING.rtoMinMs, 2 * this.#path.rttMs)
+      ? Math.max(LINK_TIMING.rtoMinMs, 2 * (this.#path.rttMs ?? 0)) // unmeasured: the minimum
       : LINK_TIMING.relayRtoMs;
   }
 

@@ -7,14 +7,14 @@
  * @module
  */
 
-import { createLogger, helpText, loadOrExit, processEnv } from "./lib/config.ts";
-import { flushLogs } from "./lib/log.ts";
-import { loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous_config.ts";
-import { Rendezvous } from "./lib/rendezvous_server.ts";
-import { serveResilient } from "./lib/resilient_serve.ts";
-import { startStunOrExit } from "./lib/stun_config.ts";
-import type { StunServer } from "./lib/stun_server.ts";
-import { NAME, VERSION } from "./lib/version.ts";
+import { createLogger, helpText, loadOrExit, processEnv } from "./lib/core/env.ts";
+import { flushLogs } from "./lib/core/log.ts";
+import { loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous/config.ts";
+import { Rendezvous } from "./lib/rendezvous/server.ts";
+import { serveResilient } from "./lib/rendezvous/resilient_serve.ts";
+import { startStunOrExit } from "./lib/stun/config.ts";
+import type { StunServer } from "./lib/stun/server.ts";
+import { NAME, VERSION } from "./lib/core/version.ts";
 
 if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
   console.log(

@@ -15,11 +15,11 @@ import {
   LOG_VARIABLES,
   logConfig,
   processEnv,
-} from "./lib/config.ts";
-import { flushLogs } from "./lib/log.ts";
-import { loadStunConfig, startStunOrExit, STUN_VARIABLES } from "./lib/stun_config.ts";
-import type { StunServer } from "./lib/stun_server.ts";
-import { VERSION } from "./lib/version.ts";
+} from "./lib/core/env.ts";
+import { flushLogs } from "./lib/core/log.ts";
+import { loadStunConfig, startStunOrExit, STUN_VARIABLES } from "./lib/stun/config.ts";
+import type { StunServer } from "./lib/stun/server.ts";
+import { VERSION } from "./lib/core/version.ts";
 
 if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
   console.log(

@@ -7,17 +7,17 @@
  * @module
  */
 
-import { Backoff } from "./lib/backoff.ts";
-import { createLogger, helpText, loadOrExit, processEnv } from "./lib/config.ts";
-import { flushLogs } from "./lib/log.ts";
-import { fetchPublicIp } from "./lib/public_ip.ts";
-import { VERSION } from "./lib/version.ts";
-import { RendezvousClient } from "./lib/worker_client.ts";
-import { loadWorkerConfig, registrationUrl, WORKER_VARIABLES } from "./lib/worker_config.ts";
-import { workerHealthHandler } from "./lib/worker_health.ts";
-import { startWorkerUdp, type WorkerUdp } from "./lib/worker_udp.ts";
-import { PeerManager } from "./lib/peer_manager.ts";
-import { describeHello, sendHello, startHello } from "./lib/peer_hello.ts";
+import { Backoff } from "./lib/core/backoff.ts";
+import { createLogger, helpText, loadOrExit, processEnv } from "./lib/core/env.ts";
+import { flushLogs } from "./lib/core/log.ts";
+import { fetchPublicIp } from "./lib/worker/public_ip.ts";
+import { VERSION } from "./lib/core/version.ts";
+import { RendezvousClient } from "./lib/worker/client.ts";
+import { loadWorkerConfig, registrationUrl, WORKER_VARIABLES } from "./lib/worker/config.ts";
+import { workerHealthHandler } from "./lib/worker/health.ts";
+import { startWorkerUdp, type WorkerUdp } from "./lib/worker/udp.ts";
+import { PeerManager } from "./lib/peer/manager.ts";
+import { describeHello, sendHello, startHello } from "./lib/worker/hello.ts";
 
 if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
   console.log(helpText(`holepunch worker ${VERSION}`, "deno task worker", WORKER_VARIABLES));

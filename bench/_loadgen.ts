@@ -12,7 +12,7 @@
  * @module
  */
 
-import { ReconnectPolicy } from "../lib/reconnect_policy.ts";
+import { ReconnectPolicy } from "../lib/worker/reconnect_policy.ts";
 
 interface Options {
   port: number;

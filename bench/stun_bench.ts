@@ -18,7 +18,7 @@ import {
   parseStunMessage,
   StunClass,
   StunMethod,
-} from "../lib/stun.ts";
+} from "../lib/stun/codec.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const SOCKETS = 8;

@@ -4,9 +4,9 @@
  * condition with a deadline instead of sleeping.
  */
 
-import { ipEchoHandler } from "../lib/ip_echo.ts";
-import type { WorkerListing } from "../lib/protocol.ts";
-import { Rendezvous, type RendezvousOptions } from "../lib/rendezvous_server.ts";
+import { ipEchoHandler } from "../lib/rendezvous/ip_echo.ts";
+import type { WorkerListing } from "../lib/protocol/messages.ts";
+import { Rendezvous, type RendezvousOptions } from "../lib/rendezvous/server.ts";
 
 export const ROOT = new URL("../", import.meta.url);
 export const DENO = Deno.execPath();

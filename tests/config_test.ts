@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { ConfigError } from "../lib/config.ts";
-import { loadRendezvousConfig } from "../lib/rendezvous_config.ts";
-import { loadWorkerConfig, registrationUrl, rendezvousBaseUrl } from "../lib/worker_config.ts";
+import { ConfigError } from "../lib/core/env.ts";
+import { loadRendezvousConfig } from "../lib/rendezvous/config.ts";
+import { loadWorkerConfig, registrationUrl, rendezvousBaseUrl } from "../lib/worker/config.ts";
 
 Deno.test("loadRendezvousConfig() has production defaults", () => {
   const config = loadRendezvousConfig({});

@@ -284,8 +284,8 @@ Deno.test("stun.ts answers until SIGTERM, then logs its counters and exits 0", a
   });
   try {
     const port = (await stun.waitForLog("stun server listening")).port as number;
-    const { StunClient } = await import("../lib/stun_client.ts");
-    const { UdpEndpoint } = await import("../lib/udp.ts");
+    const { StunClient } = await import("../lib/stun/client.ts");
+    const { UdpEndpoint } = await import("../lib/peer/udp_endpoint.ts");
     const udp = UdpEndpoint.bind({ hostname: "127.0.0.1" });
     const client = new StunClient((b, to) => udp.send(b, to), { rtoMs: 50 });
     udp.onStun = (b, from) => client.handle(b, from);

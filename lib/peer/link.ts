@@ -1,0 +1,787 @@
+/**
+ * One worker's link to one peer: punching a direct UDP path, keeping it,
+ * falling back to the relay, and carrying an ordered, lossless message
+ * stream over whichever path is current.
+ *
+ * All I/O is injected ({@linkcode PeerLinkDeps}): the link decides what to
+ * send and when, on an injected clock, so tests run it against a simulated
+ * network with no sockets, and the NAT lab runs it against real NATs.
+ *
+ * Strategies (after the rendezvous's `punch`, at the agreed start time):
+ * - ICE-style checks: a probe every 50 ms, round robin over the peer's
+ *   candidates (local first, then public), at most 200; every probe is
+ *   answered by an ack; a probe from an address we have not checked yet is
+ *   answered with a triggered probe (peer-reflexive, RFC 8445 §7.3.1.4).
+ * - Hard side (our mapping endpoint-dependent, the peer's not): 256 extra
+ *   sockets each probe the peer's public endpoint once a second for 15 s,
+ *   opening 256 mappings in our NAT...
+ * - ...while the easy side (the peer hard, we not) sprays probes at random
+ *   ports of the peer's public IP, one every 5 ms for 15 s: 3,000 tries at
+ *   256 open mappings in ~64,500 ports succeed with probability
+ *   1 - (1 - 256/64512)^3000 ≈ 99.99 % (the birthday attack Tailscale and
+ *   hyperdht use).
+ * - Both hard: local candidates only; the relay carries the data.
+ * The first probe/ack round trip selects a path; checks go on for 300 ms in
+ * case a faster one answers, then stop. Every strategy is bounded in packets
+ * and time (see {@linkcode LINK_TIMING}).
+ *
+ * Nomination: the two sides may select different pairs, which matters only
+ * when one side is hard. Its NAT opened a mapping per extra socket, and the
+ * easy side's acks may have come through any of them, but the hard side
+ * keeps one socket and closes the rest. So, like ICE's controlling agent
+ * (RFC 8445 §8.1.1), the hard side nominates: once settled, and with every
+ * keepalive, it sends `nominate` from the socket it kept, and the easy side
+ * moves its path to wherever the nomination came from and stops choosing on
+ * its own. Neither side ever moves its path onto a socket it has closed.
+ *
+ * @module
+ */
+
+import type { Clock, TimerId } from "../core/clock.ts";
+import {
+  type Frame,
+  FrameError,
+  importSessionKey,
+  MAX_FRAME_PAYLOAD,
+  newNonce,
+  openFrame,
+  sealFrame,
+} from "./frame.ts";
+import type {
+  Candidate,
+  NatMapping,
+  PathKind,
+  PunchMessage,
+  UdpAddress,
+} from "../protocol/messages.ts";
+
+/** Every timing and bound of the link, with the reason for each. */
+export const LINK_TIMING = {
+  /** RFC 8445 §14.2's Ta: one check every 50 ms. */
+  probeIntervalMs: 50,
+  /** 10 s of checks per punch. */
+  maxProbes: 200,
+  /** After the first working path, listen this long for a faster one. */
+  settleMs: 300,
+  /** Sockets the endpoint-dependent side opens (Tailscale uses 256). */
+  hardSockets: 256,
+  /** Each hard-side socket probes once per round... */
+  hardRoundMs: 1000,
+  /** ...for this many rounds. */
+  hardRounds: 15,
+  /** The easy side sprays one random-port probe this often... */
+  sprayIntervalMs: 5,
+  /** ...at most this many (15 s). */
+  sprayMax: 3000,
+  /** Ports a NAT may pick (Linux: 1024–65535). */
+  sprayPortMin: 1024,
+  /** Keepalive on the direct path: well under Cloud NAT's 30 s UDP timeout. */
+  keepaliveMs: 5000,
+  /** A keepalive unanswered this long means the path is gone. */
+  lostAfterMs: 3000,
+  /** After a failed punch or a lost path, ask for a new introduction this often. */
+  upgradeRetryMs: 30_000,
+  /** Retransmission timeout on the direct path: at least this, else 2×RTT. */
+  rtoMinMs: 200,
+  /** The relay is a TCP stream; resend only after long silence (or a path change). */
+  relayRtoMs: 3000,
+  /** Messages in flight per link before `send` refuses more. */
+  window: 4096,
+  /** Out-of-order messages held per link. */
+  reorderBuffer: 4096,
+} as const;
+
+/** What the link needs from its surroundings. */
+export interface PeerLinkDeps {
+  clock: Clock;
+  /** Sends a frame over UDP from socket `via` (0: the worker's main socket). */
+  sendUdp(bytes: Uint8Array, to: UdpAddress, via: number): void;
+  /** Sends a frame through the rendezvous relay. */
+  sendRelay(bytes: Uint8Array): void;
+  /** Opens up to `count` extra sockets; returns their `via` numbers. */
+  openSockets(count: number): number[];
+  closeSockets(vias: number[]): void;
+  /** Asks the rendezvous for a (new) introduction. */
+  requestConnect(): void;
+  /** A message from the peer, in order. */
+  onMessage(payload: Uint8Array, path: PathKind): void;
+  /** The path changed. */
+  onPath(path: PathKind, rttMs: number | null): void;
+  /** Events in order, for logs and tests. */
+  trace?(event: LinkEvent): void;
+  /** @default {Math.random} */
+  random?: () => number;
+}
+
+/** What happened on a link. */
+export type LinkEvent =
+  | { type: "punch"; session: string; role: string; candidates: number; strategy: string }
+  | {
+    type: "direct";
+    to: string;
+    via: number;
+    rtt_ms: number | null;
+    probes: number;
+    /** Set when the peer nominated this path. */
+    nominated?: boolean;
+  }
+  | { type: "punch_failed"; probes: number }
+  | { type: "path_lost"; to: string }
+  | { type: "relay" }
+  | { type: "first_relay" }
+  | { type: "bad_introduction"; reason: string };
+
+type Path =
+  | { kind: "relay" }
+  /** `rttMs` is null until measured (a path taken by nomination). */
+  | { kind: "direct"; to: UdpAddress; via: number; rttMs: number | null };
+
+interface Session {
+  id: string;
+  key: CryptoKey;
+  role: PunchMessage["role"];
+  candidates: Candidate[];
+  peerNat: NatMapping | null;
+  ownNat: NatMapping | null;
+}
+
+interface Probing {
+  session: string;
+  sent: Map<string, { to: UdpAddress; via: number }>;
+  probes: number;
+  timers: TimerId[];
+  extra: number[];
+  done: boolean;
+  startedAt: number;
+}
+
+const show = (a: UdpAddress) => (a.ip.includes(":") ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`);
+
+/** Counters and timings, for the health endpoint and the lab. */
+export interface LinkStats {
+  sent: { direct: number; relay: number };
+  received: { direct: number; relay: number };
+  retransmits: number;
+  /** Clock times: when the first punch arrived, the first relayed frame left, the path went direct. */
+  punchAt: number | null;
+  firstRelayAt: number | null;
+  directAt: number | null;
+  /** Punches that needed more than one attempt before going direct. */
+  punchAttempts: number;
+}
+
+/**
+ * A link to one peer.
+ *
+ * @example
+ * ```ts
+ * const link = new PeerLink("peer-7", deps);
+ * await link.punch(punchMessage);      // from the rendezvous
+ * link.send(new TextEncoder().encode("hello"));
+ * await link.receive(bytes, from, 0);  // every frame for this link
+ * ```
+ */
+export class PeerLink {
+  readonly peerId: string;
+  readonly stats: LinkStats = {
+    sent: { direct: 0, relay: 0 },
+    received: { direct: 0, relay: 0 },
+    retransmits: 0,
+    punchAt: null,
+    firstRelayAt: null,
+    directAt: null,
+    punchAttempts: 0,
+  };
+  #d: PeerLinkDeps;
+  #random: () => number;
+  #session?: Session;
+  #previous?: Session;
+  #path: Path = { kind: "relay" };
+  #probing?: Probing;
+  #closed = false;
+  /** Extra sockets this link opened and has not closed. */
+  #extras = new Set<number>();
+  /** The peer (the hard side) nominated our path: its choice holds. */
+  #following = false;
+  // Path upkeep.
+  #keepaliveTimer?: TimerId;
+  #lostTimer?: TimerId;
+  #keepaliveNonce?: string;
+  #upgradeTimer?: TimerId;
+  // The stream.
+  #nextSeq = 0;
+  #unacked = new Map<number, { payload: Uint8Array; sentAt: number }>();
+  #expected = 0;
+  #reorder = new Map<number, Uint8Array>();
+  #rtoTimer?: TimerId;
+  #queued: Uint8Array[] = [];
+  // While a session key is being imported: frames that arrive meanwhile
+  // wait for it instead of being dropped as unauthenticated.
+  #introducing?: Promise<void>;
+
+  constructor(peerId: string, deps: PeerLinkDeps) {
+    this.peerId = peerId;
+    this.#d = deps;
+    this.#random = deps.random ?? Math.random;
+  }
+
+  /** The current path. */
+  get path(): PathKind {
+    return this.#path.kind;
+  }
+
+  /** RTT of the direct path, if any. */
+  get rttMs(): number | null {
+    return this.#path.kind === "direct" ? this.#path.rttMs : null;
+  }
+
+  /** Session ids this link accepts frames for (current, then previous). */
+  get sessionIds(): string[] {
+    return [this.#session?.id, this.#previous?.id].filter((s): s is string => s !== undefined);
+  }
+
+  /** Where the direct path goes, if there is one. */
+  get directTo(): string | null {
+    return this.#path.kind === "direct" ? show(this.#path.to) : null;
+  }
+
+  #trace(event: LinkEvent): void {
+    this.#d.trace?.(event);
+  }
+
+  #timer(fn: () => void, ms: number): TimerId {
+    return this.#d.clock.setTimeout(() => {
+      if (!this.#closed) fn();
+    }, ms);
+  }
+
+  // ---- punching -------------------------------------------------------------
+
+  /** Starts (or restarts) punching with the rendezvous's introduction. */
+  async punch(message: PunchMessage): Promise<void> {
+    if (this.#closed) return;
+    const importing = importSessionKey(message.key);
+    const introducing = Promise.all([this.#introducing, importing]).then(() => {}, () => {});
+    this.#introducing = introducing;
+    introducing.then(() => {
+      if (this.#introducing === introducing) this.#introducing = undefined;
+    });
+    let key: CryptoKey;
+    try {
+      key = await importing;
+    } catch (error) {
+      this.#trace({ type: "bad_introduction", reason: String(error) });
+      return;
+    }
+    if (this.#closed) return;
+    if (this.#session?.id !== message.session_id) {
+      this.#previous = this.#session;
+      this.#following = false;
+    }
+    this.#session = {
+      id: message.session_id,
+      key,
+      role: message.role,
+      candidates: message.candidates,
+      peerNat: message.peer_nat,
+      ownNat: message.own_nat,
+    };
+    this.stats.punchAt ??= this.#d.clock.now();
+    if (this.#path.kind !== "direct") this.stats.punchAttempts++;
+    // From the moment of introduction the relay carries data.
+    const queued = this.#queued.splice(0);
+    for (const payload of queued) this.send(payload);
+    this.#retransmitAll();
+    // A direct path may go on over the socket it uses while the new attempt runs.
+    this.#stopProbing(this.#path.kind === "direct" ? this.#path.via : undefined);
+    this.#timer(() => this.#startProbing(message.session_id), message.delay_ms);
+  }
+
+  #startProbing(sessionId: string): void {
+    const session = this.#session;
+    if (!session || session.id !== sessionId) return;
+    const ownHard = session.ownNat === "endpoint-dependent";
+    const peerHard = session.peerNat === "endpoint-dependent";
+    const noUdp = session.ownNat === "no-udp" || session.peerNat === "no-udp";
+    const locals = session.candidates.filter((c) => c.kind === "local");
+    const publics = session.candidates.filter((c) => c.kind === "public");
+    const checks = noUdp ? [] : ownHard && peerHard ? locals : [...locals, ...publics];
+    const strategy = noUdp
+      ? "relay-only"
+      : ownHard && peerHard
+      ? "both-hard"
+      : ownHard && publics.length > 0
+      ? "hard-side"
+      : peerHard && publics.length > 0
+      ? "easy-side"
+      : "ice";
+    const probing: Probing = {
+      session: sessionId,
+      sent: new Map(),
+      probes: 0,
+      timers: [],
+      extra: [],
+      done: false,
+      startedAt: this.#d.clock.now(),
+    };
+    this.#probing = probing;
+    this.#trace({
+      type: "punch",
+      session: sessionId,
+      role: session.role,
+      candidates: checks.length,
+      strategy,
+    });
+    if (checks.length === 0) return this.#punchFailed(probing);
+
+    let i = 0;
+    const check = () => {
+      if (probing.done || probing.probes >= LINK_TIMING.maxProbes) {
+        return this.#maybeGiveUp(probing);
+      }
+      const to = checks[i++ % checks.length];
+      this.#probe(probing, to, 0);
+      probing.timers.push(this.#timer(check, LINK_TIMING.probeIntervalMs));
+    };
+    check();
+
+    if (strategy === "hard-side") {
+      probing.extra = this.#d.openSockets(LINK_TIMING.hardSockets);
+      for (const via of probing.extra) this.#extras.add(via);
+      let round = 0;
+      const fire = () => {
+        if (probing.done || round++ >= LINK_TIMING.hardRounds) return this.#maybeGiveUp(probing);
+        for (const via of probing.extra) this.#probe(probing, publics[0], via, false);
+        probing.timers.push(this.#timer(fire, LINK_TIMING.hardRoundMs));
+      };
+      fire();
+    } else if (strategy === "easy-side") {
+      let sprayed = 0;
+      const span = 65536 - LINK_TIMING.sprayPortMin;
+      const spray = () => {
+        if (probing.done || sprayed++ >= LINK_TIMING.sprayMax) return this.#maybeGiveUp(probing);
+        const port = LINK_TIMING.sprayPortMin + Math.floor(this.#random() * span);
+        this.#probe(probing, { ip: publics[0].ip, port }, 0, false);
+        probing.timers.push(this.#timer(spray, LINK_TIMING.sprayIntervalMs));
+      };
+      spray();
+    }
+  }
+
+  /** Gives up when every strategy of this attempt has run out. */
+  #maybeGiveUp(probing: Probing): void {
+    if (probing.done || this.#path.kind === "direct") return;
+    const session = this.#session;
+    const ownHard = session?.ownNat === "endpoint-dependent";
+    const peerHard = session?.peerNat === "endpoint-dependent";
+    // Give up once the longest strategy of this attempt has run (plus a
+    // second for late answers), counted from the start.
+    const longest = Math.max(
+      LINK_TIMING.maxProbes * LINK_TIMING.probeIntervalMs,
+      ownHard !== peerHard ? LINK_TIMING.hardRounds * LINK_TIMING.hardRoundMs : 0,
+      ownHard !== peerHard ? LINK_TIMING.sprayMax * LINK_TIMING.sprayIntervalMs : 0,
+    );
+    const wait = probing.startedAt + longest + 1000 - this.#d.clock.now();
+    probing.timers.push(this.#timer(() => this.#punchFailed(probing), Math.max(0, wait)));
+  }
+
+  #punchFailed(probing: Probing): void {
+    if (probing.done || this.#probing !== probing || this.#path.kind === "direct") return;
+    this.#trace({ type: "punch_failed", probes: probing.probes });
+    this.#stopProbing();
+    this.#scheduleUpgrade();
+  }
+
+  #probe(probing: Probing, to: UdpAddress, via: number, counted = true): void {
+    const session = this.#session;
+    if (!session) return;
+    const nonce = newNonce();
+    probing.sent.set(nonce, { to, via });
+    if (counted) probing.probes++;
+    this.#sendUdp(
+      { type: "probe", sessionId: session.id, nonce, time: this.#d.clock.now() },
+      to,
+      via,
+    );
+  }
+
+  #stopProbing(keepVia?: number): void {
+    const probing = this.#probing;
+    if (!probing) return;
+    probing.done = true;
+    for (const t of probing.timers) this.#d.clock.clearTimeout(t);
+    this.#closeSockets(probing.extra.filter((v) => v !== keepVia));
+    probing.extra = probing.extra.filter((v) => v === keepVia);
+  }
+
+  #closeSockets(vias: number[]): void {
+    const open = vias.filter((v) => this.#extras.delete(v));
+    if (open.length) this.#d.closeSockets(open);
+  }
+
+  /** True for the main socket and extra sockets not closed yet. */
+  #isOpen(via: number): boolean {
+    return via === 0 || this.#extras.has(via);
+  }
+
+  #scheduleUpgrade(): void {
+    if (this.#upgradeTimer !== undefined) return;
+    this.#upgradeTimer = this.#timer(() => {
+      this.#upgradeTimer = undefined;
+      if (this.#path.kind !== "direct") this.#d.requestConnect();
+    }, LINK_TIMING.upgradeRetryMs);
+  }
+
+  #select(to: UdpAddress, via: number, rttMs: number): void {
+    if (!this.#isOpen(via)) return; // a late answer on a socket closed since
+    const current = this.#path;
+    if (current.kind === "direct") {
+      const same = current.to.ip === to.ip && current.to.port === to.port && current.via === via;
+      if (same) {
+        current.rttMs = current.rttMs === null ? rttMs : 0.8 * current.rttMs + 0.2 * rttMs;
+        return;
+      }
+      // The peer nominated the path it keeps: our own checks do not move it.
+      if (this.#following) return;
+      // A path through an extra socket (the hard side's) stays: the peer
+      // aims at that socket's mapping, and the others are about to close.
+      if (current.via !== 0) return;
+      // The best path wins: switch only for a clearly faster one (20 % and
+      // 2 ms), so jitter between near-equal paths causes no flapping.
+      if (current.rttMs === null) return;
+      if (rttMs > current.rttMs * 0.8 || current.rttMs - rttMs < 2) return;
+    }
+    const probing = this.#probing;
+    this.#path = { kind: "direct", to, via, rttMs };
+    this.stats.directAt ??= this.#d.clock.now();
+    this.#trace({ type: "direct", to: show(to), via, rtt_ms: rttMs, probes: probing?.probes ?? 0 });
+    this.#d.onPath("direct", rttMs);
+    if (probing && !probing.done) {
+      probing.timers.push(this.#timer(() => {
+        if (this.#path.kind !== "direct") return;
+        this.#stopProbing(this.#path.via);
+        // The hard side keeps one socket of many: nominate it at once.
+        if (this.#path.via !== 0) this.#keepalive();
+      }, LINK_TIMING.settleMs));
+    }
+    this.#clearUpgrade();
+    this.#retransmitAll();
+    this.#armKeepalive();
+  }
+
+  #clearUpgrade(): void {
+    if (this.#upgradeTimer !== undefined) this.#d.clock.clearTimeout(this.#upgradeTimer);
+    this.#upgradeTimer = undefined;
+  }
+
+  // ---- path upkeep ----------------------------------------------------------
+
+  #armKeepalive(): void {
+    if (this.#keepaliveTimer !== undefined) this.#d.clock.clearTimeout(this.#keepaliveTimer);
+    this.#keepaliveTimer = this.#timer(() => this.#keepalive(), LINK_TIMING.keepaliveMs);
+  }
+
+  /** Sends a keepalive now and re-arms the timer (also when called off it). */
+  #keepalive(): void {
+    const path = this.#path;
+    const session = this.#session;
+    if (path.kind !== "direct" || !session) return;
+    const nonce = newNonce();
+    this.#keepaliveNonce = nonce;
+    // From an extra socket (the hard side's), every keepalive nominates.
+    const type = path.via === 0 ? "probe" : "nominate";
+    this.#sendUdp(
+      { type, sessionId: session.id, nonce, time: this.#d.clock.now() },
+      path.to,
+      path.via,
+    );
+    if (this.#lostTimer === undefined) {
+      this.#lostTimer = this.#timer(() => this.#pathLost(), LINK_TIMING.lostAfterMs);
+    }
+    this.#armKeepalive();
+  }
+
+  #pathLost(): void {
+    this.#lostTimer = undefined;
+    const path = this.#path;
+    if (path.kind !== "direct") return;
+    this.#trace({ type: "path_lost", to: show(path.to) });
+    if (this.#keepaliveTimer !== undefined) this.#d.clock.clearTimeout(this.#keepaliveTimer);
+    this.#keepaliveTimer = undefined;
+    this.#closeSockets([path.via, ...(this.#probing?.extra.splice(0) ?? [])]);
+    this.#path = { kind: "relay" };
+    this.#trace({ type: "relay" });
+    this.#d.onPath("relay", null);
+    this.#retransmitAll();
+    this.#scheduleUpgrade();
+  }
+
+  // ---- receiving ------------------------------------------------------------
+
+  /**
+   * Handles one frame for this link: from UDP (`from`, socket `via`) or from
+   * the relay (`from` undefined). Frames that fail authentication are dropped.
+   */
+  async receive(bytes: Uint8Array, from: UdpAddress | undefined, via = 0): Promise<void> {
+    if (this.#introducing) await this.#introducing;
+    if (this.#closed) return;
+    let frame: Frame | undefined;
+    for (const session of [this.#session, this.#previous]) {
+      if (!session) continue;
+      try {
+        frame = await openFrame(bytes, session.key);
+        if (frame.sessionId !== session.id) frame = undefined;
+        else break;
+      } catch (error) {
+        if (!(error instanceof FrameError)) throw error;
+      }
+    }
+    if (frame === undefined) return; // unauthenticated or stale: dropped
+    const pathKind: PathKind = from ? "direct" : "relay";
+    switch (frame.type) {
+      case "nominate":
+        if (!from) return;
+        this.#sendUdp({ ...frame, type: "ack" }, from, via);
+        this.#follow(from, via);
+        return;
+      case "probe":
+        if (!from) return;
+        this.#sendUdp({ ...frame, type: "ack" }, from, via);
+        // Triggered check (RFC 8445 §7.3.1.4): a probe that got through means
+        // our probe back can too, now, whatever we sent there before (a
+        // mapping the peer's NAT opened after our earlier probe was dropped).
+        if (this.#probing && !this.#probing.done && !this.#isPathTo(from, via)) {
+          this.#probe(this.#probing, from, via, false);
+        }
+        // After a nomination only data and nominations move the path: a
+        // probe may be a late one from a socket the peer has closed since.
+        if (!this.#following) this.#roam(from, via);
+        if (
+          this.#path.kind === "direct" && this.#path.to.ip === from.ip &&
+          this.#path.to.port === from.port
+        ) {
+          this.#heard();
+        }
+        return;
+      case "ack": {
+        if (!from) return;
+        const rtt = this.#d.clock.now() - frame.time;
+        if (frame.nonce === this.#keepaliveNonce) {
+          this.#keepaliveNonce = undefined;
+          this.#heard();
+          const path = this.#path;
+          if (path.kind === "direct") {
+            path.rttMs = path.rttMs === null ? rtt : 0.8 * path.rttMs + 0.2 * rtt;
+          }
+          return;
+        }
+        const sent = this.#probing?.sent.get(frame.nonce);
+        if (!sent) return; // not our nonce: replayed or stale
+        this.#select(from, via, rtt);
+        return;
+      }
+      case "data": {
+        this.stats.received[pathKind]++;
+        if (from) {
+          this.#roam(from, via);
+          this.#heard();
+        }
+        this.#accept(frame.seq, frame.payload, pathKind);
+        const ack: Frame = { type: "data_ack", sessionId: frame.sessionId, seq: this.#expected };
+        if (from) this.#sendUdp(ack, from, via);
+        else this.#sendRelayFrame(ack);
+        return;
+      }
+      case "data_ack":
+        if (from) this.#heard();
+        for (const seq of this.#unacked.keys()) if (seq < frame.seq) this.#unacked.delete(seq);
+        return;
+    }
+  }
+
+  /**
+   * An authenticated probe or data frame came from `from`: if the direct
+   * path points elsewhere, follow the peer there (its NAT rebound, or the
+   * hard side answers from the socket it kept), as WireGuard's roaming does.
+   */
+  #roam(from: UdpAddress, via: number): void {
+    const path = this.#path;
+    if (path.kind !== "direct" || !this.#isOpen(via)) return;
+    if (path.to.ip === from.ip && path.to.port === from.port && path.via === via) return;
+    if (this.#probing && !this.#probing.done) return; // still choosing: acks decide
+    this.#path = { kind: "direct", to: from, via, rttMs: path.rttMs };
+    this.#trace({ type: "direct", to: show(from), via, rtt_ms: path.rttMs, probes: 0 });
+  }
+
+  /**
+   * The peer nominated the path its frame came on (it is the hard side and
+   * keeps only that socket): use it, and stop choosing on our own.
+   */
+  #follow(from: UdpAddress, via: number): void {
+    if (!this.#isOpen(via)) return;
+    this.#following = true;
+    if (this.#probing && !this.#probing.done) this.#stopProbing(via);
+    if (this.#isPathTo(from, via)) return this.#heard();
+    const path = this.#path;
+    this.#path = {
+      kind: "direct",
+      to: from,
+      via,
+      rttMs: path.kind === "direct" ? path.rttMs : null,
+    };
+    this.stats.directAt ??= this.#d.clock.now();
+    this.#trace({
+      type: "direct",
+      to: show(from),
+      via,
+      rtt_ms: this.#path.rttMs,
+      probes: this.#probing?.probes ?? 0,
+      nominated: true,
+    });
+    if (path.kind !== "direct") this.#d.onPath("direct", null);
+    this.#clearUpgrade();
+    this.#heard();
+    this.#retransmitAll();
+    this.#keepalive(); // confirms the path and measures its RTT at once
+  }
+
+  #isPathTo(to: UdpAddress, via: number): boolean {
+    const path = this.#path;
+    return path.kind === "direct" && path.to.ip === to.ip && path.to.port === to.port &&
+      path.via === via;
+  }
+
+  #heard(): void {
+    if (this.#lostTimer !== undefined) this.#d.clock.clearTimeout(this.#lostTimer);
+    this.#lostTimer = undefined;
+  }
+
+  #accept(seq: number, payload: Uint8Array, path: PathKind): void {
+    if (seq < this.#expected) return; // a duplicate (its ack was lost)
+    if (seq > this.#expected) {
+      if (this.#reorder.size < LINK_TIMING.reorderBuffer) this.#reorder.set(seq, payload);
+      return;
+    }
+    this.#d.onMessage(payload, path);
+    this.#expected++;
+    let next;
+    while ((next = this.#reorder.get(this.#expected)) !== undefined) {
+      this.#reorder.delete(this.#expected);
+      this.#d.onMessage(next, path);
+      this.#expected++;
+    }
+  }
+
+  // ---- sending --------------------------------------------------------------
+
+  /**
+   * Queues `payload` (at most {@linkcode MAX_FRAME_PAYLOAD} bytes) for the
+   * peer. Delivery is ordered and survives path changes and loss; before the
+   * first introduction it waits (and asks for one).
+   *
+   * @throws {RangeError} when the payload is too large or the window is full.
+   */
+  send(payload: Uint8Array): void {
+    if (payload.length > MAX_FRAME_PAYLOAD) {
+      throw new RangeError(`Cannot send ${payload.length} bytes: at most ${MAX_FRAME_PAYLOAD}`);
+    }
+    if (!this.#session) {
+      if (this.#queued.length >= LINK_TIMING.window) {
+        throw new RangeError("Cannot send: queue is full");
+      }
+      this.#queued.push(payload);
+      if (this.#queued.length === 1) this.#d.requestConnect();
+      return;
+    }
+    if (this.#unacked.size >= LINK_TIMING.window) {
+      throw new RangeError("Cannot send: window is full");
+    }
+    const seq = this.#nextSeq++;
+    this.#unacked.set(seq, { payload, sentAt: this.#d.clock.now() });
+    this.#transmit(seq, payload);
+    this.#armRto();
+  }
+
+  #transmit(seq: number, payload: Uint8Array): void {
+    const session = this.#session!;
+    const frame: Frame = { type: "data", sessionId: session.id, seq, payload };
+    if (this.#path.kind === "direct") {
+      this.stats.sent.direct++;
+      this.#sendUdp(frame, this.#path.to, this.#path.via);
+    } else {
+      this.stats.sent.relay++;
+      if (this.stats.firstRelayAt === null) {
+        this.stats.firstRelayAt = this.#d.clock.now();
+        this.#trace({ type: "first_relay" });
+      }
+      this.#sendRelayFrame(frame);
+    }
+  }
+
+  #retransmitAll(): void {
+    if (!this.#session) return;
+    const now = this.#d.clock.now();
+    for (const [seq, entry] of this.#unacked) {
+      entry.sentAt = now;
+      this.stats.retransmits++;
+      this.#transmit(seq, entry.payload);
+    }
+    if (this.#unacked.size) this.#armRto();
+  }
+
+  #rto(): number {
+    return this.#path.kind === "direct"
+      ? Math.max(LINK_TIMING.rtoMinMs, 2 * (this.#path.rttMs ?? 0)) // unmeasured: the minimum
+      : LINK_TIMING.relayRtoMs;
+  }
+
+  #armRto(): void {
+    if (this.#rtoTimer !== undefined) return;
+    this.#rtoTimer = this.#timer(() => {
+      this.#rtoTimer = undefined;
+      const now = this.#d.clock.now();
+      const rto = this.#rto();
+      for (const [seq, entry] of this.#unacked) {
+        if (now - entry.sentAt >= rto) {
+          entry.sentAt = now;
+          this.stats.retransmits++;
+          this.#transmit(seq, entry.payload);
+        }
+      }
+      if (this.#unacked.size) this.#armRto();
+    }, this.#rto());
+  }
+
+  #sendUdp(frame: Frame, to: UdpAddress, via: number): void {
+    const key = this.#session?.key;
+    if (!key || !this.#isOpen(via)) return;
+    sealFrame(frame, key).then((bytes) => this.#d.sendUdp(bytes, to, via), () => {});
+  }
+
+  #sendRelayFrame(frame: Frame): void {
+    const key = this.#session?.key;
+    if (!key) return;
+    sealFrame(frame, key).then((bytes) => this.#d.sendRelay(bytes), () => {});
+  }
+
+  /** A summary for the health endpoint. */
+  snapshot(): Record<string, unknown> {
+    return {
+      path: this.#path.kind,
+      direct_to: this.directTo,
+      rtt_ms: this.rttMs === null ? null : Math.round(this.rttMs * 10) / 10,
+      in_flight: this.#unacked.size,
+      ...this.stats,
+    };
+  }
+
+  /** Stops every timer and closes extra sockets. */
+  close(): void {
+    this.#stopProbing();
+    this.#closeSockets([...this.#extras]);
+    this.#closed = true;
+    for (const t of [this.#keepaliveTimer, this.#lostTimer, this.#upgradeTimer, this.#rtoTimer]) {
+      if (t !== undefined) this.#d.clock.clearTimeout(t);
+    }
+  }
+}

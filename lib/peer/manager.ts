@@ -1,0 +1,275 @@
+/**
+ * A worker's peers: what the rendezvous says about them, one
+ * {@linkcode PeerLink} each, and the plumbing between the links, the UDP
+ * sockets and the rendezvous session.
+ *
+ * @module
+ */
+
+import { type Clock, systemClock } from "../core/clock.ts";
+import type { Logger } from "../core/log.ts";
+import { frameSessionId, fromBase64, isPeerFrame, toBase64 } from "./frame.ts";
+import { type LinkEvent, PeerLink } from "./link.ts";
+import type {
+  ClientMessage,
+  PathKind,
+  PeerInfo,
+  PeerServerMessage,
+  UdpAddress,
+} from "../protocol/messages.ts";
+import { UdpEndpoint } from "./udp_endpoint.ts";
+
+/** Options for {@linkcode PeerManager}. */
+export interface PeerManagerOptions {
+  /** The worker's main UDP socket (the one STUN used); none: relay only. */
+  udp?: UdpEndpoint;
+  /** Sends to the rendezvous; false when no session is open. */
+  sendToRendezvous: (message: ClientMessage) => boolean;
+  /** Connect to every peer of the group as it appears. @default {false} */
+  autoConnect?: boolean;
+  /** Delivers each peer message, in order. */
+  onMessage?: (peerId: string, payload: Uint8Array, path: PathKind) => void;
+  /** A peer became known (from `peers` or `peer_joined`). */
+  onPeer?: (peerId: string) => void;
+  /**
+   * Extra sockets (for endpoint-dependent NATs) open at once, at most: 256
+   * per punch in progress, so 16 hard-side punches at once, well under the
+   * 20k open files of a process.
+   * @default {4096}
+   */
+  maxExtraSockets?: number;
+  clock?: Clock;
+  logger: Logger;
+}
+
+/** The peers of one worker. */
+export class PeerManager {
+  #o: PeerManagerOptions;
+  #clock: Clock;
+  #links = new Map<string, PeerLink>();
+  #bySession = new Map<string, PeerLink>();
+  #peers = new Map<string, PeerInfo>();
+  #sockets = new Map<number, UdpEndpoint>();
+  #nextVia = 1;
+  #connectAt = new Map<string, number>();
+  /** Peers to introduce once both endpoints are known and a session is open. */
+  #wanted = new Set<string>();
+
+  constructor(options: PeerManagerOptions) {
+    this.#o = options;
+    this.#clock = options.clock ?? systemClock;
+    if (options.udp) options.udp.onOther = (bytes, from) => this.#onUdp(bytes, from, 0);
+  }
+
+  /** Peers the rendezvous told us about. */
+  get peers(): PeerInfo[] {
+    return [...this.#peers.values()];
+  }
+
+  /** Call after every registration with the rendezvous. */
+  onRegistered(): void {
+    this.#o.sendToRendezvous({ type: "list_peers", watch: true });
+    // Links that lost their introduction with the session ask again.
+    for (const peerId of [...this.#wanted]) this.connect(peerId);
+  }
+
+  /**
+   * Asks the rendezvous to introduce us to `peerId`, as soon as both sides
+   * have reported their UDP endpoint (an introduction without candidates
+   * could only ever relay).
+   */
+  connect(peerId: string): void {
+    const peer = this.#peers.get(peerId);
+    if (this.#ownEndpoint === undefined || !peer || peer.nat_mapping === null) {
+      this.#wanted.add(peerId);
+      return;
+    }
+    const sent = this.#o.sendToRendezvous({ type: "connect", peer_id: peerId });
+    this.#connectAt.set(peerId, this.#clock.now());
+    // Without a session the request waits for the next registration.
+    if (sent) this.#wanted.delete(peerId);
+    else this.#wanted.add(peerId);
+    this.#o.logger.info("peer connect requested", { peer_id: peerId, sent, at: this.#clock.now() });
+  }
+
+  /**
+   * Sends `payload` to `peerId`: ordered, lossless, over the best path there
+   * is (relay until a direct path exists).
+   */
+  send(peerId: string, payload: Uint8Array): void {
+    this.#link(peerId).send(payload);
+  }
+
+  #link(peerId: string): PeerLink {
+    let link = this.#links.get(peerId);
+    if (link) return link;
+    const log = this.#o.logger.child({ peer_id: peerId });
+    link = new PeerLink(peerId, {
+      clock: this.#clock,
+      sendUdp: (bytes, to, via) => this.#sendUdp(bytes, to, via),
+      sendRelay: (bytes) => {
+        this.#o.sendToRendezvous({ type: "relay", to: peerId, data: toBase64(bytes) });
+      },
+      openSockets: (count) => this.#openSockets(count),
+      closeSockets: (vias) => this.#closeSockets(vias),
+      requestConnect: () => this.connect(peerId),
+      onMessage: (payload, path) => this.#o.onMessage?.(peerId, payload, path),
+      onPath: (path, rttMs) => {
+        this.#o.sendToRendezvous({ type: "path_update", peer_id: peerId, path, rtt_ms: rttMs });
+      },
+      trace: (event) => this.#logLink(log, link!, event),
+    });
+    this.#links.set(peerId, link);
+    return link;
+  }
+
+  #logLink(log: Logger, link: PeerLink, event: LinkEvent): void {
+    const now = this.#clock.now();
+    const since = link.stats.punchAt === null ? undefined : now - link.stats.punchAt;
+    const connectAt = this.#connectAt.get(link.peerId);
+    const { type, ...fields } = event;
+    const message = {
+      punch: "peer punch started",
+      direct: "peer path direct",
+      punch_failed: "peer punch failed",
+      path_lost: "peer direct path lost",
+      relay: "peer path relay",
+      first_relay: "peer first relayed frame sent",
+      bad_introduction: "peer introduction rejected",
+    }[type];
+    log[type === "bad_introduction" ? "warn" : "info"](message, {
+      ...fields,
+      ms_since_punch: since,
+      ms_since_connect: connectAt === undefined ? undefined : now - connectAt,
+      attempts: link.stats.punchAttempts,
+    });
+  }
+
+  #sendUdp(bytes: Uint8Array, to: UdpAddress, via: number): void {
+    const socket = via === 0 ? this.#o.udp : this.#sockets.get(via);
+    socket?.send(bytes, to).catch(() => {}); // UDP: a failed send is a lost packet
+  }
+
+  #openSockets(count: number): number[] {
+    const main = this.#o.udp;
+    if (!main) return [];
+    const room = (this.#o.maxExtraSockets ?? 4096) - this.#sockets.size;
+    const vias: number[] = [];
+    for (let i = 0; i < Math.min(count, room); i++) {
+      let socket: UdpEndpoint;
+      try {
+        socket = UdpEndpoint.bind({ hostname: main.local.ip, port: 0 });
+      } catch (error) {
+        this.#o.logger.warn("cannot open more udp sockets", { opened: i, error });
+        break;
+      }
+      const via = this.#nextVia++;
+      socket.onOther = (bytes, from) => this.#onUdp(bytes, from, via);
+      this.#sockets.set(via, socket);
+      vias.push(via);
+    }
+    return vias;
+  }
+
+  #closeSockets(vias: number[]): void {
+    for (const via of vias) {
+      const socket = this.#sockets.get(via);
+      this.#sockets.delete(via);
+      void socket?.close();
+    }
+  }
+
+  #onUdp(bytes: Uint8Array, from: UdpAddress, via: number): void {
+    if (!isPeerFrame(bytes)) return;
+    const link = this.#bySession.get(frameSessionId(bytes)!);
+    if (link) void link.receive(bytes, from, via);
+  }
+
+  /** Handles the rendezvous's peer messages. */
+  handle(message: PeerServerMessage): void {
+    switch (message.type) {
+      case "peers":
+        for (const peer of message.peers) this.#learn(peer);
+        return;
+      case "peer_joined":
+      case "peer_updated":
+        this.#learn(message.peer);
+        return;
+      case "peer_left": {
+        this.#peers.delete(message.peer_id);
+        const link = this.#links.get(message.peer_id);
+        if (link) {
+          link.close();
+          for (const id of link.sessionIds) this.#bySession.delete(id);
+          this.#links.delete(message.peer_id);
+        }
+        this.#o.logger.info("peer left", { peer_id: message.peer_id });
+        return;
+      }
+      case "punch": {
+        const link = this.#link(message.peer_id);
+        for (const id of link.sessionIds.slice(1)) this.#bySession.delete(id);
+        this.#bySession.set(message.session_id, link);
+        void link.punch(message);
+        return;
+      }
+      case "relayed": {
+        let bytes: Uint8Array;
+        try {
+          bytes = fromBase64(message.data);
+        } catch {
+          return;
+        }
+        void this.#links.get(message.from)?.receive(bytes, undefined);
+        return;
+      }
+    }
+  }
+
+  #learn(peer: PeerInfo): void {
+    const before = this.#peers.get(peer.worker_id);
+    this.#peers.set(peer.worker_id, peer);
+    if (before === undefined) this.#o.onPeer?.(peer.worker_id);
+    const interested = this.#o.autoConnect || this.#links.has(peer.worker_id) ||
+      this.#wanted.has(peer.worker_id);
+    if (!interested) return;
+    // Introduce only once both sides have reported their UDP endpoint (or
+    // that they have none): an introduction without candidates is relay-only.
+    const newlyReported = peer.nat_mapping !== null &&
+      (before === undefined || before.nat_mapping === null);
+    const moved = before?.public != null &&
+      (before.public.ip !== peer.public?.ip || before.public.port !== peer.public?.port);
+    if ((newlyReported || moved) && this.#ownEndpoint !== undefined) this.connect(peer.worker_id);
+  }
+
+  #ownEndpoint?: string;
+
+  /**
+   * Call after each UDP endpoint report (or once with null when UDP is off):
+   * peers waiting for it are introduced, and a moved endpoint re-punches
+   * every link.
+   */
+  ownEndpointReported(publicEndpoint: UdpAddress | null): void {
+    const text = publicEndpoint ? `${publicEndpoint.ip}:${publicEndpoint.port}` : "none";
+    const first = this.#ownEndpoint === undefined;
+    if (text === this.#ownEndpoint) return;
+    this.#ownEndpoint = text;
+    for (const peer of this.#peers.values()) {
+      if (peer.nat_mapping === null) continue;
+      const wanted = this.#links.has(peer.worker_id) || this.#wanted.has(peer.worker_id);
+      if (wanted || (first && this.#o.autoConnect)) this.connect(peer.worker_id);
+    }
+  }
+
+  /** Each link's state, for the health endpoint. */
+  snapshot(): Record<string, unknown> {
+    return Object.fromEntries([...this.#links].map(([id, link]) => [id, link.snapshot()]));
+  }
+
+  /** Closes every link and extra socket. */
+  async close(): Promise<void> {
+    for (const link of this.#links.values()) link.close();
+    await Promise.all([...this.#sockets.values()].map((s) => s.close()));
+    this.#sockets.clear();
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * The rendezvous's configuration, read from environment variables.
+ *
+ * @module
+ */
+
+import {
+  boolVar,
+  ConfigError,
+  type Env,
+  LOG_VARIABLES,
+  type LogConfig,
+  logConfig,
+  numberVar,
+  portVar,
+  stringVar,
+  type VariableDoc,
+} from "../core/env.ts";
+import { loadStunConfig, STUN_VARIABLES } from "../stun/config.ts";
+import type { StunServerOptions } from "../stun/server.ts";
+
+/** Everything `rendezvous.ts` needs to start. */
+export interface RendezvousConfig {
+  port: number;
+  hostname: string;
+  token?: string;
+  trustProxyHops: number;
+  maxConnections: number;
+  maxMessageBytes: number;
+  idleTimeoutSec: number;
+  messageRatePerSec: number;
+  messageBurst: number;
+  relayRatePerSec: number;
+  relayBurst: number;
+  shutdownTimeoutSec: number;
+  /** A STUN server beside the rendezvous (STUN_PORT set), or undefined. */
+  stun?: StunServerOptions;
+  log: LogConfig;
+}
+
+/** The rendezvous's environment variables. */
+export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
+  {
+    name: "PORT",
+    fallback: "8080",
+    meaning: "HTTP/WebSocket port (Cloud Run sets it); 0 picks a free one",
+  },
+  { name: "HOST", fallback: "0.0.0.0", meaning: "address to listen on" },
+  {
+    name: "RENDEZVOUS_TOKEN",
+    fallback: "(unset: open)",
+    meaning: "bearer token workers and /debug/list_workers must present",
+  },
+  {
+    name: "TRUST_PROXY",
+    fallback: "false",
+    meaning: "take the client IP from X-Forwarded-For: true (1 hop, Cloud Run) or a hop count",
+  },
+  { name: "MAX_CONNECTIONS", fallback: "10000", meaning: "sessions held at once; more get 503" },
+  {
+    name: "MAX_MESSAGE_BYTES",
+    fallback: "65536",
+    meaning: "largest text frame; larger closes with 1009",
+  },
+  {
+    name: "IDLE_TIMEOUT_SEC",
+    fallback: "30",
+    meaning: "ping a silent worker after half of this, drop it after all of it",
+  },
+  {
+    name: "MESSAGE_RATE_PER_SEC",
+    fallback: "50",
+    meaning: "average messages per second per worker; more closes with 1008",
+  },
+  { name: "MESSAGE_BURST", fallback: "100", meaning: "messages a worker may send in a burst" },
+  {
+    name: "SHUTDOWN_TIMEOUT_SEC",
+    fallback: "5",
+    meaning: "how long shutdown waits for sockets to close (Cloud Run allows 10)",
+  },
+  {
+    name: "RELAY_RATE_PER_SEC",
+    fallback: "500",
+    meaning: "relayed frames per second per worker; more are refused with an error",
+  },
+  { name: "RELAY_BURST", fallback: "1000", meaning: "relayed frames a worker may send in a burst" },
+  ...STUN_VARIABLES,
+  ...LOG_VARIABLES,
+];
+
+function trustProxyHops(env: Env): number {
+  const text = stringVar(env, "TRUST_PROXY");
+  if (text === undefined) return 0;
+  if (/^\d+$/.test(text)) {
+    return numberVar(env, "TRUST_PROXY", 0, { min: 0, max: 10, integer: true });
+  }
+  try {
+    return boolVar(env, "TRUST_PROXY", false) ? 1 : 0;
+  } catch (cause) {
+    throw new ConfigError(
+      "TRUST_PROXY",
+      `Cannot read TRUST_PROXY: it must be true, false or a hop count: current value is "${text}"`,
+      { cause },
+    );
+  }
+}
+
+/**
+ * Reads the rendezvous configuration.
+ *
+ * @throws {ConfigError} naming the first bad variable.
+ */
+export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousConfig {
+  const token = stringVar(env, "RENDEZVOUS_TOKEN");
+  const hostname = stringVar(env, "HOST", "0.0.0.0");
+  return {
+    port: portVar(env, "PORT", 8080),
+    hostname,
+    stun: loadStunConfig(env, { hostname }),
+    token,
+    trustProxyHops: trustProxyHops(env),
+    maxConnections: numberVar(env, "MAX_CONNECTIONS", 10_000, { min: 1, integer: true }),
+    maxMessageBytes: numberVar(env, "MAX_MESSAGE_BYTES", 65_536, {
+      min: 256,
+      max: 16 * 1024 * 1024,
+      integer: true,
+    }),
+    idleTimeoutSec: numberVar(env, "IDLE_TIMEOUT_SEC", 30, { min: 1, max: 3600, integer: true }),
+    messageRatePerSec: numberVar(env, "MESSAGE_RATE_PER_SEC", 50, { min: 0.1 }),
+    messageBurst: numberVar(env, "MESSAGE_BURST", 100, { min: 1, integer: true }),
+    relayRatePerSec: numberVar(env, "RELAY_RATE_PER_SEC", 500, { min: 0.1 }),
+    relayBurst: numberVar(env, "RELAY_BURST", 1000, { min: 1, integer: true }),
+    shutdownTimeoutSec: numberVar(env, "SHUTDOWN_TIMEOUT_SEC", 5, { min: 0, max: 60 }),
+    log: logConfig(env, isTerminal),
+  };
+}

@@ -1,0 +1,232 @@
+/**
+ * The rendezvous's peer services: who sees whom (groups), change
+ * notifications for watchers, introductions (`connect` → `punch` to both
+ * sides at once) and the relay.
+ *
+ * Costs stay proportional to what is asked: events go only to sessions that
+ * asked to watch, through a per-group index, so a fleet of workers that
+ * never watch (the seed's) costs nothing here.
+ *
+ * @module
+ */
+
+import type { Clock } from "../core/clock.ts";
+import type { Logger } from "../core/log.ts";
+import type {
+  Candidate,
+  ClientMessage,
+  NatMapping,
+  PeerInfo,
+  PunchMessage,
+  ServerMessage,
+} from "../protocol/messages.ts";
+import type { Registry, WorkerRecord } from "./registry.ts";
+
+/** What the directory needs of a rendezvous session. */
+export interface PeerSession {
+  readonly workerId: string;
+  readonly group: string;
+  /** Round trip to this worker, as it reported it. */
+  rttMs: number | null;
+  watching: boolean;
+  /** Spends one of the session's relay tokens; false when none is left. */
+  takeRelay(now: number): boolean;
+  send(message: ServerMessage): void;
+}
+
+/** Two `connect`s for the same pair within this window make one introduction. */
+const INTRODUCTION_DEDUP_MS = 3000;
+/** Added to the later side's one-way delay so both sides start punching together. */
+const START_MARGIN_MS = 20;
+
+/** A record's peer view. */
+export function peerInfo(record: WorkerRecord): PeerInfo {
+  return {
+    worker_id: record.worker_id,
+    public: record.udp_endpoint?.public ?? null,
+    local: record.udp_endpoint?.local ?? [],
+    nat_mapping: record.udp_endpoint?.nat_mapping ?? null,
+  };
+}
+
+function candidates(record: WorkerRecord): Candidate[] {
+  const udp = record.udp_endpoint;
+  if (udp === null) return [];
+  // ICE order (RFC 8445 §5.1.2): host candidates first, then server-reflexive.
+  const out: Candidate[] = udp.local.map((a) => ({ ...a, kind: "local" as const }));
+  if (udp.public && !out.some((c) => c.ip === udp.public!.ip && c.port === udp.public!.port)) {
+    out.push({ ...udp.public, kind: "public" });
+  }
+  return out;
+}
+
+function randomHex(bytes: number): string {
+  return [...crypto.getRandomValues(new Uint8Array(bytes))]
+    .map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function randomBase64(bytes: number): string {
+  return btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(bytes))));
+}
+
+/** Options for {@linkcode PeerDirectory}. */
+export interface PeerDirectoryOptions {
+  registry: Registry;
+  /** The registered session of a worker on this instance. */
+  sessionOf: (workerId: string) => PeerSession | undefined;
+  clock: Clock;
+  logger: Logger;
+}
+
+/** Groups, watchers, introductions and the relay. */
+export class PeerDirectory {
+  #o: PeerDirectoryOptions;
+  #watchers = new Map<string, Set<PeerSession>>();
+  #introductions = new Map<string, { at: number; sessionId: string }>();
+  /** Counters for logs and the listing. */
+  readonly stats = { introductions: 0, relayed: 0, relayRejected: 0 };
+
+  constructor(options: PeerDirectoryOptions) {
+    this.#o = options;
+  }
+
+  #notify(group: string, except: string, message: ServerMessage): void {
+    const watchers = this.#watchers.get(group);
+    if (!watchers) return;
+    for (const watcher of watchers) if (watcher.workerId !== except) watcher.send(message);
+  }
+
+  /** A worker registered. */
+  joined(session: PeerSession, record: WorkerRecord): void {
+    this.#notify(session.group, session.workerId, { type: "peer_joined", peer: peerInfo(record) });
+  }
+
+  /** A worker's UDP endpoint changed. */
+  updated(session: PeerSession, record: WorkerRecord): void {
+    this.#notify(session.group, session.workerId, { type: "peer_updated", peer: peerInfo(record) });
+  }
+
+  /** A worker de-registered (or its session ended). */
+  left(session: PeerSession, deregistered: boolean): void {
+    this.#watchers.get(session.group)?.delete(session);
+    if (deregistered) {
+      this.#notify(session.group, session.workerId, {
+        type: "peer_left",
+        peer_id: session.workerId,
+      });
+    }
+  }
+
+  /** Handles the peer messages; returns false for any other message. */
+  async handle(session: PeerSession, message: ClientMessage): Promise<boolean> {
+    switch (message.type) {
+      case "list_peers":
+        await this.#listPeers(session, message.watch);
+        return true;
+      case "connect":
+        await this.#connect(session, message.peer_id);
+        return true;
+      case "relay":
+        this.#relay(session, message.to, message.data);
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  async #listPeers(session: PeerSession, watch: boolean): Promise<void> {
+    if (watch && !session.watching) {
+      session.watching = true;
+      let set = this.#watchers.get(session.group);
+      if (!set) this.#watchers.set(session.group, set = new Set());
+      set.add(session);
+    }
+    const records = await this.#o.registry.list();
+    session.send({
+      type: "peers",
+      peers: records
+        .filter((r) => r.group === session.group && r.worker_id !== session.workerId)
+        .map(peerInfo),
+    });
+  }
+
+  #peer(session: PeerSession, peerId: string): PeerSession | undefined {
+    const peer = this.#o.sessionOf(peerId);
+    if (peer === undefined || peer.group !== session.group || peerId === session.workerId) {
+      session.send({
+        type: "error",
+        code: "unknown_peer",
+        message: `Cannot reach peer "${peerId}": it is not registered in group "${session.group}"`,
+      });
+      return undefined;
+    }
+    return peer;
+  }
+
+  async #connect(session: PeerSession, peerId: string): Promise<void> {
+    const peer = this.#peer(session, peerId);
+    if (!peer) return;
+    const now = this.#o.clock.now();
+    const pair = [session.workerId, peerId].sort().join("\n");
+    const previous = this.#introductions.get(pair);
+    if (previous && now - previous.at < INTRODUCTION_DEDUP_MS) return; // the other side asked too
+    if (this.#introductions.size > 10_000) {
+      for (const [key, value] of this.#introductions) {
+        if (now - value.at >= INTRODUCTION_DEDUP_MS) this.#introductions.delete(key);
+      }
+    }
+    // Claimed before the first await, so a simultaneous connect from the
+    // other side (handled in its own session's queue) sees it.
+    const sessionId = randomHex(8);
+    this.#introductions.set(pair, { at: now, sessionId });
+    const [own, other] = await Promise.all([
+      this.#o.registry.get(session.workerId),
+      this.#o.registry.get(peerId),
+    ]);
+    if (!own || !other) return;
+    const key = randomBase64(32);
+    this.stats.introductions++;
+    // Both punches leave now; each side waits out the difference of one-way
+    // delays so the first probes cross (DCUtR's RTT/2 synchronisation).
+    const oneWay = (s: PeerSession) => (s.rttMs ?? 0) / 2;
+    const start = Math.max(oneWay(session), oneWay(peer)) + START_MARGIN_MS;
+    const punch = (
+      to: PeerSession,
+      about: WorkerRecord,
+      self: WorkerRecord,
+      role: PunchMessage["role"],
+    ): PunchMessage => ({
+      type: "punch",
+      peer_id: about.worker_id,
+      session_id: sessionId,
+      key,
+      candidates: candidates(about),
+      peer_nat: (about.udp_endpoint?.nat_mapping ?? null) as NatMapping | null,
+      own_nat: (self.udp_endpoint?.nat_mapping ?? null) as NatMapping | null,
+      role,
+      delay_ms: Math.round(start - oneWay(to)),
+    });
+    session.send(punch(session, other, own, "initiator"));
+    peer.send(punch(peer, own, other, "responder"));
+    this.#o.logger.info("peers introduced", {
+      worker_id: session.workerId,
+      peer_id: peerId,
+      session_id: sessionId,
+      nat: `${own.udp_endpoint?.nat_mapping ?? "none"}/${
+        other.udp_endpoint?.nat_mapping ?? "none"
+      }`,
+    });
+  }
+
+  #relay(session: PeerSession, to: string, data: string): void {
+    if (!session.takeRelay(this.#o.clock.now())) {
+      this.stats.relayRejected++;
+      session.send({ type: "error", code: "rate_limited", message: "Relay rate limit exceeded" });
+      return;
+    }
+    const peer = this.#peer(session, to);
+    if (!peer) return;
+    this.stats.relayed++;
+    peer.send({ type: "relayed", from: session.workerId, data });
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * The registry of connected workers, behind a small async interface so a
+ * shared backend (Redis, Firestore) can replace the in-memory one without
+ * touching the server.
+ *
+ * Every write names the session it comes from. A session may only change or
+ * remove the record it created, so a replaced session's late close can never
+ * remove its successor's registration.
+ *
+ * @module
+ */
+
+import type { PeerPathRecord, UdpEndpointRecord } from "../protocol/messages.ts";
+
+/** What the registry holds for one worker. */
+export interface WorkerRecord {
+  readonly worker_id: string;
+  /** Unique per WebSocket session; guards writes (see module docs). */
+  readonly session_id: string;
+  /** Client address seen by the rendezvous (or its trusted proxy). */
+  readonly observed_ip: string | null;
+  /** Client port; `null` when a proxy hides it. */
+  readonly observed_port: number | null;
+  /** What the worker's HTTP echo service said its public IP is. */
+  readonly http_reported_public_ip: string | null;
+  /** Milliseconds since the epoch. */
+  readonly connected_at: number;
+  /** The worker's UDP endpoint, once it reports one. */
+  readonly udp_endpoint: UdpEndpointRecord | null;
+  /** Peers see only workers of their own group. */
+  readonly group: string;
+  /** How the worker reaches each peer, as it last said. */
+  readonly peer_paths: Readonly<Record<string, PeerPathRecord>>;
+}
+
+/** Fields a session may change on its own record. */
+export type WorkerPatch = Partial<
+  Pick<WorkerRecord, "http_reported_public_ip" | "udp_endpoint" | "peer_paths">
+>;
+
+/** Storage for {@linkcode WorkerRecord}s. */
+export interface Registry {
+  /** Stores `record`, replacing any record with its worker id; returns the replaced one. */
+  put(record: WorkerRecord): Promise<WorkerRecord | undefined>;
+  /** Applies `patch` if the stored record belongs to `sessionId`; true when it did. */
+  update(workerId: string, sessionId: string, patch: WorkerPatch): Promise<boolean>;
+  /** Removes the record if it belongs to `sessionId`; true when it did. */
+  remove(workerId: string, sessionId: string): Promise<boolean>;
+  get(workerId: string): Promise<WorkerRecord | undefined>;
+  /** Every record, in registration order. */
+  list(): Promise<WorkerRecord[]>;
+  size(): Promise<number>;
+}
+
+/**
+ * A registry in this process's memory: O(1) writes, for one rendezvous
+ * instance (Cloud Run with `--max-instances=1`, or session affinity and one
+ * instance per fleet).
+ *
+ * @example
+ * ```ts
+ * const registry = new MemoryRegistry();
+ * await registry.put({ worker_id: "w1", session_id: "s1", observed_ip: "192.0.2.7",
+ *   observed_port: 40000, http_reported_public_ip: null, connected_at: Date.now(),
+ *   udp_endpoint: null, group: "default", peer_paths: {} });
+ * await registry.size(); // 1
+ * ```
+ */
+export class MemoryRegistry implements Registry {
+  #records = new Map<string, WorkerRecord>();
+
+  put(record: WorkerRecord): Promise<WorkerRecord | undefined> {
+    const previous = this.#records.get(record.worker_id);
+    // Delete first so a re-registered worker moves to the end of the order.
+    this.#records.delete(record.worker_id);
+    this.#records.set(record.worker_id, record);
+    return Promise.resolve(previous);
+  }
+
+  update(workerId: string, sessionId: string, patch: WorkerPatch): Promise<boolean> {
+    const current = this.#records.get(workerId);
+    if (current === undefined || current.session_id !== sessionId) return Promise.resolve(false);
+    this.#records.set(workerId, { ...current, ...patch });
+    return Promise.resolve(true);
+  }
+
+  remove(workerId: string, sessionId: string): Promise<boolean> {
+    const current = this.#records.get(workerId);
+    if (current === undefined || current.session_id !== sessionId) return Promise.resolve(false);
+    this.#records.delete(workerId);
+    return Promise.resolve(true);
+  }
+
+  get(workerId: string): Promise<WorkerRecord | undefined> {
+    return Promise.resolve(this.#records.get(workerId));
+  }
+
+  list(): Promise<WorkerRecord[]> {
+    return Promise.resolve([...this.#records.values()]);
+  }
+
+  size(): Promise<number> {
+    return Promise.resolve(this.#records.size);
+  }
+}

@@ -1,0 +1,774 @@
+/**
+ * The rendezvous service as a `(Request, info) => Response` handler with an
+ * explicit lifecycle, so tests can drive it through a real `Deno.serve` on
+ * port 0 and the entry point stays a few lines long.
+ *
+ * @module
+ */
+
+import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
+import { type Clock, delay, systemClock } from "../core/clock.ts";
+import { normalizeIp } from "../protocol/ip.ts";
+import { type Logger, silentLogger } from "../core/log.ts";
+import {
+  type ClientMessage,
+  encodeMessage,
+  isValidWorkerId,
+  parseClientMessage,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  REGISTER_PATH_PREFIX,
+  type ServerMessage,
+  type WorkerListingEntry,
+} from "../protocol/messages.ts";
+import { TokenBucket } from "../core/rate_limit.ts";
+import { PeerDirectory, type PeerSession } from "./peers.ts";
+import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
+
+/** Lifecycle of a {@linkcode Rendezvous}. */
+export type RendezvousState = "starting" | "running" | "closing" | "closed";
+
+/** Options for {@linkcode Rendezvous}; every one has a production default. */
+export interface RendezvousOptions {
+  /** Where registrations live. @default {new MemoryRegistry()} */
+  registry?: Registry;
+  /** Bearer token required of workers and of the debug list; unset = open. */
+  token?: string;
+  /**
+   * How many proxies in front of us to trust for `X-Forwarded-For`; 0 takes
+   * the address from the connection. Cloud Run's front end is one hop.
+   * @default {0}
+   */
+  trustProxyHops?: number;
+  /** Sessions held at once (each is one Cloud Run request). @default {10000} */
+  maxConnections?: number;
+  /** Largest accepted text frame, in UTF-8 bytes. @default {65536} */
+  maxMessageBytes?: number;
+  /**
+   * Seconds of silence after which the server pings, then drops a worker that
+   * still says nothing: a dead worker is gone within this bound.
+   * @default {30}
+   */
+  idleTimeoutSec?: number;
+  /** Messages per second a session may send on average. @default {50} */
+  messageRatePerSec?: number;
+  /** Messages a session may send in a burst. @default {100} */
+  messageBurst?: number;
+  /** Relayed frames per second a session may send on average. @default {500} */
+  relayRatePerSec?: number;
+  /** Relayed frames a session may send in a burst. @default {1000} */
+  relayBurst?: number;
+  /**
+   * On shutdown, how long workers have between the `going_away` notice and
+   * the 1001 close, to stop sending (a frame that crosses the close frame
+   * makes Deno drop the connection without one).
+   * @default {200}
+   */
+  closeNoticeMs?: number;
+  /** @default {silentLogger} */
+  logger?: Logger;
+  /** @default {systemClock} */
+  clock?: Clock;
+  /** Reported by `GET /`. */
+  name?: string;
+  /** Reported by `GET /`. */
+  version?: string;
+}
+
+/** Connection info as `Deno.serve` passes it. */
+export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
+
+/** Workers serialized per turn of the event loop by the listing. */
+const LIST_SLICE = 250;
+
+/** Peer paths kept per worker in the listing. */
+const MAX_PEER_PATHS = 256;
+
+const encoder = new TextEncoder();
+/** Shared by every record that has no peer paths yet (most of a fleet). */
+const NO_PEER_PATHS: Readonly<Record<string, never>> = Object.freeze({});
+
+const JSON_HEADERS = { "content-type": "application/json; charset=utf-8" };
+
+function json(body: unknown, status = 200, headers: HeadersInit = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { ...JSON_HEADERS, ...headers },
+  });
+}
+
+function problem(status: number, error: string, headers: HeadersInit = {}): Response {
+  return json({ error }, status, headers);
+}
+
+/** UTF-8 length of `text`, stopping early once it passes `limit`. */
+function utf8LengthExceeds(text: string, limit: number): boolean {
+  // Every UTF-16 unit is at least one UTF-8 byte and at most three.
+  if (text.length > limit) return true;
+  if (text.length * 3 <= limit) return false;
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) bytes += 1;
+    else if (unit < 0x800) bytes += 2;
+    else if (unit >= 0xd800 && unit <= 0xdbff) {
+      bytes += 4; // A surrogate pair: one four-byte sequence.
+      i++;
+    } else bytes += 3;
+    if (bytes > limit) return true;
+  }
+  return false;
+}
+
+/** Compares secrets in time independent of where they first differ. */
+function constantTimeEqual(a: string, b: string): boolean {
+  const x = encoder.encode(a);
+  const y = encoder.encode(b);
+  if (x.length !== y.length) return false;
+  let diff = 0;
+  for (let i = 0; i < x.length; i++) diff |= x[i] ^ y[i];
+  return diff === 0;
+}
+
+/**
+ * The client address from `X-Forwarded-For`, trusting `hops` proxies: each
+ * proxy appends the address it saw, so the entry `hops` from the right is the
+ * last one a trusted proxy wrote. Entries left of it are the client's to
+ * forge and are never used.
+ */
+export function forwardedClientIp(header: string | null, hops: number): string | null {
+  if (header === null || hops < 1) return null;
+  const entries = header.split(",").map((e) => e.trim()).filter((e) => e !== "");
+  const entry = entries[entries.length - hops];
+  if (entry === undefined) return null;
+  // Some proxies write "[v6]:port" or "v4:port".
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(entry);
+  if (bracketed) return normalizeIp(bracketed[1]);
+  const v4WithPort = /^(\d+\.\d+\.\d+\.\d+):\d+$/.exec(entry);
+  return normalizeIp(v4WithPort ? v4WithPort[1] : entry);
+}
+
+/** Per-process prefix of session ids, so ids stay unique in a shared registry. */
+const INSTANCE = [...crypto.getRandomValues(new Uint8Array(4))]
+  .map((b) => b.toString(16).padStart(2, "0")).join("");
+let sessionCounter = 0;
+const SETTLED: Promise<unknown> = Promise.resolve();
+
+interface SessionInit {
+  workerId: string;
+  group: string;
+  socket: WebSocket;
+  observedIp: string | null;
+  observedPort: number | null;
+  now: number;
+  bucket: TokenBucket;
+  relayLimit: { rate: number; burst: number };
+}
+
+/**
+ * One WebSocket session. Kept small: a fleet holds tens of thousands, and
+ * what each costs beyond Deno's own WebSocket is what the product costs.
+ */
+class Session implements PeerSession {
+  readonly id = `${INSTANCE}.${(sessionCounter++).toString(36)}`;
+  readonly workerId: string;
+  readonly group: string;
+  readonly socket: WebSocket;
+  readonly observedIp: string | null;
+  readonly observedPort: number | null;
+  readonly connectedAt: number;
+  readonly bucket: TokenBucket;
+  #relayLimit: { rate: number; burst: number };
+  #relayBucket?: TokenBucket;
+  lastSeen: number;
+  rttMs: number | null = null;
+  watching = false;
+  /** Serializes this session's registry work so its writes land in order. */
+  tail: Promise<unknown> = SETTLED;
+  registered = false;
+
+  constructor(init: SessionInit) {
+    this.workerId = init.workerId;
+    this.group = init.group;
+    this.socket = init.socket;
+    this.observedIp = init.observedIp;
+    this.observedPort = init.observedPort;
+    this.connectedAt = init.now;
+    this.lastSeen = init.now;
+    this.bucket = init.bucket;
+    this.#relayLimit = init.relayLimit;
+  }
+
+  /** Spends a relay token; the bucket exists only for sessions that relay. */
+  takeRelay(now: number): boolean {
+    this.#relayBucket ??= new TokenBucket(this.#relayLimit.rate, this.#relayLimit.burst, now);
+    return this.#relayBucket.take(now);
+  }
+
+  send(message: ServerMessage): void {
+    if (this.socket.readyState !== WebSocket.OPEN) return;
+    try {
+      this.socket.send(encodeMessage(message));
+    } catch {
+      // The socket closed under us; its close handler cleans up.
+    }
+  }
+
+  close(code: number, reason: string): void {
+    try {
+      this.socket.close(code, reason);
+    } catch {
+      // Already closing or closed.
+    }
+  }
+}
+
+/**
+ * The rendezvous service.
+ *
+ * @example
+ * ```ts
+ * const rendezvous = new Rendezvous({ token: "s3cret" });
+ * const server = Deno.serve({ port: 0, onListen: () => rendezvous.markReady() },
+ *   rendezvous.handler);
+ * // … later
+ * await rendezvous.close();
+ * await server.shutdown();
+ * ```
+ */
+export class Rendezvous {
+  readonly registry: Registry;
+  #options: Required<Omit<RendezvousOptions, "registry" | "token">> & { token?: string };
+  #log: Logger;
+  #clock: Clock;
+  #state: RendezvousState = "starting";
+  /**
+   * Live sessions of this instance, by socket: one set of socket handlers
+   * finds its session here (no closure per socket, no property added to
+   * Deno's WebSocket objects).
+   */
+  #sessions = new Map<WebSocket, Session>();
+  /** The registered session of each worker on this instance. */
+  #byWorker = new Map<string, Session>();
+  #closing?: Promise<void>;
+  #peers: PeerDirectory;
+  #relayLimit: { rate: number; burst: number };
+  /** Sessions whose close is still being cleaned up. */
+  #cleaning = 0;
+  #drained?: PromiseWithResolvers<void>;
+  // One set of socket handlers for every session (no closures per socket).
+  #socketOpen = (event: Event) => {
+    const session = this.#sessions.get(event.target as WebSocket);
+    if (session) this.#enqueue(session, () => this.#onOpen(session));
+  };
+  #socketMessage = (event: MessageEvent) => {
+    const session = this.#sessions.get(event.target as WebSocket);
+    if (session) this.#onMessage(session, event);
+  };
+  #socketClose = (event: CloseEvent) => {
+    const session = this.#sessions.get(event.target as WebSocket);
+    if (session) this.#onClose(session, event);
+  };
+
+  constructor(options: RendezvousOptions = {}) {
+    this.registry = options.registry ?? new MemoryRegistry();
+    this.#log = options.logger ?? silentLogger;
+    this.#clock = options.clock ?? systemClock;
+    this.#options = {
+      token: options.token,
+      trustProxyHops: options.trustProxyHops ?? 0,
+      maxConnections: options.maxConnections ?? 10_000,
+      maxMessageBytes: options.maxMessageBytes ?? 65_536,
+      idleTimeoutSec: options.idleTimeoutSec ?? 30,
+      messageRatePerSec: options.messageRatePerSec ?? 50,
+      messageBurst: options.messageBurst ?? 100,
+      relayRatePerSec: options.relayRatePerSec ?? 500,
+      relayBurst: options.relayBurst ?? 1000,
+      closeNoticeMs: options.closeNoticeMs ?? 200,
+      logger: this.#log,
+      clock: this.#clock,
+      name: options.name ?? "holepunch-rendezvous",
+      version: options.version ?? "0.0.0",
+    };
+    this.#relayLimit = {
+      rate: this.#options.relayRatePerSec,
+      burst: this.#options.relayBurst,
+    };
+    this.#peers = new PeerDirectory({
+      registry: this.registry,
+      sessionOf: (id) => this.#byWorker.get(id),
+      clock: this.#clock,
+      logger: this.#log,
+    });
+  }
+
+  /** Where the service is in its life. */
+  get state(): RendezvousState {
+    return this.#state;
+  }
+
+  /** Sessions held now, registered or not. */
+  get connectionCount(): number {
+    return this.#sessions.size;
+  }
+
+  /** Marks the service ready (call from `onListen`); `/ready` turns 200. */
+  markReady(): void {
+    if (this.#state === "starting") this.#state = "running";
+  }
+
+  /** Handles one HTTP request; pass it to `Deno.serve`. */
+  handler = (req: Request, info: ServeInfo): Response | Promise<Response> => {
+    const url = new URL(req.url);
+    const path = url.pathname;
+    if (path.startsWith(REGISTER_PATH_PREFIX)) return this.#register(req, url, info);
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      return problem(405, `Method ${req.method} is not allowed`, { allow: "GET, HEAD" });
+    }
+    switch (path) {
+      case "/":
+        return json({
+          message:
+            "Rendezvous Service is running. Connect via WebSocket at /ws/register/{worker_id}",
+          name: this.#options.name,
+          version: this.#options.version,
+        });
+      case "/health":
+        return json({ status: "ok" });
+      case "/ready":
+        return this.#state === "running"
+          ? json({ status: "ready" })
+          : json({ status: this.#state }, 503);
+      case "/debug/list_workers":
+        return this.#authorized(req) ? this.#listWorkers() : this.#unauthorized();
+      case "/debug/stats":
+        return this.#authorized(req) ? this.#stats() : this.#unauthorized();
+      default:
+        return problem(404, `Cannot find ${path}`);
+    }
+  };
+
+  #authorized(req: Request): boolean {
+    const token = this.#options.token;
+    if (token === undefined) return true;
+    const header = req.headers.get("authorization") ?? "";
+    const match = /^Bearer\s+(.+)$/i.exec(header);
+    return match !== null && constantTimeEqual(match[1].trim(), token);
+  }
+
+  #unauthorized(): Response {
+    return problem(401, "Missing or invalid bearer token", {
+      "www-authenticate": 'Bearer realm="holepunch"',
+    });
+  }
+
+  /** Counts without listing anyone: cheap enough to poll during a storm. */
+  async #stats(): Promise<Response> {
+    const memory = Deno.memoryUsage();
+    return json({
+      state: this.#state,
+      sessions: this.#sessions.size,
+      registered: await this.registry.size(),
+      peers: this.#peers.stats,
+      memory: { rss: memory.rss, heap_used: memory.heapUsed },
+    });
+  }
+
+  #listEntry(record: WorkerRecord): WorkerListingEntry {
+    const session = this.#byWorker.get(record.worker_id);
+    const local = session?.id === record.session_id ? session : undefined;
+    return {
+      websocket_observed_ip: record.observed_ip,
+      websocket_observed_port: record.observed_port,
+      http_reported_public_ip: record.http_reported_public_ip,
+      // A record lives only while its session does; a local one can say more.
+      websocket_connected: local ? local.socket.readyState === WebSocket.OPEN : true,
+      connected_at: new Date(record.connected_at).toISOString(),
+      last_seen: local ? new Date(local.lastSeen).toISOString() : null,
+      udp_endpoint: record.udp_endpoint,
+      group: record.group,
+      peer_paths: record.peer_paths,
+    };
+  }
+
+  /**
+   * The seed's listing, streamed: a snapshot of the registry is serialized
+   * in slices of {@linkcode LIST_SLICE} workers with a turn of the event loop
+   * between them, so a listing of a whole fleet never stalls the sessions.
+   */
+  async #listWorkers(): Promise<Response> {
+    const records = await this.registry.list();
+    let index = 0;
+    const body = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        controller.enqueue(
+          encoder.encode(`{"connected_workers_count":${records.length},"workers":{`),
+        );
+      },
+      // Each slice is pulled after the previous one was written to the
+      // socket, an I/O turn in between: other sessions run meanwhile.
+      pull: (controller) => {
+        const end = Math.min(records.length, index + LIST_SLICE);
+        let chunk = "";
+        for (; index < end; index++) {
+          const record = records[index];
+          chunk += `${index === 0 ? "" : ","}${JSON.stringify(record.worker_id)}:${
+            JSON.stringify(this.#listEntry(record))
+          }`;
+        }
+        if (index >= records.length) {
+          controller.enqueue(encoder.encode(chunk + "}}"));
+          controller.close();
+        } else {
+          controller.enqueue(encoder.encode(chunk));
+        }
+      },
+    });
+    return new Response(body, { headers: JSON_HEADERS });
+  }
+
+  #register(req: Request, url: URL, info: ServeInfo): Response {
+    if (this.#state !== "running") {
+      return problem(503, `Rendezvous is ${this.#state}`, { "retry-after": "1" });
+    }
+    // A plain slice, not URLPattern: this runs once per registration, and
+    // URLPattern's matcher was a measurable share of it.
+    const segment = url.pathname.slice(REGISTER_PATH_PREFIX.length);
+    let workerId: string | undefined;
+    try {
+      workerId = segment.includes("/") ? undefined : decodeURIComponent(segment);
+    } catch {
+      workerId = undefined;
+    }
+    if (workerId === undefined || !isValidWorkerId(workerId)) {
+      return problem(
+        400,
+        "Cannot register: worker_id must be 1-128 characters of [A-Za-z0-9._-]",
+      );
+    }
+    const group = url.searchParams.get("group") ?? "default";
+    if (!isValidWorkerId(group)) {
+      return problem(400, "Cannot register: group must be 1-128 characters of [A-Za-z0-9._-]");
+    }
+    if (!this.#authorized(req)) return this.#unauthorized();
+    if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+      return problem(426, "Cannot register: this endpoint needs a WebSocket upgrade", {
+        upgrade: "websocket",
+      });
+    }
+    if (this.#sessions.size >= this.#options.maxConnections) {
+      this.#log.warn("connection refused: at capacity", {
+        worker_id: workerId,
+        max_connections: this.#options.maxConnections,
+      });
+      return problem(503, "Rendezvous is at capacity", { "retry-after": "5" });
+    }
+
+    let observedIp: string | null = null;
+    let observedPort: number | null = null;
+    if (this.#options.trustProxyHops > 0) {
+      observedIp = forwardedClientIp(
+        req.headers.get("x-forwarded-for"),
+        this.#options.trustProxyHops,
+      );
+    } else {
+      try {
+        // Throws "Request closed" when the client is already gone.
+        observedIp = normalizeIp(info.remoteAddr.hostname);
+        observedPort = info.remoteAddr.port;
+      } catch {
+        return problem(400, "Client went away");
+      }
+    }
+
+    let socket: WebSocket;
+    let response: Response;
+    try {
+      ({ socket, response } = Deno.upgradeWebSocket(req, {
+        idleTimeout: this.#options.idleTimeoutSec,
+      }));
+    } catch (error) {
+      return problem(400, `Cannot upgrade to WebSocket: ${(error as Error).message}`);
+    }
+    const now = this.#clock.now();
+    const session = new Session({
+      workerId,
+      group,
+      socket,
+      observedIp,
+      observedPort,
+      now,
+      bucket: new TokenBucket(this.#options.messageRatePerSec, this.#options.messageBurst, now),
+      relayLimit: this.#relayLimit,
+    });
+    this.#sessions.set(socket, session);
+    this.#log.info("worker connecting", {
+      worker_id: workerId,
+      observed_ip: observedIp,
+      observed_port: observedPort,
+    });
+    // Once: the listener is dropped after it fires, so an idle session holds none.
+    socket.addEventListener("open", this.#socketOpen, { once: true });
+    socket.onmessage = this.#socketMessage;
+    socket.onclose = this.#socketClose;
+    // No error listener: the close event that follows an error does the work.
+    return response;
+  }
+
+  #enqueue(session: Session, work: () => Promise<void>): void {
+    session.tail = session.tail.then(work).catch((error) => {
+      this.#log.error("session task failed", {
+        worker_id: session.workerId,
+        error,
+      });
+      session.close(CloseCode.INTERNAL_ERROR, "internal error");
+    });
+  }
+
+  async #onOpen(session: Session): Promise<void> {
+    if (session.socket.readyState !== WebSocket.OPEN) return;
+    const record: WorkerRecord = {
+      worker_id: session.workerId,
+      session_id: session.id,
+      observed_ip: session.observedIp,
+      observed_port: session.observedPort,
+      http_reported_public_ip: null,
+      connected_at: session.connectedAt,
+      udp_endpoint: null,
+      group: session.group,
+      peer_paths: NO_PEER_PATHS,
+    };
+    const previous = await this.registry.put(record);
+    session.registered = true;
+    const before = this.#byWorker.get(session.workerId);
+    const replaced = previous && before?.id === previous.session_id ? before : undefined;
+    this.#byWorker.set(session.workerId, session);
+    if (replaced) {
+      this.#log.info("worker session replaced", {
+        worker_id: session.workerId,
+        old_observed_ip: replaced.observedIp,
+        old_observed_port: replaced.observedPort,
+      });
+      replaced.close(CloseCode.SESSION_REPLACED, CloseReason.REPLACED);
+    }
+    this.#log.info("worker registered", {
+      worker_id: session.workerId,
+      observed_ip: session.observedIp,
+      observed_port: session.observedPort,
+      total: await this.registry.size(),
+    });
+    session.send({
+      type: "registered",
+      worker_id: session.workerId,
+      observed_ip: session.observedIp,
+      observed_port: session.observedPort,
+      protocol_version: PROTOCOL_VERSION,
+    });
+    this.#peers.joined(session, record);
+  }
+
+  #onMessage(session: Session, event: MessageEvent): void {
+    const now = this.#clock.now();
+    session.lastSeen = now;
+    const data = event.data;
+    if (typeof data !== "string") {
+      this.#log.warn("worker sent a binary frame", { worker_id: session.workerId });
+      session.close(CloseCode.UNSUPPORTED_DATA, CloseReason.BINARY);
+      return;
+    }
+    if (utf8LengthExceeds(data, this.#options.maxMessageBytes)) {
+      this.#log.warn("worker sent an oversize message", {
+        worker_id: session.workerId,
+        length: data.length,
+        limit: this.#options.maxMessageBytes,
+      });
+      session.close(CloseCode.MESSAGE_TOO_BIG, CloseReason.TOO_BIG);
+      return;
+    }
+    let message: ClientMessage;
+    try {
+      message = parseClientMessage(data);
+    } catch (error) {
+      if (!(error instanceof ProtocolError)) throw error;
+      if (!this.#withinRate(session, now)) return;
+      this.#log.info("worker sent an invalid message", {
+        worker_id: session.workerId,
+        code: error.code,
+        error: error.message,
+      });
+      session.send({ type: "error", code: error.code, message: error.message });
+      return;
+    }
+    // Relayed frames have their own budget (the peer directory's), so data
+    // cannot starve a worker's control messages, nor the reverse.
+    if (message.type !== "relay" && !this.#withinRate(session, now)) return;
+    this.#enqueue(session, () => this.#handle(session, message));
+  }
+
+  #withinRate(session: Session, now: number): boolean {
+    if (session.bucket.take(now)) return true;
+    this.#log.warn("worker exceeded the message rate", { worker_id: session.workerId });
+    session.close(CloseCode.POLICY_VIOLATION, CloseReason.RATE_LIMITED);
+    return false;
+  }
+
+  async #handle(session: Session, message: ClientMessage): Promise<void> {
+    if (await this.#peers.handle(session, message)) return;
+    switch (message.type) {
+      case "register_public_ip": {
+        const stored = await this.registry.update(session.workerId, session.id, {
+          http_reported_public_ip: message.ip,
+        });
+        if (!stored) return; // Replaced or gone meanwhile: not ours to change.
+        this.#log.info("worker reported public ip", {
+          worker_id: session.workerId,
+          http_reported_public_ip: message.ip,
+        });
+        session.send({ type: "public_ip_registered", ip: message.ip });
+        return;
+      }
+      case "register_udp_endpoint": {
+        const udp = {
+          public: message.public,
+          local: message.local,
+          nat_mapping: message.nat.mapping,
+          updated_at: new Date(this.#clock.now()).toISOString(),
+        };
+        if (message.rtt_ms !== null && message.rtt_ms !== undefined) session.rttMs = message.rtt_ms;
+        const stored = await this.registry.update(session.workerId, session.id, {
+          udp_endpoint: udp,
+        });
+        if (!stored) return;
+        const record = await this.registry.get(session.workerId);
+        if (record) this.#peers.updated(session, record);
+        this.#log.info("worker reported udp endpoint", {
+          worker_id: session.workerId,
+          udp_public: message.public ? `${message.public.ip}:${message.public.port}` : null,
+          nat_mapping: message.nat.mapping,
+          local_candidates: message.local.length,
+        });
+        session.send({
+          type: "udp_endpoint_registered",
+          public: message.public,
+          mapping: message.nat.mapping,
+        });
+        return;
+      }
+      case "path_update": {
+        const record = await this.registry.get(session.workerId);
+        if (!record || record.session_id !== session.id) return;
+        const paths = { ...record.peer_paths };
+        if (!(message.peer_id in paths) && Object.keys(paths).length >= MAX_PEER_PATHS) return;
+        paths[message.peer_id] = {
+          path: message.path,
+          rtt_ms: message.rtt_ms,
+          updated_at: new Date(this.#clock.now()).toISOString(),
+        };
+        await this.registry.update(session.workerId, session.id, { peer_paths: paths });
+        this.#log.info("peer path changed", {
+          worker_id: session.workerId,
+          peer_id: message.peer_id,
+          path: message.path,
+          rtt_ms: message.rtt_ms,
+        });
+        return;
+      }
+      case "list_peers":
+      case "connect":
+      case "relay":
+        return; // handled by the peer directory above
+      case "echo_request": {
+        let text: string;
+        try {
+          text = encodeMessage({
+            type: "echo_response",
+            original_payload: message.payload,
+            processed_by_rendezvous: `Rendezvous processed echo for worker ${session.workerId}`,
+          });
+        } catch {
+          // JSON.stringify recurses; a payload nested deep enough exhausts the stack.
+          session.send({
+            type: "error",
+            code: "invalid_message",
+            message: "Cannot echo payload: it is nested too deeply",
+          });
+          return;
+        }
+        if (session.socket.readyState === WebSocket.OPEN) session.socket.send(text);
+        if (this.#log.enabled("debug")) {
+          this.#log.debug("echo answered", { worker_id: session.workerId });
+        }
+        return;
+      }
+      default: {
+        const unreachable: never = message;
+        throw new Error(`Unhandled message ${JSON.stringify(unreachable)}`);
+      }
+    }
+  }
+
+  #onClose(session: Session, event: CloseEvent): void {
+    this.#sessions.delete(session.socket);
+    this.#cleaning++;
+    this.#log.info("worker disconnected", {
+      worker_id: session.workerId,
+      observed_ip: session.observedIp,
+      observed_port: session.observedPort,
+      code: event.code,
+      reason: event.reason || undefined,
+    });
+    this.#enqueue(session, async () => {
+      if (this.#byWorker.get(session.workerId) === session) this.#byWorker.delete(session.workerId);
+      const removed = session.registered &&
+        await this.registry.remove(session.workerId, session.id);
+      this.#peers.left(session, removed);
+      if (removed) {
+        this.#log.info("worker de-registered", {
+          worker_id: session.workerId,
+          total: await this.registry.size(),
+        });
+      }
+    });
+    session.tail.finally(() => {
+      this.#cleaning--;
+      if (this.#sessions.size === 0 && this.#cleaning === 0) this.#drained?.resolve();
+    });
+  }
+
+  /**
+   * Stops accepting workers and closes every session with 1001 so workers
+   * reconnect at once (to another instance, or to this one's successor).
+   * Resolves when every session closed or `timeoutMs` passed. Idempotent.
+   */
+  close(timeoutMs = 5000): Promise<void> {
+    this.#closing ??= this.#close(timeoutMs);
+    return this.#closing;
+  }
+
+  async #close(timeoutMs: number): Promise<void> {
+    this.#state = "closing";
+    const sessions = [...this.#sessions.values()];
+    this.#log.info("rendezvous closing", { sessions: sessions.length });
+    this.#drained = Promise.withResolvers<void>();
+    if (sessions.length === 0 && this.#cleaning === 0) this.#drained.resolve();
+    const startedAt = this.#clock.now();
+    const abort = new AbortController();
+    const wait = (ms: number) =>
+      delay(ms, { signal: abort.signal, clock: this.#clock }).catch(() => {});
+    if (sessions.length > 0) {
+      // Workers that understand the notice go quiet before the close frame.
+      const notice = { type: "going_away", reason: CloseReason.SHUTDOWN } as const;
+      for (const session of sessions) session.send(notice);
+      const noticeMs = Math.min(this.#options.closeNoticeMs, timeoutMs);
+      await Promise.race([this.#drained.promise, wait(noticeMs)]);
+    }
+    for (const session of this.#sessions.values()) {
+      session.close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN);
+    }
+    const left = Math.max(0, timeoutMs - (this.#clock.now() - startedAt));
+    await Promise.race([this.#drained.promise, wait(left)]);
+    abort.abort();
+    this.#state = "closed";
+    this.#log.info("rendezvous closed", { remaining: this.#sessions.size });
+  }
+}

@@ -1,0 +1,538 @@
+/**
+ * The worker's side of the rendezvous: connect, register, report the public
+ * IP, heartbeat, and reconnect with backoff for as long as it runs.
+ *
+ * Everything it touches (socket constructor, clock, public-IP lookup) is
+ * injected, so tests drive it against real servers or against fakes with a
+ * fake clock.
+ *
+ * @module
+ */
+
+import { Backoff } from "../core/backoff.ts";
+import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
+import { ReconnectPolicy } from "./reconnect_policy.ts";
+import { type Clock, delay, systemClock, type TimerId } from "../core/clock.ts";
+import { type Logger, silentLogger } from "../core/log.ts";
+import {
+  type ClientMessage,
+  encodeMessage,
+  parseServerMessage,
+  type PeerServerMessage,
+  ProtocolError,
+  type ServerMessage,
+} from "../protocol/messages.ts";
+
+/** The part of `WebSocket` the client uses. */
+export interface WebSocketLike extends EventTarget {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** Opens a WebSocket to `url` sending `headers` with the handshake. */
+export type SocketFactory = (url: string, headers: Record<string, string>) => WebSocketLike;
+
+/** Looks up this machine's public IP (throws when it cannot). */
+export type PublicIpLookup = (signal: AbortSignal) => Promise<string>;
+
+/** What the client is doing. */
+export type ClientStatus = "connecting" | "connected" | "waiting" | "stopped";
+
+/** Events the client reports, in order, to its tracer and logs. */
+export type ClientEvent =
+  | { type: "connecting"; attempt: number }
+  | { type: "connected" }
+  | { type: "registered"; observed_ip: string | null; observed_port: number | null }
+  | { type: "public_ip_reported"; ip: string }
+  | { type: "public_ip_failed"; error: string }
+  | { type: "heartbeat_timeout" }
+  | { type: "disconnected"; code: number; reason: string; opened: boolean }
+  | { type: "reconnect_scheduled"; delay_ms: number }
+  | { type: "stopped" };
+
+/** Options for {@linkcode RendezvousClient}. */
+export interface RendezvousClientOptions {
+  /** Full registration URL (`ws(s)://…/ws/register/{id}`). */
+  url: URL;
+  workerId: string;
+  /** Sent as `Authorization: Bearer …`. */
+  token?: string;
+  /** Heartbeat period. @default {25000} */
+  pingIntervalMs?: number;
+  /** Reconnect when a heartbeat (or the handshake) gets no answer in this. @default {25000} */
+  pingTimeoutMs?: number;
+  /** @default {new Backoff()} */
+  backoff?: Backoff;
+  /** A session that lasted this long resets the backoff. @default {10000} */
+  stableSessionMs?: number;
+  /** Restart handling (see lib/reconnect_policy.ts); the defaults suit production. */
+  restartGraceMs?: number;
+  restartWindowMs?: number;
+  /** Jitter source for the restart window. @default {Math.random} */
+  random?: () => number;
+  /** Run on every connect; its answer is sent as `register_public_ip`. */
+  lookupPublicIp?: PublicIpLookup;
+  /** @default {native WebSocket} */
+  openSocket?: SocketFactory;
+  /** @default {systemClock} */
+  clock?: Clock;
+  /** @default {silentLogger} */
+  logger?: Logger;
+  /** Receives every {@linkcode ClientEvent}. */
+  onEvent?: (event: ClientEvent) => void;
+  /** Receives the peer messages (`peers`, `peer_*`, `punch`, `relayed`). */
+  onPeerMessage?: (message: PeerServerMessage) => void;
+}
+
+/** What one connection ended with. */
+interface SessionOutcome {
+  code: number;
+  reason: string;
+  opened: boolean;
+  durationMs: number;
+}
+
+const nativeSocket: SocketFactory = (url, headers) => new WebSocket(url, { headers });
+
+/** A snapshot for the worker's health endpoint. */
+export interface ClientSnapshot {
+  status: ClientStatus;
+  connected_since: string | null;
+  sessions: number;
+  observed_ip: string | null;
+  observed_port: number | null;
+  http_reported_public_ip: string | null;
+}
+
+/**
+ * Keeps a worker registered with the rendezvous.
+ *
+ * @example
+ * ```ts
+ * const client = new RendezvousClient({
+ *   url: new URL("ws://localhost:8080/ws/register/w1"),
+ *   workerId: "w1",
+ *   lookupPublicIp: (signal) => fetchPublicIp("https://api.ipify.org", { signal }),
+ * });
+ * const controller = new AbortController();
+ * const done = client.run(controller.signal);
+ * // … on SIGTERM:
+ * controller.abort();
+ * await done;
+ * ```
+ */
+export class RendezvousClient {
+  #o:
+    & Required<
+      Omit<
+        RendezvousClientOptions,
+        | "token"
+        | "lookupPublicIp"
+        | "onEvent"
+        | "onPeerMessage"
+        | "backoff"
+        | "stableSessionMs"
+        | "restartGraceMs"
+        | "restartWindowMs"
+        | "random"
+      >
+    >
+    & {
+      policy: ReconnectPolicy;
+      token?: string;
+      lookupPublicIp?: PublicIpLookup;
+      onEvent?: (event: ClientEvent) => void;
+      onPeerMessage?: (message: PeerServerMessage) => void;
+    };
+  #status: ClientStatus = "waiting";
+  #sessions = 0;
+  #connectedSince: number | null = null;
+  #observed: { ip: string | null; port: number | null } = { ip: null, port: null };
+  #reportedIp: string | null = null;
+  #running = false;
+  /** The socket of the open session, if any. */
+  #socket: WebSocketLike | undefined;
+  /** A socket the rendezvous said it is about to close: nothing more is sent on it. */
+  #quiet: WebSocketLike | undefined;
+  #rttMs: number | null = null;
+  #openedAt = 0;
+  /** The heartbeat in flight: its number and when it left. */
+  #heartbeat = { seq: 0, at: 0 };
+
+  constructor(options: RendezvousClientOptions) {
+    this.#o = {
+      url: options.url,
+      workerId: options.workerId,
+      token: options.token,
+      pingIntervalMs: options.pingIntervalMs ?? 25_000,
+      pingTimeoutMs: options.pingTimeoutMs ?? 25_000,
+      policy: new ReconnectPolicy({
+        backoff: options.backoff ?? new Backoff(),
+        stableSessionMs: options.stableSessionMs,
+        restartGraceMs: options.restartGraceMs,
+        restartWindowMs: options.restartWindowMs,
+        random: options.random,
+      }),
+      lookupPublicIp: options.lookupPublicIp,
+      openSocket: options.openSocket ?? nativeSocket,
+      clock: options.clock ?? systemClock,
+      logger: options.logger ?? silentLogger,
+      onEvent: options.onEvent,
+      onPeerMessage: options.onPeerMessage,
+    };
+  }
+
+  /** Smoothed round trip to the rendezvous (registration and heartbeats), if measured. */
+  get rttMs(): number | null {
+    return this.#rttMs;
+  }
+
+  #sampleRtt(ms: number): void {
+    this.#rttMs = this.#rttMs === null ? ms : 0.8 * this.#rttMs + 0.2 * ms;
+  }
+
+  /** What the client is doing now. */
+  get status(): ClientStatus {
+    return this.#status;
+  }
+
+  /** State for a health endpoint. */
+  snapshot(): ClientSnapshot {
+    return {
+      status: this.#status,
+      connected_since: this.#connectedSince === null
+        ? null
+        : new Date(this.#connectedSince).toISOString(),
+      sessions: this.#sessions,
+      observed_ip: this.#observed.ip,
+      observed_port: this.#observed.port,
+      http_reported_public_ip: this.#reportedIp,
+    };
+  }
+
+  /**
+   * Sends `message` on the open session. Returns false when there is none
+   * (the caller sends it again after the next `registered` event).
+   */
+  send(message: ClientMessage): boolean {
+    const socket = this.#socket;
+    if (socket === undefined || this.#status !== "connected") return false;
+    return this.#send(socket, message);
+  }
+
+  #emit(event: ClientEvent): void {
+    this.#o.onEvent?.(event);
+  }
+
+  /**
+   * Connects and stays connected until `signal` aborts; then closes with 1000
+   * and resolves. Never rejects.
+   */
+  async run(signal: AbortSignal): Promise<void> {
+    if (this.#running) throw new Error("Cannot run a RendezvousClient twice at once");
+    this.#running = true;
+    const { clock, logger } = this.#o;
+    const policy = this.#o.policy;
+    try {
+      while (!signal.aborted) {
+        const attempt = policy.backoff.attempt;
+        const outcome = await this.#session(signal, attempt);
+        if (signal.aborted) break;
+        const wait = policy.next(outcome, clock.now());
+        if (outcome.code === CloseCode.SESSION_REPLACED) {
+          logger.error("another connection registered this worker id; is WORKER_ID shared?", {
+            worker_id: this.#o.workerId,
+          });
+        }
+        this.#status = "waiting";
+        this.#emit({ type: "reconnect_scheduled", delay_ms: wait });
+        logger.info("reconnecting to rendezvous", {
+          worker_id: this.#o.workerId,
+          delay_ms: wait,
+          attempt: policy.backoff.attempt,
+        });
+        await delay(wait, { signal, clock }).catch(() => {});
+      }
+    } finally {
+      this.#status = "stopped";
+      this.#running = false;
+      this.#emit({ type: "stopped" });
+    }
+  }
+
+  /** One connection, from open to close; resolves with how it ended. */
+  #session(signal: AbortSignal, attempt: number): Promise<SessionOutcome> {
+    const { clock, logger, workerId } = this.#o;
+    const url = this.#o.url.href;
+    this.#status = "connecting";
+    this.#emit({ type: "connecting", attempt });
+    logger.info("connecting to rendezvous", { worker_id: workerId, url: redact(this.#o.url) });
+
+    return new Promise<SessionOutcome>((resolve) => {
+      const startedAt = clock.now();
+      const sessionAbort = new AbortController();
+      let opened = false;
+      let openedAt = startedAt;
+      let finished = false;
+      let heartbeatSeq = 0;
+      let heartbeatTimer: TimerId | undefined;
+      let deadlineTimer: TimerId | undefined;
+      let lastError = "";
+      let socket: WebSocketLike | undefined;
+
+      const headers: Record<string, string> = {};
+      if (this.#o.token !== undefined) headers.authorization = `Bearer ${this.#o.token}`;
+
+      const finish = (code: number, reason: string) => {
+        if (finished) return;
+        finished = true;
+        clock.clearTimeout(heartbeatTimer);
+        clock.clearTimeout(deadlineTimer);
+        sessionAbort.abort();
+        signal.removeEventListener("abort", onStop);
+        socket?.removeEventListener("open", onOpen);
+        socket?.removeEventListener("message", onMessage);
+        socket?.removeEventListener("close", onClose);
+        socket?.removeEventListener("error", onError);
+        this.#connectedSince = null;
+        if (this.#socket === socket) this.#socket = undefined;
+        if (this.#quiet === socket) this.#quiet = undefined;
+        const now = clock.now();
+        this.#emit({ type: "disconnected", code, reason, opened });
+        const fields = {
+          worker_id: workerId,
+          code,
+          reason: reason || undefined,
+          error: lastError || undefined,
+          session_ms: opened ? now - openedAt : undefined,
+        };
+        if (opened) logger.info("disconnected from rendezvous", fields);
+        else logger.warn("cannot connect to rendezvous", fields);
+        resolve({ code, reason, opened, durationMs: opened ? now - openedAt : 0 });
+      };
+
+      /** Gives up on a socket that may never say goodbye (a dead path). */
+      const abandon = (code: number, reason: string) => {
+        try {
+          socket?.close(code, reason);
+        } catch {
+          // Already closed.
+        }
+        finish(code, reason);
+      };
+
+      const armDeadline = () => {
+        clock.clearTimeout(deadlineTimer);
+        deadlineTimer = clock.setTimeout(() => {
+          this.#emit({ type: "heartbeat_timeout" });
+          logger.warn("rendezvous stopped answering; reconnecting", {
+            worker_id: workerId,
+            timeout_ms: this.#o.pingTimeoutMs,
+            opened,
+          });
+          abandon(CloseCode.HEARTBEAT_TIMEOUT, CloseReason.HEARTBEAT_TIMEOUT);
+        }, this.#o.pingTimeoutMs);
+      };
+
+      const scheduleHeartbeat = () => {
+        heartbeatTimer = clock.setTimeout(() => {
+          if (finished) return;
+          heartbeatSeq++;
+          this.#heartbeat = { seq: heartbeatSeq, at: clock.now() };
+          this.#send(socket!, {
+            type: "echo_request",
+            payload: { heartbeat: heartbeatSeq },
+          });
+          if (deadlineTimer === undefined) armDeadline();
+          scheduleHeartbeat();
+        }, this.#o.pingIntervalMs);
+      };
+
+      const onOpen = () => {
+        opened = true;
+        this.#socket = socket;
+        this.#openedAt = clock.now();
+        openedAt = clock.now();
+        this.#sessions++;
+        this.#status = "connected";
+        this.#connectedSince = openedAt;
+        clock.clearTimeout(deadlineTimer);
+        deadlineTimer = undefined;
+        this.#emit({ type: "connected" });
+        logger.info("connected to rendezvous", { worker_id: workerId });
+        scheduleHeartbeat();
+        void this.#reportPublicIp(socket!, sessionAbort.signal);
+      };
+
+      const onMessage = (event: Event) => {
+        // Any frame proves the path is alive.
+        clock.clearTimeout(deadlineTimer);
+        deadlineTimer = undefined;
+        const data = (event as MessageEvent).data;
+        if (typeof data !== "string") return;
+        let message: ServerMessage;
+        try {
+          message = parseServerMessage(data);
+        } catch (error) {
+          const level = error instanceof ProtocolError && error.code === "unknown_type"
+            ? "debug"
+            : "warn";
+          logger[level]("ignored a message from the rendezvous", {
+            worker_id: workerId,
+            error: (error as Error).message,
+          });
+          return;
+        }
+        if (message.type === "going_away") return goQuiet(message.reason);
+        this.#onServerMessage(message);
+      };
+
+      /**
+       * The rendezvous closes this session next: stop sending (a frame that
+       * crosses its close frame would cost us the clean 1001) and wait for
+       * the close, within the heartbeat bound.
+       */
+      const goQuiet = (reason: string) => {
+        clock.clearTimeout(heartbeatTimer);
+        heartbeatTimer = undefined;
+        this.#quiet = socket;
+        logger.info("rendezvous going away", { worker_id: workerId, reason });
+        armDeadline();
+      };
+
+      const onClose = (event: Event) => {
+        const close = event as CloseEvent;
+        finish(close.code, close.reason);
+      };
+
+      const onError = (event: Event) => {
+        lastError = (event as ErrorEvent).message ?? "";
+      };
+
+      const onStop = () => {
+        try {
+          socket?.close(CloseCode.NORMAL, CloseReason.WORKER_STOPPING);
+        } catch {
+          // Already closed.
+        }
+        // Wait briefly for the close handshake, but not on a dead path.
+        clock.clearTimeout(deadlineTimer);
+        deadlineTimer = clock.setTimeout(
+          () => finish(CloseCode.NORMAL, CloseReason.WORKER_STOPPING),
+          Math.min(this.#o.pingTimeoutMs, 2000),
+        );
+      };
+
+      try {
+        socket = this.#o.openSocket(url, headers);
+      } catch (error) {
+        lastError = (error as Error).message;
+        finish(1006, "");
+        return;
+      }
+      socket.addEventListener("open", onOpen);
+      socket.addEventListener("message", onMessage);
+      socket.addEventListener("close", onClose);
+      socket.addEventListener("error", onError);
+      signal.addEventListener("abort", onStop, { once: true });
+      if (signal.aborted) onStop();
+      else armDeadline(); // The handshake gets the same bound as a heartbeat.
+    });
+  }
+
+  #onServerMessage(message: ServerMessage): void {
+    const { logger, workerId } = this.#o;
+    switch (message.type) {
+      case "registered":
+        this.#sampleRtt(this.#o.clock.now() - this.#openedAt);
+        this.#observed = { ip: message.observed_ip, port: message.observed_port };
+        this.#emit({
+          type: "registered",
+          observed_ip: message.observed_ip,
+          observed_port: message.observed_port,
+        });
+        logger.info("registered with rendezvous", {
+          worker_id: workerId,
+          observed_ip: message.observed_ip,
+          observed_port: message.observed_port,
+        });
+        return;
+      case "public_ip_registered":
+        logger.debug("rendezvous stored public ip", { worker_id: workerId, ip: message.ip });
+        return;
+      case "echo_response": {
+        const beat = (message.original_payload as { heartbeat?: unknown } | null)?.heartbeat;
+        if (beat === this.#heartbeat.seq && beat > 0) {
+          this.#sampleRtt(this.#o.clock.now() - this.#heartbeat.at);
+        }
+        return;
+      }
+      case "peers":
+      case "peer_joined":
+      case "peer_updated":
+      case "peer_left":
+      case "punch":
+      case "relayed":
+        this.#o.onPeerMessage?.(message);
+        return;
+      case "udp_endpoint_registered":
+        logger.debug("rendezvous stored udp endpoint", {
+          worker_id: workerId,
+          mapping: message.mapping,
+        });
+        return;
+      case "going_away": // handled by the session
+        return;
+      case "error":
+        logger.warn("rendezvous rejected a message", {
+          worker_id: workerId,
+          code: message.code,
+          error: message.message,
+        });
+        return;
+      default: {
+        const unreachable: never = message;
+        logger.debug("ignored a message", { message: unreachable });
+      }
+    }
+  }
+
+  async #reportPublicIp(socket: WebSocketLike, signal: AbortSignal): Promise<void> {
+    const { lookupPublicIp, logger, workerId } = this.#o;
+    if (lookupPublicIp === undefined) return;
+    let ip: string;
+    try {
+      ip = await lookupPublicIp(signal);
+    } catch (error) {
+      if (signal.aborted) return;
+      const message = (error as Error).message;
+      this.#emit({ type: "public_ip_failed", error: message });
+      logger.warn("cannot get public ip; the rendezvous will use the observed address", {
+        worker_id: workerId,
+        error: message,
+      });
+      return;
+    }
+    if (signal.aborted) return;
+    this.#send(socket, { type: "register_public_ip", ip });
+    this.#reportedIp = ip;
+    this.#emit({ type: "public_ip_reported", ip });
+    logger.info("reported public ip", { worker_id: workerId, http_reported_public_ip: ip });
+  }
+
+  #send(socket: WebSocketLike, message: ClientMessage): boolean {
+    if (socket.readyState !== WebSocket.OPEN || socket === this.#quiet) return false;
+    try {
+      socket.send(encodeMessage(message));
+      return true;
+    } catch {
+      return false; // The close event follows.
+    }
+  }
+}
+
+/** The URL without credentials or query, fit for a log line. */
+function redact(url: URL): string {
+  return `${url.protocol}//${url.host}${url.pathname}`;
+}

@@ -1,0 +1,304 @@
+/**
+ * The worker's configuration, read from the seed's environment variables
+ * plus a few of our own.
+ *
+ * @module
+ */
+
+import {
+  boolVar,
+  ConfigError,
+  type Env,
+  LOG_VARIABLES,
+  type LogConfig,
+  logConfig,
+  numberVar,
+  portVar,
+  stringVar,
+  type VariableDoc,
+} from "../core/env.ts";
+import { normalizeIp } from "../protocol/ip.ts";
+import { isValidWorkerId, REGISTER_PATH_PREFIX } from "../protocol/messages.ts";
+import { parseServerSpec } from "../stun/client.ts";
+
+/** Everything `worker.ts` needs to start. */
+export interface WorkerConfig {
+  workerId: string;
+  /** The rendezvous base as a ws:/wss: URL (no trailing slash). */
+  rendezvousBase: URL;
+  /** Set when the base URL had no scheme and ws: was assumed. */
+  rendezvousWarning?: string;
+  token?: string;
+  /** `undefined` when IP_ECHO_URL=off. */
+  ipEchoUrl?: string;
+  ipEchoTimeoutMs: number;
+  port: number;
+  hostname: string;
+  pingIntervalMs: number;
+  pingTimeoutMs: number;
+  reconnectBaseMs: number;
+  reconnectMaxMs: number;
+  /** UDP socket for STUN (and later hole punching). */
+  udpHost: string;
+  udpPort: number;
+  /** Empty when STUN_SERVERS=off: no UDP discovery. */
+  stunServers: string[];
+  stunKeepaliveMs: number;
+  /** Peers see only workers of the same group. */
+  group: string;
+  /** Introduce ourselves to every peer of the group as it appears. */
+  peerAutoConnect: boolean;
+  /** Send a hello to every peer this often (0: never); for demos and the lab. */
+  peerHelloMs: number;
+  log: LogConfig;
+}
+
+/** The worker's environment variables. */
+export const WORKER_VARIABLES: readonly VariableDoc[] = [
+  {
+    name: "RENDEZVOUS_SERVICE_URL",
+    fallback: "(required)",
+    meaning: "rendezvous base URL: http(s):// or ws(s)://; no scheme means ws:// (with a warning)",
+  },
+  {
+    name: "WORKER_ID",
+    fallback: "a new UUID",
+    meaning: "this worker's id: 1-128 of [A-Za-z0-9._-]",
+  },
+  { name: "RENDEZVOUS_TOKEN", fallback: "(unset)", meaning: "bearer token sent to the rendezvous" },
+  {
+    name: "IP_ECHO_URL",
+    fallback: "https://api.ipify.org",
+    meaning: "HTTP service answering with our public IP; off to skip",
+  },
+  { name: "IP_ECHO_TIMEOUT_SEC", fallback: "10", meaning: "how long to wait for the echo service" },
+  {
+    name: "PORT",
+    fallback: "8080",
+    meaning: "health server port (/health, /); 0 picks a free one",
+  },
+  { name: "HOST", fallback: "0.0.0.0", meaning: "health server address" },
+  {
+    name: "PING_INTERVAL_SEC",
+    fallback: "25",
+    meaning: "seconds between heartbeats (echo_request) to the rendezvous",
+  },
+  {
+    name: "PING_TIMEOUT_SEC",
+    fallback: "25",
+    meaning: "reconnect when a heartbeat gets no answer within this",
+  },
+  {
+    name: "RECONNECT_BASE_SEC",
+    fallback: "0.5",
+    meaning: "first reconnect backoff window (full jitter)",
+  },
+  { name: "RECONNECT_MAX_SEC", fallback: "30", meaning: "largest reconnect backoff window" },
+  {
+    name: "UDP_PORT",
+    fallback: "0 (any free port)",
+    meaning: "UDP port for STUN and peer traffic",
+  },
+  { name: "UDP_HOST", fallback: "0.0.0.0", meaning: "UDP address (:: for IPv6)" },
+  {
+    name: "STUN_SERVERS",
+    fallback: "stun.l.google.com:19302,stun.cloudflare.com:3478",
+    meaning: "comma-separated host:port list, two or more to classify the NAT; off to skip UDP",
+  },
+  {
+    name: "STUN_KEEPALIVE_SEC",
+    fallback: "20",
+    meaning: "refresh the NAT mapping this often (Cloud NAT forgets idle UDP after 30 s)",
+  },
+  { name: "WORKER_GROUP", fallback: "default", meaning: "peers see only workers of their group" },
+  {
+    name: "PEER_AUTOCONNECT",
+    fallback: "false",
+    meaning: "connect (punch) to every peer of the group as it appears",
+  },
+  {
+    name: "PEER_HELLO_SEC",
+    fallback: "0 (off)",
+    meaning: "send a small hello to every known peer this often (demo, lab)",
+  },
+  ...LOG_VARIABLES,
+];
+
+/**
+ * Turns the seed's `RENDEZVOUS_SERVICE_URL` into a WebSocket base URL:
+ * http→ws, https→wss, ws/wss kept, no scheme → ws with a warning, anything
+ * else an error.
+ *
+ * @throws {ConfigError}
+ */
+export function rendezvousBaseUrl(text: string): { url: URL; warning?: string } {
+  const name = "RENDEZVOUS_SERVICE_URL";
+  let warning: string | undefined;
+  let candidate = text;
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(text)?.[1]?.toLowerCase();
+  if (scheme === undefined) {
+    if (/^[A-Za-z][A-Za-z0-9+.-]*:(?!\d)/.test(text)) {
+      throw new ConfigError(
+        name,
+        `Cannot read ${name}: unsupported URL "${text}": use http://, https://, ws:// or wss://`,
+      );
+    }
+    warning = `${name} ("${text}") has no scheme: assuming ws://`;
+    candidate = `ws://${text}`;
+  }
+  let url: URL;
+  try {
+    url = new URL(candidate);
+  } catch (cause) {
+    throw new ConfigError(
+      name,
+      `Cannot read ${name}: it is not a valid URL: current value is "${text}"`,
+      { cause },
+    );
+  }
+  const mapped: Record<string, string> = {
+    "http:": "ws:",
+    "https:": "wss:",
+    "ws:": "ws:",
+    "wss:": "wss:",
+  };
+  const protocol = mapped[url.protocol];
+  if (protocol === undefined) {
+    throw new ConfigError(
+      name,
+      `Cannot read ${name}: unsupported scheme "${url.protocol}" in "${text}": use http://, https://, ws:// or wss://`,
+    );
+  }
+  if (url.hostname === "") {
+    throw new ConfigError(name, `Cannot read ${name}: no host in "${text}"`);
+  }
+  if (url.username || url.password) {
+    throw new ConfigError(
+      name,
+      `Cannot read ${name}: credentials in the URL are not supported: use RENDEZVOUS_TOKEN`,
+    );
+  }
+  // new URL() only switches between "special" schemes via href.
+  url = new URL(url.href.replace(/^[a-z]+:/, protocol));
+  url.hash = "";
+  url.pathname = url.pathname.replace(/\/+$/, "");
+  return { url, warning };
+}
+
+/** The registration URL of `workerId` (in `group`) under a base from {@linkcode rendezvousBaseUrl}. */
+export function registrationUrl(base: URL, workerId: string, group = "default"): URL {
+  const url = new URL(base.href);
+  if (group !== "default") url.searchParams.set("group", group);
+  url.pathname = `${base.pathname.replace(/\/+$/, "")}${REGISTER_PATH_PREFIX}${
+    encodeURIComponent(workerId)
+  }`;
+  return url;
+}
+
+function seconds(env: Env, name: string, fallback: number, min: number, max: number): number {
+  return Math.round(numberVar(env, name, fallback, { min, max }) * 1000);
+}
+
+/**
+ * Reads the worker configuration.
+ *
+ * @throws {ConfigError} naming the first bad variable.
+ */
+export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
+  const urlText = stringVar(env, "RENDEZVOUS_SERVICE_URL");
+  if (urlText === undefined) {
+    throw new ConfigError(
+      "RENDEZVOUS_SERVICE_URL",
+      "RENDEZVOUS_SERVICE_URL is not set: set it to the rendezvous URL, e.g. https://rendezvous-xyz.a.run.app",
+    );
+  }
+  const { url, warning } = rendezvousBaseUrl(urlText);
+  const workerId = stringVar(env, "WORKER_ID") ?? crypto.randomUUID();
+  if (!isValidWorkerId(workerId)) {
+    throw new ConfigError(
+      "WORKER_ID",
+      `Cannot read WORKER_ID: it must be 1-128 characters of [A-Za-z0-9._-]: current value is "${workerId}"`,
+    );
+  }
+  const echo = stringVar(env, "IP_ECHO_URL", "https://api.ipify.org");
+  let ipEchoUrl: string | undefined;
+  if (echo.toLowerCase() !== "off") {
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(echo);
+    } catch {
+      parsed = undefined;
+    }
+    if (parsed === undefined || (parsed.protocol !== "http:" && parsed.protocol !== "https:")) {
+      throw new ConfigError(
+        "IP_ECHO_URL",
+        `Cannot read IP_ECHO_URL: it must be an http:// or https:// URL, or off: current value is "${echo}"`,
+      );
+    }
+    ipEchoUrl = parsed.href;
+  }
+  const reconnectBaseMs = seconds(env, "RECONNECT_BASE_SEC", 0.5, 0.01, 60);
+  const reconnectMaxMs = seconds(env, "RECONNECT_MAX_SEC", 30, 0.01, 3600);
+  if (reconnectMaxMs < reconnectBaseMs) {
+    throw new ConfigError(
+      "RECONNECT_MAX_SEC",
+      `Cannot read RECONNECT_MAX_SEC: it must be at least RECONNECT_BASE_SEC (${
+        reconnectBaseMs / 1000
+      })`,
+    );
+  }
+  const stunText = stringVar(
+    env,
+    "STUN_SERVERS",
+    "stun.l.google.com:19302,stun.cloudflare.com:3478",
+  );
+  const stunServers = stunText.toLowerCase() === "off"
+    ? []
+    : stunText.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  for (const server of stunServers) {
+    try {
+      parseServerSpec(server);
+    } catch {
+      throw new ConfigError(
+        "STUN_SERVERS",
+        `Cannot read STUN_SERVERS: "${server}" is not host:port (or set STUN_SERVERS=off)`,
+      );
+    }
+  }
+  const group = stringVar(env, "WORKER_GROUP", "default");
+  if (!isValidWorkerId(group)) {
+    throw new ConfigError(
+      "WORKER_GROUP",
+      `Cannot read WORKER_GROUP: it must be 1-128 characters of [A-Za-z0-9._-]: current value is "${group}"`,
+    );
+  }
+  const udpHost = stringVar(env, "UDP_HOST", "0.0.0.0");
+  if (normalizeIp(udpHost) === null) {
+    throw new ConfigError(
+      "UDP_HOST",
+      `Cannot read UDP_HOST: it must be an IP address: current value is "${udpHost}"`,
+    );
+  }
+  return {
+    workerId,
+    rendezvousBase: url,
+    rendezvousWarning: warning,
+    token: stringVar(env, "RENDEZVOUS_TOKEN"),
+    ipEchoUrl,
+    ipEchoTimeoutMs: seconds(env, "IP_ECHO_TIMEOUT_SEC", 10, 0.1, 120),
+    port: portVar(env, "PORT", 8080),
+    hostname: stringVar(env, "HOST", "0.0.0.0"),
+    pingIntervalMs: seconds(env, "PING_INTERVAL_SEC", 25, 0.05, 3600),
+    pingTimeoutMs: seconds(env, "PING_TIMEOUT_SEC", 25, 0.05, 3600),
+    reconnectBaseMs,
+    reconnectMaxMs,
+    udpHost,
+    udpPort: portVar(env, "UDP_PORT", 0),
+    stunServers,
+    stunKeepaliveMs: seconds(env, "STUN_KEEPALIVE_SEC", 20, 0.05, 3600),
+    group,
+    peerAutoConnect: boolVar(env, "PEER_AUTOCONNECT", false),
+    peerHelloMs: seconds(env, "PEER_HELLO_SEC", 0, 0, 3600),
+    log: logConfig(env, isTerminal),
+  };
+}

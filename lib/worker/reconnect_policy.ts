@@ -1,0 +1,90 @@
+/**
+ * When a worker reconnects to the rendezvous: the one policy the worker and
+ * the benchmark's load generator share, pure over an injected time.
+ *
+ * - A session that lasted `stableSessionMs` resets the backoff.
+ * - After a close with 1001 (going away) or 1012 (restart) the server is
+ *   being replaced: come back at once, and if that fails keep retrying within
+ *   a short full-jitter window (`restartWindowMs`) for `restartGraceMs`, so
+ *   a fleet returns as soon as the new server listens instead of drifting
+ *   into long exponential waits during a restart of a few seconds.
+ * - Otherwise exponential backoff with full jitter ({@linkcode Backoff}).
+ *
+ * @module
+ */
+
+import { Backoff } from "../core/backoff.ts";
+import { reconnectsImmediately } from "../protocol/close_codes.ts";
+
+/** How a connection attempt ended. */
+export interface AttemptOutcome {
+  /** The WebSocket opened (false: refused, failed handshake). */
+  opened: boolean;
+  /** Close code (1006 when it never opened). */
+  code: number;
+  /** How long the session lasted, when it opened. */
+  durationMs: number;
+}
+
+/** Options for {@linkcode ReconnectPolicy}. */
+export interface ReconnectPolicyOptions {
+  /** @default {new Backoff()} */
+  backoff?: Backoff;
+  /** @default {10000} */
+  stableSessionMs?: number;
+  /** @default {10000} */
+  restartGraceMs?: number;
+  /** @default {1000} */
+  restartWindowMs?: number;
+  /** @default {Math.random} */
+  random?: () => number;
+}
+
+/**
+ * Reconnect delays.
+ *
+ * @example
+ * ```ts
+ * const policy = new ReconnectPolicy();
+ * const wait = policy.next({ opened: true, code: 1001, durationMs: 60_000 }, Date.now()); // 0
+ * ```
+ */
+export class ReconnectPolicy {
+  readonly backoff: Backoff;
+  #stableMs: number;
+  #graceMs: number;
+  #windowMs: number;
+  #random: () => number;
+  #restartUntil = -Infinity;
+  #lastImmediate = false;
+
+  constructor(options: ReconnectPolicyOptions = {}) {
+    this.backoff = options.backoff ?? new Backoff();
+    this.#stableMs = options.stableSessionMs ?? 10_000;
+    this.#graceMs = options.restartGraceMs ?? 10_000;
+    this.#windowMs = options.restartWindowMs ?? 1000;
+    this.#random = options.random ?? Math.random;
+  }
+
+  /** Milliseconds to wait before the next attempt. */
+  next(outcome: AttemptOutcome, now: number): number {
+    if (outcome.opened && outcome.durationMs >= this.#stableMs) {
+      this.backoff.reset();
+      this.#lastImmediate = false;
+    }
+    if (outcome.opened && reconnectsImmediately(outcome.code)) {
+      this.#restartUntil = now + this.#graceMs;
+      // At once, but never twice in a row: a server that keeps saying
+      // "going away" right after accepting gets the backoff.
+      if (!this.#lastImmediate) {
+        this.#lastImmediate = true;
+        return 0;
+      }
+    }
+    this.#lastImmediate = false;
+    if (now < this.#restartUntil) {
+      return Math.floor(this.#random() * Math.min(this.#windowMs, this.backoff.maxMs));
+    }
+    return this.backoff.next();
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * Wires a worker's UDP socket, STUN client and {@linkcode UdpPresence} to its
+ * rendezvous session: discover after every registration, report each new
+ * result once per session, keep the mapping alive in between.
+ *
+ * @module
+ */
+
+import type { Logger } from "../core/log.ts";
+import { StunClient } from "../stun/client.ts";
+import { UdpEndpoint } from "../peer/udp_endpoint.ts";
+import { type UdpEndpointReport, UdpPresence } from "../stun/discovery.ts";
+
+/**
+ * Discovery is latency-sensitive (peers wait for it), so the worker uses a
+ * shorter schedule than RFC 8489's 39.5 s default, as Tailscale's netcheck
+ * does: sends at 0, 250, 750, 1750 and 3750 ms, verdict at 4.75 s. A lost
+ * answer costs little: the keepalive asks again every STUN_KEEPALIVE_SEC.
+ */
+export const DISCOVERY_SCHEDULE = { rtoMs: 250, maxSends: 5, finalWaitFactor: 4 } as const;
+
+/** Options for {@linkcode startWorkerUdp}. */
+export interface WorkerUdpOptions {
+  hostname: string;
+  port: number;
+  stunServers: readonly string[];
+  keepaliveMs: number;
+  logger: Logger;
+  /** Sends a report to the rendezvous; false when no session is open. */
+  report: (report: UdpEndpointReport) => boolean;
+}
+
+/** A running UDP side of a worker. */
+export interface WorkerUdp {
+  udp: UdpEndpoint;
+  presence: UdpPresence;
+  /** Call on every `registered` event: rediscover and report. */
+  onRegistered(): void;
+  close(): Promise<void>;
+}
+
+/** Binds the socket and starts the keepalive. */
+export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
+  const { logger } = options;
+  const udp = UdpEndpoint.bind({ hostname: options.hostname, port: options.port });
+  const stun = new StunClient((bytes, to) => udp.send(bytes, to), {
+    family: udp.local.family,
+    ...DISCOVERY_SCHEDULE,
+  });
+  udp.onStun = (bytes, from) => stun.handle(bytes, from);
+  let sentThisSession: string | undefined;
+  const sendIfNew = (report: UdpEndpointReport) => {
+    const text = JSON.stringify(report);
+    if (text === sentThisSession) return;
+    if (options.report(report)) sentThisSession = text;
+  };
+  const presence = new UdpPresence({
+    stun,
+    servers: options.stunServers,
+    local: udp.local,
+    keepaliveMs: options.keepaliveMs,
+    logger,
+    onChange: sendIfNew,
+  });
+  const stop = new AbortController();
+  const keepalive = presence.keepAlive(stop.signal);
+  logger.info("udp socket bound", { udp_local: `${udp.local.ip}:${udp.local.port}` });
+  return {
+    udp,
+    presence,
+    onRegistered() {
+      sentThisSession = undefined;
+      presence.discover(stop.signal).then(sendIfNew, () => {});
+    },
+    async close() {
+      stop.abort();
+      await keepalive;
+      await udp.close();
+    },
+  };
+}

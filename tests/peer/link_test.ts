@@ -1,0 +1,496 @@
+/**
+ * PeerLink against a simulated network on a fake clock: two links, a UDP
+ * path that can be cut, and a relay. (WebCrypto is real and asynchronous, so
+ * after each clock step the test lets pending work finish before judging.)
+ */
+
+import assert from "node:assert/strict";
+import {
+  type Frame,
+  importSessionKey,
+  openFrame,
+  sealFrame,
+  toBase64,
+} from "../../lib/peer/frame.ts";
+import { LINK_TIMING, type LinkEvent, PeerLink, type PeerLinkDeps } from "../../lib/peer/link.ts";
+import type {
+  Candidate,
+  NatMapping,
+  PathKind,
+  PunchMessage,
+  UdpAddress,
+} from "../../lib/protocol/messages.ts";
+import { FakeClock } from "../_fake_clock.ts";
+
+const A: UdpAddress = { ip: "203.0.113.1", port: 1000 };
+const B: UdpAddress = { ip: "203.0.113.2", port: 2000 };
+const KEY = toBase64(crypto.getRandomValues(new Uint8Array(32)));
+
+interface Side {
+  link: PeerLink;
+  received: { text: string; path: PathKind }[];
+  paths: PathKind[];
+  events: LinkEvent[];
+  udpSent: { to: UdpAddress; via: number }[];
+  connects: number;
+  opened: number[];
+  closed: number[];
+}
+
+class Net {
+  clock = new FakeClock(0);
+  udpUp = true;
+  pending: Promise<unknown>[] = [];
+  a: Side;
+  b: Side;
+
+  constructor() {
+    this.a = this.#side("b", A);
+    this.b = this.#side("a", B);
+  }
+
+  #side(peer: "a" | "b", self: UdpAddress): Side {
+    const side = {
+      received: [],
+      paths: [],
+      events: [],
+      udpSent: [],
+      connects: 0,
+      opened: [],
+      closed: [],
+    } as unknown as Side;
+    let nextVia = 1;
+    side.link = new PeerLink(peer, {
+      clock: this.clock,
+      sendUdp: (bytes, to, via) => {
+        side.udpSent.push({ to, via });
+        const target = to.ip === A.ip && to.port === A.port
+          ? this.a
+          : to.ip === B.ip && to.port === B.port
+          ? this.b
+          : undefined;
+        if (!this.udpUp || !target) return;
+        this.pending.push(target.link.receive(bytes, self, 0));
+      },
+      sendRelay: (bytes) => {
+        const target = peer === "b" ? this.b : this.a;
+        this.pending.push(target.link.receive(bytes, undefined));
+      },
+      openSockets: (count) => {
+        const vias = Array.from({ length: count }, () => nextVia++);
+        side.opened.push(...vias);
+        return vias;
+      },
+      closeSockets: (vias) => side.closed.push(...vias),
+      requestConnect: () => side.connects++,
+      onMessage: (payload, path) =>
+        side.received.push({ text: new TextDecoder().decode(payload), path }),
+      onPath: (path) => side.paths.push(path),
+      trace: (event) => side.events.push(event),
+    });
+    return side;
+  }
+
+  /** Lets every pending delivery (and the sends it causes) finish. */
+  async settle(): Promise<void> {
+    for (let idle = 0; idle < 3;) {
+      const batch = this.pending.splice(0);
+      await Promise.all(batch);
+      // WebCrypto resolves off the microtask queue: give it a turn.
+      await new Promise((r) => setTimeout(r, 0));
+      idle = batch.length === 0 && this.pending.length === 0 ? idle + 1 : 0;
+    }
+  }
+
+  async tick(ms: number, step = 10): Promise<void> {
+    for (let t = 0; t < ms; t += step) {
+      await this.clock.tick(Math.min(step, ms - t));
+      await this.settle();
+    }
+  }
+
+  async punch(
+    nat: { a?: NatMapping; b?: NatMapping } = {},
+    candidates: { a?: Candidate[]; b?: Candidate[] } = {},
+  ): Promise<void> {
+    const base = {
+      type: "punch",
+      session_id: "00000000000000a1",
+      key: KEY,
+      delay_ms: 100,
+    } as const;
+    await this.a.link.punch(
+      {
+        ...base,
+        peer_id: "b",
+        candidates: candidates.a ?? [{ ...B, kind: "public" }],
+        peer_nat: nat.b ?? "endpoint-independent",
+        own_nat: nat.a ?? "endpoint-independent",
+        role: "initiator",
+      } satisfies PunchMessage,
+    );
+    await this.b.link.punch(
+      {
+        ...base,
+        peer_id: "a",
+        candidates: candidates.b ?? [{ ...A, kind: "public" }],
+        peer_nat: nat.a ?? "endpoint-independent",
+        own_nat: nat.b ?? "endpoint-independent",
+        role: "responder",
+      } satisfies PunchMessage,
+    );
+  }
+
+  close(): void {
+    this.a.link.close();
+    this.b.link.close();
+  }
+}
+
+const text = (s: string) => new TextEncoder().encode(s);
+
+/** Dependencies that do nothing, for a link driven by hand. */
+function inert(overrides: Partial<PeerLinkDeps> = {}): PeerLinkDeps {
+  return {
+    clock: new FakeClock(0),
+    sendUdp: () => {},
+    sendRelay: () => {},
+    openSockets: () => [],
+    closeSockets: () => {},
+    requestConnect: () => {},
+    onMessage: () => {},
+    onPath: () => {},
+    ...overrides,
+  };
+}
+
+/** An introduction to session a1 under KEY, without candidates. */
+function introduction(overrides: Partial<PunchMessage> = {}): PunchMessage {
+  return {
+    type: "punch",
+    peer_id: "a",
+    session_id: "00000000000000a1",
+    key: KEY,
+    candidates: [],
+    peer_nat: null,
+    own_nat: null,
+    role: "responder",
+    delay_ms: 0,
+    ...overrides,
+  };
+}
+
+Deno.test("PeerLink relays from the introduction, then moves to direct without loss or reordering", async () => {
+  const net = new Net();
+  try {
+    net.a.link.send(text("m0")); // before any introduction: queued, and a connect is asked for
+    assert.equal(net.a.connects, 1);
+    await net.punch();
+    for (let i = 1; i < 5; i++) net.a.link.send(text(`m${i}`));
+    await net.settle();
+    assert.deepEqual(net.b.received.map((m) => m.path), Array(5).fill("relay"));
+    await net.tick(400);
+    assert.equal(net.a.link.path, "direct");
+    assert.equal(net.b.link.path, "direct");
+    assert.deepEqual(net.a.paths, ["direct"]);
+    for (let i = 5; i < 10; i++) net.a.link.send(text(`m${i}`));
+    await net.tick(50);
+    assert.deepEqual(
+      net.b.received.map((m) => m.text),
+      Array.from({ length: 10 }, (_, i) => `m${i}`),
+    );
+    assert.deepEqual(net.b.received.slice(5).map((m) => m.path), Array(5).fill("direct"));
+    assert.equal(net.a.link.snapshot().in_flight, 0, "every message was acknowledged");
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("PeerLink falls back to the relay when the direct path dies, loses nothing, and asks to upgrade later", async () => {
+  const net = new Net();
+  try {
+    await net.punch();
+    await net.tick(400);
+    assert.equal(net.a.link.path, "direct");
+    net.udpUp = false;
+    net.a.link.send(text("during the outage"));
+    await net.tick(LINK_TIMING.keepaliveMs + LINK_TIMING.lostAfterMs + 500, 50);
+    assert.equal(net.a.link.path, "relay");
+    assert.ok(net.a.events.some((e) => e.type === "path_lost"));
+    assert.deepEqual(net.b.received.map((m) => m.text), ["during the outage"]);
+    assert.equal(net.b.received[0].path, "relay", "retransmitted over the relay");
+    const connects = net.a.connects;
+    await net.tick(LINK_TIMING.upgradeRetryMs, 500);
+    assert.equal(net.a.connects, connects + 1, "asks for a new introduction");
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("PeerLink keeps a relayed frame that arrives while its introduction is being taken in", async () => {
+  // The rendezvous sends `punch` to both sides before it relays anything, so
+  // the first relayed frame can reach a link whose session key is still
+  // being imported; it must wait for the key, not be dropped (and wait for
+  // the relay's retransmission timeout).
+  const received: string[] = [];
+  const link = new PeerLink(
+    "a",
+    inert({ onMessage: (payload) => received.push(new TextDecoder().decode(payload)) }),
+  );
+  try {
+    const frame = await sealFrame(
+      { type: "data", sessionId: "00000000000000a1", seq: 0, payload: text("first") },
+      await importSessionKey(KEY),
+    );
+    const introduced = link.punch(introduction());
+    await Promise.all([introduced, link.receive(frame, undefined)]);
+    assert.deepEqual(received, ["first"]);
+  } finally {
+    link.close();
+  }
+});
+
+Deno.test("PeerLink reports an introduction whose key it cannot use, and goes on", async () => {
+  const events: LinkEvent[] = [];
+  const connects: number[] = [];
+  const link = new PeerLink(
+    "a",
+    inert({ requestConnect: () => connects.push(1), trace: (event) => events.push(event) }),
+  );
+  try {
+    await link.punch(introduction({ key: "A".repeat(44) })); // decodes to 33 bytes
+    assert.deepEqual(events.map((e) => e.type), ["bad_introduction"]);
+    assert.deepEqual(link.sessionIds, []);
+    link.send(text("still usable")); // queued until a good introduction
+    assert.equal(connects.length, 1);
+  } finally {
+    link.close();
+  }
+});
+
+Deno.test("PeerLink drops frames it cannot authenticate", async () => {
+  const net = new Net();
+  try {
+    await net.punch();
+    const stranger = new PeerLink("x", {
+      clock: net.clock,
+      sendUdp: () => {},
+      sendRelay: (bytes) => net.pending.push(net.b.link.receive(bytes, undefined)),
+      openSockets: () => [],
+      closeSockets: () => {},
+      requestConnect: () => {},
+      onMessage: () => {},
+      onPath: () => {},
+    });
+    await stranger.punch({
+      type: "punch",
+      peer_id: "a",
+      session_id: "00000000000000a1", // the right session id, the wrong key
+      key: toBase64(crypto.getRandomValues(new Uint8Array(32))),
+      candidates: [],
+      peer_nat: null,
+      own_nat: null,
+      role: "initiator",
+      delay_ms: 0,
+    });
+    stranger.send(text("forged"));
+    await net.settle();
+    assert.deepEqual(net.b.received, []);
+    stranger.close();
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("PeerLink probes are paced and bounded when the peer never answers", async () => {
+  const net = new Net();
+  try {
+    net.udpUp = false;
+    await net.punch();
+    await net.tick(LINK_TIMING.maxProbes * LINK_TIMING.probeIntervalMs + 3000, 50);
+    const probes = net.a.udpSent.length;
+    assert.ok(probes <= LINK_TIMING.maxProbes, `${probes} probes`);
+    assert.ok(net.a.events.some((e) => e.type === "punch_failed"));
+    await net.tick(5000, 500);
+    assert.equal(net.a.udpSent.length, probes, "no probe after giving up");
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("PeerLink picks its strategy from both NATs and bounds each", async () => {
+  const net = new Net();
+  try {
+    net.udpUp = false;
+    await net.punch({ a: "endpoint-dependent", b: "endpoint-independent" });
+    await net.tick(20_000, 100);
+    assert.equal(net.a.events.find((e) => e.type === "punch")?.strategy, "hard-side");
+    assert.equal(net.b.events.find((e) => e.type === "punch")?.strategy, "easy-side");
+    assert.equal(net.a.opened.length, LINK_TIMING.hardSockets);
+    assert.deepEqual(
+      net.a.closed.sort((x, y) => x - y),
+      net.a.opened,
+      "every extra socket closed again",
+    );
+    const hardProbes = net.a.udpSent.filter((s) => s.via !== 0).length;
+    assert.ok(hardProbes <= LINK_TIMING.hardSockets * LINK_TIMING.hardRounds, `${hardProbes}`);
+    const spray = net.b.udpSent.filter((s) => s.to.port !== A.port).length;
+    assert.ok(spray > 0 && spray <= LINK_TIMING.sprayMax, `${spray} spray probes`);
+    assert.ok(net.b.udpSent.every((s) => s.to.ip === A.ip), "spray only at the peer's address");
+  } finally {
+    net.close();
+  }
+  const both = new Net();
+  try {
+    await both.punch({ a: "endpoint-dependent", b: "endpoint-dependent" });
+    await both.tick(1000, 100);
+    assert.equal(both.a.events.find((e) => e.type === "punch")?.strategy, "both-hard");
+    assert.equal(both.a.udpSent.length, 0, "no public probes between two hard NATs");
+    both.a.link.send(text("still delivered"));
+    await both.settle();
+    assert.deepEqual(both.b.received, [{ text: "still delivered", path: "relay" }]);
+  } finally {
+    both.close();
+  }
+});
+
+/** One link driven by hand: every frame it sends is opened and kept. */
+async function lone(
+  own: NatMapping,
+  peer: NatMapping,
+  peerPublic: UdpAddress,
+): Promise<{
+  link: PeerLink;
+  clock: FakeClock;
+  sent: { frame: Frame; to: UdpAddress; via: number }[];
+  closed: number[];
+  events: LinkEvent[];
+  seal: (frame: Frame) => Promise<Uint8Array>;
+  settle: () => Promise<void>;
+}> {
+  const clock = new FakeClock(0);
+  const key = await importSessionKey(KEY);
+  const sent: { frame: Frame; to: UdpAddress; via: number }[] = [];
+  const closed: number[] = [];
+  const events: LinkEvent[] = [];
+  const pending: Promise<unknown>[] = [];
+  let nextVia = 1;
+  const link = new PeerLink("peer", {
+    clock,
+    sendUdp: (bytes, to, via) =>
+      pending.push(openFrame(bytes, key).then((frame) => sent.push({ frame, to, via }))),
+    sendRelay: () => {},
+    openSockets: (count) => Array.from({ length: Math.min(count, 4) }, () => nextVia++),
+    closeSockets: (vias) => closed.push(...vias),
+    requestConnect: () => {},
+    onMessage: () => {},
+    onPath: () => {},
+    trace: (event) => events.push(event),
+    random: () => 0.5,
+  });
+  await link.punch({
+    type: "punch",
+    peer_id: "peer",
+    session_id: "00000000000000a1",
+    key: KEY,
+    candidates: [{ ...peerPublic, kind: "public" }],
+    peer_nat: peer,
+    own_nat: own,
+    role: "initiator",
+    delay_ms: 0,
+  });
+  const settle = async () => {
+    for (let idle = 0; idle < 3;) {
+      const batch = pending.splice(0);
+      await Promise.all(batch);
+      await new Promise((r) => setTimeout(r, 0));
+      idle = batch.length === 0 && pending.length === 0 ? idle + 1 : 0;
+    }
+  };
+  await clock.tick(0);
+  await settle();
+  return { link, clock, sent, closed, events, seal: (f) => sealFrame(f, key), settle };
+}
+
+const SESSION = "00000000000000a1";
+
+Deno.test("PeerLink, hard side: keeps one socket, nominates it, and never moves onto a closed one", async () => {
+  const easy: UdpAddress = { ip: "198.51.100.1", port: 5000 };
+  const h = await lone("endpoint-dependent", "endpoint-independent", easy);
+  try {
+    // The easy side's ack to the probe our extra socket 3 sent selects via 3.
+    const probe3 = h.sent.find((s) => s.via === 3 && s.frame.type === "probe")!.frame;
+    assert.ok(probe3.type === "probe");
+    await h.link.receive(await h.seal({ ...probe3, type: "ack" }), easy, 3);
+    assert.equal(h.link.path, "direct");
+    h.sent.length = 0;
+    await h.clock.tick(LINK_TIMING.settleMs);
+    await h.settle();
+    assert.deepEqual(h.closed.sort(), [1, 2, 4], "every other extra socket closed");
+    const nominations = h.sent.filter((s) => s.frame.type === "nominate");
+    assert.equal(nominations.length, 1, "the kept socket is nominated at once");
+    assert.equal(nominations[0].via, 3);
+    const nominated = nominations[0].frame;
+    assert.ok(nominated.type === "nominate");
+    await h.link.receive(await h.seal({ ...nominated, type: "ack" }), easy, 3);
+    // A probe received on socket 2 before it closed, handled after: no roaming there.
+    const late = { type: "probe", sessionId: SESSION, nonce: "00000000000000bb", time: 0 } as const;
+    await h.link.receive(await h.seal(late), { ...easy, port: 5001 }, 2);
+    assert.equal(h.link.directTo, "198.51.100.1:5000");
+    assert.deepEqual(
+      h.events.filter((e) => e.type === "direct").map((e) => e.type === "direct" && e.via),
+      [3],
+    );
+    // Keepalives from the kept socket nominate too.
+    await h.settle();
+    h.sent.length = 0;
+    await h.clock.tick(LINK_TIMING.keepaliveMs);
+    await h.settle();
+    assert.deepEqual(h.sent.map((s) => [s.frame.type, s.via]), [["nominate", 3]]);
+  } finally {
+    h.link.close();
+  }
+});
+
+Deno.test("PeerLink, easy side: follows the hard side's nomination over its own choice", async () => {
+  const hard: UdpAddress = { ip: "198.51.100.2", port: 2000 };
+  const e = await lone("endpoint-independent", "endpoint-dependent", hard);
+  try {
+    // Our spray reached the hard side's socket at port 40001 first: we select it...
+    const spray = e.sent.find((s) => s.frame.type === "probe" && s.to.port !== hard.port)!;
+    assert.ok(spray.frame.type === "probe");
+    const at40001 = { ...hard, port: 40001 };
+    await e.link.receive(await e.seal({ ...spray.frame, type: "ack" }), at40001, 0);
+    assert.equal(e.link.directTo, "198.51.100.2:40001");
+    // ...but the hard side kept the socket behind port 40002 and nominates it.
+    e.sent.length = 0;
+    const at40002 = { ...hard, port: 40002 };
+    const nominate = {
+      type: "nominate",
+      sessionId: SESSION,
+      nonce: "00000000000000cc",
+      time: 0,
+    } as const;
+    await e.link.receive(await e.seal(nominate), at40002, 0);
+    await e.settle();
+    assert.equal(e.link.directTo, "198.51.100.2:40002");
+    assert.ok(e.sent.some((s) => s.frame.type === "ack" && s.to.port === 40002), "acked");
+    const direct = e.events.filter((ev) => ev.type === "direct");
+    assert.equal(direct.at(-1)?.type === "direct" && direct.at(-1)?.nominated, true);
+    // Probing stopped; a late probe or ack from another port no longer moves the path.
+    e.sent.length = 0;
+    await e.clock.tick(500);
+    await e.settle();
+    assert.ok(!e.sent.some((s) => s.to.port !== 40002), "no more checks elsewhere");
+    const late = { type: "probe", sessionId: SESSION, nonce: "00000000000000dd", time: 0 } as const;
+    await e.link.receive(await e.seal(late), { ...hard, port: 40003 }, 0);
+    await e.link.receive(
+      await e.seal({ ...spray.frame, type: "ack" }),
+      { ...hard, port: 40004 },
+      0,
+    );
+    assert.equal(e.link.directTo, "198.51.100.2:40002");
+  } finally {
+    e.link.close();
+  }
+});

@@ -1,0 +1,171 @@
+import assert from "node:assert/strict";
+import { listWorkers, startRendezvous, TestClient, waitFor } from "../_helpers.ts";
+
+const endpoint = (n: number, mapping = "endpoint-independent") => ({
+  type: "register_udp_endpoint",
+  public: { ip: `203.0.113.${n}`, port: 40000 + n },
+  local: [{ ip: `10.0.0.${n}`, port: 5000 + n }],
+  nat: { mapping },
+  rtt_ms: 10 * n,
+});
+
+async function withUdp(url: string, n: number, mapping?: string): Promise<TestClient> {
+  const client = await TestClient.connect(url);
+  client.send(endpoint(n, mapping));
+  assert.equal((await client.next()).type, "udp_endpoint_registered");
+  return client;
+}
+
+Deno.test("list_peers returns the group's other workers; watchers hear joins, updates and leaves", async () => {
+  const rv = await startRendezvous();
+  try {
+    const a = await withUdp(`${rv.ws}/ws/register/a?group=g1`, 1);
+    const other = await withUdp(`${rv.ws}/ws/register/x?group=g2`, 9);
+    a.send({ type: "list_peers", watch: true });
+    assert.deepEqual(await a.next(), { type: "peers", peers: [] }, "x is in another group");
+
+    const b = await TestClient.connect(`${rv.ws}/ws/register/b?group=g1`);
+    assert.deepEqual(await a.next(), {
+      type: "peer_joined",
+      peer: { worker_id: "b", public: null, local: [], nat_mapping: null },
+    });
+    b.send(endpoint(2, "endpoint-dependent"));
+    await b.next();
+    assert.deepEqual(await a.next(), {
+      type: "peer_updated",
+      peer: {
+        worker_id: "b",
+        public: { ip: "203.0.113.2", port: 40002 },
+        local: [{ ip: "10.0.0.2", port: 5002 }],
+        nat_mapping: "endpoint-dependent",
+      },
+    });
+    b.send({ type: "list_peers", watch: false });
+    const peers = await b.next();
+    assert.deepEqual((peers.peers as { worker_id: string }[]).map((p) => p.worker_id), ["a"]);
+    await b.close();
+    assert.deepEqual(await a.next(), { type: "peer_left", peer_id: "b" });
+    const listing = await listWorkers(rv.http);
+    assert.equal(listing.workers.a.group, "g1");
+    await a.close();
+    await other.close();
+  } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("connect introduces both sides at once with candidates, one session per pair, timed by RTT", async () => {
+  const rv = await startRendezvous();
+  try {
+    const a = await withUdp(`${rv.ws}/ws/register/a`, 1);
+    const b = await withUdp(`${rv.ws}/ws/register/b`, 5);
+    a.send({ type: "connect", peer_id: "b" });
+    b.send({ type: "connect", peer_id: "a" }); // simultaneous: same session
+    const toA = await a.next();
+    const toB = await b.next();
+    assert.equal(toA.type, "punch");
+    assert.equal(toB.type, "punch");
+    assert.equal(toA.session_id, toB.session_id);
+    assert.equal(toA.key, toB.key);
+    assert.match(String(toA.session_id), /^[0-9a-f]{16}$/);
+    assert.equal(atob(String(toA.key)).length, 32);
+    assert.equal(toA.role, "initiator");
+    assert.equal(toB.role, "responder");
+    assert.deepEqual(toA.candidates, [
+      { ip: "10.0.0.5", port: 5005, kind: "local" },
+      { ip: "203.0.113.5", port: 40005, kind: "public" },
+    ]);
+    assert.equal(toA.peer_nat, "endpoint-independent");
+    // a is 10 ms away, b 50 ms: both start 25 ms + margin after the send.
+    assert.equal(toB.delay_ms, 20);
+    assert.equal(toA.delay_ms, 40);
+    // Nothing else arrives: the second connect did not make a second session.
+    a.send({ type: "echo_request", payload: "sync" });
+    assert.equal((await a.next()).type, "echo_response");
+    b.send({ type: "echo_request", payload: "sync" });
+    assert.equal((await b.next()).type, "echo_response");
+    await a.close();
+    await b.close();
+  } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("connect and relay to an unknown peer, another group or oneself answer unknown_peer", async () => {
+  const rv = await startRendezvous();
+  try {
+    const a = await TestClient.connect(`${rv.ws}/ws/register/a?group=g1`);
+    const x = await TestClient.connect(`${rv.ws}/ws/register/x?group=g2`);
+    for (
+      const message of [
+        { type: "connect", peer_id: "nobody" },
+        { type: "connect", peer_id: "x" },
+        { type: "connect", peer_id: "a" },
+        { type: "relay", to: "x", data: "aGk=" },
+      ]
+    ) {
+      a.send(message);
+      const reply = await a.next();
+      assert.equal(reply.code, "unknown_peer", JSON.stringify(message));
+    }
+    a.send({ type: "relay", to: "x", data: "not base64!" });
+    assert.equal((await a.next()).code, "invalid_message");
+    await a.close();
+    await x.close();
+  } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("relay carries data between peers in order, within its own rate limit", async () => {
+  const rv = await startRendezvous({ relayRatePerSec: 1, relayBurst: 50, messageBurst: 5 });
+  try {
+    const a = await TestClient.connect(`${rv.ws}/ws/register/a`);
+    const b = await TestClient.connect(`${rv.ws}/ws/register/b`);
+    // 50 relayed frames pass although the message budget is 5: separate budgets.
+    for (let i = 0; i < 50; i++) a.send({ type: "relay", to: "b", data: btoa(`m${i}`) });
+    for (let i = 0; i < 50; i++) {
+      assert.deepEqual(await b.next(), { type: "relayed", from: "a", data: btoa(`m${i}`) });
+    }
+    a.send({ type: "relay", to: "b", data: btoa("over") });
+    assert.equal((await a.next()).code, "rate_limited", "the 51st is refused, the session goes on");
+    a.send({ type: "echo_request", payload: 1 });
+    assert.equal((await a.next()).type, "echo_response");
+    await a.close();
+    await b.close();
+  } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("path_update shows each peer's path in the listing", async () => {
+  const rv = await startRendezvous();
+  try {
+    const a = await TestClient.connect(`${rv.ws}/ws/register/a`);
+    a.send({ type: "path_update", peer_id: "b", path: "relay", rtt_ms: null });
+    a.send({ type: "path_update", peer_id: "b", path: "direct", rtt_ms: 1.234 });
+    a.send({ type: "path_update", peer_id: "b", path: "sideways", rtt_ms: 1 });
+    assert.equal((await a.next()).code, "invalid_message");
+    const entry = await waitFor(async () => {
+      const e = (await listWorkers(rv.http)).workers.a;
+      return e.peer_paths.b?.path === "direct" && e;
+    }, "path in listing");
+    assert.equal(entry.peer_paths.b.rtt_ms, 1.2);
+    await a.close();
+  } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("a malformed group is refused before the upgrade", async () => {
+  const rv = await startRendezvous();
+  try {
+    const response = await fetch(`${rv.http}/ws/register/a?group=bad%20group`, {
+      headers: { upgrade: "websocket", connection: "Upgrade" },
+    });
+    await response.body?.cancel();
+    assert.equal(response.status, 400);
+  } finally {
+    await rv.close();
+  }
+});

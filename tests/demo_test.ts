@@ -29,5 +29,5 @@ Deno.test("deno task demo registers three workers, prints the table and shuts do
     }
   }
   assert.match(demo.stdout, /every worker de-registered/);
-  assert.match(demo.stdout, /rendezvous exited with code 0/);
+  assert.match(demo.stdout, /rendezvous stopped. Demo done./);
 });

@@ -57,3 +57,22 @@ export function delay(ms: number, options: DelayOptions = {}): Promise<void> {
     signal?.addEventListener("abort", onAbort, { once: true });
   });
 }
+
+/**
+ * Waits until `promise` settles or `ms` pass, whichever is first, and leaves
+ * no timer behind; never rejects. For bounded waits at shutdown.
+ *
+ * @example
+ * ```ts
+ * await settleWithin(server.finished, 1000);
+ * ```
+ */
+export async function settleWithin(
+  promise: Promise<unknown>,
+  ms: number,
+  clock: Clock = systemClock,
+): Promise<void> {
+  const timeout = new AbortController();
+  await Promise.race([promise, delay(ms, { signal: timeout.signal, clock })]).catch(() => {});
+  timeout.abort();
+}

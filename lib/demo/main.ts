@@ -1,75 +1,23 @@
 /**
- * `deno task demo`: a rendezvous and three workers on this machine, with a
- * local IP echo stand-in instead of api.ipify.org, then the registry table,
- * then a clean shutdown. Nothing leaves loopback.
+ * `deno task demo`: a rendezvous and three workers, started in this process
+ * through the public API (`startRendezvous`, `startWorker`), with a local IP
+ * echo stand-in instead of api.ipify.org; prints the registry table and each
+ * pair's path, then shuts down cleanly. Nothing leaves loopback.
  *
  * @module
  */
 
 import { ipEchoHandler } from "../rendezvous/ip_echo.ts";
-import type { WorkerListing } from "../protocol/messages.ts";
+import { loadRendezvousConfig } from "../rendezvous/config.ts";
+import { startRendezvous } from "../rendezvous/service.ts";
+import type { PathKind, WorkerListing } from "../protocol/messages.ts";
 import { formatAddress } from "../stun/client.ts";
 import { StunServer } from "../stun/server.ts";
+import { loadWorkerConfig } from "../worker/config.ts";
+import { startWorker, type Worker } from "../worker/worker.ts";
 
-const ROOT = new URL("../../", import.meta.url);
 const WORKERS = 3;
 const TIMEOUT_MS = 20_000;
-
-interface Child {
-  name: string;
-  process: Deno.ChildProcess;
-  /** Resolves with the first JSON log line whose message is `message`. */
-  waitFor(message: string): Promise<Record<string, unknown>>;
-  /** Every JSON log line so far. */
-  lines: Record<string, unknown>[];
-}
-
-function spawn(name: string, file: string, env: Record<string, string>): Child {
-  const sys = file === "worker.ts" ? ["--allow-sys=networkInterfaces"] : [];
-  const process = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-env", ...sys, file],
-    cwd: ROOT.pathname,
-    env: { LOG_FORMAT: "json", ...env },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const seen: Record<string, unknown>[] = [];
-  const waiters: { message: string; resolve: (l: Record<string, unknown>) => void }[] = [];
-  (async () => {
-    let buffer = "";
-    for await (const chunk of process.stderr.pipeThrough(new TextDecoderStream())) {
-      buffer += chunk;
-      let index;
-      while ((index = buffer.indexOf("\n")) >= 0) {
-        const text = buffer.slice(0, index);
-        buffer = buffer.slice(index + 1);
-        let line: Record<string, unknown>;
-        try {
-          line = JSON.parse(text);
-        } catch {
-          console.error(`[${name}] ${text}`);
-          continue;
-        }
-        seen.push(line);
-        for (const waiter of waiters.filter((w) => w.message === line.message)) {
-          waiters.splice(waiters.indexOf(waiter), 1);
-          waiter.resolve(line);
-        }
-      }
-    }
-  })();
-  return {
-    name,
-    process,
-    lines: seen,
-    waitFor(message) {
-      const found = seen.find((l) => l.message === message);
-      if (found) return Promise.resolve(found);
-      return new Promise((resolve) => waiters.push({ message, resolve }));
-    },
-  };
-}
 
 function deadline<T>(promise: Promise<T>, what: string): Promise<T> {
   return Promise.race([
@@ -126,33 +74,38 @@ const echoUrl = `http://127.0.0.1:${await echoListening.promise}/`;
 console.log(`IP echo stand-in (instead of api.ipify.org): ${echoUrl}`);
 
 // Two STUN servers, as the worker needs to classify its NAT: one inside the
-// rendezvous (STUN_PORT) and one standalone, here in this process.
+// rendezvous (STUN_PORT) and one standalone.
 const secondStun = StunServer.listen({ hostname: "127.0.0.1", port: 0 });
-const rendezvous = spawn("rendezvous", "rendezvous.ts", {
-  PORT: "0",
-  HOST: "127.0.0.1",
-  STUN_PORT: "0",
-});
-const children: Child[] = [rendezvous];
+const service = startRendezvous(
+  loadRendezvousConfig({ PORT: "0", HOST: "127.0.0.1", STUN_PORT: "0" }),
+);
+const workers: Worker[] = [];
+/** Messages each worker received, by peer and path. */
+const received = new Map<string, { peer: string; path: PathKind }[]>();
 let exitCode = 0;
 try {
-  const listening = await deadline(rendezvous.waitFor("rendezvous listening"), "the rendezvous");
+  const listening = await deadline(service.addr, "the rendezvous");
   const base = `http://127.0.0.1:${listening.port}`;
   console.log(`rendezvous listening: ${base}  (list: ${base}/debug/list_workers)`);
-  const stunLine = await deadline(rendezvous.waitFor("stun server listening"), "its STUN server");
-  const stunServers = [`127.0.0.1:${stunLine.port}`, formatAddress(secondStun.addresses[0])];
+  const stunServers = [service.stun!.addresses[0], secondStun.addresses[0]].map(formatAddress);
   console.log(`STUN servers: ${stunServers.join(", ")}`);
 
   for (let i = 1; i <= WORKERS; i++) {
-    children.push(spawn(`worker-${i}`, "worker.ts", {
+    const id = `demo-worker-${i}`;
+    const got: { peer: string; path: PathKind }[] = [];
+    received.set(id, got);
+    const config = loadWorkerConfig({
       RENDEZVOUS_SERVICE_URL: base,
-      WORKER_ID: `demo-worker-${i}`,
+      WORKER_ID: id,
       IP_ECHO_URL: echoUrl,
-      PORT: "0",
-      HOST: "127.0.0.1",
+      UDP_HOST: "127.0.0.1",
       STUN_SERVERS: stunServers.join(","),
       PEER_AUTOCONNECT: "true",
       PEER_HELLO_SEC: "0.5",
+    });
+    workers.push(startWorker(config, {
+      health: false,
+      onMessage: (peer, _payload, path) => got.push({ peer, path }),
     }));
   }
   await until(async () => {
@@ -169,17 +122,13 @@ try {
 
   // Every worker connects to every other: relay at once, then a punched
   // direct path; wait until each pair is direct and has traded messages.
-  const workers = children.slice(1);
   const pairsDone = async () => {
     const l = await list(base);
     return Object.entries(l.workers).every(([id, w]) =>
       Object.keys(l.workers).every((peer) => peer === id || w.peer_paths[peer]?.path === "direct")
     ) &&
-      workers.every((child) =>
-        child.lines.filter((line) =>
-          line.message === "peer message received" && line.path === "direct"
-        )
-          .length >= 2 * (WORKERS - 1)
+      [...received.values()].every((got) =>
+        got.filter((m) => m.path === "direct").length >= 2 * (WORKERS - 1)
       );
   };
   await until(pairsDone, "every pair to go direct");
@@ -187,12 +136,9 @@ try {
   console.log("\npeer paths (each worker's own report, from the listing):\n");
   const rows = [["worker", "peer", "path", "rtt ms", "messages received (relay/direct)"]];
   for (const [id, w] of Object.entries(paths.workers).sort(([a], [b]) => a.localeCompare(b))) {
-    const child = workers.find((c) => c.name === `worker-${id.split("-").at(-1)}`)!;
     for (const [peer, p] of Object.entries(w.peer_paths).sort(([a], [b]) => a.localeCompare(b))) {
-      const got = child.lines.filter((l) =>
-        l.message === "peer message received" && l.peer_id === peer
-      );
-      const relay = got.filter((l) => l.path === "relay").length;
+      const got = received.get(id)!.filter((m) => m.peer === peer);
+      const relay = got.filter((m) => m.path === "relay").length;
       rows.push([
         id,
         peer,
@@ -208,25 +154,18 @@ try {
     if (i === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
   }
 
-  console.log("\nstopping the workers (SIGTERM) ...");
-  for (const child of children.slice(1)) child.process.kill("SIGTERM");
-  for (const child of children.slice(1)) await deadline(child.process.status, child.name);
+  console.log("\nstopping the workers ...");
+  await deadline(Promise.all(workers.splice(0).map((w) => w.close())), "the workers to stop");
   await until(async () => (await list(base)).connected_workers_count === 0, "de-registration");
   console.log("every worker de-registered; stopping the rendezvous ...");
-  rendezvous.process.kill("SIGTERM");
-  const status = await deadline(rendezvous.process.status, "the rendezvous to stop");
-  console.log(`rendezvous exited with code ${status.code}. Demo done.`);
+  await deadline(service.close(), "the rendezvous to stop");
+  console.log("rendezvous stopped. Demo done.");
 } catch (error) {
   console.error((error as Error).message);
   exitCode = 1;
 } finally {
-  for (const child of children) {
-    try {
-      child.process.kill("SIGKILL");
-    } catch {
-      // Already exited.
-    }
-  }
+  await Promise.all(workers.map((w) => w.close()));
+  await service.close();
   await echo.shutdown();
   await secondStun.close();
 }

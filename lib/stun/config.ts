@@ -66,6 +66,39 @@ export function loadStunConfig(
 }
 
 /**
+ * Starts a STUN server and logs where it listens.
+ *
+ * @throws {Deno.errors.AddrInUse} (or another bind error) when a port cannot be bound
+ */
+export function startStun(
+  options: StunServerOptions,
+  logger: Logger,
+  fields: Record<string, unknown> = {},
+): StunServer {
+  const server = StunServer.listen({ ...options, logger });
+  logger.info("stun server listening", {
+    addresses: server.addresses.map(formatAddress),
+    port: server.addresses[0].port,
+    rfc5780: server.addresses.length > 1,
+    ...fields,
+  });
+  return server;
+}
+
+/** Logs why a STUN server could not start, for an entry point about to exit. */
+export function logStunStartFailure(
+  options: StunServerOptions,
+  logger: Logger,
+  error: unknown,
+): void {
+  logger.error("cannot start the stun server", {
+    error,
+    hostname: options.hostname,
+    port: options.port,
+  });
+}
+
+/**
  * Starts a STUN server for an entry point and logs where it listens; when
  * the port cannot be bound, logs why and exits with status 1.
  */
@@ -74,23 +107,11 @@ export function startStunOrExit(
   logger: Logger,
   fields: Record<string, unknown> = {},
 ): StunServer {
-  let server: StunServer;
   try {
-    server = StunServer.listen({ ...options, logger });
+    return startStun(options, logger, fields);
   } catch (error) {
-    logger.error("cannot start the stun server", {
-      error,
-      hostname: options.hostname,
-      port: options.port,
-    });
+    logStunStartFailure(options, logger, error);
     flushLogs();
     Deno.exit(1);
   }
-  logger.info("stun server listening", {
-    addresses: server.addresses.map(formatAddress),
-    port: server.addresses[0].port,
-    rfc5780: server.addresses.length > 1,
-    ...fields,
-  });
-  return server;
 }

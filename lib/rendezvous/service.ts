@@ -1,0 +1,120 @@
+/**
+ * A whole rendezvous in one object: the WebSocket service on a listener that
+ * survives running out of file descriptors, plus the STUN server beside it
+ * when configured. `rendezvous.ts`, the demo and tests start the same thing.
+ *
+ * @module
+ */
+
+import { settleWithin } from "../core/clock.ts";
+import { type Logger, silentLogger } from "../core/log.ts";
+import { NAME, VERSION } from "../core/version.ts";
+import { startStun } from "../stun/config.ts";
+import type { StunServer } from "../stun/server.ts";
+import type { RendezvousConfig } from "./config.ts";
+import { serveResilient } from "./resilient_serve.ts";
+import { Rendezvous } from "./server.ts";
+
+/** How long {@linkcode RendezvousService.close} waits for open HTTP requests once sessions are closed. */
+const LISTENER_DRAIN_MS = 1000;
+
+/** Options for {@linkcode startRendezvous}. */
+export interface StartRendezvousOptions {
+  /** Where the service logs. @default {silentLogger} */
+  logger?: Logger;
+}
+
+/** A running rendezvous service, made by {@linkcode startRendezvous}. */
+export class RendezvousService {
+  /** The WebSocket service: sessions, registry, peer services. */
+  readonly rendezvous: Rendezvous;
+  /** The STUN server beside it; undefined without `STUN_PORT`. */
+  readonly stun: StunServer | undefined;
+  /** Where the HTTP listener listens, once it does. */
+  readonly addr: Promise<Deno.NetAddr>;
+  readonly #server: { shutdown(): Promise<void> };
+  readonly #shutdownTimeoutMs: number;
+  #closed: Promise<void> | undefined;
+
+  /** Use {@linkcode startRendezvous}. */
+  constructor(config: RendezvousConfig, options: StartRendezvousOptions = {}) {
+    const log = options.logger ?? silentLogger;
+    this.#shutdownTimeoutMs = config.shutdownTimeoutSec * 1000;
+    // STUN first: a port it cannot bind fails the start before anything listens.
+    this.stun = config.stun ? startStun(config.stun, log) : undefined;
+    const rendezvous = new Rendezvous({
+      token: config.token,
+      trustProxyHops: config.trustProxyHops,
+      maxConnections: config.maxConnections,
+      maxMessageBytes: config.maxMessageBytes,
+      idleTimeoutSec: config.idleTimeoutSec,
+      messageRatePerSec: config.messageRatePerSec,
+      messageBurst: config.messageBurst,
+      relayRatePerSec: config.relayRatePerSec,
+      relayBurst: config.relayBurst,
+      logger: log,
+      name: `${NAME}-rendezvous`,
+      version: VERSION,
+    });
+    this.rendezvous = rendezvous;
+    const listening = Promise.withResolvers<Deno.NetAddr>();
+    this.addr = listening.promise;
+    this.#server = serveResilient({
+      port: config.port,
+      hostname: config.hostname,
+      logger: log,
+      onListen: (addr) => {
+        rendezvous.markReady();
+        log.info("rendezvous listening", {
+          hostname: addr.hostname,
+          port: addr.port,
+          version: VERSION,
+          auth: config.token !== undefined,
+          trust_proxy_hops: config.trustProxyHops,
+        });
+        listening.resolve(addr);
+      },
+      onError: (error) => {
+        log.error("request handler failed", { error });
+        return new Response("Internal Server Error", { status: 500 });
+      },
+    }, rendezvous.handler);
+  }
+
+  /**
+   * Drains: every worker gets notice and a 1001 close within
+   * `SHUTDOWN_TIMEOUT_SEC`, then the STUN server and the listener stop.
+   * Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closed ??= this.#close();
+    return this.#closed;
+  }
+
+  async #close(): Promise<void> {
+    await this.rendezvous.close(this.#shutdownTimeoutMs);
+    await this.stun?.close();
+    await settleWithin(this.#server.shutdown(), LISTENER_DRAIN_MS);
+  }
+}
+
+/**
+ * Starts a rendezvous from its configuration (see `loadRendezvousConfig()`).
+ *
+ * @throws {Error} when the STUN port cannot be bound (nothing is left running)
+ *
+ * @example
+ * ```ts
+ * import { loadRendezvousConfig, startRendezvous } from "./lib/mod.ts";
+ *
+ * const service = startRendezvous(loadRendezvousConfig({ PORT: "0" }));
+ * console.log("listening on", (await service.addr).port);
+ * await service.close();
+ * ```
+ */
+export function startRendezvous(
+  config: RendezvousConfig,
+  options: StartRendezvousOptions = {},
+): RendezvousService {
+  return new RendezvousService(config, options);
+}

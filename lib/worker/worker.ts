@@ -1,0 +1,205 @@
+/**
+ * A whole worker in one object: the rendezvous client, the UDP socket with
+ * its STUN discovery, the peer manager, the optional hellos and the health
+ * server, wired once here so that `worker.ts`, the demo and tests start the
+ * same thing.
+ *
+ * @module
+ */
+
+import { Backoff } from "../core/backoff.ts";
+import { settleWithin } from "../core/clock.ts";
+import { type Logger, silentLogger } from "../core/log.ts";
+import { VERSION } from "../core/version.ts";
+import { PeerManager } from "../peer/manager.ts";
+import type { PathKind } from "../protocol/messages.ts";
+import { type ClientEvent, RendezvousClient } from "./client.ts";
+import { registrationUrl, type WorkerConfig } from "./config.ts";
+import { workerHealthHandler } from "./health.ts";
+import { describeHello, sendHello, startHello } from "./hello.ts";
+import { fetchPublicIp } from "./public_ip.ts";
+import { startWorkerUdp, type WorkerUdp } from "./udp.ts";
+
+/** How long {@linkcode Worker.close} waits for open health requests to finish. */
+const HEALTH_DRAIN_MS = 1000;
+
+/** Options for {@linkcode startWorker}. */
+export interface StartWorkerOptions {
+  /** Where the worker logs. @default {silentLogger} */
+  logger?: Logger;
+  /**
+   * Serve `/health` and `/` on `config.hostname:config.port`. Off for
+   * in-process workers that need no HTTP endpoint.
+   * @default {true}
+   */
+  health?: boolean;
+  /**
+   * Receives every message a peer sends. By default it is logged as
+   * `peer message received`.
+   */
+  onMessage?: (peerId: string, payload: Uint8Array, path: PathKind) => void;
+  /** Receives every event of the rendezvous session (registered, disconnected, …). */
+  onEvent?: (event: ClientEvent) => void;
+}
+
+/**
+ * A running worker, made by {@linkcode startWorker}: registered (or
+ * registering) with the rendezvous, discovering its UDP endpoint, and
+ * punching to its peers.
+ */
+export class Worker {
+  /** The worker's id at the rendezvous. */
+  readonly id: string;
+  /** The rendezvous session (registration, heartbeat, reconnects). */
+  readonly client: RendezvousClient;
+  /** Peer links: introductions, punching, relay, messages. */
+  readonly peers: PeerManager;
+  /** The UDP side; undefined when `STUN_SERVERS=off`. */
+  readonly udp: WorkerUdp | undefined;
+  /** The health server's address, once it listens; null without one. */
+  readonly healthAddr: Promise<Deno.NetAddr | null>;
+  readonly #stop = new AbortController();
+  readonly #running: Promise<void>;
+  readonly #health: Deno.HttpServer<Deno.NetAddr> | undefined;
+  readonly #hello: ReturnType<typeof setInterval> | undefined;
+  #closed: Promise<void> | undefined;
+
+  /** Use {@linkcode startWorker}. */
+  constructor(config: WorkerConfig, options: StartWorkerOptions = {}) {
+    const log = options.logger ?? silentLogger;
+    this.id = config.workerId;
+    const { ipEchoUrl, ipEchoTimeoutMs } = config;
+    // The three parts call each other; each callback runs only once `run` starts.
+    const client: RendezvousClient = new RendezvousClient({
+      url: registrationUrl(config.rendezvousBase, config.workerId, config.group),
+      workerId: config.workerId,
+      token: config.token,
+      pingIntervalMs: config.pingIntervalMs,
+      pingTimeoutMs: config.pingTimeoutMs,
+      backoff: new Backoff({ baseMs: config.reconnectBaseMs, maxMs: config.reconnectMaxMs }),
+      lookupPublicIp: ipEchoUrl === undefined
+        ? undefined
+        : (signal) => fetchPublicIp(ipEchoUrl, { signal, timeoutMs: ipEchoTimeoutMs }),
+      logger: log,
+      onEvent: (event) => {
+        options.onEvent?.(event);
+        if (event.type !== "registered") return;
+        udp?.onRegistered();
+        // Without UDP, peers still learn we exist and can only be relayed to.
+        if (!udp) {
+          client.send({
+            type: "register_udp_endpoint",
+            public: null,
+            local: [],
+            nat: { mapping: "no-udp" },
+            rtt_ms: client.rttMs,
+          });
+        }
+        peers.onRegistered();
+      },
+      onPeerMessage: (message) => peers.handle(message),
+    });
+    const udp = config.stunServers.length === 0 ? undefined : startWorkerUdp({
+      hostname: config.udpHost,
+      port: config.udpPort,
+      stunServers: config.stunServers,
+      keepaliveMs: config.stunKeepaliveMs,
+      logger: log,
+      report: (report) => {
+        const sent = client.send({
+          type: "register_udp_endpoint",
+          ...report,
+          rtt_ms: client.rttMs,
+        });
+        if (sent) peers.ownEndpointReported(report.public);
+        return sent;
+      },
+    });
+    const onMessage = options.onMessage ??
+      ((peerId: string, payload: Uint8Array, path: PathKind) =>
+        log.info("peer message received", { peer_id: peerId, path, ...describeHello(payload) }));
+    const peers: PeerManager = new PeerManager({
+      udp: udp?.udp,
+      sendToRendezvous: (message) => client.send(message),
+      autoConnect: config.peerAutoConnect,
+      logger: log,
+      // Hello 0 goes out as soon as a peer is known: queued until the
+      // introduction, then relayed at once (time to first relayed byte).
+      onPeer: (peerId) => {
+        if (config.peerHelloMs > 0) sendHello(peers, peerId, config.workerId, 0);
+      },
+      onMessage,
+    });
+    if (!udp) peers.ownEndpointReported(null);
+    this.client = client;
+    this.udp = udp;
+    this.peers = peers;
+    this.#hello = config.peerHelloMs > 0
+      ? startHello(peers, config.workerId, config.peerHelloMs)
+      : undefined;
+
+    log.info("worker starting", { version: VERSION, ip_echo_url: ipEchoUrl ?? "off" });
+    const listening = Promise.withResolvers<Deno.NetAddr | null>();
+    this.healthAddr = listening.promise;
+    if (options.health ?? true) {
+      this.#health = Deno.serve(
+        {
+          port: config.port,
+          hostname: config.hostname,
+          signal: this.#stop.signal,
+          onListen: (addr) => {
+            log.info("health server listening", { hostname: addr.hostname, port: addr.port });
+            listening.resolve(addr);
+          },
+        },
+        workerHealthHandler({
+          workerId: config.workerId,
+          version: VERSION,
+          snapshot: () => client.snapshot(),
+          udp: () => udp?.presence.last ?? null,
+          peers: () => peers.snapshot() ?? {},
+        }),
+      );
+    } else {
+      listening.resolve(null);
+    }
+    this.#running = client.run(this.#stop.signal);
+  }
+
+  /**
+   * Leaves the rendezvous (a clean close, so peers learn at once), closes the
+   * peer links, the UDP socket and the health server. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closed ??= this.#close();
+    return this.#closed;
+  }
+
+  async #close(): Promise<void> {
+    this.#stop.abort();
+    if (this.#hello !== undefined) clearInterval(this.#hello);
+    await this.#running;
+    await this.peers.close();
+    await this.udp?.close();
+    if (this.#health) await settleWithin(this.#health.finished, HEALTH_DRAIN_MS);
+  }
+}
+
+/**
+ * Starts a whole worker from its configuration (see `loadWorkerConfig()`):
+ * it registers with the rendezvous, discovers its UDP endpoint, punches to
+ * its peers and serves its health endpoint, until {@linkcode Worker.close}.
+ *
+ * @example
+ * ```ts
+ * import { loadWorkerConfig, startWorker } from "./lib/mod.ts";
+ *
+ * const config = loadWorkerConfig({ RENDEZVOUS_SERVICE_URL: "http://localhost:8080", PORT: "0" });
+ * const worker = startWorker(config);
+ * // … later
+ * await worker.close();
+ * ```
+ */
+export function startWorker(config: WorkerConfig, options: StartWorkerOptions = {}): Worker {
+  return new Worker(config, options);
+}

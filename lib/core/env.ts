@@ -103,7 +103,9 @@ export function boolVar(env: Env, name: string, fallback: boolean): boolean {
 
 /** Logging settings shared by both programs. */
 export interface LogConfig {
+  /** Lines below this level are dropped (`LOG_LEVEL`). */
   level: LogLevel;
+  /** JSON lines or text (`LOG_FORMAT`). */
   format: LogFormat;
 }
 
@@ -150,8 +152,11 @@ export function loadOrExit<T>(program: string, load: () => T): T {
 
 /** One row of the configuration table printed by `--help` and the README. */
 export interface VariableDoc {
+  /** The variable's name. */
   name: string;
+  /** Its default, as a person reads it. */
   fallback: string;
+  /** What it sets. */
   meaning: string;
 }
 

@@ -37,13 +37,13 @@ export function isLogLevel(value: string): value is LogLevel {
 export interface LoggerOptions {
   /** Lines below this level are dropped. @default {"info"} */
   level?: LogLevel;
-  /** @default {"json"} */
+  /** One JSON object a line, or readable text. @default {"json"} */
   format?: LogFormat;
   /** Receives each finished line. @default {writes to stderr} */
   sink?: (line: string) => void;
   /** Fields added to every line. */
   fields?: LogFields;
-  /** @default {systemClock} */
+  /** Time source for the timestamps. @default {systemClock} */
   clock?: Clock;
 }
 
@@ -105,13 +105,16 @@ function fieldValue(value: unknown): unknown {
  * ```
  */
 export class Logger {
+  /** Lines below this level are dropped. */
   readonly level: LogLevel;
+  /** JSON or text lines. */
   readonly format: LogFormat;
   #sink: (line: string) => void;
   #fields: LogFields;
   #clock: Clock;
   #threshold: number;
 
+  /** A logger writing to stderr unless `options.sink` says otherwise. */
   constructor(options: LoggerOptions = {}) {
     this.level = options.level ?? "info";
     this.format = options.format ?? "json";
@@ -137,18 +140,22 @@ export class Logger {
     return RANK[level] >= this.#threshold;
   }
 
+  /** Writes a debug line. */
   debug(message: string, fields?: LogFields): void {
     this.#write("debug", message, fields);
   }
 
+  /** Writes an info line. */
   info(message: string, fields?: LogFields): void {
     this.#write("info", message, fields);
   }
 
+  /** Writes a warning line. */
   warn(message: string, fields?: LogFields): void {
     this.#write("warn", message, fields);
   }
 
+  /** Writes an error line. */
   error(message: string, fields?: LogFields): void {
     this.#write("error", message, fields);
   }

@@ -38,7 +38,9 @@ export interface PeerManagerOptions {
    * @default {4096}
    */
   maxExtraSockets?: number;
+  /** Time source, for tests. @default {systemClock} */
   clock?: Clock;
+  /** Where link events are logged. */
   logger: Logger;
 }
 
@@ -55,6 +57,7 @@ export class PeerManager {
   /** Peers to introduce once both endpoints are known and a session is open. */
   #wanted = new Set<string>();
 
+  /** @ignore A worker makes its own; see `startWorker()`. */
   constructor(options: PeerManagerOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;

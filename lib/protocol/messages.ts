@@ -38,9 +38,11 @@ export type ErrorCode =
 
 /** Thrown by the parsers; `code` is what an `error` reply carries. */
 export class ProtocolError extends Error {
+  /** Always `"ProtocolError"`. */
   override name = "ProtocolError";
   /** Machine-readable reason. */
   readonly code: ErrorCode;
+  /** Makes an error with its wire `code` and a message that says what was wrong. */
   constructor(code: ErrorCode, message: string, options?: ErrorOptions) {
     super(message, options);
     this.code = code;
@@ -51,6 +53,7 @@ export class ProtocolError extends Error {
 
 /** The worker's public IP as an HTTP echo service saw it (seed name). */
 export interface RegisterPublicIpMessage {
+  /** The message type. */
   type: "register_public_ip";
   /** Canonical text form (see `normalizeIp`). */
   ip: string;
@@ -58,6 +61,7 @@ export interface RegisterPublicIpMessage {
 
 /** Asks the rendezvous to echo `payload` back; also the worker's heartbeat. */
 export interface EchoRequestMessage {
+  /** The message type. */
   type: "echo_request";
   /** Any JSON value; the seed defaults a missing payload to "". */
   payload: unknown;
@@ -87,7 +91,9 @@ export const NAT_MAPPINGS: readonly NatMapping[] = [
 
 /** A UDP address. */
 export interface UdpAddress {
+  /** IPv4 dotted quad or RFC 5952 IPv6. */
   ip: string;
+  /** 1-65535. */
   port: number;
 }
 
@@ -96,11 +102,13 @@ export const MAX_LOCAL_CANDIDATES = 16;
 
 /** The worker's UDP socket as STUN and its interfaces describe it. */
 export interface RegisterUdpEndpointMessage {
+  /** The message type. */
   type: "register_udp_endpoint";
   /** The STUN-mapped endpoint; null when no server answered. */
   public: UdpAddress | null;
   /** Interface addresses with the socket's port. */
   local: UdpAddress[];
+  /** How the worker's NAT maps its socket. */
   nat: { mapping: NatMapping };
   /** The worker's round trip to the rendezvous, to time introductions. */
   rtt_ms?: number | null;
@@ -108,13 +116,17 @@ export interface RegisterUdpEndpointMessage {
 
 /** Asks for the peers in this worker's group; `watch` subscribes to changes. */
 export interface ListPeersMessage {
+  /** The message type. */
   type: "list_peers";
+  /** Also send `peer_joined`/`peer_updated`/`peer_left` from now on. */
   watch: boolean;
 }
 
 /** Asks the rendezvous to introduce this worker and `peer_id` (both get `punch`). */
 export interface ConnectMessage {
+  /** The message type. */
   type: "connect";
+  /** The peer to be introduced to. */
   peer_id: string;
 }
 
@@ -123,7 +135,9 @@ export const MAX_RELAY_DATA = 16_384;
 
 /** Data for `to`, carried by the rendezvous (the fallback path). */
 export interface RelayMessage {
+  /** The message type. */
   type: "relay";
+  /** The peer it is for. */
   to: string;
   /** Base64. */
   data: string;
@@ -134,9 +148,13 @@ export type PathKind = "direct" | "relay";
 
 /** Tells the rendezvous which path a peer link is on (shown in the listing). */
 export interface PathUpdateMessage {
+  /** The message type. */
   type: "path_update";
+  /** The peer the link leads to. */
   peer_id: string;
+  /** The path in use now. */
   path: PathKind;
+  /** Round trip on that path, if measured. */
   rtt_ms: number | null;
 }
 
@@ -154,32 +172,43 @@ export type ClientMessage =
 
 /** Sent once a session is registered: what the rendezvous observed. */
 export interface RegisteredMessage {
+  /** The message type. */
   type: "registered";
+  /** The id the session registered as. */
   worker_id: string;
+  /** The client address the rendezvous saw (after a trusted proxy). */
   observed_ip: string | null;
   /** `null` when a proxy hides the port. */
   observed_port: number | null;
+  /** The protocol version the rendezvous speaks. */
   protocol_version: number;
 }
 
 /** Confirms a `register_public_ip`, with the IP as stored. */
 export interface PublicIpRegisteredMessage {
+  /** The message type. */
   type: "public_ip_registered";
+  /** The IP, in canonical form. */
   ip: string;
 }
 
 /** The answer to `echo_request` (seed names). */
 export interface EchoResponseMessage {
+  /** The message type. */
   type: "echo_response";
+  /** The `payload` of the request. */
   original_payload: unknown;
+  /** The rendezvous's name and version. */
   processed_by_rendezvous: string;
 }
 
 /** A message was rejected; the session goes on. */
 export interface ErrorMessage {
+  /** The message type. */
   type: "error";
   /** An {@linkcode ErrorCode}; a worker must accept codes it does not know. */
   code: string;
+  /** What was wrong, for a person. */
   message: string;
 }
 
@@ -190,65 +219,89 @@ export interface ErrorMessage {
  * its close frame, and the worker would see an abnormal close, not 1001.
  */
 export interface GoingAwayMessage {
+  /** The message type. */
   type: "going_away";
+  /** Why, for a person. */
   reason: string;
 }
 
 /** Confirms a `register_udp_endpoint`. */
 export interface UdpEndpointRegisteredMessage {
+  /** The message type. */
   type: "udp_endpoint_registered";
+  /** The endpoint as stored. */
   public: UdpAddress | null;
+  /** The mapping as stored. */
   mapping: NatMapping;
 }
 
 /** What a worker learns about a peer. */
 export interface PeerInfo {
+  /** The peer's id. */
   worker_id: string;
+  /** Its public UDP endpoint as STUN saw it, if known. */
   public: UdpAddress | null;
+  /** Its interface addresses with its UDP port. */
   local: UdpAddress[];
+  /** Its NAT's mapping behaviour, if known. */
   nat_mapping: NatMapping | null;
 }
 
 /** The answer to `list_peers`. */
 export interface PeersMessage {
+  /** The message type. */
   type: "peers";
+  /** Every other worker of the group. */
   peers: PeerInfo[];
 }
 
 /** A peer registered, or reported its UDP endpoint for the first time. */
 export interface PeerJoinedMessage {
+  /** The message type. */
   type: "peer_joined";
+  /** The peer as it is now. */
   peer: PeerInfo;
 }
 
 /** A peer's UDP endpoint changed. */
 export interface PeerUpdatedMessage {
+  /** The message type. */
   type: "peer_updated";
+  /** The peer as it is now. */
   peer: PeerInfo;
 }
 
 /** A peer de-registered. */
 export interface PeerLeftMessage {
+  /** The message type. */
   type: "peer_left";
+  /** The peer that left. */
   peer_id: string;
 }
 
 /** A candidate address of a peer, in the order to try it. */
 export interface Candidate extends UdpAddress {
+  /** A host candidate (an interface address) or server-reflexive (STUN-mapped). */
   kind: "local" | "public";
 }
 
 /** An introduction: punch towards `peer_id` now (after `delay_ms`). */
 export interface PunchMessage {
+  /** The message type. */
   type: "punch";
+  /** The peer to punch towards. */
   peer_id: string;
   /** 16 hex characters; names the punch session in every packet. */
   session_id: string;
   /** Base64 of 32 random bytes: the session's HMAC key. */
   key: string;
+  /** The peer's addresses, host candidates first. */
   candidates: Candidate[];
+  /** The peer's NAT mapping, if known. */
   peer_nat: NatMapping | null;
+  /** This worker's NAT mapping as the rendezvous has it. */
   own_nat: NatMapping | null;
+  /** Which side starts; the initiator nominates the path. */
   role: "initiator" | "responder";
   /** Wait this long before the first probe, so both sides start together. */
   delay_ms: number;
@@ -256,8 +309,11 @@ export interface PunchMessage {
 
 /** Data a peer sent through the rendezvous. */
 export interface RelayedMessage {
+  /** The message type. */
   type: "relayed";
+  /** The peer that sent it. */
   from: string;
+  /** Base64. */
   data: string;
 }
 
@@ -284,8 +340,11 @@ export type ServerMessage =
 
 /** What the rendezvous stores of a worker's UDP endpoint. */
 export interface UdpEndpointRecord {
+  /** The STUN-mapped endpoint; null when no server answered. */
   public: UdpAddress | null;
+  /** Interface addresses with the socket's port. */
   local: UdpAddress[];
+  /** How the worker's NAT maps its socket. */
   nat_mapping: NatMapping;
   /** ISO time of the last report. */
   updated_at: string;
@@ -293,9 +352,13 @@ export interface UdpEndpointRecord {
 
 /** One worker in `GET /debug/list_workers` (the seed's fields, then ours). */
 export interface WorkerListingEntry {
+  /** The address the rendezvous saw the worker connect from. */
   websocket_observed_ip: string | null;
+  /** The port it saw; null behind a proxy. */
   websocket_observed_port: number | null;
+  /** The public IP the worker reported from its IP echo service. */
   http_reported_public_ip: string | null;
+  /** Always true: only connected workers are listed. */
   websocket_connected: boolean;
   /** ISO time of registration. */
   connected_at: string;
@@ -311,14 +374,19 @@ export interface WorkerListingEntry {
 
 /** A worker's report of how it reaches one peer. */
 export interface PeerPathRecord {
+  /** Direct UDP or the rendezvous relay. */
   path: PathKind;
+  /** Round trip on that path, if measured. */
   rtt_ms: number | null;
+  /** ISO time of the report. */
   updated_at: string;
 }
 
 /** The body of `GET /debug/list_workers`, in the seed's shape. */
 export interface WorkerListing {
+  /** How many workers are listed. */
   connected_workers_count: number;
+  /** Each worker by id. */
   workers: Record<string, WorkerListingEntry>;
 }
 

@@ -21,20 +21,33 @@ import type { StunServerOptions } from "../stun/server.ts";
 
 /** Everything `rendezvous.ts` needs to start. */
 export interface RendezvousConfig {
+  /** HTTP port (`PORT`); 0 picks a free one. */
   port: number;
+  /** Listen address (`HOST`). */
   hostname: string;
+  /** Bearer token required of workers and the debug endpoints (`RENDEZVOUS_TOKEN`). */
   token?: string;
+  /** Proxies in front whose `X-Forwarded-For` entry is trusted (`TRUST_PROXY`). */
   trustProxyHops: number;
+  /** Sessions at once; more are refused with 503 (`MAX_CONNECTIONS`). */
   maxConnections: number;
+  /** Largest message a worker may send (`MAX_MESSAGE_BYTES`). */
   maxMessageBytes: number;
+  /** Server pings drop a peer silent this long (`IDLE_TIMEOUT_SEC`). */
   idleTimeoutSec: number;
+  /** Messages per second a session may send (`MESSAGE_RATE_PER_SEC`). */
   messageRatePerSec: number;
+  /** Burst above that rate (`MESSAGE_BURST`). */
   messageBurst: number;
+  /** Relayed messages per second a session may send (`RELAY_RATE_PER_SEC`). */
   relayRatePerSec: number;
+  /** Burst above that rate (`RELAY_BURST`). */
   relayBurst: number;
+  /** How long a drain may take on SIGTERM (`SHUTDOWN_TIMEOUT_SEC`). */
   shutdownTimeoutSec: number;
   /** A STUN server beside the rendezvous (STUN_PORT set), or undefined. */
   stun?: StunServerOptions;
+  /** Log level and format (`LOG_LEVEL`, `LOG_FORMAT`). */
   log: LogConfig;
 }
 

@@ -14,6 +14,7 @@ import type { PeerPathRecord, UdpEndpointRecord } from "../protocol/messages.ts"
 
 /** What the registry holds for one worker. */
 export interface WorkerRecord {
+  /** The id the worker registered with. */
   readonly worker_id: string;
   /** Unique per WebSocket session; guards writes (see module docs). */
   readonly session_id: string;
@@ -46,9 +47,11 @@ export interface Registry {
   update(workerId: string, sessionId: string, patch: WorkerPatch): Promise<boolean>;
   /** Removes the record if it belongs to `sessionId`; true when it did. */
   remove(workerId: string, sessionId: string): Promise<boolean>;
+  /** The record of `workerId`, if registered. */
   get(workerId: string): Promise<WorkerRecord | undefined>;
   /** Every record, in registration order. */
   list(): Promise<WorkerRecord[]>;
+  /** How many workers are registered. */
   size(): Promise<number>;
 }
 

@@ -65,9 +65,9 @@ export interface RendezvousOptions {
    * @default {200}
    */
   closeNoticeMs?: number;
-  /** @default {silentLogger} */
+  /** Where the service logs. @default {silentLogger} */
   logger?: Logger;
-  /** @default {systemClock} */
+  /** Time source, for tests. @default {systemClock} */
   clock?: Clock;
   /** Reported by `GET /`. */
   name?: string;
@@ -237,6 +237,7 @@ class Session implements PeerSession {
  * ```
  */
 export class Rendezvous {
+  /** Where the sessions' records live. */
   readonly registry: Registry;
   #options: Required<Omit<RendezvousOptions, "registry" | "token">> & { token?: string };
   #log: Logger;
@@ -270,6 +271,7 @@ export class Rendezvous {
     if (session) this.#onClose(session, event);
   };
 
+  /** A rendezvous with the given limits; serve {@linkcode Rendezvous.handler}. */
   constructor(options: RendezvousOptions = {}) {
     this.registry = options.registry ?? new MemoryRegistry();
     this.#log = options.logger ?? silentLogger;

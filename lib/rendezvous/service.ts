@@ -105,7 +105,7 @@ export class RendezvousService {
  *
  * @example
  * ```ts
- * import { loadRendezvousConfig, startRendezvous } from "./lib/mod.ts";
+ * import { loadRendezvousConfig, startRendezvous } from "@holepunch/holepunch";
  *
  * const service = startRendezvous(loadRendezvousConfig({ PORT: "0" }));
  * console.log("listening on", (await service.addr).port);

@@ -433,8 +433,11 @@ export async function verifyMessageIntegrity(
 
 /** An IP address and port. */
 export interface TransportAddress {
+  /** IPv4 or IPv6. */
   family: 4 | 6;
+  /** Canonical text form. */
   ip: string;
+  /** 0-65535. */
   port: number;
 }
 

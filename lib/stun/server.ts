@@ -181,7 +181,7 @@ function errorReply(
 
 /** Options for {@linkcode StunServer.listen}. */
 export interface StunServerOptions {
-  /** @default {"0.0.0.0"} */
+  /** Address of the primary socket. @default {"0.0.0.0"} */
   hostname?: string;
   /** 0 picks a free port. @default {3478} */
   port?: number;
@@ -190,17 +190,21 @@ export interface StunServerOptions {
    * `alternate.hostname` must then be concrete addresses, not wildcards.
    */
   alternate?: { hostname: string; port?: number };
-  /** @default {"holepunch"} */
+  /** SOFTWARE attribute of answers. @default {"holepunch"} */
   software?: string;
-  /** @default {silentLogger} */
+  /** Where the server logs. @default {silentLogger} */
   logger?: Logger;
 }
 
 /** Counters, for logs and the benchmark. */
 export interface StunServerStats {
+  /** Datagrams received. */
   received: number;
+  /** Binding requests answered. */
   answered: number;
+  /** Datagrams dropped, by reason. */
   dropped: Record<DropReason, number>;
+  /** Answers the socket failed to send. */
   sendErrors: number;
 }
 
@@ -226,6 +230,7 @@ function addressOf(conn: Socket): TransportAddress {
 export class StunServer {
   /** Socket addresses: [primary, then for RFC 5780: same IP alt port, alt IP, alt IP alt port]. */
   readonly addresses: TransportAddress[];
+  /** Counters since start. */
   readonly stats: StunServerStats = {
     received: 0,
     answered: 0,

@@ -97,11 +97,17 @@ const nativeSocket: SocketFactory = (url, headers) => new WebSocket(url, { heade
 
 /** A snapshot for the worker's health endpoint. */
 export interface ClientSnapshot {
+  /** Where the session is. */
   status: ClientStatus;
+  /** When the current session opened (ISO 8601), or null. */
   connected_since: string | null;
+  /** Sessions opened so far. */
   sessions: number;
+  /** The address the rendezvous saw this worker connect from. */
   observed_ip: string | null;
+  /** The port it saw; null behind a proxy. */
   observed_port: number | null;
+  /** What the IP echo service said, as reported to the rendezvous. */
   http_reported_public_ip: string | null;
 }
 

@@ -23,26 +23,37 @@ import { parseServerSpec } from "../stun/client.ts";
 
 /** Everything `worker.ts` needs to start. */
 export interface WorkerConfig {
+  /** This worker's id (`WORKER_ID`, default a new UUID). */
   workerId: string;
   /** The rendezvous base as a ws:/wss: URL (no trailing slash). */
   rendezvousBase: URL;
   /** Set when the base URL had no scheme and ws: was assumed. */
   rendezvousWarning?: string;
+  /** Bearer token for the rendezvous (`RENDEZVOUS_TOKEN`). */
   token?: string;
   /** `undefined` when IP_ECHO_URL=off. */
   ipEchoUrl?: string;
+  /** How long the IP echo service may take (`IP_ECHO_TIMEOUT_SEC`). */
   ipEchoTimeoutMs: number;
+  /** Health server port (`PORT`); 0 picks a free one. */
   port: number;
+  /** Health server address (`HOST`). */
   hostname: string;
+  /** Heartbeat period (`PING_INTERVAL_SEC`). */
   pingIntervalMs: number;
+  /** A heartbeat unanswered this long ends the session (`PING_TIMEOUT_SEC`). */
   pingTimeoutMs: number;
+  /** First reconnect delay after an abnormal close (`RECONNECT_BASE_SEC`). */
   reconnectBaseMs: number;
+  /** Longest reconnect delay (`RECONNECT_MAX_SEC`). */
   reconnectMaxMs: number;
   /** UDP socket for STUN (and later hole punching). */
   udpHost: string;
+  /** Port of the UDP socket (`UDP_PORT`); 0 picks a free one. */
   udpPort: number;
   /** Empty when STUN_SERVERS=off: no UDP discovery. */
   stunServers: string[];
+  /** How often the NAT mapping is refreshed and rechecked (`STUN_KEEPALIVE_SEC`). */
   stunKeepaliveMs: number;
   /** Peers see only workers of the same group. */
   group: string;
@@ -50,6 +61,7 @@ export interface WorkerConfig {
   peerAutoConnect: boolean;
   /** Send a hello to every peer this often (0: never); for demos and the lab. */
   peerHelloMs: number;
+  /** Log level and format (`LOG_LEVEL`, `LOG_FORMAT`). */
   log: LogConfig;
 }
 

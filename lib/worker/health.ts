@@ -8,15 +8,18 @@
 import type { UdpEndpointReport } from "../stun/discovery.ts";
 import type { ClientSnapshot } from "./client.ts";
 
-/** What the handler reports besides the client's snapshot. */
-export interface WorkerHealthInfo {
-  workerId: string;
+/** What a worker is doing, as `GET /` shows it. */
+export interface WorkerStatus {
+  /** The worker's id at the rendezvous. */
+  worker_id: string;
+  /** The program's version. */
   version: string;
-  snapshot: () => ClientSnapshot;
-  /** The last UDP discovery report, if any. */
-  udp?: () => UdpEndpointReport | null;
-  /** Each peer link's path, RTT and counters. */
-  peers?: () => Record<string, unknown>;
+  /** The rendezvous session. */
+  rendezvous: ClientSnapshot;
+  /** The last UDP discovery report; null before the first or without UDP. */
+  udp: UdpEndpointReport | null;
+  /** Each peer link's path, RTT and counters, by peer id. */
+  peers: Record<string, unknown>;
 }
 
 /**
@@ -24,7 +27,7 @@ export interface WorkerHealthInfo {
  * alive, whether or not the rendezvous is reachable, so Cloud Run does not
  * restart it for a rendezvous outage); `GET /` → 200 with a JSON status.
  */
-export function workerHealthHandler(info: WorkerHealthInfo): (req: Request) => Response {
+export function workerHealthHandler(status: () => WorkerStatus): (req: Request) => Response {
   return (req) => {
     if (req.method !== "GET" && req.method !== "HEAD") {
       return new Response("Method Not Allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
@@ -34,13 +37,7 @@ export function workerHealthHandler(info: WorkerHealthInfo): (req: Request) => R
       return new Response("OK", { headers: { "content-type": "text/plain; charset=utf-8" } });
     }
     if (pathname === "/") {
-      return Response.json({
-        worker_id: info.workerId,
-        version: info.version,
-        rendezvous: info.snapshot(),
-        udp: info.udp?.() ?? null,
-        peers: info.peers?.() ?? {},
-      });
+      return Response.json(status());
     }
     return new Response("Not Found\n", { status: 404 });
   };

@@ -15,7 +15,7 @@ import { PeerManager } from "../peer/manager.ts";
 import type { PathKind } from "../protocol/messages.ts";
 import { type ClientEvent, RendezvousClient } from "./client.ts";
 import { registrationUrl, type WorkerConfig } from "./config.ts";
-import { workerHealthHandler } from "./health.ts";
+import { workerHealthHandler, type WorkerStatus } from "./health.ts";
 import { describeHello, sendHello, startHello } from "./hello.ts";
 import { fetchPublicIp } from "./public_ip.ts";
 import { startWorkerUdp, type WorkerUdp } from "./udp.ts";
@@ -50,14 +50,12 @@ export interface StartWorkerOptions {
 export class Worker {
   /** The worker's id at the rendezvous. */
   readonly id: string;
-  /** The rendezvous session (registration, heartbeat, reconnects). */
-  readonly client: RendezvousClient;
   /** Peer links: introductions, punching, relay, messages. */
   readonly peers: PeerManager;
-  /** The UDP side; undefined when `STUN_SERVERS=off`. */
-  readonly udp: WorkerUdp | undefined;
   /** The health server's address, once it listens; null without one. */
   readonly healthAddr: Promise<Deno.NetAddr | null>;
+  readonly #client: RendezvousClient;
+  readonly #udp: WorkerUdp | undefined;
   readonly #stop = new AbortController();
   readonly #running: Promise<void>;
   readonly #health: Deno.HttpServer<Deno.NetAddr> | undefined;
@@ -131,8 +129,8 @@ export class Worker {
       onMessage,
     });
     if (!udp) peers.ownEndpointReported(null);
-    this.client = client;
-    this.udp = udp;
+    this.#client = client;
+    this.#udp = udp;
     this.peers = peers;
     this.#hello = config.peerHelloMs > 0
       ? startHello(peers, config.workerId, config.peerHelloMs)
@@ -152,18 +150,23 @@ export class Worker {
             listening.resolve(addr);
           },
         },
-        workerHealthHandler({
-          workerId: config.workerId,
-          version: VERSION,
-          snapshot: () => client.snapshot(),
-          udp: () => udp?.presence.last ?? null,
-          peers: () => peers.snapshot() ?? {},
-        }),
+        workerHealthHandler(() => this.status()),
       );
     } else {
       listening.resolve(null);
     }
     this.#running = client.run(this.#stop.signal);
+  }
+
+  /** What the worker is doing: the JSON its `GET /` serves. */
+  status(): WorkerStatus {
+    return {
+      worker_id: this.id,
+      version: VERSION,
+      rendezvous: this.#client.snapshot(),
+      udp: this.#udp?.presence.last ?? null,
+      peers: this.peers.snapshot(),
+    };
   }
 
   /**
@@ -180,7 +183,7 @@ export class Worker {
     if (this.#hello !== undefined) clearInterval(this.#hello);
     await this.#running;
     await this.peers.close();
-    await this.udp?.close();
+    await this.#udp?.close();
     if (this.#health) await settleWithin(this.#health.finished, HEALTH_DRAIN_MS);
   }
 }
@@ -192,7 +195,7 @@ export class Worker {
  *
  * @example
  * ```ts
- * import { loadWorkerConfig, startWorker } from "./lib/mod.ts";
+ * import { loadWorkerConfig, startWorker } from "@holepunch/holepunch";
  *
  * const config = loadWorkerConfig({ RENDEZVOUS_SERVICE_URL: "http://localhost:8080", PORT: "0" });
  * const worker = startWorker(config);

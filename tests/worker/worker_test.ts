@@ -26,7 +26,6 @@ Deno.test("startWorker() runs a whole worker in-process: registers, serves healt
   );
   try {
     assert.equal(worker.id, "in-process");
-    assert.equal(worker.udp, undefined);
     await within(registered.promise, 5000, "registration");
     const listing = await listWorkers(server.http);
     assert.deepEqual(Object.keys(listing.workers), ["in-process"]);
@@ -41,6 +40,8 @@ Deno.test("startWorker() runs a whole worker in-process: registers, serves healt
     assert.ok(addr);
     const status = await (await fetch(`http://127.0.0.1:${addr.port}/`)).json();
     assert.equal(status.worker_id, "in-process");
+    assert.equal(status.udp, null);
+    assert.deepEqual(status, JSON.parse(JSON.stringify(worker.status())));
     assert.equal(status.rendezvous.status, "connected");
     assert.equal(status.rendezvous.observed_ip, "127.0.0.1");
   } finally {

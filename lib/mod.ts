@@ -1,0 +1,117 @@
+/**
+ * holepunch: workers behind NAT find each other through a rendezvous and
+ * talk over direct UDP paths, falling back to the rendezvous's relay.
+ *
+ * This module is what an application or an operator script may use: start
+ * a whole worker or a whole rendezvous in-process, watch and reach peers,
+ * and speak the wire protocol. Everything else under `lib/` is internal and
+ * may change.
+ *
+ * @example Start a worker in-process and message every peer
+ * ```ts
+ * import { loadWorkerConfig, startWorker } from "@holepunch/holepunch";
+ *
+ * const worker = startWorker(
+ *   loadWorkerConfig({ RENDEZVOUS_SERVICE_URL: "http://localhost:8080", PORT: "0" }),
+ *   { onMessage: (peer, bytes, path) => console.log(peer, path, bytes.length) },
+ * );
+ * for (const peer of worker.peers.peers) {
+ *   worker.peers.send(peer.worker_id, new TextEncoder().encode("hello"));
+ * }
+ * await worker.close();
+ * ```
+ *
+ * @module
+ */
+
+// A whole worker.
+export { startWorker, type StartWorkerOptions, Worker } from "./worker/worker.ts";
+export { loadWorkerConfig, WORKER_VARIABLES, type WorkerConfig } from "./worker/config.ts";
+export type { WorkerStatus } from "./worker/health.ts";
+export type { ClientEvent, ClientSnapshot, ClientStatus } from "./worker/client.ts";
+export type { UdpEndpointReport } from "./stun/discovery.ts";
+
+// Peers: links, punching, relay, messages.
+export { PeerManager } from "./peer/manager.ts";
+
+// A whole rendezvous.
+export {
+  RendezvousService,
+  startRendezvous,
+  type StartRendezvousOptions,
+} from "./rendezvous/service.ts";
+export {
+  loadRendezvousConfig,
+  RENDEZVOUS_VARIABLES,
+  type RendezvousConfig,
+} from "./rendezvous/config.ts";
+export { Rendezvous, type RendezvousOptions, type RendezvousState } from "./rendezvous/server.ts";
+export {
+  MemoryRegistry,
+  type Registry,
+  type WorkerPatch,
+  type WorkerRecord,
+} from "./rendezvous/registry.ts";
+
+// The wire protocol between workers and the rendezvous.
+export {
+  type Candidate,
+  type ClientMessage,
+  type ConnectMessage,
+  type EchoRequestMessage,
+  type EchoResponseMessage,
+  encodeMessage,
+  type ErrorCode,
+  type ErrorMessage,
+  type GoingAwayMessage,
+  isValidWorkerId,
+  type ListPeersMessage,
+  type NatMapping,
+  parseClientMessage,
+  parseServerMessage,
+  type PathKind,
+  type PathUpdateMessage,
+  type PeerInfo,
+  type PeerJoinedMessage,
+  type PeerLeftMessage,
+  type PeerPathRecord,
+  type PeerServerMessage,
+  type PeersMessage,
+  type PeerUpdatedMessage,
+  ProtocolError,
+  type PublicIpRegisteredMessage,
+  type PunchMessage,
+  type RegisteredMessage,
+  type RegisterPublicIpMessage,
+  type RegisterUdpEndpointMessage,
+  type RelayedMessage,
+  type RelayMessage,
+  type ServerMessage,
+  type UdpAddress,
+  type UdpEndpointRecord,
+  type UdpEndpointRegisteredMessage,
+  type WorkerListing,
+  type WorkerListingEntry,
+} from "./protocol/messages.ts";
+export { CloseCode, CloseReason } from "./protocol/close_codes.ts";
+
+// STUN: the server a rendezvous runs beside it.
+export {
+  type DropReason,
+  StunServer,
+  type StunServerOptions,
+  type StunServerStats,
+} from "./stun/server.ts";
+export type { TransportAddress } from "./stun/codec.ts";
+
+// Logging, time and configuration plumbing the options above refer to.
+export {
+  type LogFields,
+  type LogFormat,
+  Logger,
+  type LoggerOptions,
+  type LogLevel,
+  silentLogger,
+} from "./core/log.ts";
+export type { Clock, TimerId } from "./core/clock.ts";
+export type { Env, LogConfig, VariableDoc } from "./core/env.ts";

@@ -7,7 +7,14 @@
  * @module
  */
 
-import { createLogger, helpText, loadOrExit, processEnv } from "./lib/core/env.ts";
+import {
+  CONFIG_EXIT_CODE,
+  createLogger,
+  helpText,
+  loadOrExit,
+  processEnv,
+} from "./lib/core/env.ts";
+import { KeyFileError } from "./lib/worker/key_file.ts";
 import { flushLogs } from "./lib/core/log.ts";
 import { VERSION } from "./lib/core/version.ts";
 import { loadWorkerConfig, WORKER_VARIABLES } from "./lib/worker/config.ts";
@@ -22,14 +29,14 @@ const config = loadOrExit("worker", () => loadWorkerConfig(processEnv(), Deno.st
 const log = createLogger(config.log, "worker").child({ worker_id: config.workerId });
 if (config.rendezvousWarning) log.warn(config.rendezvousWarning);
 
-// Signal handlers go in before anything listens or connects; startWorker is
-// synchronous, so `worker` is set before any handler can run.
+// Signal handlers go in before anything listens or connects.
+let worker: Worker | undefined;
 let stopping = false;
 async function shutdown(signal: Deno.Signal): Promise<void> {
   if (stopping) return;
   stopping = true;
   log.info("shutdown signal received", { signal });
-  await worker.close();
+  await worker?.close();
   log.info("worker stopped");
   flushLogs();
   Deno.exit(0);
@@ -38,4 +45,11 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
   Deno.addSignalListener(signal, () => void shutdown(signal));
 }
 
-const worker: Worker = startWorker(config, { logger: log });
+try {
+  worker = await startWorker(config, { logger: log });
+} catch (error) {
+  if (!(error instanceof KeyFileError)) throw error;
+  log.error(error.message, { path: error.path });
+  flushLogs();
+  Deno.exit(CONFIG_EXIT_CODE);
+}

@@ -11,7 +11,7 @@
  * ```ts
  * import { loadWorkerConfig, startWorker } from "@holepunch/holepunch";
  *
- * const worker = startWorker(
+ * const worker = await startWorker(
  *   loadWorkerConfig({ RENDEZVOUS_SERVICE_URL: "http://localhost:8080", PORT: "0" }),
  *   { onMessage: (peer, bytes, path) => console.log(peer, path, bytes.length) },
  * );
@@ -47,6 +47,7 @@ export {
 } from "./rendezvous/config.ts";
 export { Rendezvous, type RendezvousOptions, type RendezvousState } from "./rendezvous/server.ts";
 export {
+  type KeyClaim,
   MemoryRegistry,
   type Registry,
   type WorkerPatch,
@@ -56,6 +57,7 @@ export {
 // The wire protocol between workers and the rendezvous.
 export {
   type Candidate,
+  type ChallengeMessage,
   type ClientMessage,
   type ConnectMessage,
   type EchoRequestMessage,
@@ -79,6 +81,7 @@ export {
   type PeersMessage,
   type PeerUpdatedMessage,
   ProtocolError,
+  type ProveKeyMessage,
   type PublicIpRegisteredMessage,
   type PunchMessage,
   type RegisteredMessage,
@@ -94,6 +97,8 @@ export {
   type WorkerListingEntry,
 } from "./protocol/messages.ts";
 export { CloseCode, CloseReason } from "./protocol/close_codes.ts";
+export { fingerprint, Identity, IdentityError } from "./protocol/identity.ts";
+export { KeyFileError, loadIdentity } from "./worker/key_file.ts";
 
 // STUN: the server a rendezvous runs beside it.
 export {

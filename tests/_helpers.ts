@@ -294,6 +294,8 @@ export function spawnWorker(rendezvousUrl: string, env: Record<string, string> =
     "--allow-net",
     "--allow-env",
     "--allow-sys=networkInterfaces",
+    "--allow-read",
+    "--allow-write",
     "worker.ts",
   ], {
     RENDEZVOUS_SERVICE_URL: rendezvousUrl,

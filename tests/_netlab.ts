@@ -264,6 +264,8 @@ export class NetLab {
       "--allow-net",
       "--allow-env",
       "--allow-sys=networkInterfaces",
+      "--allow-read",
+      "--allow-write",
       "worker.ts",
     ], {
       RENDEZVOUS_SERVICE_URL: `http://${PUBLIC_IP}:8080`,

@@ -124,3 +124,31 @@ Deno.test("loadWorkerConfig() names the variable at fault", () => {
     );
   }
 });
+
+Deno.test("loadRendezvousConfig() reads the worker-key settings", () => {
+  const defaults = loadRendezvousConfig({});
+  assert.equal(defaults.requireWorkerKeys, false);
+  assert.equal(defaults.keyHoldSec, 300);
+  assert.equal(defaults.publicHosts, undefined);
+  const set = loadRendezvousConfig({
+    REQUIRE_WORKER_KEYS: "true",
+    KEY_HOLD_SEC: "86400",
+    PUBLIC_HOSTS: "Rendezvous-xyz.a.run.app, 10.0.0.5:8080",
+  });
+  assert.equal(set.requireWorkerKeys, true);
+  assert.equal(set.keyHoldSec, 86400);
+  assert.deepEqual(set.publicHosts, ["rendezvous-xyz.a.run.app", "10.0.0.5:8080"]);
+  for (const bad of ["https://x.example", "x.example/path", " , ", "user@x.example"]) {
+    assert.throws(() => loadRendezvousConfig({ PUBLIC_HOSTS: bad }), { variable: "PUBLIC_HOSTS" });
+  }
+  assert.throws(() => loadRendezvousConfig({ KEY_HOLD_SEC: "-1" }), { variable: "KEY_HOLD_SEC" });
+});
+
+Deno.test("loadWorkerConfig() reads WORKER_KEY_FILE", () => {
+  const base = { RENDEZVOUS_SERVICE_URL: "http://x" };
+  assert.equal(loadWorkerConfig(base).keyFile, undefined);
+  assert.equal(
+    loadWorkerConfig({ ...base, WORKER_KEY_FILE: "/keys/w1.jwk" }).keyFile,
+    "/keys/w1.jwk",
+  );
+});

@@ -150,7 +150,8 @@ Deno.test("worker notices a silently dead connection through its heartbeat and r
       5000,
     );
     assert.equal(lost.timeout_ms, 600);
-    const count = worker.lines.length;
+    // The new registration may already be logged: look after the loss itself.
+    const count = worker.lines.indexOf(lost) + 1;
     await worker.waitForLog("registered with rendezvous", () => true, 10_000, count);
     const after = (await listWorkers(rv.http)).workers.blackholed.websocket_observed_port;
     assert.notEqual(after, before, "a new session from a new port replaced the dead one");
@@ -389,5 +390,75 @@ Deno.test("stun.ts and the rendezvous exit 1 with a clear line when the STUN por
     }
   } finally {
     busy.close();
+  }
+});
+
+Deno.test("worker keeps its key in WORKER_KEY_FILE across restarts; a bad key file exits 2", async () => {
+  const rv = await spawnRendezvous();
+  const dir = await Deno.makeTempDir();
+  const keyFile = `${dir}/worker.jwk`;
+  try {
+    const fingerprints: string[] = [];
+    for (let run = 0; run < 2; run++) {
+      const worker = spawnWorker(rv.http, { WORKER_ID: "keeper", WORKER_KEY_FILE: keyFile });
+      try {
+        const key = await worker.waitForLog(run === 0 ? "worker key created" : "worker key loaded");
+        await worker.waitForLog("registered with rendezvous");
+        const entry = (await listWorkers(rv.http)).workers.keeper;
+        assert.equal(entry.key_fingerprint, key.key_fingerprint);
+        fingerprints.push(entry.key_fingerprint!);
+      } finally {
+        await worker.stop();
+      }
+    }
+    assert.equal(fingerprints[0], fingerprints[1], "the same key after a restart");
+    assert.equal((await Deno.stat(keyFile)).mode! & 0o777, 0o600);
+
+    await Deno.writeTextFile(keyFile, "{}");
+    const bad = spawnWorker(rv.http, { WORKER_ID: "keeper", WORKER_KEY_FILE: keyFile });
+    const status = await within(bad.status, 10_000, "the worker to exit");
+    assert.equal(status.code, 2, bad.dump());
+    assert.match(bad.dump(), /Cannot use WORKER_KEY_FILE .*worker\.jwk/);
+  } finally {
+    await rv.proc.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a worker with a new key cannot take a held id; one with the right key gets it back", async () => {
+  const rv = await spawnRendezvous({ KEY_HOLD_SEC: "3600" });
+  const dir = await Deno.makeTempDir();
+  const env = { WORKER_ID: "held", WORKER_KEY_FILE: `${dir}/owner.jwk` };
+  let owner = spawnWorker(rv.http, env);
+  let intruder: Proc | undefined;
+  try {
+    const ownerKey = await owner.waitForLog("worker key created");
+    await owner.waitForLog("registered with rendezvous");
+    intruder = spawnWorker(rv.http, { WORKER_ID: "held" }); // a fresh key of its own
+    await intruder.waitForLog(
+      "the rendezvous refused this worker: its id is bound to another key (keep the key in WORKER_KEY_FILE, or wait out the rendezvous's KEY_HOLD_SEC)",
+    );
+    await rv.proc.waitForLog("worker refused: id bound to another key");
+    assert.equal(
+      (await listWorkers(rv.http)).workers.held.key_fingerprint,
+      ownerKey.key_fingerprint,
+    );
+    // The owner was never disconnected by the attempts.
+    assert.equal(owner.lines.filter((l) => l.message === "registered with rendezvous").length, 1);
+    assert.equal(owner.lines.filter((l) => l.message === "disconnected from rendezvous").length, 0);
+
+    // The owner restarts while the intruder keeps trying: the id is still its.
+    await owner.stop();
+    owner = spawnWorker(rv.http, env);
+    await owner.waitForLog("registered with rendezvous");
+    assert.equal(
+      (await listWorkers(rv.http)).workers.held.key_fingerprint,
+      ownerKey.key_fingerprint,
+    );
+  } finally {
+    await intruder?.stop();
+    await owner.stop();
+    await rv.proc.stop();
+    await Deno.remove(dir, { recursive: true });
   }
 });

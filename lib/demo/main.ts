@@ -103,10 +103,12 @@ try {
       PEER_AUTOCONNECT: "true",
       PEER_HELLO_SEC: "0.5",
     });
-    workers.push(startWorker(config, {
-      health: false,
-      onMessage: (peer, _payload, path) => got.push({ peer, path }),
-    }));
+    workers.push(
+      await startWorker(config, {
+        health: false,
+        onMessage: (peer, _payload, path) => got.push({ peer, path }),
+      }),
+    );
   }
   await until(async () => {
     const l = await list(base);

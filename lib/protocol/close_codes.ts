@@ -26,6 +26,13 @@ export const CloseCode = {
   SESSION_REPLACED: 4000,
   /** The worker stopped answering heartbeats (sent by the worker to itself). */
   HEARTBEAT_TIMEOUT: 4001,
+  /**
+   * The worker id is bound to another key (or, for a keyless session, to a
+   * key) that held it recently; the session was refused, the holder kept.
+   */
+  KEY_REFUSED: 4003,
+  /** The worker did not prove its key: a bad signature, no answer in time, or another message first. */
+  KEY_PROOF_FAILED: 4004,
 } as const;
 
 /** One of the {@linkcode CloseCode} values. */
@@ -40,6 +47,10 @@ export const CloseReason = {
   RATE_LIMITED: "message rate limit exceeded",
   WORKER_STOPPING: "worker shutting down",
   HEARTBEAT_TIMEOUT: "no heartbeat answer in time",
+  KEY_BOUND: "worker id is bound to another key",
+  KEY_REQUIRED: "worker id is bound to a key: register with it",
+  KEY_PROOF_FAILED: "key proof failed",
+  KEY_PROOF_TIMEOUT: "key proof timed out",
 } as const;
 
 /**

@@ -158,8 +158,20 @@ export interface PathUpdateMessage {
   rtt_ms: number | null;
 }
 
+/**
+ * The answer to `challenge`: the worker's Ed25519 signature over the
+ * registration payload (see `identity.ts`), base64url.
+ */
+export interface ProveKeyMessage {
+  /** The message type. */
+  type: "prove_key";
+  /** 64 bytes, base64url. */
+  signature: string;
+}
+
 /** Every message a worker may send. */
 export type ClientMessage =
+  | ProveKeyMessage
   | RegisterPublicIpMessage
   | EchoRequestMessage
   | RegisterUdpEndpointMessage
@@ -182,6 +194,18 @@ export interface RegisteredMessage {
   observed_port: number | null;
   /** The protocol version the rendezvous speaks. */
   protocol_version: number;
+}
+
+/**
+ * Sent first to a worker that registered with a key (`?key=`): sign the
+ * registration payload with that key and answer with `prove_key` before
+ * anything else counts. The session is registered only once it does.
+ */
+export interface ChallengeMessage {
+  /** The message type. */
+  type: "challenge";
+  /** Base64url of 32 random bytes, for this connection only. */
+  nonce: string;
 }
 
 /** Confirms a `register_public_ip`, with the IP as stored. */
@@ -245,6 +269,8 @@ export interface PeerInfo {
   local: UdpAddress[];
   /** Its NAT's mapping behaviour, if known. */
   nat_mapping: NatMapping | null;
+  /** Its Ed25519 public key (base64url), proven to the rendezvous; null for a keyless worker. */
+  key: string | null;
 }
 
 /** The answer to `list_peers`. */
@@ -329,6 +355,7 @@ export type PeerServerMessage =
 /** Every message the rendezvous may send. */
 export type ServerMessage =
   | PeerServerMessage
+  | ChallengeMessage
   | RegisteredMessage
   | PublicIpRegisteredMessage
   | EchoResponseMessage
@@ -370,6 +397,10 @@ export interface WorkerListingEntry {
   group: string;
   /** The path to each peer, as the worker last reported it. */
   peer_paths: Record<string, PeerPathRecord>;
+  /** The key the worker proved (base64url Ed25519), or null for a keyless worker. */
+  key: string | null;
+  /** The key's short fingerprint, or null. */
+  key_fingerprint: string | null;
 }
 
 /** A worker's report of how it reaches one peer. */
@@ -576,7 +607,13 @@ function peerInfo(value: unknown): PeerInfo {
     nat_mapping: record.nat_mapping === null || record.nat_mapping === undefined
       ? null
       : fields.nat.mapping,
+    key: keyOrNull(record.key),
   };
+}
+
+/** A well-formed public key, else null: an older rendezvous sends none. */
+function keyOrNull(value: unknown): string | null {
+  return typeof value === "string" && /^[A-Za-z0-9_-]{43}$/.test(value) ? value : null;
 }
 
 function natOrNull(value: unknown): NatMapping | null {
@@ -604,6 +641,17 @@ const isPort = (v: unknown): v is number =>
 export function parseClientMessage(text: string): ClientMessage {
   const record = parseObject(text);
   switch (record.type) {
+    case "prove_key": {
+      const signature = requireString(record, "signature");
+      // 64 bytes are 86 base64url characters without padding.
+      if (!/^[A-Za-z0-9_-]{86}$/.test(signature)) {
+        throw new ProtocolError(
+          "invalid_message",
+          'Cannot parse "prove_key": "signature" must be 64 bytes of unpadded base64url',
+        );
+      }
+      return { type: "prove_key", signature };
+    }
     case "register_public_ip":
       return { type: "register_public_ip", ip: requireIp(record, "ip") };
     case "echo_request":
@@ -676,6 +724,16 @@ export function parseServerMessage(text: string): ServerMessage {
       };
     case "public_ip_registered":
       return { type: "public_ip_registered", ip: requireIp(record, "ip") };
+    case "challenge": {
+      const nonce = requireString(record, "nonce");
+      if (!/^[A-Za-z0-9_-]{16,128}$/.test(nonce)) {
+        throw new ProtocolError(
+          "invalid_message",
+          'Cannot parse "challenge": "nonce" must be 16-128 base64url characters',
+        );
+      }
+      return { type: "challenge", nonce };
+    }
     case "peers": {
       if (!Array.isArray(record.peers)) {
         throw new ProtocolError(

@@ -45,6 +45,12 @@ export interface RendezvousConfig {
   relayBurst: number;
   /** How long a drain may take on SIGTERM (`SHUTDOWN_TIMEOUT_SEC`). */
   shutdownTimeoutSec: number;
+  /** Refuse workers without a key (`REQUIRE_WORKER_KEYS`). */
+  requireWorkerKeys: boolean;
+  /** How long an id stays bound to its key once idle (`KEY_HOLD_SEC`). */
+  keyHoldSec: number;
+  /** Authorities key proofs may name (`PUBLIC_HOSTS`); unset: the `Host` header. */
+  publicHosts?: string[];
   /** A STUN server beside the rendezvous (STUN_PORT set), or undefined. */
   stun?: StunServerOptions;
   /** Log level and format (`LOG_LEVEL`, `LOG_FORMAT`). */
@@ -97,6 +103,21 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     meaning: "relayed frames per second per worker; more are refused with an error",
   },
   { name: "RELAY_BURST", fallback: "1000", meaning: "relayed frames a worker may send in a burst" },
+  {
+    name: "REQUIRE_WORKER_KEYS",
+    fallback: "false",
+    meaning: "refuse workers that do not register with a key (the seed's worker has none)",
+  },
+  {
+    name: "KEY_HOLD_SEC",
+    fallback: "300",
+    meaning: "an id stays bound to its key this long after its last session",
+  },
+  {
+    name: "PUBLIC_HOSTS",
+    fallback: "(the Host header)",
+    meaning: "host[:port] list workers dial, for key proofs behind a proxy that rewrites Host",
+  },
   ...STUN_VARIABLES,
   ...LOG_VARIABLES,
 ];
@@ -116,6 +137,31 @@ function trustProxyHops(env: Env): number {
       { cause },
     );
   }
+}
+
+function publicHosts(env: Env): string[] | undefined {
+  const text = stringVar(env, "PUBLIC_HOSTS");
+  if (text === undefined) return undefined;
+  const hosts = text.split(",").map((h) => h.trim().toLowerCase()).filter((h) => h !== "");
+  for (const host of hosts) {
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(`ws://${host}`);
+    } catch {
+      parsed = undefined;
+    }
+    // Only host[:port]: a scheme, path or credentials would never match a Host header.
+    if (parsed === undefined || parsed.host !== host) {
+      throw new ConfigError(
+        "PUBLIC_HOSTS",
+        `Cannot read PUBLIC_HOSTS: "${host}" is not host[:port] (no scheme, no path)`,
+      );
+    }
+  }
+  if (hosts.length === 0) {
+    throw new ConfigError("PUBLIC_HOSTS", "Cannot read PUBLIC_HOSTS: it names no host");
+  }
+  return hosts;
 }
 
 /**
@@ -144,6 +190,9 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
     relayRatePerSec: numberVar(env, "RELAY_RATE_PER_SEC", 500, { min: 0.1 }),
     relayBurst: numberVar(env, "RELAY_BURST", 1000, { min: 1, integer: true }),
     shutdownTimeoutSec: numberVar(env, "SHUTDOWN_TIMEOUT_SEC", 5, { min: 0, max: 60 }),
+    requireWorkerKeys: boolVar(env, "REQUIRE_WORKER_KEYS", false),
+    keyHoldSec: numberVar(env, "KEY_HOLD_SEC", 300, { min: 0, max: 30 * 86_400 }),
+    publicHosts: publicHosts(env),
     log: logConfig(env, isTerminal),
   };
 }

@@ -46,6 +46,7 @@ export function peerInfo(record: WorkerRecord): PeerInfo {
     public: record.udp_endpoint?.public ?? null,
     local: record.udp_endpoint?.local ?? [],
     nat_mapping: record.udp_endpoint?.nat_mapping ?? null,
+    key: record.key,
   };
 }
 

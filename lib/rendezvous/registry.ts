@@ -32,7 +32,17 @@ export interface WorkerRecord {
   readonly group: string;
   /** How the worker reaches each peer, as it last said. */
   readonly peer_paths: Readonly<Record<string, PeerPathRecord>>;
+  /** The Ed25519 key the session proved (base64url); null for a keyless session. */
+  readonly key: string | null;
+  /** The key's fingerprint, or null. */
+  readonly key_fingerprint: string | null;
 }
+
+/**
+ * The answer to {@linkcode Registry.claimKey}: the session may register, or
+ * the id is bound to another key (`bound`) that has held it recently.
+ */
+export type KeyClaim = { ok: true } | { ok: false; bound: string };
 
 /** Fields a session may change on its own record. */
 export type WorkerPatch = Partial<
@@ -53,6 +63,24 @@ export interface Registry {
   list(): Promise<WorkerRecord[]>;
   /** How many workers are registered. */
   size(): Promise<number>;
+  /**
+   * Decides, atomically for `workerId`, whether a session holding `key`
+   * (null: keyless) may register it now, and records the binding:
+   * - no binding, or one to the same key: yes (a key binds the id);
+   * - bound to another key that has a session, or had one less than
+   *   `holdMs` ago: no;
+   * - bound to another key idle for `holdMs` or more: yes, and the binding
+   *   moves to `key` (or is dropped for a keyless session).
+   */
+  claimKey(workerId: string, key: string | null, now: number, holdMs: number): Promise<KeyClaim>;
+  /** The last session with `key` for `workerId` ended at `now`: its hold starts. */
+  releaseKey(workerId: string, key: string, now: number): Promise<void>;
+}
+
+/** One id's key binding: `idleSince` is null while a session holds it. */
+interface KeyBinding {
+  key: string;
+  idleSince: number | null;
 }
 
 /**
@@ -65,12 +93,14 @@ export interface Registry {
  * const registry = new MemoryRegistry();
  * await registry.put({ worker_id: "w1", session_id: "s1", observed_ip: "192.0.2.7",
  *   observed_port: 40000, http_reported_public_ip: null, connected_at: Date.now(),
- *   udp_endpoint: null, group: "default", peer_paths: {} });
+ *   udp_endpoint: null, group: "default", peer_paths: {}, key: null, key_fingerprint: null });
  * await registry.size(); // 1
  * ```
  */
 export class MemoryRegistry implements Registry {
   #records = new Map<string, WorkerRecord>();
+  #bindings = new Map<string, KeyBinding>();
+  #prunedAt = 0;
 
   put(record: WorkerRecord): Promise<WorkerRecord | undefined> {
     const previous = this.#records.get(record.worker_id);
@@ -104,5 +134,34 @@ export class MemoryRegistry implements Registry {
 
   size(): Promise<number> {
     return Promise.resolve(this.#records.size);
+  }
+
+  claimKey(workerId: string, key: string | null, now: number, holdMs: number): Promise<KeyClaim> {
+    this.#prune(now, holdMs);
+    const binding = this.#bindings.get(workerId);
+    if (binding !== undefined && binding.key !== key) {
+      const held = binding.idleSince === null || now - binding.idleSince < holdMs;
+      if (held) return Promise.resolve({ ok: false, bound: binding.key });
+      this.#bindings.delete(workerId);
+    }
+    if (key !== null) this.#bindings.set(workerId, { key, idleSince: null });
+    return Promise.resolve({ ok: true });
+  }
+
+  releaseKey(workerId: string, key: string, now: number): Promise<void> {
+    const binding = this.#bindings.get(workerId);
+    if (binding?.key === key) binding.idleSince = now;
+    return Promise.resolve();
+  }
+
+  /** Drops bindings idle past their hold, at most once per half hold: memory stays bounded. */
+  #prune(now: number, holdMs: number): void {
+    if (now - this.#prunedAt < holdMs / 2) return;
+    this.#prunedAt = now;
+    for (const [id, binding] of this.#bindings) {
+      if (binding.idleSince !== null && now - binding.idleSince >= holdMs) {
+        this.#bindings.delete(id);
+      }
+    }
   }
 }

@@ -22,6 +22,14 @@ import {
   type WorkerListingEntry,
 } from "../protocol/messages.ts";
 import { TokenBucket } from "../core/rate_limit.ts";
+import {
+  fingerprint,
+  importPublicKey,
+  newNonce,
+  parsePublicKey,
+  registrationPayload,
+  verifySignature,
+} from "../protocol/identity.ts";
 import { PeerDirectory, type PeerSession } from "./peers.ts";
 import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
 
@@ -65,6 +73,27 @@ export interface RendezvousOptions {
    * @default {200}
    */
   closeNoticeMs?: number;
+  /**
+   * Refuse workers that do not register with a key (`?key=`), with 401
+   * before the upgrade. Off, keyless workers (the seed's) register, but never
+   * take an id bound to a key.
+   * @default {false}
+   */
+  requireWorkerKeys?: boolean;
+  /**
+   * How long an id stays bound to its key after its last session ended; a
+   * session with another key (or none) is refused until then.
+   * @default {600}
+   */
+  keyHoldSec?: number;
+  /**
+   * The authorities (`host[:port]`, as workers dial them) that registration
+   * proofs may name. Unset: the request's `Host` header, which is what the
+   * worker dialed when nothing rewrites it (Cloud Run and haproxy keep it).
+   */
+  publicHosts?: readonly string[];
+  /** How long a keyed worker has to answer the challenge. @default {10000} */
+  keyProofTimeoutMs?: number;
   /** Where the service logs. @default {silentLogger} */
   logger?: Logger;
   /** Time source, for tests. @default {systemClock} */
@@ -157,6 +186,8 @@ const SETTLED: Promise<unknown> = Promise.resolve();
 interface SessionInit {
   workerId: string;
   group: string;
+  key: string | null;
+  authority: string;
   socket: WebSocket;
   observedIp: string | null;
   observedPort: number | null;
@@ -173,6 +204,12 @@ class Session implements PeerSession {
   readonly id = `${INSTANCE}.${(sessionCounter++).toString(36)}`;
   readonly workerId: string;
   readonly group: string;
+  /** The key the worker registered with (`?key=`), proven before it is registered. */
+  readonly key: string | null;
+  /** The `Host` the worker dialed, for its key proof. */
+  readonly authority: string;
+  /** Resolves with the `prove_key` signature, or null when the socket closes first. */
+  proof?: PromiseWithResolvers<string | null>;
   readonly socket: WebSocket;
   readonly observedIp: string | null;
   readonly observedPort: number | null;
@@ -190,6 +227,8 @@ class Session implements PeerSession {
   constructor(init: SessionInit) {
     this.workerId = init.workerId;
     this.group = init.group;
+    this.key = init.key;
+    this.authority = init.authority;
     this.socket = init.socket;
     this.observedIp = init.observedIp;
     this.observedPort = init.observedPort;
@@ -239,7 +278,9 @@ class Session implements PeerSession {
 export class Rendezvous {
   /** Where the sessions' records live. */
   readonly registry: Registry;
-  #options: Required<Omit<RendezvousOptions, "registry" | "token">> & { token?: string };
+  #options:
+    & Required<Omit<RendezvousOptions, "registry" | "token" | "publicHosts">>
+    & { token?: string; publicHosts?: readonly string[] };
   #log: Logger;
   #clock: Clock;
   #state: RendezvousState = "starting";
@@ -287,6 +328,10 @@ export class Rendezvous {
       relayRatePerSec: options.relayRatePerSec ?? 500,
       relayBurst: options.relayBurst ?? 1000,
       closeNoticeMs: options.closeNoticeMs ?? 200,
+      requireWorkerKeys: options.requireWorkerKeys ?? false,
+      keyHoldSec: options.keyHoldSec ?? 600,
+      publicHosts: options.publicHosts?.map((h) => h.toLowerCase()),
+      keyProofTimeoutMs: options.keyProofTimeoutMs ?? 10_000,
       logger: this.#log,
       clock: this.#clock,
       name: options.name ?? "holepunch-rendezvous",
@@ -390,6 +435,8 @@ export class Rendezvous {
       udp_endpoint: record.udp_endpoint,
       group: record.group,
       peer_paths: record.peer_paths,
+      key: record.key,
+      key_fingerprint: record.key_fingerprint,
     };
   }
 
@@ -453,6 +500,21 @@ export class Rendezvous {
       return problem(400, "Cannot register: group must be 1-128 characters of [A-Za-z0-9._-]");
     }
     if (!this.#authorized(req)) return this.#unauthorized();
+    const keyParam = url.searchParams.get("key");
+    let key: string | null = null;
+    if (keyParam !== null) {
+      try {
+        key = parsePublicKey(keyParam);
+      } catch (error) {
+        return problem(400, `Cannot register: ${(error as Error).message}`);
+      }
+    } else if (this.#options.requireWorkerKeys) {
+      this.#log.warn("worker refused: no key", { worker_id: workerId });
+      return problem(
+        401,
+        "Cannot register: this rendezvous requires a worker key (?key=, proven by signature)",
+      );
+    }
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return problem(426, "Cannot register: this endpoint needs a WebSocket upgrade", {
         upgrade: "websocket",
@@ -483,6 +545,8 @@ export class Rendezvous {
       }
     }
 
+    // Headers cannot be read once the request is upgraded.
+    const authority = (req.headers.get("host") ?? "").toLowerCase();
     let socket: WebSocket;
     let response: Response;
     try {
@@ -496,6 +560,8 @@ export class Rendezvous {
     const session = new Session({
       workerId,
       group,
+      key,
+      authority,
       socket,
       observedIp,
       observedPort,
@@ -527,8 +593,70 @@ export class Rendezvous {
     });
   }
 
+  /**
+   * Challenges a keyed session and checks its answer; true when the key is
+   * proven. On failure the session is closed with 4004 and logged.
+   */
+  async #proveKey(session: Session, key: string): Promise<boolean> {
+    const nonce = newNonce();
+    session.proof = Promise.withResolvers<string | null>();
+    session.send({ type: "challenge", nonce });
+    const timeout = new AbortController();
+    const signature = await Promise.race([
+      session.proof.promise,
+      delay(this.#options.keyProofTimeoutMs, { signal: timeout.signal, clock: this.#clock })
+        .then(() => undefined, () => undefined),
+    ]);
+    timeout.abort();
+    session.proof = undefined;
+    if (signature === null) return false; // The socket closed.
+    const fields = {
+      worker_id: session.workerId,
+      key_fingerprint: await fingerprint(key),
+      observed_ip: session.observedIp,
+    };
+    if (signature === undefined) {
+      this.#log.warn("worker refused: key proof timed out", fields);
+      session.close(CloseCode.KEY_PROOF_FAILED, CloseReason.KEY_PROOF_TIMEOUT);
+      return false;
+    }
+    const verifier = await importPublicKey(key);
+    for (const authority of this.#options.publicHosts ?? [session.authority]) {
+      const payload = registrationPayload(authority, session.workerId, nonce);
+      if (await verifySignature(verifier, payload, signature)) return true;
+    }
+    this.#log.warn("worker refused: key proof failed", {
+      ...fields,
+      authorities: this.#options.publicHosts ?? [session.authority],
+    });
+    session.close(CloseCode.KEY_PROOF_FAILED, CloseReason.KEY_PROOF_FAILED);
+    return false;
+  }
+
   async #onOpen(session: Session): Promise<void> {
     if (session.socket.readyState !== WebSocket.OPEN) return;
+    const { key } = session;
+    if (key !== null && !(await this.#proveKey(session, key))) return;
+    if (session.socket.readyState !== WebSocket.OPEN) return;
+    const claim = await this.registry.claimKey(
+      session.workerId,
+      key,
+      this.#clock.now(),
+      this.#options.keyHoldSec * 1000,
+    );
+    if (!claim.ok) {
+      this.#log.warn("worker refused: id bound to another key", {
+        worker_id: session.workerId,
+        key_fingerprint: key === null ? null : await fingerprint(key),
+        bound_fingerprint: await fingerprint(claim.bound),
+        observed_ip: session.observedIp,
+      });
+      session.close(
+        CloseCode.KEY_REFUSED,
+        key === null ? CloseReason.KEY_REQUIRED : CloseReason.KEY_BOUND,
+      );
+      return;
+    }
     const record: WorkerRecord = {
       worker_id: session.workerId,
       session_id: session.id,
@@ -539,6 +667,8 @@ export class Rendezvous {
       udp_endpoint: null,
       group: session.group,
       peer_paths: NO_PEER_PATHS,
+      key,
+      key_fingerprint: key === null ? null : await fingerprint(key),
     };
     const previous = await this.registry.put(record);
     session.registered = true;
@@ -557,6 +687,7 @@ export class Rendezvous {
       worker_id: session.workerId,
       observed_ip: session.observedIp,
       observed_port: session.observedPort,
+      key_fingerprint: record.key_fingerprint ?? undefined,
       total: await this.registry.size(),
     });
     session.send({
@@ -604,6 +735,19 @@ export class Rendezvous {
     // Relayed frames have their own budget (the peer directory's), so data
     // cannot starve a worker's control messages, nor the reverse.
     if (message.type !== "relay" && !this.#withinRate(session, now)) return;
+    // The proof answers the challenge #onOpen is waiting on, so it cannot
+    // queue behind it; everything else does, and runs once registered.
+    if (message.type === "prove_key") {
+      if (session.proof) session.proof.resolve(message.signature);
+      else {
+        session.send({
+          type: "error",
+          code: "invalid_message",
+          message: "Cannot use prove_key: no challenge is pending",
+        });
+      }
+      return;
+    }
     this.#enqueue(session, () => this.#handle(session, message));
   }
 
@@ -679,6 +823,8 @@ export class Rendezvous {
       case "connect":
       case "relay":
         return; // handled by the peer directory above
+      case "prove_key":
+        return; // handled on arrival, see #onMessage
       case "echo_request": {
         let text: string;
         try {
@@ -711,6 +857,7 @@ export class Rendezvous {
 
   #onClose(session: Session, event: CloseEvent): void {
     this.#sessions.delete(session.socket);
+    session.proof?.resolve(null);
     this.#cleaning++;
     this.#log.info("worker disconnected", {
       worker_id: session.workerId,
@@ -724,6 +871,9 @@ export class Rendezvous {
       const removed = session.registered &&
         await this.registry.remove(session.workerId, session.id);
       this.#peers.left(session, removed);
+      if (removed && session.key !== null) {
+        await this.registry.releaseKey(session.workerId, session.key, this.#clock.now());
+      }
       if (removed) {
         this.#log.info("worker de-registered", {
           worker_id: session.workerId,

@@ -22,6 +22,7 @@ import {
   ProtocolError,
   type ServerMessage,
 } from "../protocol/messages.ts";
+import type { Identity } from "../protocol/identity.ts";
 
 /** The part of `WebSocket` the client uses. */
 export interface WebSocketLike extends EventTarget {
@@ -58,6 +59,11 @@ export interface RendezvousClientOptions {
   workerId: string;
   /** Sent as `Authorization: Bearer …`. */
   token?: string;
+  /**
+   * The worker's key: sent as `?key=` and proven when the rendezvous
+   * challenges it. Without one the worker registers keyless, as the seed's does.
+   */
+  identity?: Identity;
   /** Heartbeat period. @default {25000} */
   pingIntervalMs?: number;
   /** Reconnect when a heartbeat (or the handshake) gets no answer in this. @default {25000} */
@@ -134,6 +140,7 @@ export class RendezvousClient {
       Omit<
         RendezvousClientOptions,
         | "token"
+        | "identity"
         | "lookupPublicIp"
         | "onEvent"
         | "onPeerMessage"
@@ -147,6 +154,7 @@ export class RendezvousClient {
     & {
       policy: ReconnectPolicy;
       token?: string;
+      identity?: Identity;
       lookupPublicIp?: PublicIpLookup;
       onEvent?: (event: ClientEvent) => void;
       onPeerMessage?: (message: PeerServerMessage) => void;
@@ -171,6 +179,7 @@ export class RendezvousClient {
       url: options.url,
       workerId: options.workerId,
       token: options.token,
+      identity: options.identity,
       pingIntervalMs: options.pingIntervalMs ?? 25_000,
       pingTimeoutMs: options.pingTimeoutMs ?? 25_000,
       policy: new ReconnectPolicy({
@@ -250,6 +259,17 @@ export class RendezvousClient {
           logger.error("another connection registered this worker id; is WORKER_ID shared?", {
             worker_id: this.#o.workerId,
           });
+        } else if (outcome.code === CloseCode.KEY_REFUSED) {
+          logger.error(
+            "the rendezvous refused this worker: its id is bound to another key (keep the key in WORKER_KEY_FILE, or wait out the rendezvous's KEY_HOLD_SEC)",
+            { worker_id: this.#o.workerId, key_fingerprint: this.#o.identity?.fingerprint },
+          );
+        } else if (outcome.code === CloseCode.KEY_PROOF_FAILED) {
+          logger.error("the rendezvous did not accept this worker's key proof", {
+            worker_id: this.#o.workerId,
+            reason: outcome.reason,
+            hint: "a proxy that rewrites Host needs PUBLIC_HOSTS on the rendezvous",
+          });
         }
         this.#status = "waiting";
         this.#emit({ type: "reconnect_scheduled", delay_ms: wait });
@@ -269,8 +289,10 @@ export class RendezvousClient {
 
   /** One connection, from open to close; resolves with how it ended. */
   #session(signal: AbortSignal, attempt: number): Promise<SessionOutcome> {
-    const { clock, logger, workerId } = this.#o;
-    const url = this.#o.url.href;
+    const { clock, logger, workerId, identity } = this.#o;
+    const dial = new URL(this.#o.url);
+    if (identity) dial.searchParams.set("key", identity.publicKey);
+    const url = dial.href;
     this.#status = "connecting";
     this.#emit({ type: "connecting", attempt });
     logger.info("connecting to rendezvous", { worker_id: workerId, url: redact(this.#o.url) });
@@ -391,6 +413,7 @@ export class RendezvousClient {
           return;
         }
         if (message.type === "going_away") return goQuiet(message.reason);
+        if (message.type === "challenge") return void proveKey(message.nonce);
         this.#onServerMessage(message);
       };
 
@@ -405,6 +428,16 @@ export class RendezvousClient {
         this.#quiet = socket;
         logger.info("rendezvous going away", { worker_id: workerId, reason });
         armDeadline();
+      };
+
+      /** Answers the rendezvous's challenge with our key's signature. */
+      const proveKey = async (nonce: string) => {
+        if (!identity) {
+          logger.warn("rendezvous challenged a worker without a key", { worker_id: workerId });
+          return;
+        }
+        const signature = await identity.proveRegistration(dial.host, workerId, nonce);
+        if (!finished) this.#send(socket!, { type: "prove_key", signature });
       };
 
       const onClose = (event: Event) => {
@@ -489,6 +522,7 @@ export class RendezvousClient {
         });
         return;
       case "going_away": // handled by the session
+      case "challenge":
         return;
       case "error":
         logger.warn("rendezvous rejected a message", {

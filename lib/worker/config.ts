@@ -57,6 +57,8 @@ export interface WorkerConfig {
   stunKeepaliveMs: number;
   /** Peers see only workers of the same group. */
   group: string;
+  /** Where the worker's key is kept (`WORKER_KEY_FILE`); unset: a fresh key each start. */
+  keyFile?: string;
   /** Introduce ourselves to every peer of the group as it appears. */
   peerAutoConnect: boolean;
   /** Send a hello to every peer this often (0: never); for demos and the lab. */
@@ -123,6 +125,11 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     meaning: "refresh the NAT mapping this often (Cloud NAT forgets idle UDP after 30 s)",
   },
   { name: "WORKER_GROUP", fallback: "default", meaning: "peers see only workers of their group" },
+  {
+    name: "WORKER_KEY_FILE",
+    fallback: "(a new key each start)",
+    meaning: "file keeping this worker's Ed25519 key (JWK, created with mode 0600 if missing)",
+  },
   {
     name: "PEER_AUTOCONNECT",
     fallback: "false",
@@ -308,6 +315,7 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     udpPort: portVar(env, "UDP_PORT", 0),
     stunServers,
     stunKeepaliveMs: seconds(env, "STUN_KEEPALIVE_SEC", 20, 0.05, 3600),
+    keyFile: stringVar(env, "WORKER_KEY_FILE"),
     group,
     peerAutoConnect: boolVar(env, "PEER_AUTOCONNECT", false),
     peerHelloMs: seconds(env, "PEER_HELLO_SEC", 0, 0, 3600),

@@ -14,6 +14,8 @@ export interface WorkerStatus {
   worker_id: string;
   /** The program's version. */
   version: string;
+  /** The worker's public key (base64url Ed25519) and its fingerprint. */
+  key: { public_key: string; fingerprint: string };
   /** The rendezvous session. */
   rendezvous: ClientSnapshot;
   /** The last UDP discovery report; null before the first or without UDP. */

@@ -17,7 +17,9 @@ import { type ClientEvent, RendezvousClient } from "./client.ts";
 import { registrationUrl, type WorkerConfig } from "./config.ts";
 import { workerHealthHandler, type WorkerStatus } from "./health.ts";
 import { describeHello, sendHello, startHello } from "./hello.ts";
+import { loadIdentity } from "./key_file.ts";
 import { fetchPublicIp } from "./public_ip.ts";
+import type { Identity } from "../protocol/identity.ts";
 import { startWorkerUdp, type WorkerUdp } from "./udp.ts";
 
 /** How long {@linkcode Worker.close} waits for open health requests to finish. */
@@ -40,6 +42,11 @@ export interface StartWorkerOptions {
   onMessage?: (peerId: string, payload: Uint8Array, path: PathKind) => void;
   /** Receives every event of the rendezvous session (registered, disconnected, …). */
   onEvent?: (event: ClientEvent) => void;
+  /**
+   * The worker's key. By default it comes from `config.keyFile`
+   * (`WORKER_KEY_FILE`), or is made fresh for this worker.
+   */
+  identity?: Identity;
 }
 
 /**
@@ -50,6 +57,8 @@ export interface StartWorkerOptions {
 export class Worker {
   /** The worker's id at the rendezvous. */
   readonly id: string;
+  /** The worker's long-term key, proven to the rendezvous at every registration. */
+  readonly identity: Identity;
   /** Peer links: introductions, punching, relay, messages. */
   readonly peers: PeerManager;
   /** The health server's address, once it listens; null without one. */
@@ -63,15 +72,17 @@ export class Worker {
   #closed: Promise<void> | undefined;
 
   /** Use {@linkcode startWorker}. */
-  constructor(config: WorkerConfig, options: StartWorkerOptions = {}) {
+  constructor(config: WorkerConfig, identity: Identity, options: StartWorkerOptions = {}) {
     const log = options.logger ?? silentLogger;
     this.id = config.workerId;
+    this.identity = identity;
     const { ipEchoUrl, ipEchoTimeoutMs } = config;
     // The three parts call each other; each callback runs only once `run` starts.
     const client: RendezvousClient = new RendezvousClient({
       url: registrationUrl(config.rendezvousBase, config.workerId, config.group),
       workerId: config.workerId,
       token: config.token,
+      identity,
       pingIntervalMs: config.pingIntervalMs,
       pingTimeoutMs: config.pingTimeoutMs,
       backoff: new Backoff({ baseMs: config.reconnectBaseMs, maxMs: config.reconnectMaxMs }),
@@ -163,6 +174,7 @@ export class Worker {
     return {
       worker_id: this.id,
       version: VERSION,
+      key: { public_key: this.identity.publicKey, fingerprint: this.identity.fingerprint },
       rendezvous: this.#client.snapshot(),
       udp: this.#udp?.presence.last ?? null,
       peers: this.peers.snapshot(),
@@ -190,19 +202,27 @@ export class Worker {
 
 /**
  * Starts a whole worker from its configuration (see `loadWorkerConfig()`):
- * it registers with the rendezvous, discovers its UDP endpoint, punches to
- * its peers and serves its health endpoint, until {@linkcode Worker.close}.
+ * it loads or makes its key, registers with the rendezvous (proving the
+ * key), discovers its UDP endpoint, punches to its peers and serves its
+ * health endpoint, until {@linkcode Worker.close}.
+ *
+ * @throws {KeyFileError} when `WORKER_KEY_FILE` exists but holds no usable key
  *
  * @example
  * ```ts
  * import { loadWorkerConfig, startWorker } from "@holepunch/holepunch";
  *
  * const config = loadWorkerConfig({ RENDEZVOUS_SERVICE_URL: "http://localhost:8080", PORT: "0" });
- * const worker = startWorker(config);
+ * const worker = await startWorker(config);
  * // … later
  * await worker.close();
  * ```
  */
-export function startWorker(config: WorkerConfig, options: StartWorkerOptions = {}): Worker {
-  return new Worker(config, options);
+export async function startWorker(
+  config: WorkerConfig,
+  options: StartWorkerOptions = {},
+): Promise<Worker> {
+  const identity = options.identity ??
+    await loadIdentity(config.keyFile, options.logger ?? silentLogger);
+  return new Worker(config, identity, options);
 }

@@ -26,6 +26,7 @@ const peer = (id: string, port: number | null): PeerInfo => ({
   public: port === null ? null : { ip: "203.0.113.9", port },
   local: [],
   nat_mapping: port === null ? null : "endpoint-independent",
+  key: null,
 });
 
 Deno.test("PeerManager introduces itself only once both endpoints are known", () => {

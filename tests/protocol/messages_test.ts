@@ -242,3 +242,40 @@ Deno.test("parseServerMessage() accepts a punch only with a 32-byte key and a 16
     assert.throws(() => parseServerMessage(punch(bad)), ProtocolError, JSON.stringify(bad));
   }
 });
+
+Deno.test("prove_key and challenge parse only in their exact forms", () => {
+  const signature = "A".repeat(86);
+  assert.deepEqual(parseClientMessage(JSON.stringify({ type: "prove_key", signature })), {
+    type: "prove_key",
+    signature,
+  });
+  for (const bad of ["A".repeat(85), "A".repeat(87), `${"A".repeat(84)}==`, "+".repeat(86), 7]) {
+    assert.throws(
+      () => parseClientMessage(JSON.stringify({ type: "prove_key", signature: bad })),
+      ProtocolError,
+    );
+  }
+  const nonce = "n".repeat(43);
+  assert.deepEqual(parseServerMessage(JSON.stringify({ type: "challenge", nonce })), {
+    type: "challenge",
+    nonce,
+  });
+  for (const bad of ["short", "x".repeat(129), "has space in it ok", null]) {
+    assert.throws(
+      () => parseServerMessage(JSON.stringify({ type: "challenge", nonce: bad })),
+      ProtocolError,
+    );
+  }
+});
+
+Deno.test("peer infos carry a well-formed key, or null (an older rendezvous sends none)", () => {
+  const key = "k".repeat(43);
+  const peer = { worker_id: "a", public: null, local: [], nat_mapping: null };
+  const read = (extra: Record<string, unknown>) =>
+    (parseServerMessage(JSON.stringify({ type: "peer_joined", peer: { ...peer, ...extra } })) as {
+      peer: { key: string | null };
+    }).peer.key;
+  assert.equal(read({ key }), key);
+  assert.equal(read({}), null);
+  assert.equal(read({ key: "not a key" }), null);
+});

@@ -477,6 +477,8 @@ Deno.test("rendezvous streams a large listing as one valid JSON document", async
       udp_endpoint: null,
       group: "default",
       peer_paths: {},
+      key: null,
+      key_fingerprint: null,
     });
   }
   const rv = await startRendezvous({ registry });

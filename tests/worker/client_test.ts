@@ -7,18 +7,32 @@ import {
   type WebSocketLike,
 } from "../../lib/worker/client.ts";
 import { FakeClock, flush } from "../_fake_clock.ts";
+import { Logger } from "../../lib/core/log.ts";
+import {
+  Identity,
+  newNonce,
+  registrationPayload,
+  verifySignature,
+} from "../../lib/protocol/identity.ts";
 
 /** A WebSocket the test plays the server for. */
 class FakeSocket extends EventTarget implements WebSocketLike {
   readyState: number = WebSocket.CONNECTING;
   readonly sent: Record<string, unknown>[] = [];
   closedWith?: { code?: number; reason?: string };
+  #sending?: PromiseWithResolvers<void>;
   constructor(readonly url: string, readonly headers: Record<string, string>) {
     super();
   }
   send(data: string): void {
     if (this.readyState !== WebSocket.OPEN) throw new Error("not open");
     this.sent.push(JSON.parse(data));
+    this.#sending?.resolve();
+  }
+  /** Resolves at the next `send` (for answers that take real async work). */
+  nextSend(): Promise<void> {
+    this.#sending = Promise.withResolvers<void>();
+    return this.#sending.promise;
   }
   close(code?: number, reason?: string): void {
     this.closedWith = { code, reason };
@@ -280,5 +294,42 @@ Deno.test("RendezvousClient ignores unknown and malformed server messages", asyn
   t.last().receive({ type: "error", code: "invalid_ip", message: "nope" });
   await flush();
   assert.equal(t.client.status, "connected");
+  await stop(t);
+});
+
+Deno.test("RendezvousClient with a key dials with ?key= and answers the challenge with a valid proof", async () => {
+  const identity = await Identity.generate();
+  const t = setup({ identity });
+  await flush();
+  const url = new URL(t.last().url);
+  assert.equal(url.searchParams.get("key"), identity.publicKey);
+  t.last().open();
+  const nonce = newNonce();
+  // Signing is real WebCrypto work: wait for the answer itself.
+  const answered = t.last().nextSend();
+  t.last().receive({ type: "challenge", nonce });
+  await answered;
+  const [proof] = t.last().sent as { type: string; signature: string }[];
+  assert.equal(proof.type, "prove_key");
+  const payload = registrationPayload("rv.test", "w1", nonce);
+  assert.equal(await verifySignature(identity.publicKey, payload, proof.signature), true);
+  await stop(t);
+});
+
+Deno.test("RendezvousClient logs why the rendezvous refused its key and keeps retrying", async () => {
+  const lines: Record<string, unknown>[] = [];
+  const t = setup({
+    identity: await Identity.generate(),
+    logger: new Logger({ sink: (l) => lines.push(JSON.parse(l)) }),
+  });
+  await flush();
+  t.last().open();
+  t.last().serverClose(4003, "worker id is bound to another key");
+  await flush();
+  assert.ok(lines.some((l) => String(l.message).includes("its id is bound to another key")));
+  const scheduled = t.events.at(-1);
+  assert.equal(scheduled?.type, "reconnect_scheduled");
+  await t.clock.tick((scheduled as { delay_ms: number }).delay_ms);
+  assert.equal(t.sockets.length, 2);
   await stop(t);
 });

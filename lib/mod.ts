@@ -33,6 +33,14 @@ export type { UdpEndpointReport } from "./stun/discovery.ts";
 
 // Peers: links, punching, relay, messages.
 export { PeerManager } from "./peer/manager.ts";
+export {
+  type PathInfo,
+  type PeerCloseInfo,
+  PeerConnection,
+  PeerConnections,
+  type PeerStream,
+} from "./peer/connection.ts";
+export { TransportClose, TransportError } from "./peer/transport.ts";
 
 // A whole rendezvous.
 export {
@@ -86,10 +94,12 @@ export {
   type PunchMessage,
   type RegisteredMessage,
   type RegisterPublicIpMessage,
+  type RegisterTransportMessage,
   type RegisterUdpEndpointMessage,
   type RelayedMessage,
   type RelayMessage,
   type ServerMessage,
+  type TransportCredentials,
   type UdpAddress,
   type UdpEndpointRecord,
   type UdpEndpointRegisteredMessage,

@@ -31,13 +31,13 @@ export class TokenBucket {
     this.#updatedAt = now;
   }
 
-  /** Spends one token if there is one; `now` is in milliseconds. */
-  take(now: number): boolean {
+  /** Spends `cost` tokens (default one) if there are that many; `now` is in milliseconds. */
+  take(now: number, cost = 1): boolean {
     const elapsed = Math.max(0, now - this.#updatedAt);
     this.#updatedAt = now;
     this.#tokens = Math.min(this.burst, this.#tokens + (elapsed * this.ratePerSec) / 1000);
-    if (this.#tokens < 1) return false;
-    this.#tokens -= 1;
+    if (this.#tokens < cost) return false;
+    this.#tokens -= cost;
     return true;
   }
 }

@@ -240,6 +240,12 @@ export class PeerLink {
     return [this.#session?.id, this.#previous?.id].filter((s): s is string => s !== undefined);
   }
 
+  /** The direct path's peer address and our socket (`via`), if there is one. */
+  get direct(): { to: UdpAddress; via: number } | null {
+    const path = this.#path;
+    return path.kind === "direct" ? { to: path.to, via: path.via } : null;
+  }
+
   /** Where the direct path goes, if there is one. */
   get directTo(): string | null {
     return this.#path.kind === "direct" ? show(this.#path.to) : null;

@@ -18,6 +18,7 @@ import type {
   UdpAddress,
 } from "../protocol/messages.ts";
 import { UdpEndpoint } from "./udp_endpoint.ts";
+import type { PeerTransport } from "./transport.ts";
 
 /** Options for {@linkcode PeerManager}. */
 export interface PeerManagerOptions {
@@ -31,6 +32,10 @@ export interface PeerManagerOptions {
   onMessage?: (peerId: string, payload: Uint8Array, path: PathKind) => void;
   /** A peer became known (from `peers` or `peer_joined`). */
   onPeer?: (peerId: string) => void;
+  /** Anything the rendezvous said about a peer: joined, updated (key, certificate, endpoint). */
+  onPeerInfo?: (peer: PeerInfo) => void;
+  /** A link's path changed. */
+  onPath?: (peerId: string, path: PathKind, rttMs: number | null) => void;
   /**
    * Extra sockets (for endpoint-dependent NATs) open at once, at most: 256
    * per punch in progress, so 16 hard-side punches at once, well under the
@@ -38,6 +43,11 @@ export interface PeerManagerOptions {
    * @default {4096}
    */
   maxExtraSockets?: number;
+  /**
+   * Sends a transport packet (without its envelope byte) through the
+   * rendezvous relay; false when it could not (no session, full buffer).
+   */
+  sendRelayPacket?: (peerId: string, packet: Uint8Array) => boolean;
   /** Time source, for tests. @default {systemClock} */
   clock?: Clock;
   /** Where link events are logged. */
@@ -56,17 +66,81 @@ export class PeerManager {
   #connectAt = new Map<string, number>();
   /** Peers to introduce once both endpoints are known and a session is open. */
   #wanted = new Set<string>();
+  /** Links by their direct path (`via|ip|port`), for transport packets. */
+  #byAddress = new Map<string, PeerLink>();
+  #addressOf = new Map<PeerLink, string>();
+  #transport?: PeerTransport;
+  /** Transport packets from addresses no link's direct path names: dropped. */
+  strayPackets = 0;
 
   /** @ignore A worker makes its own; see `startWorker()`. */
   constructor(options: PeerManagerOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
-    if (options.udp) options.udp.onOther = (bytes, from) => this.#onUdp(bytes, from, 0);
+    if (options.udp) {
+      options.udp.onOther = (bytes, from) => this.#onUdp(bytes, from, 0);
+      options.udp.onTransport = (bytes, from) => this.#onTransport(bytes, from, 0);
+    }
+  }
+
+  /** @ignore Attaches the transport that rides this manager's paths; the worker does. */
+  setTransport(transport: PeerTransport): void {
+    this.#transport = transport;
+  }
+
+  /**
+   * Carries a transport packet (with its envelope byte) to `peerId`: over
+   * the direct path when there is one, else through the relay. Resolves
+   * once the bytes may be reused.
+   */
+  sendPacket(peerId: string, packet: Uint8Array): Promise<unknown> | void {
+    const direct = this.#links.get(peerId)?.direct;
+    if (direct) {
+      const socket = direct.via === 0 ? this.#o.udp : this.#sockets.get(direct.via);
+      if (socket) return socket.send(packet, direct.to).catch(() => {});
+    }
+    this.#o.sendRelayPacket?.(peerId, packet.subarray(1));
+  }
+
+  #onTransport(bytes: Uint8Array, from: UdpAddress, via: number): Promise<unknown> | undefined {
+    const link = this.#byAddress.get(`${via}|${from.ip}|${from.port}`);
+    if (!link || !this.#transport) {
+      this.strayPackets++;
+      return undefined;
+    }
+    return this.#transport.receive(link.peerId, bytes.subarray(1));
+  }
+
+  /** Keeps {@linkcode PeerManager.#byAddress} in step with a link's path. */
+  #indexPath(link: PeerLink): void {
+    const before = this.#addressOf.get(link);
+    const direct = link.direct;
+    const now = direct ? `${direct.via}|${direct.to.ip}|${direct.to.port}` : undefined;
+    if (before === now) return;
+    if (before !== undefined && this.#byAddress.get(before) === link) {
+      this.#byAddress.delete(before);
+    }
+    if (now === undefined) this.#addressOf.delete(link);
+    else {
+      this.#addressOf.set(link, now);
+      this.#byAddress.set(now, link);
+    }
   }
 
   /** Peers the rendezvous told us about. */
   get peers(): PeerInfo[] {
     return [...this.#peers.values()];
+  }
+
+  /** What the rendezvous told us about `peerId`, if anything. */
+  peer(peerId: string): PeerInfo | undefined {
+    return this.#peers.get(peerId);
+  }
+
+  /** The path to `peerId` now (the relay until a direct path is punched). */
+  pathOf(peerId: string): { path: PathKind; rttMs: number | null } {
+    const link = this.#links.get(peerId);
+    return link ? { path: link.path, rttMs: link.rttMs } : { path: "relay", rttMs: null };
   }
 
   /** Call after every registration with the rendezvous. */
@@ -119,8 +193,12 @@ export class PeerManager {
       onMessage: (payload, path) => this.#o.onMessage?.(peerId, payload, path),
       onPath: (path, rttMs) => {
         this.#o.sendToRendezvous({ type: "path_update", peer_id: peerId, path, rtt_ms: rttMs });
+        this.#o.onPath?.(peerId, path, rttMs);
       },
-      trace: (event) => this.#logLink(log, link!, event),
+      trace: (event) => {
+        this.#indexPath(link!);
+        this.#logLink(log, link!, event);
+      },
     });
     this.#links.set(peerId, link);
     return link;
@@ -168,6 +246,7 @@ export class PeerManager {
       }
       const via = this.#nextVia++;
       socket.onOther = (bytes, from) => this.#onUdp(bytes, from, via);
+      socket.onTransport = (bytes, from) => this.#onTransport(bytes, from, via);
       this.#sockets.set(via, socket);
       vias.push(via);
     }
@@ -205,7 +284,11 @@ export class PeerManager {
           link.close();
           for (const id of link.sessionIds) this.#bySession.delete(id);
           this.#links.delete(message.peer_id);
+          const address = this.#addressOf.get(link);
+          if (address !== undefined) this.#byAddress.delete(address);
+          this.#addressOf.delete(link);
         }
+        this.#transport?.forget(message.peer_id);
         this.#o.logger.info("peer left", { peer_id: message.peer_id });
         return;
       }
@@ -233,6 +316,7 @@ export class PeerManager {
     const before = this.#peers.get(peer.worker_id);
     this.#peers.set(peer.worker_id, peer);
     if (before === undefined) this.#o.onPeer?.(peer.worker_id);
+    this.#o.onPeerInfo?.(peer);
     const interested = this.#o.autoConnect || this.#links.has(peer.worker_id) ||
       this.#wanted.has(peer.worker_id);
     if (!interested) return;

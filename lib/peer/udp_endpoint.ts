@@ -11,6 +11,23 @@ import { isStun, toTransportAddress, type TransportAddress } from "../stun/codec
 /** Receives datagrams of one kind. */
 export type DatagramHandler = (bytes: Uint8Array, from: TransportAddress) => void;
 
+/**
+ * Receives transport packets. `bytes` is a view into a receive buffer that
+ * is reused once the returned promise settles (or at once, for no promise):
+ * keep what you need before then.
+ */
+export type PacketHandler = (
+  bytes: Uint8Array,
+  from: TransportAddress,
+) => Promise<unknown> | undefined | void;
+
+/** First byte of a transport (QUIC) packet; see `transport.ts`. */
+const TRANSPORT_MAGIC = 0x51;
+/** Receive loops per socket: transport packets keep several in flight. */
+const RECEIVE_LOOPS = 8;
+/** Large enough for any datagram a peer or STUN server sends us. */
+const RECEIVE_BUFFER = 4096;
+
 /** Options for {@linkcode UdpEndpoint.bind}. */
 export interface UdpBindOptions {
   /** @default {"0.0.0.0"} */
@@ -34,14 +51,16 @@ export class UdpEndpoint {
   readonly local: TransportAddress;
   onStun: DatagramHandler = () => {};
   onOther: DatagramHandler = () => {};
+  /** Packets whose first byte is the transport's (0x51): the hot path. */
+  onTransport: PacketHandler = () => {};
   #conn: Deno.DatagramConn;
   #closed = false;
-  #loop: Promise<void>;
+  #loop: Promise<unknown>;
 
   private constructor(conn: Deno.DatagramConn) {
     this.#conn = conn;
     this.local = toTransportAddress(conn.addr as Deno.NetAddr)!;
-    this.#loop = this.#receive();
+    this.#loop = Promise.all(Array.from({ length: RECEIVE_LOOPS }, () => this.#receive()));
   }
 
   /** Binds a socket (needs `--allow-net` and `--unstable-net`). */
@@ -58,12 +77,17 @@ export class UdpEndpoint {
     await this.#conn.send(bytes, { transport: "udp", hostname: to.ip, port: to.port });
   }
 
+  /**
+   * One receive loop, with a buffer of its own: allocating one per datagram
+   * cost more than everything else on the transport's path.
+   */
   async #receive(): Promise<void> {
+    const buffer = new Uint8Array(RECEIVE_BUFFER);
     while (!this.#closed) {
       let bytes: Uint8Array;
       let addr: Deno.NetAddr;
       try {
-        const [data, from] = await this.#conn.receive();
+        const [data, from] = await this.#conn.receive(buffer);
         bytes = data;
         addr = from as Deno.NetAddr;
       } catch {
@@ -73,7 +97,9 @@ export class UdpEndpoint {
       const from = toTransportAddress(addr);
       if (from === null) continue;
       try {
-        (isStun(bytes) ? this.onStun : this.onOther)(bytes, from);
+        if (bytes[0] === TRANSPORT_MAGIC) await this.onTransport(bytes, from);
+        // STUN and peer frames are few and their handlers keep them: a copy each.
+        else (isStun(bytes) ? this.onStun : this.onOther)(bytes.slice(), from);
       } catch {
         // A handler's bug must not stop the socket.
       }

@@ -42,7 +42,7 @@ export type CloseCode = typeof CloseCode[keyof typeof CloseCode];
 export const CloseReason = {
   SHUTDOWN: "rendezvous shutting down",
   REPLACED: "New connection from same worker ID",
-  BINARY: "binary frames are not supported: send JSON text",
+  BINARY: "binary frames are relay frames only: send JSON text",
   TOO_BIG: "message exceeds the size limit",
   RATE_LIMITED: "message rate limit exceeded",
   WORKER_STOPPING: "worker shutting down",

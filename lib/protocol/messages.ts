@@ -169,9 +169,23 @@ export interface ProveKeyMessage {
   signature: string;
 }
 
+/**
+ * Publishes the worker's transport certificate hash, signed by its key, so
+ * peers can pin it (see `lib/peer/transport.ts`). Only keyed workers.
+ */
+export interface RegisterTransportMessage {
+  /** The message type. */
+  type: "register_transport";
+  /** SHA-256 of the certificate, base64url (43 characters). */
+  cert_hash: string;
+  /** Ed25519 signature over the certificate payload, base64url (86 characters). */
+  signature: string;
+}
+
 /** Every message a worker may send. */
 export type ClientMessage =
   | ProveKeyMessage
+  | RegisterTransportMessage
   | RegisterPublicIpMessage
   | EchoRequestMessage
   | RegisterUdpEndpointMessage
@@ -271,6 +285,16 @@ export interface PeerInfo {
   nat_mapping: NatMapping | null;
   /** Its Ed25519 public key (base64url), proven to the rendezvous; null for a keyless worker. */
   key: string | null;
+  /** Its transport certificate hash and the key's signature over it; null until published. */
+  transport: TransportCredentials | null;
+}
+
+/** A worker's transport certificate hash and its key's signature over it. */
+export interface TransportCredentials {
+  /** SHA-256 of the certificate (DER), base64url. */
+  cert_hash: string;
+  /** The worker's Ed25519 signature over the certificate payload, base64url. */
+  signature: string;
 }
 
 /** The answer to `list_peers`. */
@@ -608,7 +632,18 @@ function peerInfo(value: unknown): PeerInfo {
       ? null
       : fields.nat.mapping,
     key: keyOrNull(record.key),
+    transport: transportOrNull(record.transport),
   };
+}
+
+/** Well-formed transport credentials, else null. */
+function transportOrNull(value: unknown): TransportCredentials | null {
+  if (typeof value !== "object" || value === null) return null;
+  const { cert_hash: hash, signature } = value as Record<string, unknown>;
+  return typeof hash === "string" && /^[A-Za-z0-9_-]{43}$/.test(hash) &&
+      typeof signature === "string" && /^[A-Za-z0-9_-]{86}$/.test(signature)
+    ? { cert_hash: hash, signature }
+    : null;
 }
 
 /** A well-formed public key, else null: an older rendezvous sends none. */
@@ -654,6 +689,16 @@ export function parseClientMessage(text: string): ClientMessage {
     }
     case "register_public_ip":
       return { type: "register_public_ip", ip: requireIp(record, "ip") };
+    case "register_transport": {
+      const credentials = transportOrNull(record);
+      if (credentials === null) {
+        throw new ProtocolError(
+          "invalid_message",
+          'Cannot parse "register_transport": "cert_hash" must be 32 bytes and "signature" 64 bytes of unpadded base64url',
+        );
+      }
+      return { type: "register_transport", ...credentials };
+    }
     case "echo_request":
       return { type: "echo_request", payload: record.payload === undefined ? "" : record.payload };
     case "register_udp_endpoint":

@@ -21,6 +21,7 @@ import type {
   ServerMessage,
 } from "../protocol/messages.ts";
 import type { Registry, WorkerRecord } from "./registry.ts";
+import { encodeRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
 
 /** What the directory needs of a rendezvous session. */
 export interface PeerSession {
@@ -31,7 +32,11 @@ export interface PeerSession {
   watching: boolean;
   /** Spends one of the session's relay tokens; false when none is left. */
   takeRelay(now: number): boolean;
+  /** Spends `bytes` of the session's binary relay budget; false when it is spent. */
+  takeRelayBytes(now: number, bytes: number): boolean;
   send(message: ServerMessage): void;
+  /** Sends a binary frame unless the socket's send buffer is already full; false when dropped. */
+  sendBinary(bytes: Uint8Array): boolean;
 }
 
 /** Two `connect`s for the same pair within this window make one introduction. */
@@ -47,6 +52,7 @@ export function peerInfo(record: WorkerRecord): PeerInfo {
     local: record.udp_endpoint?.local ?? [],
     nat_mapping: record.udp_endpoint?.nat_mapping ?? null,
     key: record.key,
+    transport: record.transport,
   };
 }
 
@@ -85,7 +91,14 @@ export class PeerDirectory {
   #watchers = new Map<string, Set<PeerSession>>();
   #introductions = new Map<string, { at: number; sessionId: string }>();
   /** Counters for logs and the listing. */
-  readonly stats = { introductions: 0, relayed: 0, relayRejected: 0 };
+  readonly stats = {
+    introductions: 0,
+    relayed: 0,
+    relayRejected: 0,
+    /** Binary transport packets carried, and dropped (over budget, full buffer, no peer). */
+    packetsRelayed: 0,
+    packetsDropped: 0,
+  };
 
   constructor(options: PeerDirectoryOptions) {
     this.#o = options;
@@ -217,6 +230,24 @@ export class PeerDirectory {
         other.udp_endpoint?.nat_mapping ?? "none"
       }`,
     });
+  }
+
+  /**
+   * Carries one transport packet to a peer of the same group. Packets are
+   * dropped, never queued without bound, and never answered with an error:
+   * the transport above (QUIC) treats a drop as loss and slows down.
+   */
+  relayPacket(session: PeerSession, frame: RelayFrame): void {
+    const peer = this.#o.sessionOf(frame.peerId);
+    if (
+      peer === undefined || peer.group !== session.group || peer === session ||
+      !session.takeRelayBytes(this.#o.clock.now(), frame.packet.length) ||
+      !peer.sendBinary(encodeRelayFrame(session.workerId, frame.packet))
+    ) {
+      this.stats.packetsDropped++;
+      return;
+    }
+    this.stats.packetsRelayed++;
   }
 
   #relay(session: PeerSession, to: string, data: string): void {

@@ -10,7 +10,11 @@
  * @module
  */
 
-import type { PeerPathRecord, UdpEndpointRecord } from "../protocol/messages.ts";
+import type {
+  PeerPathRecord,
+  TransportCredentials,
+  UdpEndpointRecord,
+} from "../protocol/messages.ts";
 
 /** What the registry holds for one worker. */
 export interface WorkerRecord {
@@ -36,6 +40,8 @@ export interface WorkerRecord {
   readonly key: string | null;
   /** The key's fingerprint, or null. */
   readonly key_fingerprint: string | null;
+  /** The worker's transport credentials, once it publishes them. */
+  readonly transport: TransportCredentials | null;
 }
 
 /**
@@ -46,7 +52,7 @@ export type KeyClaim = { ok: true } | { ok: false; bound: string };
 
 /** Fields a session may change on its own record. */
 export type WorkerPatch = Partial<
-  Pick<WorkerRecord, "http_reported_public_ip" | "udp_endpoint" | "peer_paths">
+  Pick<WorkerRecord, "http_reported_public_ip" | "udp_endpoint" | "peer_paths" | "transport">
 >;
 
 /** Storage for {@linkcode WorkerRecord}s. */
@@ -93,7 +99,8 @@ interface KeyBinding {
  * const registry = new MemoryRegistry();
  * await registry.put({ worker_id: "w1", session_id: "s1", observed_ip: "192.0.2.7",
  *   observed_port: 40000, http_reported_public_ip: null, connected_at: Date.now(),
- *   udp_endpoint: null, group: "default", peer_paths: {}, key: null, key_fingerprint: null });
+ *   udp_endpoint: null, group: "default", peer_paths: {}, key: null, key_fingerprint: null,
+ *   transport: null });
  * await registry.size(); // 1
  * ```
  */

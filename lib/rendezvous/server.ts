@@ -22,6 +22,7 @@ import {
   type WorkerListingEntry,
 } from "../protocol/messages.ts";
 import { TokenBucket } from "../core/rate_limit.ts";
+import { parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
 import {
   fingerprint,
   importPublicKey,
@@ -67,6 +68,12 @@ export interface RendezvousOptions {
   /** Relayed frames a session may send in a burst. @default {1000} */
   relayBurst?: number;
   /**
+   * Bytes of binary transport packets a session may relay per second on
+   * average (a burst of a quarter of it); beyond it packets are dropped.
+   * @default {33554432}
+   */
+  relayBytesPerSec?: number;
+  /**
    * On shutdown, how long workers have between the `going_away` notice and
    * the 1001 close, to stop sending (a frame that crosses the close frame
    * makes Deno drop the connection without one).
@@ -109,6 +116,13 @@ export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
 
 /** Workers serialized per turn of the event loop by the listing. */
 const LIST_SLICE = 250;
+
+/**
+ * Bytes waiting in a session's send buffer beyond which relayed packets to
+ * it are dropped: about 10 ms at 100 MB/s, so a slow receiver costs the
+ * rendezvous little memory and the senders' QUIC sees loss, not delay.
+ */
+const MAX_BUFFERED_RELAY = 1 << 20;
 
 /** Peer paths kept per worker in the listing. */
 const MAX_PEER_PATHS = 256;
@@ -184,6 +198,7 @@ let sessionCounter = 0;
 const SETTLED: Promise<unknown> = Promise.resolve();
 
 interface SessionInit {
+  relayBytes: number;
   workerId: string;
   group: string;
   key: string | null;
@@ -217,6 +232,8 @@ class Session implements PeerSession {
   readonly bucket: TokenBucket;
   #relayLimit: { rate: number; burst: number };
   #relayBucket?: TokenBucket;
+  #relayBytes: number;
+  #relayBytesBucket?: TokenBucket;
   lastSeen: number;
   rttMs: number | null = null;
   watching = false;
@@ -236,6 +253,25 @@ class Session implements PeerSession {
     this.lastSeen = init.now;
     this.bucket = init.bucket;
     this.#relayLimit = init.relayLimit;
+    this.#relayBytes = init.relayBytes;
+  }
+
+  takeRelayBytes(now: number, bytes: number): boolean {
+    this.#relayBytesBucket ??= new TokenBucket(this.#relayBytes, this.#relayBytes / 4, now);
+    return this.#relayBytesBucket.take(now, bytes);
+  }
+
+  sendBinary(bytes: Uint8Array): boolean {
+    const socket = this.socket;
+    if (socket.readyState !== WebSocket.OPEN || socket.bufferedAmount > MAX_BUFFERED_RELAY) {
+      return false;
+    }
+    try {
+      socket.send(bytes);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Spends a relay token; the bucket exists only for sessions that relay. */
@@ -327,6 +363,7 @@ export class Rendezvous {
       messageBurst: options.messageBurst ?? 100,
       relayRatePerSec: options.relayRatePerSec ?? 500,
       relayBurst: options.relayBurst ?? 1000,
+      relayBytesPerSec: options.relayBytesPerSec ?? 32 * 1024 * 1024,
       closeNoticeMs: options.closeNoticeMs ?? 200,
       requireWorkerKeys: options.requireWorkerKeys ?? false,
       keyHoldSec: options.keyHoldSec ?? 600,
@@ -568,6 +605,7 @@ export class Rendezvous {
       now,
       bucket: new TokenBucket(this.#options.messageRatePerSec, this.#options.messageBurst, now),
       relayLimit: this.#relayLimit,
+      relayBytes: this.#options.relayBytesPerSec,
     });
     this.#sessions.set(socket, session);
     this.#log.info("worker connecting", {
@@ -575,6 +613,7 @@ export class Rendezvous {
       observed_ip: observedIp,
       observed_port: observedPort,
     });
+    socket.binaryType = "arraybuffer";
     // Once: the listener is dropped after it fires, so an idle session holds none.
     socket.addEventListener("open", this.#socketOpen, { once: true });
     socket.onmessage = this.#socketMessage;
@@ -669,6 +708,7 @@ export class Rendezvous {
       peer_paths: NO_PEER_PATHS,
       key,
       key_fingerprint: key === null ? null : await fingerprint(key),
+      transport: null,
     };
     const previous = await this.registry.put(record);
     session.registered = true;
@@ -704,11 +744,7 @@ export class Rendezvous {
     const now = this.#clock.now();
     session.lastSeen = now;
     const data = event.data;
-    if (typeof data !== "string") {
-      this.#log.warn("worker sent a binary frame", { worker_id: session.workerId });
-      session.close(CloseCode.UNSUPPORTED_DATA, CloseReason.BINARY);
-      return;
-    }
+    if (typeof data !== "string") return this.#onBinary(session, data);
     if (utf8LengthExceeds(data, this.#options.maxMessageBytes)) {
       this.#log.warn("worker sent an oversize message", {
         worker_id: session.workerId,
@@ -749,6 +785,29 @@ export class Rendezvous {
       return;
     }
     this.#enqueue(session, () => this.#handle(session, message));
+  }
+
+  /**
+   * A binary frame: a transport packet to relay, from a registered session.
+   * Anything else binary is a protocol error (the seed's protocol is text).
+   */
+  #onBinary(session: Session, data: unknown): void {
+    let frame: RelayFrame | undefined;
+    if (data instanceof ArrayBuffer && session.registered) {
+      try {
+        frame = parseRelayFrame(new Uint8Array(data));
+      } catch {
+        frame = undefined;
+      }
+    }
+    if (frame === undefined) {
+      this.#log.warn("worker sent a binary frame that is not a relay frame", {
+        worker_id: session.workerId,
+      });
+      session.close(CloseCode.UNSUPPORTED_DATA, CloseReason.BINARY);
+      return;
+    }
+    this.#peers.relayPacket(session, frame);
   }
 
   #withinRate(session: Session, now: number): boolean {
@@ -825,6 +884,26 @@ export class Rendezvous {
         return; // handled by the peer directory above
       case "prove_key":
         return; // handled on arrival, see #onMessage
+      case "register_transport": {
+        // Only a key can vouch for a certificate; peers check the signature themselves.
+        if (session.key === null) {
+          session.send({
+            type: "error",
+            code: "invalid_message",
+            message: "Cannot register_transport: register with a key first",
+          });
+          return;
+        }
+        const transport = { cert_hash: message.cert_hash, signature: message.signature };
+        const stored = await this.registry.update(session.workerId, session.id, { transport });
+        if (!stored) return;
+        const record = await this.registry.get(session.workerId);
+        if (record) this.#peers.updated(session, record);
+        this.#log.info("worker published its transport certificate", {
+          worker_id: session.workerId,
+        });
+        return;
+      }
       case "echo_request": {
         let text: string;
         try {

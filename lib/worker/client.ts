@@ -23,11 +23,14 @@ import {
   type ServerMessage,
 } from "../protocol/messages.ts";
 import type { Identity } from "../protocol/identity.ts";
+import { encodeRelayFrame, parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
 
 /** The part of `WebSocket` the client uses. */
 export interface WebSocketLike extends EventTarget {
   readonly readyState: number;
-  send(data: string): void;
+  /** Bytes queued but not yet sent (0 where the socket cannot tell). */
+  readonly bufferedAmount?: number;
+  send(data: string | Uint8Array<ArrayBuffer>): void;
   close(code?: number, reason?: string): void;
 }
 
@@ -89,6 +92,8 @@ export interface RendezvousClientOptions {
   onEvent?: (event: ClientEvent) => void;
   /** Receives the peer messages (`peers`, `peer_*`, `punch`, `relayed`). */
   onPeerMessage?: (message: PeerServerMessage) => void;
+  /** Receives transport packets a peer sent through the relay (binary frames). */
+  onRelayPacket?: (peerId: string, packet: Uint8Array) => void;
 }
 
 /** What one connection ended with. */
@@ -99,7 +104,18 @@ interface SessionOutcome {
   durationMs: number;
 }
 
-const nativeSocket: SocketFactory = (url, headers) => new WebSocket(url, { headers });
+const nativeSocket: SocketFactory = (url, headers) => {
+  const socket = new WebSocket(url, { headers });
+  socket.binaryType = "arraybuffer";
+  return socket;
+};
+
+/**
+ * Bytes queued on the socket beyond which relayed packets are dropped, not
+ * queued: QUIC reads the loss and slows down, and the heartbeat's frames
+ * never wait behind seconds of bulk data.
+ */
+const MAX_BUFFERED_RELAY = 512 * 1024;
 
 /** A snapshot for the worker's health endpoint. */
 export interface ClientSnapshot {
@@ -144,6 +160,7 @@ export class RendezvousClient {
         | "lookupPublicIp"
         | "onEvent"
         | "onPeerMessage"
+        | "onRelayPacket"
         | "backoff"
         | "stableSessionMs"
         | "restartGraceMs"
@@ -158,6 +175,7 @@ export class RendezvousClient {
       lookupPublicIp?: PublicIpLookup;
       onEvent?: (event: ClientEvent) => void;
       onPeerMessage?: (message: PeerServerMessage) => void;
+      onRelayPacket?: (peerId: string, packet: Uint8Array) => void;
     };
   #status: ClientStatus = "waiting";
   #sessions = 0;
@@ -195,6 +213,7 @@ export class RendezvousClient {
       logger: options.logger ?? silentLogger,
       onEvent: options.onEvent,
       onPeerMessage: options.onPeerMessage,
+      onRelayPacket: options.onRelayPacket,
     };
   }
 
@@ -234,6 +253,27 @@ export class RendezvousClient {
     const socket = this.#socket;
     if (socket === undefined || this.#status !== "connected") return false;
     return this.#send(socket, message);
+  }
+
+  /**
+   * Sends a transport packet to `peerId` through the relay. Returns false
+   * (the packet is lost, as on UDP) without a session or when the socket's
+   * buffer is full.
+   */
+  sendPacket(peerId: string, packet: Uint8Array): boolean {
+    const socket = this.#socket;
+    if (
+      socket === undefined || this.#status !== "connected" || socket === this.#quiet ||
+      socket.readyState !== WebSocket.OPEN || (socket.bufferedAmount ?? 0) > MAX_BUFFERED_RELAY
+    ) {
+      return false;
+    }
+    try {
+      socket.send(encodeRelayFrame(peerId, packet));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   #emit(event: ClientEvent): void {
@@ -398,6 +438,7 @@ export class RendezvousClient {
         clock.clearTimeout(deadlineTimer);
         deadlineTimer = undefined;
         const data = (event as MessageEvent).data;
+        if (data instanceof ArrayBuffer) return this.#onRelayFrame(data);
         if (typeof data !== "string") return;
         let message: ServerMessage;
         try {
@@ -478,6 +519,16 @@ export class RendezvousClient {
       if (signal.aborted) onStop();
       else armDeadline(); // The handshake gets the same bound as a heartbeat.
     });
+  }
+
+  #onRelayFrame(data: ArrayBuffer): void {
+    let frame: RelayFrame;
+    try {
+      frame = parseRelayFrame(new Uint8Array(data));
+    } catch {
+      return; // Not ours to understand: dropped, as a bad UDP packet would be.
+    }
+    this.#o.onRelayPacket?.(frame.peerId, frame.packet);
   }
 
   #onServerMessage(message: ServerMessage): void {

@@ -12,6 +12,8 @@ import { settleWithin } from "../core/clock.ts";
 import { type Logger, silentLogger } from "../core/log.ts";
 import { VERSION } from "../core/version.ts";
 import { PeerManager } from "../peer/manager.ts";
+import { type PeerConnection, PeerConnections } from "../peer/connection.ts";
+import { PeerTransport } from "../peer/transport.ts";
 import type { PathKind } from "../protocol/messages.ts";
 import { type ClientEvent, RendezvousClient } from "./client.ts";
 import { registrationUrl, type WorkerConfig } from "./config.ts";
@@ -43,6 +45,11 @@ export interface StartWorkerOptions {
   /** Receives every event of the rendezvous session (registered, disconnected, …). */
   onEvent?: (event: ClientEvent) => void;
   /**
+   * A peer connected to us. Without it, such connections are still kept:
+   * {@linkcode Worker.connect} returns them.
+   */
+  onConnection?: (connection: PeerConnection) => void;
+  /**
    * The worker's key. By default it comes from `config.keyFile`
    * (`WORKER_KEY_FILE`), or is made fresh for this worker.
    */
@@ -61,6 +68,9 @@ export class Worker {
   readonly identity: Identity;
   /** Peer links: introductions, punching, relay, messages. */
   readonly peers: PeerManager;
+  /** Connections to peers (one per peer), over {@linkcode Worker.peers}' paths. */
+  readonly connections: PeerConnections;
+  readonly #transport: PeerTransport;
   /** The health server's address, once it listens; null without one. */
   readonly healthAddr: Promise<Deno.NetAddr | null>;
   readonly #client: RendezvousClient;
@@ -72,10 +82,16 @@ export class Worker {
   #closed: Promise<void> | undefined;
 
   /** Use {@linkcode startWorker}. */
-  constructor(config: WorkerConfig, identity: Identity, options: StartWorkerOptions = {}) {
+  constructor(
+    config: WorkerConfig,
+    identity: Identity,
+    transport: PeerTransport,
+    options: StartWorkerOptions = {},
+  ) {
     const log = options.logger ?? silentLogger;
     this.id = config.workerId;
     this.identity = identity;
+    this.#transport = transport;
     const { ipEchoUrl, ipEchoTimeoutMs } = config;
     // The three parts call each other; each callback runs only once `run` starts.
     const client: RendezvousClient = new RendezvousClient({
@@ -104,9 +120,12 @@ export class Worker {
             rtt_ms: client.rttMs,
           });
         }
+        // Peers pin our certificate only as our key vouches for it.
+        client.send({ type: "register_transport", ...transport.credentials });
         peers.onRegistered();
       },
       onPeerMessage: (message) => peers.handle(message),
+      onRelayPacket: (peerId, packet) => void transport.receive(peerId, packet),
     });
     const udp = config.stunServers.length === 0 ? undefined : startWorkerUdp({
       hostname: config.udpHost,
@@ -138,7 +157,24 @@ export class Worker {
         if (config.peerHelloMs > 0) sendHello(peers, peerId, config.workerId, 0);
       },
       onMessage,
+      sendRelayPacket: (peerId, packet) => client.sendPacket(peerId, packet),
+      onPeerInfo: (peer) => connections.peerChanged(peer.worker_id),
+      onPath: (peerId) => connections.pathChanged(peerId),
     });
+    peers.setTransport(transport);
+    const connections = new PeerConnections({
+      workerId: config.workerId,
+      transport,
+      introduce: (peerId) => peers.connect(peerId),
+      ready: (peerId) => {
+        const peer = peers.peer(peerId);
+        return peer?.key != null && peer.transport !== null;
+      },
+      pathOf: (peerId) => peers.pathOf(peerId),
+      onConnection: options.onConnection,
+      logger: log,
+    });
+    this.connections = connections;
     if (!udp) peers.ownEndpointReported(null);
     this.#client = client;
     this.#udp = udp;
@@ -169,6 +205,21 @@ export class Worker {
     this.#running = client.run(this.#stop.signal);
   }
 
+  /**
+   * The connection to `peerId`: the open one, whoever dialed it, or a new
+   * one. It is authenticated both ways (each side's identity key, as proven
+   * to the rendezvous) and encrypted end to end, and carries on across path
+   * changes (relay first, then direct, then back when the direct path dies).
+   *
+   * @throws {TransportError} when no connection comes up within `timeoutMs` (default 30 s)
+   */
+  connect(
+    peerId: string,
+    options: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<PeerConnection> {
+    return this.connections.connect(peerId, options);
+  }
+
   /** What the worker is doing: the JSON its `GET /` serves. */
   status(): WorkerStatus {
     return {
@@ -193,6 +244,8 @@ export class Worker {
   async #close(): Promise<void> {
     this.#stop.abort();
     if (this.#hello !== undefined) clearInterval(this.#hello);
+    this.connections.close();
+    await this.#transport.close();
     await this.#running;
     await this.peers.close();
     await this.#udp?.close();
@@ -222,7 +275,19 @@ export async function startWorker(
   config: WorkerConfig,
   options: StartWorkerOptions = {},
 ): Promise<Worker> {
-  const identity = options.identity ??
-    await loadIdentity(config.keyFile, options.logger ?? silentLogger);
-  return new Worker(config, identity, options);
+  const logger = options.logger ?? silentLogger;
+  const identity = options.identity ?? await loadIdentity(config.keyFile, logger);
+  // The transport's callbacks run only once packets flow, after `late.worker` is set.
+  const late: { worker?: Worker } = {};
+  const transport = await PeerTransport.start({
+    workerId: config.workerId,
+    identity,
+    logger,
+    sendPacket: (peerId, packet) => late.worker?.peers.sendPacket(peerId, packet),
+    peer: (peerId) => late.worker?.peers.peer(peerId),
+    accepts: (peerId) => late.worker?.connections.accepts(peerId) ?? false,
+    onConnection: (peerId, auth) => late.worker?.connections.incoming(peerId, auth),
+  });
+  late.worker = new Worker(config, identity, transport, options);
+  return late.worker;
 }

@@ -27,6 +27,7 @@ const peer = (id: string, port: number | null): PeerInfo => ({
   local: [],
   nat_mapping: port === null ? null : "endpoint-independent",
   key: null,
+  transport: null,
 });
 
 Deno.test("PeerManager introduces itself only once both endpoints are known", () => {

@@ -27,7 +27,14 @@ Deno.test("list_peers returns the group's other workers; watchers hear joins, up
     const b = await TestClient.connect(`${rv.ws}/ws/register/b?group=g1`);
     assert.deepEqual(await a.next(), {
       type: "peer_joined",
-      peer: { worker_id: "b", public: null, local: [], nat_mapping: null, key: null },
+      peer: {
+        worker_id: "b",
+        public: null,
+        local: [],
+        nat_mapping: null,
+        key: null,
+        transport: null,
+      },
     });
     b.send(endpoint(2, "endpoint-dependent"));
     await b.next();
@@ -39,6 +46,7 @@ Deno.test("list_peers returns the group's other workers; watchers hear joins, up
         local: [{ ip: "10.0.0.2", port: 5002 }],
         nat_mapping: "endpoint-dependent",
         key: null,
+        transport: null,
       },
     });
     b.send({ type: "list_peers", watch: false });

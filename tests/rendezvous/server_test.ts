@@ -479,6 +479,7 @@ Deno.test("rendezvous streams a large listing as one valid JSON document", async
       peer_paths: {},
       key: null,
       key_fingerprint: null,
+      transport: null,
     });
   }
   const rv = await startRendezvous({ registry });

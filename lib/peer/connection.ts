@@ -1,0 +1,301 @@
+/**
+ * Connections to peers, as applications see them: one authenticated,
+ * encrypted QUIC connection per pair of workers, with reliable ordered
+ * streams (web streams, with QUIC's flow control as backpressure) and
+ * unreliable datagrams, over whichever path the link has.
+ *
+ * One connection per pair: when both workers dial at once, the dial of the
+ * worker whose id sorts first wins, on both sides. The other side's dial is
+ * refused before it completes ("duplicate"), and it waits for the winner.
+ *
+ * @module
+ */
+
+import type { Logger } from "../core/log.ts";
+import type { PathKind } from "../protocol/messages.ts";
+import {
+  type AuthenticatedConnection,
+  type PeerTransport,
+  TransportClose,
+  TransportError,
+} from "./transport.ts";
+
+/** A reliable, ordered byte stream to a peer, both ways. */
+export interface PeerStream {
+  /** Bytes from the peer; ends when the peer closes its side. */
+  readonly readable: ReadableStream<Uint8Array>;
+  /** Bytes to the peer; `close()` ends our side (a half-close), writes wait while the peer is behind. */
+  readonly writable: WritableStream<Uint8Array>;
+}
+
+/** The path a connection's packets take now, and its round trip. */
+export interface PathInfo {
+  /** Direct UDP or the rendezvous relay. */
+  path: PathKind;
+  /** Round trip of the direct path, if measured. */
+  rttMs: number | null;
+}
+
+/** How a connection ended. */
+export interface PeerCloseInfo {
+  /** The transport's close code (see `TransportClose`), or the peer's. */
+  code: number;
+  /** Why, for a person. */
+  reason: string;
+}
+
+/**
+ * An authenticated, end-to-end encrypted connection to one peer.
+ * Dispatches a `path` event (a `CustomEvent` of {@linkcode PathInfo}) when
+ * its packets move between the direct path and the relay.
+ */
+export class PeerConnection extends EventTarget {
+  /** The peer's worker id. */
+  readonly peerId: string;
+  /** Which side dialed. */
+  readonly dialedBy: "us" | "peer";
+  /** Resolves when the connection is closed, by either side or by loss of the peer. */
+  readonly closed: Promise<PeerCloseInfo>;
+  readonly #conn: Deno.QuicConn;
+  readonly #incoming: ReadableStream<Deno.QuicBidirectionalStream>;
+  readonly #pathOf: () => PathInfo;
+
+  /** @ignore Made by the worker; see `Worker.connect()`. */
+  constructor(peerId: string, auth: AuthenticatedConnection, pathOf: () => PathInfo) {
+    super();
+    this.peerId = peerId;
+    this.dialedBy = auth.dialedBy;
+    this.#conn = auth.conn;
+    this.#incoming = auth.incoming;
+    this.#pathOf = pathOf;
+    this.closed = auth.conn.closed.then(
+      (info) => ({ code: info.closeCode, reason: info.reason }),
+      (error) => ({ code: -1, reason: String((error as Error)?.message ?? error) }),
+    );
+  }
+
+  /** The path packets take now. */
+  get path(): PathKind {
+    return this.#pathOf().path;
+  }
+
+  /** Round trip of the direct path, if measured (the relay's is not). */
+  get rttMs(): number | null {
+    return this.#pathOf().rttMs;
+  }
+
+  /** Opens a stream to the peer; it sees it in {@linkcode PeerConnection.incomingStreams}. */
+  async openStream(): Promise<PeerStream> {
+    return await this.#conn.createBidirectionalStream({ waitUntilAvailable: true });
+  }
+
+  /** Streams the peer opens, in order. Read it, or they wait (QUIC limits how many). */
+  get incomingStreams(): ReadableStream<PeerStream> {
+    return this.#incoming;
+  }
+
+  /** Largest datagram {@linkcode PeerConnection.sendDatagram} takes now. */
+  get maxDatagramSize(): number {
+    return this.#conn.maxDatagramSize;
+  }
+
+  /** Sends an unreliable datagram: it may be lost, duplicated never, reordered rarely. */
+  async sendDatagram(data: Uint8Array): Promise<void> {
+    await this.#conn.sendDatagram(data);
+  }
+
+  /** The next datagram from the peer. */
+  async readDatagram(): Promise<Uint8Array> {
+    return await this.#conn.readDatagram();
+  }
+
+  /** Closes the connection and every stream on it. */
+  close(reason = ""): void {
+    try {
+      this.#conn.close({ closeCode: TransportClose.NORMAL, reason });
+    } catch {
+      // Already closed.
+    }
+  }
+
+  /** @ignore Called by the worker when the link's path changes. */
+  notePath(info: PathInfo): void {
+    this.dispatchEvent(new CustomEvent<PathInfo>("path", { detail: info }));
+  }
+}
+
+/** Options for {@linkcode PeerConnections}. */
+export interface PeerConnectionsOptions {
+  /** This worker's id (the tie-break of simultaneous dials). */
+  workerId: string;
+  /** The transport to dial and accept on. */
+  transport: PeerTransport;
+  /** Asks the rendezvous to introduce us (punching starts; the relay works meanwhile). */
+  introduce(peerId: string): void;
+  /** True once the rendezvous has told us the peer's key and certificate. */
+  ready(peerId: string): boolean;
+  /** The peer's path now. */
+  pathOf(peerId: string): PathInfo;
+  /** A peer connected to us (not called for connections we dialed). */
+  onConnection?: (connection: PeerConnection) => void;
+  /** Where connection events are logged. */
+  logger: Logger;
+}
+
+/** Every connection of one worker, one per peer. */
+export class PeerConnections {
+  readonly #o: PeerConnectionsOptions;
+  readonly #open = new Map<string, PeerConnection>();
+  readonly #dialing = new Map<string, Promise<PeerConnection>>();
+  /** Waiters for a peer's credentials, or for a connection the peer dials. */
+  readonly #waiters = new Map<string, Set<() => void>>();
+  #closed = false;
+
+  /** @ignore Made by the worker. */
+  constructor(options: PeerConnectionsOptions) {
+    this.#o = options;
+  }
+
+  /** The open connection to `peerId`, if any. */
+  get(peerId: string): PeerConnection | undefined {
+    return this.#open.get(peerId);
+  }
+
+  /** Every open connection. */
+  get all(): PeerConnection[] {
+    return [...this.#open.values()];
+  }
+
+  #wake(peerId: string): void {
+    const waiters = this.#waiters.get(peerId);
+    this.#waiters.delete(peerId);
+    for (const wake of waiters ?? []) wake();
+  }
+
+  /** Resolves when something about `peerId` changes, or after `ms`. */
+  #change(peerId: string, ms: number, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let set = this.#waiters.get(peerId);
+      if (!set) this.#waiters.set(peerId, set = new Set());
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        set!.delete(done);
+        resolve();
+      };
+      const onAbort = () => {
+        done();
+        reject(signal!.reason);
+      };
+      const timer = setTimeout(done, ms);
+      set.add(done);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /** @ignore Call when the rendezvous tells us something new about a peer. */
+  peerChanged(peerId: string): void {
+    this.#wake(peerId);
+  }
+
+  /** @ignore Call when a peer's path changes. */
+  pathChanged(peerId: string): void {
+    this.#open.get(peerId)?.notePath(this.#o.pathOf(peerId));
+  }
+
+  /**
+   * The connection to `peerId`: the open one, or a new one (asking the
+   * rendezvous to introduce us first, so a direct path is punched while the
+   * relay already carries the handshake).
+   *
+   * @throws {TransportError} when no connection comes up within `timeoutMs`
+   */
+  connect(
+    peerId: string,
+    options: { timeoutMs?: number; signal?: AbortSignal } = {},
+  ): Promise<PeerConnection> {
+    if (this.#closed) return Promise.reject(new TransportError("Cannot connect: worker closed"));
+    const open = this.#open.get(peerId);
+    if (open) return Promise.resolve(open);
+    let dialing = this.#dialing.get(peerId);
+    if (!dialing) {
+      dialing = this.#connect(peerId, options.timeoutMs ?? 30_000, options.signal);
+      this.#dialing.set(peerId, dialing);
+      const clear = () => {
+        if (this.#dialing.get(peerId) === dialing) this.#dialing.delete(peerId);
+      };
+      dialing.then(clear, clear);
+    }
+    return dialing;
+  }
+
+  async #connect(peerId: string, timeoutMs: number, signal?: AbortSignal): Promise<PeerConnection> {
+    const deadline = Date.now() + timeoutMs;
+    const left = () => deadline - Date.now();
+    this.#o.introduce(peerId);
+    while (!this.#o.ready(peerId)) {
+      if (left() <= 0) {
+        throw new TransportError(`Cannot connect to ${peerId}: it published no key or certificate`);
+      }
+      await this.#change(peerId, left(), signal);
+    }
+    while (true) {
+      const open = this.#open.get(peerId);
+      if (open) return open;
+      if (left() <= 0) throw new TransportError(`Cannot connect to ${peerId}: timed out`);
+      try {
+        const auth = await this.#o.transport.dial(peerId, Math.max(1, left()));
+        return this.#adopt(peerId, auth);
+      } catch (error) {
+        // The peer dials us (its id sorts first): wait for that connection.
+        if (!(error instanceof TransportError) || !/duplicate/.test(error.message)) throw error;
+        await this.#change(peerId, left(), signal);
+      }
+    }
+  }
+
+  /**
+   * @ignore
+   * Whether to take a dial from `peerId` now: yes, unless we are dialing it
+   * ourselves (or are connected) and our id sorts first.
+   */
+  accepts(peerId: string): boolean {
+    const ours = this.#dialing.has(peerId) || this.#open.has(peerId);
+    return !(ours && this.#o.workerId < peerId);
+  }
+
+  /** @ignore A peer dialed us and proved who it is (called by the transport). */
+  incoming(peerId: string, auth: AuthenticatedConnection): void {
+    if (this.#closed) {
+      auth.conn.close({ closeCode: TransportClose.SHUTDOWN, reason: "worker shutting down" });
+      return;
+    }
+    const connection = this.#adopt(peerId, auth);
+    this.#o.onConnection?.(connection);
+  }
+
+  #adopt(peerId: string, auth: AuthenticatedConnection): PeerConnection {
+    const connection = new PeerConnection(peerId, auth, () => this.#o.pathOf(peerId));
+    const previous = this.#open.get(peerId);
+    this.#open.set(peerId, connection);
+    if (previous) previous.close("replaced by a newer connection");
+    this.#o.logger.info("peer connection open", {
+      peer_id: peerId,
+      dialed_by: auth.dialedBy,
+      path: connection.path,
+    });
+    connection.closed.then((info) => {
+      if (this.#open.get(peerId) === connection) this.#open.delete(peerId);
+      this.#o.logger.info("peer connection closed", { peer_id: peerId, ...info });
+    });
+    this.#wake(peerId);
+    return connection;
+  }
+
+  /** Closes every connection. */
+  close(): void {
+    this.#closed = true;
+    for (const connection of this.#open.values()) connection.close("worker shutting down");
+    for (const peerId of [...this.#waiters.keys()]) this.#wake(peerId);
+  }
+}

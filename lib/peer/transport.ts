@@ -1,0 +1,489 @@
+/**
+ * The peer transport: Deno's built-in QUIC (TLS 1.3, congestion control,
+ * streams, flow control, datagrams) riding the worker's own paths, the way
+ * iroh runs QUIC above its "magic socket".
+ *
+ * One `Deno.QuicEndpoint` per worker, bound to loopback, never reaches the
+ * network itself. Each peer has a *stand-in*: a loopback UDP socket that is
+ * the peer's address as far as QUIC knows. What QUIC sends to a stand-in is
+ * carried to the peer over the link's current path (punched UDP or the
+ * rendezvous relay); what arrives from the peer is handed to QUIC from its
+ * stand-in. A path change is invisible to QUIC: its connection, streams and
+ * congestion state carry on.
+ *
+ * Security, end to end: the listener's certificate is a fresh ECDSA P-256
+ * one; its SHA-256 is signed by the worker's Ed25519 identity and published
+ * through the rendezvous. A dialer pins that hash only after checking the
+ * signature under the key the peer proved to the rendezvous, so the server
+ * side is the peer itself. The dialer then proves its own identity on the
+ * first stream: a signature over both worker ids and the server's
+ * certificate hash, which binds it to this TLS connection (a relayed proof
+ * would name another certificate). QUIC's AEAD and packet numbers reject
+ * forged, replayed and reordered packets.
+ *
+ * @module
+ */
+
+import type { Logger } from "../core/log.ts";
+import {
+  fromBase64Url,
+  type Identity,
+  toBase64Url,
+  verifySignature,
+} from "../protocol/identity.ts";
+import { createPeerCertificate, type PeerCertificate } from "./cert.ts";
+import type { TransportCredentials } from "../protocol/messages.ts";
+
+/** First byte of a transport packet on the shared UDP socket (STUN is 0–3, peer frames 0x48). */
+export const TRANSPORT_MAGIC = 0x51;
+/** ALPN of the peer transport. */
+export const TRANSPORT_ALPN = "holepunch/1";
+/** Receive loops per stand-in: enough to keep QUIC busy, few enough to stay cheap. */
+const STAND_IN_LOOPS = 8;
+/** Largest datagram QUIC sends (its MTU discovery stays below this on every path we use). */
+const MAX_PACKET = 2048;
+/** The dialer's proof and the answer: small, bounded. */
+const MAX_AUTH_BYTES = 1024;
+/** How long the listener waits for a dialer's proof. */
+const AUTH_TIMEOUT_MS = 10_000;
+/** Connection close codes of the transport (QUIC application error codes). */
+export const TransportClose = {
+  /** The application closed the connection. */
+  NORMAL: 0,
+  /** The dialer's proof was missing, malformed or wrong. */
+  AUTH_FAILED: 1,
+  /** A connection for this pair already exists (simultaneous dials). */
+  DUPLICATE: 2,
+  /** The worker is shutting down. */
+  SHUTDOWN: 3,
+} as const;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** The bytes a worker signs to vouch for its transport certificate. */
+export function certificatePayload(workerId: string, certHash: string): Uint8Array<ArrayBuffer> {
+  return encoder.encode(`holepunch-transport-cert-v1\n${workerId}\n${certHash}`);
+}
+
+/** The bytes a dialer signs to prove who it is to the listener it reached. */
+export function dialerPayload(
+  dialerId: string,
+  listenerId: string,
+  listenerCertHash: string,
+): Uint8Array<ArrayBuffer> {
+  return encoder.encode(
+    `holepunch-transport-dial-v1\n${dialerId}\n${listenerId}\n${listenerCertHash}`,
+  );
+}
+
+/** A connection could not be made or was refused; says why. */
+export class TransportError extends Error {
+  /** Always `"TransportError"`. */
+  override name = "TransportError";
+}
+
+/** What the transport knows of a peer, from the rendezvous. */
+export interface TransportPeer {
+  /** The key the peer proved to the rendezvous; null for a keyless peer. */
+  key: string | null;
+  /** Its published credentials; null until it publishes them. */
+  transport: TransportCredentials | null;
+}
+
+/** Options for {@linkcode PeerTransport.start}. */
+export interface PeerTransportOptions {
+  /** This worker's id. */
+  workerId: string;
+  /** This worker's identity, which signs its certificate and its dials. */
+  identity: Identity;
+  /** Where the transport logs refusals and failures. */
+  logger: Logger;
+  /**
+   * Carries one packet (first byte {@linkcode TRANSPORT_MAGIC}) to `peerId`
+   * over the current path; resolves once the bytes may be reused.
+   */
+  sendPacket(peerId: string, packet: Uint8Array): Promise<unknown> | void;
+  /** The peer as the rendezvous describes it, or undefined for a stranger. */
+  peer(peerId: string): TransportPeer | undefined;
+  /** A peer dialed us and proved who it is. */
+  onConnection(peerId: string, conn: AuthenticatedConnection): void;
+  /** Whether to take a proven dial from `peerId` (false: refused as a duplicate). @default {() => true} */
+  accepts?(peerId: string): boolean;
+}
+
+/** A QUIC connection to a peer whose identity was checked, and its user streams. */
+export interface AuthenticatedConnection {
+  /** The connection. */
+  conn: Deno.QuicConn;
+  /** Streams the peer opens (the dialer's proof stream already taken out). */
+  incoming: ReadableStream<Deno.QuicBidirectionalStream>;
+  /** Which side dialed. */
+  dialedBy: "us" | "peer";
+}
+
+/** A peer's stand-in: a loopback socket that is the peer's address to QUIC. */
+class StandIn {
+  readonly peerId: string;
+  readonly port: number;
+  #conn: Deno.DatagramConn;
+  #quic: Deno.NetAddr;
+  #closed = false;
+
+  constructor(peerId: string, quic: Deno.NetAddr, out: (packet: Uint8Array) => unknown) {
+    this.peerId = peerId;
+    this.#quic = { transport: "udp", hostname: quic.hostname, port: quic.port } as Deno.NetAddr;
+    this.#conn = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+    this.port = (this.#conn.addr as Deno.NetAddr).port;
+    for (let i = 0; i < STAND_IN_LOOPS; i++) void this.#loop(out);
+  }
+
+  /**
+   * Reads what QUIC sends the peer, into a buffer of this loop's own, one
+   * byte in so the envelope needs no copy, and waits until it is sent
+   * before reusing the buffer.
+   */
+  async #loop(out: (packet: Uint8Array) => unknown): Promise<void> {
+    const buffer = new Uint8Array(MAX_PACKET + 1);
+    buffer[0] = TRANSPORT_MAGIC;
+    const body = buffer.subarray(1);
+    while (!this.#closed) {
+      let size: number;
+      try {
+        const [data] = await this.#conn.receive(body);
+        size = data.length;
+      } catch {
+        if (this.#closed) return;
+        continue;
+      }
+      try {
+        await out(buffer.subarray(0, size + 1));
+      } catch {
+        // A lost packet: QUIC recovers.
+      }
+    }
+  }
+
+  /** Hands a packet from the peer to QUIC. */
+  deliver(packet: Uint8Array): Promise<unknown> {
+    return this.#conn.send(packet, this.#quic).catch(() => {});
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed.
+    }
+  }
+}
+
+/** Reads one length-prefixed (uint16) JSON message of at most {@linkcode MAX_AUTH_BYTES}. */
+async function readMessage(
+  reader: ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array>,
+): Promise<Record<string, unknown>> {
+  let buffered = new Uint8Array(0);
+  while (true) {
+    if (buffered.length >= 2) {
+      const length = (buffered[0] << 8) | buffered[1];
+      if (length > MAX_AUTH_BYTES) throw new TransportError("auth message too large");
+      if (buffered.length >= 2 + length) {
+        const value = JSON.parse(decoder.decode(buffered.subarray(2, 2 + length)));
+        if (typeof value !== "object" || value === null) {
+          throw new TransportError("bad auth message");
+        }
+        return value;
+      }
+    }
+    const { value, done } = await (reader as ReadableStreamDefaultReader<Uint8Array>).read();
+    if (done) throw new TransportError("stream ended before the auth message");
+    if (buffered.length + value.length > MAX_AUTH_BYTES + 2) {
+      throw new TransportError("auth message too large");
+    }
+    const next = new Uint8Array(buffered.length + value.length);
+    next.set(buffered);
+    next.set(value, buffered.length);
+    buffered = next;
+  }
+}
+
+function frameMessage(value: unknown): Uint8Array<ArrayBuffer> {
+  const body = encoder.encode(JSON.stringify(value));
+  const out = new Uint8Array(2 + body.length);
+  out[0] = body.length >> 8;
+  out[1] = body.length & 0xff;
+  out.set(body, 2);
+  return out;
+}
+
+/** Rejects after `ms` with a {@linkcode TransportError} naming `what`, unless `promise` settles first. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new TransportError(`${what} timed out`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * A worker's QUIC endpoint and its peers' stand-ins.
+ *
+ * @example
+ * ```ts ignore
+ * const transport = await PeerTransport.start({ workerId, identity, logger, sendPacket, peer, onConnection });
+ * publish(transport.credentials);             // through the rendezvous
+ * const { conn } = await transport.dial("w2"); // pins w2's certificate, proves who we are
+ * ```
+ */
+export class PeerTransport {
+  /** What peers need to pin our certificate; publish it through the rendezvous. */
+  readonly credentials: TransportCredentials;
+  readonly #o: PeerTransportOptions;
+  readonly #endpoint: Deno.QuicEndpoint;
+  readonly #listener: Deno.QuicListener;
+  readonly #certHash: string;
+  readonly #standIns = new Map<string, StandIn>();
+  readonly #byPort = new Map<number, string>();
+  #closed = false;
+  readonly #accepting: Promise<void>;
+
+  private constructor(
+    options: PeerTransportOptions,
+    cert: PeerCertificate,
+    signature: string,
+  ) {
+    this.#o = options;
+    this.#certHash = toBase64Url(cert.hash);
+    this.credentials = { cert_hash: this.#certHash, signature };
+    this.#endpoint = new Deno.QuicEndpoint({ hostname: "127.0.0.1", port: 0 });
+    this.#listener = this.#endpoint.listen({
+      cert: cert.cert,
+      key: cert.key,
+      alpnProtocols: [TRANSPORT_ALPN],
+      keepAliveInterval: 5000,
+      maxIdleTimeout: 30_000,
+    });
+    this.#accepting = this.#acceptLoop();
+  }
+
+  /** Makes the certificate, signs it, and starts listening (on loopback only). */
+  static async start(options: PeerTransportOptions): Promise<PeerTransport> {
+    const cert = await createPeerCertificate({ name: "holepunch-peer" });
+    const certHash = toBase64Url(cert.hash);
+    const signature = toBase64Url(
+      await options.identity.sign(certificatePayload(options.workerId, certHash)),
+    );
+    return new PeerTransport(options, cert, signature);
+  }
+
+  #standIn(peerId: string): StandIn {
+    let standIn = this.#standIns.get(peerId);
+    if (standIn) return standIn;
+    standIn = new StandIn(
+      peerId,
+      this.#endpoint.addr,
+      (packet) => this.#o.sendPacket(peerId, packet),
+    );
+    this.#standIns.set(peerId, standIn);
+    this.#byPort.set(standIn.port, peerId);
+    return standIn;
+  }
+
+  /**
+   * A packet from `peerId` (without the envelope byte), from UDP or the
+   * relay: handed to QUIC. Resolves once the bytes may be reused.
+   */
+  receive(peerId: string, packet: Uint8Array): Promise<unknown> | undefined {
+    if (this.#closed || packet.length === 0 || packet.length > MAX_PACKET) return undefined;
+    // Only peers the rendezvous named get a stand-in: a stranger's packets go nowhere.
+    if (!this.#standIns.has(peerId) && this.#o.peer(peerId) === undefined) return undefined;
+    return this.#standIn(peerId).deliver(packet);
+  }
+
+  /** Forgets a peer that left: its stand-in closes (its connection has timed out or closed). */
+  forget(peerId: string): void {
+    const standIn = this.#standIns.get(peerId);
+    if (!standIn) return;
+    standIn.close();
+    this.#standIns.delete(peerId);
+    this.#byPort.delete(standIn.port);
+  }
+
+  /**
+   * Dials `peerId`: pins its certificate (after checking that its identity
+   * key signed it) and proves ours on the first stream.
+   *
+   * @throws {TransportError} when the peer is unknown, has no usable
+   * credentials, or refuses us
+   */
+  async dial(peerId: string, timeoutMs = 15_000): Promise<AuthenticatedConnection> {
+    const peer = this.#o.peer(peerId);
+    if (!peer) throw new TransportError(`Cannot dial ${peerId}: the rendezvous does not know it`);
+    if (!peer.key || !peer.transport) {
+      throw new TransportError(`Cannot dial ${peerId}: it has published no key or certificate`);
+    }
+    const { cert_hash: certHash, signature } = peer.transport;
+    const vouched = await verifySignature(
+      peer.key,
+      certificatePayload(peerId, certHash),
+      signature,
+    );
+    if (!vouched) {
+      this.#o.logger.warn("peer certificate refused: not signed by its key", { peer_id: peerId });
+      throw new TransportError(`Cannot dial ${peerId}: its certificate is not signed by its key`);
+    }
+    let hash: Uint8Array<ArrayBuffer>;
+    try {
+      hash = fromBase64Url(certHash, "certificate hash");
+    } catch (error) {
+      throw new TransportError(`Cannot dial ${peerId}: ${(error as Error).message}`);
+    }
+    const standIn = this.#standIn(peerId);
+    const connecting = Deno.connectQuic({
+      endpoint: this.#endpoint,
+      hostname: "127.0.0.1",
+      port: standIn.port,
+      alpnProtocols: [TRANSPORT_ALPN],
+      serverCertificateHashes: [{ algorithm: "sha-256", value: hash }],
+      keepAliveInterval: 5000,
+      maxIdleTimeout: 30_000,
+    } as Deno.ConnectQuicOptions<false>);
+    let conn: Deno.QuicConn;
+    try {
+      conn = await within(connecting, timeoutMs, `QUIC handshake with ${peerId}`);
+    } catch (error) {
+      connecting.then((c) => c.close({ closeCode: TransportClose.NORMAL, reason: "" }), () => {});
+      throw new TransportError(`Cannot dial ${peerId}: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+    try {
+      const control = await conn.createBidirectionalStream();
+      const writer = control.writable.getWriter();
+      const proof = await this.#o.identity.sign(
+        dialerPayload(this.#o.workerId, peerId, certHash),
+      );
+      await writer.write(frameMessage({
+        worker_id: this.#o.workerId,
+        signature: toBase64Url(proof),
+      }));
+      const reader = control.readable.getReader();
+      const answer = await within(readMessage(reader), timeoutMs, `${peerId}'s answer`);
+      if (answer.ok !== true) {
+        throw new TransportError(`${peerId} refused us: ${String(answer.error ?? "no reason")}`);
+      }
+      reader.releaseLock();
+      writer.releaseLock();
+    } catch (error) {
+      conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "auth failed" });
+      throw error instanceof TransportError
+        ? error
+        : new TransportError(`Cannot dial ${peerId}: ${(error as Error).message}`, {
+          cause: error,
+        });
+    }
+    return { conn, incoming: conn.incomingBidirectionalStreams, dialedBy: "us" };
+  }
+
+  /**
+   * Accepts every handshake, then drops those that did not come through a
+   * stand-in. (In Deno 2.9.6 reading any property of a `QuicIncoming`
+   * consumes it, so the address can only be checked after `accept`.)
+   */
+  async #acceptLoop(): Promise<void> {
+    while (!this.#closed) {
+      let conn: Deno.QuicConn;
+      try {
+        conn = await this.#listener.accept();
+      } catch {
+        if (this.#closed) return;
+        continue;
+      }
+      const from = conn.remoteAddr;
+      const peerId = from.hostname === "127.0.0.1" ? this.#byPort.get(from.port) : undefined;
+      if (peerId === undefined) {
+        conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "unknown peer" });
+        continue;
+      }
+      void this.#authenticate(peerId, conn);
+    }
+  }
+
+  /** Checks the dialer's proof on a connection from `peerId`'s stand-in. */
+  async #authenticate(peerId: string, conn: Deno.QuicConn): Promise<void> {
+    const log = this.#o.logger;
+    try {
+      const streams = conn.incomingBidirectionalStreams.getReader();
+      const first = await within(streams.read(), AUTH_TIMEOUT_MS, "the dialer's proof stream");
+      if (first.done) throw new TransportError("no proof stream");
+      const control = first.value;
+      const reader = control.readable.getReader();
+      const writer = control.writable.getWriter();
+      const proof = await within(readMessage(reader), AUTH_TIMEOUT_MS, "the dialer's proof");
+      const peer = this.#o.peer(peerId);
+      const reason = await this.#checkProof(peerId, peer, proof);
+      if (reason !== null) {
+        log.warn("peer connection refused", { peer_id: peerId, reason });
+        await writer.write(frameMessage({ ok: false, error: reason })).catch(() => {});
+        conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "auth failed" });
+        return;
+      }
+      if (this.#o.accepts && !this.#o.accepts(peerId)) {
+        await writer.write(frameMessage({ ok: false, error: "duplicate" })).catch(() => {});
+        conn.close({ closeCode: TransportClose.DUPLICATE, reason: "duplicate" });
+        return;
+      }
+      await writer.write(frameMessage({ ok: true }));
+      reader.releaseLock();
+      writer.releaseLock();
+      const incomingStreams = new ReadableStream<Deno.QuicBidirectionalStream>({
+        pull: async (controller) => {
+          const next = await streams.read().catch(() => ({
+            done: true as const,
+            value: undefined,
+          }));
+          if (next.done) controller.close();
+          else controller.enqueue(next.value);
+        },
+        cancel: () => streams.cancel().catch(() => {}),
+      });
+      this.#o.onConnection(peerId, { conn, incoming: incomingStreams, dialedBy: "peer" });
+    } catch (error) {
+      log.warn("peer connection failed", { peer_id: peerId, error: (error as Error).message });
+      conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "auth failed" });
+    }
+  }
+
+  /** Null when the dialer proved it is `peerId`; else why not. */
+  async #checkProof(
+    peerId: string,
+    peer: TransportPeer | undefined,
+    proof: Record<string, unknown>,
+  ): Promise<string | null> {
+    if (proof.worker_id !== peerId) return "the proof names another worker";
+    if (!peer?.key) return "the rendezvous knows no key for this peer";
+    if (typeof proof.signature !== "string") return "no signature";
+    const payload = dialerPayload(peerId, this.#o.workerId, this.#certHash);
+    return await verifySignature(peer.key, payload, proof.signature)
+      ? null
+      : "the signature does not verify under the peer's key";
+  }
+
+  /** Closes every connection, the listener and the stand-ins. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#listener.stop();
+    this.#endpoint.close({ closeCode: TransportClose.SHUTDOWN, reason: "worker shutting down" });
+    for (const standIn of this.#standIns.values()) standIn.close();
+    await this.#accepting;
+  }
+}

@@ -48,8 +48,15 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
 try {
   worker = await startWorker(config, { logger: log });
 } catch (error) {
-  if (!(error instanceof KeyFileError)) throw error;
-  log.error(error.message, { path: error.path });
-  flushLogs();
-  Deno.exit(CONFIG_EXIT_CODE);
+  if (error instanceof KeyFileError) {
+    log.error(error.message, { path: error.path });
+    flushLogs();
+    Deno.exit(CONFIG_EXIT_CODE);
+  }
+  if (error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.PermissionDenied) {
+    log.error("cannot listen for PEER_FORWARD", { error: (error as Error).message });
+    flushLogs();
+    Deno.exit(1);
+  }
+  throw error;
 }

@@ -34,13 +34,16 @@ export type { UdpEndpointReport } from "./stun/discovery.ts";
 // Peers: links, punching, relay, messages.
 export { PeerManager } from "./peer/manager.ts";
 export {
+  ForwardRefusedError,
+  type ForwardRequest,
   type PathInfo,
   type PeerCloseInfo,
   PeerConnection,
   PeerConnections,
   type PeerStream,
 } from "./peer/connection.ts";
-export { TransportClose, TransportError } from "./peer/transport.ts";
+export { TransportClose, TransportError, type TransportStats } from "./peer/transport.ts";
+export { type ForwardSpec, type ForwardStats } from "./worker/forward.ts";
 
 // A whole rendezvous.
 export {

@@ -20,6 +20,80 @@ import {
   TransportError,
 } from "./transport.ts";
 
+/**
+ * The first byte of every stream says what it is for: the application's
+ * own streams, or a TCP connection forwarded to one of the peer's ports.
+ */
+const STREAM_APP = 0x00;
+const STREAM_FORWARD = 0x01;
+/** The answer to a forward request: the first byte back. */
+const FORWARD_OK = 0x00;
+const FORWARD_REFUSED = 0x01;
+/** Longest refusal reason sent back. */
+const MAX_REASON = 200;
+
+/** A forward was refused by the peer; `message` has its reason. */
+export class ForwardRefusedError extends Error {
+  /** Always `"ForwardRefusedError"`. */
+  override name = "ForwardRefusedError";
+}
+
+/** A request from the peer to reach one of our TCP ports. */
+export interface ForwardRequest {
+  /** The peer that asks. */
+  peerId: string;
+  /** The port on our loopback it wants. */
+  port: number;
+  /** Accepts: the stream then carries the TCP connection's bytes. */
+  accept(): Promise<PeerStream>;
+  /** Refuses with a reason the peer sees (and logs). */
+  refuse(reason: string): Promise<void>;
+}
+
+/**
+ * Reads exactly `n` bytes from `reader`, after the bytes already `buffered`;
+ * returns them and whatever else the last chunk held. Null at the end of the stream.
+ */
+async function readExactly(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  n: number,
+  buffered: Uint8Array = new Uint8Array(0),
+): Promise<{ head: Uint8Array; rest: Uint8Array } | null> {
+  while (buffered.length < n) {
+    const { value, done } = await reader.read();
+    if (done) return null;
+    const next = new Uint8Array(buffered.length + value.length);
+    next.set(buffered);
+    next.set(value, buffered.length);
+    buffered = next;
+  }
+  return { head: buffered.subarray(0, n), rest: buffered.subarray(n) };
+}
+
+/** `reader`'s stream again, with `rest` (bytes already read past a header) in front. */
+function prepend(rest: Uint8Array, reader: ReadableStreamDefaultReader<Uint8Array>) {
+  let first = rest.length > 0 ? rest : undefined;
+  return new ReadableStream<Uint8Array>({
+    pull: async (controller) => {
+      if (first) {
+        controller.enqueue(first);
+        first = undefined;
+        return;
+      }
+      const { value, done } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
+}
+
+async function writeHeader(stream: Deno.QuicBidirectionalStream, header: Uint8Array) {
+  const writer = stream.writable.getWriter();
+  await writer.write(header);
+  writer.releaseLock();
+}
+
 /** A reliable, ordered byte stream to a peer, both ways. */
 export interface PeerStream {
   /** Bytes from the peer; ends when the peer closes its side. */
@@ -57,17 +131,42 @@ export class PeerConnection extends EventTarget {
   /** Resolves when the connection is closed, by either side or by loss of the peer. */
   readonly closed: Promise<PeerCloseInfo>;
   readonly #conn: Deno.QuicConn;
-  readonly #incoming: ReadableStream<Deno.QuicBidirectionalStream>;
+  readonly #incoming: ReadableStream<PeerStream>;
   readonly #pathOf: () => PathInfo;
 
   /** @ignore Made by the worker; see `Worker.connect()`. */
-  constructor(peerId: string, auth: AuthenticatedConnection, pathOf: () => PathInfo) {
+  constructor(
+    peerId: string,
+    auth: AuthenticatedConnection,
+    pathOf: () => PathInfo,
+    onForward: (request: ForwardRequest) => void,
+  ) {
     super();
     this.peerId = peerId;
     this.dialedBy = auth.dialedBy;
     this.#conn = auth.conn;
-    this.#incoming = auth.incoming;
     this.#pathOf = pathOf;
+    // Sort the peer's streams by their first byte, as they come: ours to the
+    // application (queued until it reads them; QUIC caps how many are open),
+    // forward requests to the worker; anything else is reset.
+    let queue!: ReadableStreamDefaultController<PeerStream>;
+    this.#incoming = new ReadableStream<PeerStream>({ start: (c) => void (queue = c) });
+    (async () => {
+      const streams = auth.incoming.getReader();
+      while (true) {
+        const next = await streams.read().catch(() => ({ done: true as const, value: undefined }));
+        if (next.done) break;
+        this.#sort(next.value, onForward).then(
+          (sorted) => sorted && queue.enqueue(sorted),
+          () => {},
+        );
+      }
+      try {
+        queue.close();
+      } catch {
+        // Cancelled by the application.
+      }
+    })();
     this.closed = auth.conn.closed.then(
       (info) => ({ code: info.closeCode, reason: info.reason }),
       (error) => ({ code: -1, reason: String((error as Error)?.message ?? error) }),
@@ -84,9 +183,102 @@ export class PeerConnection extends EventTarget {
     return this.#pathOf().rttMs;
   }
 
+  /**
+   * Reads a stream's header: an application stream is returned (without the
+   * header); a forward request goes to `onForward` (and undefined is returned).
+   */
+  async #sort(
+    stream: Deno.QuicBidirectionalStream,
+    onForward: (request: ForwardRequest) => void,
+  ): Promise<PeerStream | undefined> {
+    const reader = stream.readable.getReader();
+    const first = await readExactly(reader, 1);
+    if (first === null) return undefined;
+    if (first.head[0] === STREAM_APP) {
+      return { readable: prepend(first.rest, reader), writable: stream.writable };
+    }
+    if (first.head[0] !== STREAM_FORWARD) {
+      await reader.cancel().catch(() => {});
+      await stream.writable.abort().catch(() => {});
+      return undefined;
+    }
+    const header = await readExactly(reader, 2, first.rest);
+    if (header === null) return undefined;
+    const port = { port: (header.head[0] << 8) | header.head[1] };
+    const rest = header.rest;
+    let answered = false;
+    onForward({
+      peerId: this.peerId,
+      port: port.port,
+      accept: async () => {
+        if (answered) throw new Error("Cannot answer a forward request twice");
+        answered = true;
+        await writeHeader(stream, new Uint8Array([FORWARD_OK]));
+        return { readable: prepend(rest, reader), writable: stream.writable };
+      },
+      refuse: async (reason) => {
+        if (answered) throw new Error("Cannot answer a forward request twice");
+        answered = true;
+        const text = new TextEncoder().encode(reason.slice(0, MAX_REASON));
+        const answer = new Uint8Array(1 + text.length);
+        answer[0] = FORWARD_REFUSED;
+        answer.set(text, 1);
+        const writer = stream.writable.getWriter();
+        await writer.write(answer).catch(() => {});
+        await writer.close().catch(() => {});
+        await reader.cancel().catch(() => {});
+      },
+    });
+    return undefined;
+  }
+
   /** Opens a stream to the peer; it sees it in {@linkcode PeerConnection.incomingStreams}. */
   async openStream(): Promise<PeerStream> {
-    return await this.#conn.createBidirectionalStream({ waitUntilAvailable: true });
+    const stream = await this.#conn.createBidirectionalStream({ waitUntilAvailable: true });
+    await writeHeader(stream, new Uint8Array([STREAM_APP]));
+    return stream;
+  }
+
+  /**
+   * Opens a stream to TCP port `port` on the peer's loopback, if the peer
+   * exposes it (`PEER_EXPOSE`).
+   *
+   * @throws {ForwardRefusedError} with the peer's reason when it does not
+   */
+  async openForward(port: number): Promise<PeerStream> {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new RangeError(`Cannot forward to port ${port}: it must be 1-65535`);
+    }
+    const stream = await this.#conn.createBidirectionalStream({ waitUntilAvailable: true });
+    await writeHeader(stream, new Uint8Array([STREAM_FORWARD, port >> 8, port & 0xff]));
+    const reader = stream.readable.getReader();
+    const answer = await readExactly(reader, 1);
+    if (answer === null) throw new ForwardRefusedError(`${this.peerId} closed the stream`);
+    if (answer.head[0] !== FORWARD_OK) {
+      const chunks = [answer.rest];
+      let length = answer.rest.length;
+      while (length < MAX_REASON * 4) {
+        const { value, done } = await reader.read().catch(() => ({
+          done: true as const,
+          value: undefined,
+        }));
+        if (done) break;
+        chunks.push(value);
+        length += value.length;
+      }
+      const all = new Uint8Array(length);
+      let at = 0;
+      for (const c of chunks) {
+        all.set(c, at);
+        at += c.length;
+      }
+      throw new ForwardRefusedError(
+        `${this.peerId} refused port ${port}: ${
+          new TextDecoder().decode(all).slice(0, MAX_REASON)
+        }`,
+      );
+    }
+    return { readable: prepend(answer.rest, reader), writable: stream.writable };
   }
 
   /** Streams the peer opens, in order. Read it, or they wait (QUIC limits how many). */
@@ -138,6 +330,8 @@ export interface PeerConnectionsOptions {
   pathOf(peerId: string): PathInfo;
   /** A peer connected to us (not called for connections we dialed). */
   onConnection?: (connection: PeerConnection) => void;
+  /** A peer asks to reach one of our TCP ports. @default {refuses: "this worker exposes no ports"} */
+  onForward?: (request: ForwardRequest) => void;
   /** Where connection events are logged. */
   logger: Logger;
 }
@@ -275,7 +469,12 @@ export class PeerConnections {
   }
 
   #adopt(peerId: string, auth: AuthenticatedConnection): PeerConnection {
-    const connection = new PeerConnection(peerId, auth, () => this.#o.pathOf(peerId));
+    const connection = new PeerConnection(
+      peerId,
+      auth,
+      () => this.#o.pathOf(peerId),
+      this.#o.onForward ?? ((request) => void request.refuse("this worker exposes no ports")),
+    );
     const previous = this.#open.get(peerId);
     this.#open.set(peerId, connection);
     if (previous) previous.close("replaced by a newer connection");

@@ -122,6 +122,18 @@ export interface AuthenticatedConnection {
   dialedBy: "us" | "peer";
 }
 
+/** Packets and bytes the transport carried, both ways, over every path. */
+export interface TransportStats {
+  /** Packets QUIC sent to peers. */
+  packetsSent: number;
+  /** Their bytes (QUIC packets, without the envelope byte). */
+  bytesSent: number;
+  /** Packets from peers handed to QUIC. */
+  packetsReceived: number;
+  /** Their bytes. */
+  bytesReceived: number;
+}
+
 /** A peer's stand-in: a loopback socket that is the peer's address to QUIC. */
 class StandIn {
   readonly peerId: string;
@@ -130,7 +142,15 @@ class StandIn {
   #quic: Deno.NetAddr;
   #closed = false;
 
-  constructor(peerId: string, quic: Deno.NetAddr, out: (packet: Uint8Array) => unknown) {
+  readonly #stats: TransportStats;
+
+  constructor(
+    peerId: string,
+    quic: Deno.NetAddr,
+    stats: TransportStats,
+    out: (packet: Uint8Array) => unknown,
+  ) {
+    this.#stats = stats;
     this.peerId = peerId;
     this.#quic = { transport: "udp", hostname: quic.hostname, port: quic.port } as Deno.NetAddr;
     this.#conn = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
@@ -156,6 +176,8 @@ class StandIn {
         if (this.#closed) return;
         continue;
       }
+      this.#stats.packetsSent++;
+      this.#stats.bytesSent += size;
       try {
         await out(buffer.subarray(0, size + 1));
       } catch {
@@ -166,6 +188,8 @@ class StandIn {
 
   /** Hands a packet from the peer to QUIC. */
   deliver(packet: Uint8Array): Promise<unknown> {
+    this.#stats.packetsReceived++;
+    this.#stats.bytesReceived += packet.length;
     return this.#conn.send(packet, this.#quic).catch(() => {});
   }
 
@@ -246,6 +270,13 @@ async function within<T>(promise: Promise<T>, ms: number, what: string): Promise
 export class PeerTransport {
   /** What peers need to pin our certificate; publish it through the rendezvous. */
   readonly credentials: TransportCredentials;
+  /** Packets and bytes carried so far. */
+  readonly stats: TransportStats = {
+    packetsSent: 0,
+    bytesSent: 0,
+    packetsReceived: 0,
+    bytesReceived: 0,
+  };
   readonly #o: PeerTransportOptions;
   readonly #endpoint: Deno.QuicEndpoint;
   readonly #listener: Deno.QuicListener;
@@ -290,6 +321,7 @@ export class PeerTransport {
     standIn = new StandIn(
       peerId,
       this.#endpoint.addr,
+      this.stats,
       (packet) => this.#o.sendPacket(peerId, packet),
     );
     this.#standIns.set(peerId, standIn);

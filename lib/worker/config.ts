@@ -20,6 +20,7 @@ import {
 import { normalizeIp } from "../protocol/ip.ts";
 import { isValidWorkerId, REGISTER_PATH_PREFIX } from "../protocol/messages.ts";
 import { parseServerSpec } from "../stun/client.ts";
+import { type ForwardSpec, parseExposes, parseForwards } from "./forward.ts";
 
 /** Everything `worker.ts` needs to start. */
 export interface WorkerConfig {
@@ -59,6 +60,12 @@ export interface WorkerConfig {
   group: string;
   /** Where the worker's key is kept (`WORKER_KEY_FILE`); unset: a fresh key each start. */
   keyFile?: string;
+  /** Local TCP ports peers may reach (`PEER_EXPOSE`). */
+  peerExpose: number[];
+  /** Local listeners carried to peers' ports (`PEER_FORWARD`). */
+  peerForward: ForwardSpec[];
+  /** How long a forwarded connection waits for an unreachable peer (`PEER_FORWARD_WAIT_SEC`). */
+  peerForwardWaitMs: number;
   /** Introduce ourselves to every peer of the group as it appears. */
   peerAutoConnect: boolean;
   /** Send a hello to every peer this often (0: never); for demos and the lab. */
@@ -125,6 +132,21 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     meaning: "refresh the NAT mapping this often (Cloud NAT forgets idle UDP after 30 s)",
   },
   { name: "WORKER_GROUP", fallback: "default", meaning: "peers see only workers of their group" },
+  {
+    name: "PEER_EXPOSE",
+    fallback: "(none)",
+    meaning: "local TCP ports authenticated peers of the group may reach, e.g. 8080,5432",
+  },
+  {
+    name: "PEER_FORWARD",
+    fallback: "(none)",
+    meaning: "[HOST:]PORT:PEER:PORT,...: listen on HOST:PORT (127.0.0.1), carry to PEER's PORT",
+  },
+  {
+    name: "PEER_FORWARD_WAIT_SEC",
+    fallback: "30",
+    meaning: "how long a forwarded connection waits for its peer before it is refused",
+  },
   {
     name: "WORKER_KEY_FILE",
     fallback: "(a new key each start)",
@@ -212,6 +234,16 @@ export function registrationUrl(base: URL, workerId: string, group = "default"):
     encodeURIComponent(workerId)
   }`;
   return url;
+}
+
+function listVar<T>(env: Env, name: string, parse: (text: string) => T[]): T[] {
+  const text = stringVar(env, name);
+  if (text === undefined) return [];
+  try {
+    return parse(text);
+  } catch (error) {
+    throw new ConfigError(name, `Cannot read ${name}: ${(error as Error).message}`);
+  }
 }
 
 function seconds(env: Env, name: string, fallback: number, min: number, max: number): number {
@@ -316,6 +348,9 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     stunServers,
     stunKeepaliveMs: seconds(env, "STUN_KEEPALIVE_SEC", 20, 0.05, 3600),
     keyFile: stringVar(env, "WORKER_KEY_FILE"),
+    peerExpose: listVar(env, "PEER_EXPOSE", parseExposes),
+    peerForward: listVar(env, "PEER_FORWARD", parseForwards),
+    peerForwardWaitMs: seconds(env, "PEER_FORWARD_WAIT_SEC", 30, 0.1, 3600),
     group,
     peerAutoConnect: boolVar(env, "PEER_AUTOCONNECT", false),
     peerHelloMs: seconds(env, "PEER_HELLO_SEC", 0, 0, 3600),

@@ -7,6 +7,7 @@
 
 import type { UdpEndpointReport } from "../stun/discovery.ts";
 import type { ClientSnapshot } from "./client.ts";
+import type { ForwardStats } from "./forward.ts";
 
 /** What a worker is doing, as `GET /` shows it. */
 export interface WorkerStatus {
@@ -22,6 +23,10 @@ export interface WorkerStatus {
   udp: UdpEndpointReport | null;
   /** Each peer link's path, RTT and counters, by peer id. */
   peers: Record<string, unknown>;
+  /** `PEER_FORWARD` listeners (`host:port:peer:port`) with connections and bytes. */
+  forwards: Record<string, ForwardStats>;
+  /** `PEER_EXPOSE` ports with connections and bytes. */
+  exposes: Record<string, ForwardStats>;
 }
 
 /**

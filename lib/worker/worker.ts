@@ -13,7 +13,8 @@ import { type Logger, silentLogger } from "../core/log.ts";
 import { VERSION } from "../core/version.ts";
 import { PeerManager } from "../peer/manager.ts";
 import { type PeerConnection, PeerConnections } from "../peer/connection.ts";
-import { PeerTransport } from "../peer/transport.ts";
+import { PeerTransport, type TransportStats } from "../peer/transport.ts";
+import { Forwarder } from "./forward.ts";
 import type { PathKind } from "../protocol/messages.ts";
 import { type ClientEvent, RendezvousClient } from "./client.ts";
 import { registrationUrl, type WorkerConfig } from "./config.ts";
@@ -71,6 +72,7 @@ export class Worker {
   /** Connections to peers (one per peer), over {@linkcode Worker.peers}' paths. */
   readonly connections: PeerConnections;
   readonly #transport: PeerTransport;
+  readonly #forwarder: Forwarder;
   /** The health server's address, once it listens; null without one. */
   readonly healthAddr: Promise<Deno.NetAddr | null>;
   readonly #client: RendezvousClient;
@@ -85,13 +87,15 @@ export class Worker {
   constructor(
     config: WorkerConfig,
     identity: Identity,
-    transport: PeerTransport,
+    parts: { transport: PeerTransport; forwarder: Forwarder },
     options: StartWorkerOptions = {},
   ) {
     const log = options.logger ?? silentLogger;
     this.id = config.workerId;
     this.identity = identity;
+    const { transport } = parts;
     this.#transport = transport;
+    this.#forwarder = parts.forwarder;
     const { ipEchoUrl, ipEchoTimeoutMs } = config;
     // The three parts call each other; each callback runs only once `run` starts.
     const client: RendezvousClient = new RendezvousClient({
@@ -172,6 +176,7 @@ export class Worker {
       },
       pathOf: (peerId) => peers.pathOf(peerId),
       onConnection: options.onConnection,
+      onForward: (request) => void this.#forwarder.handle(request),
       logger: log,
     });
     this.connections = connections;
@@ -220,6 +225,11 @@ export class Worker {
     return this.connections.connect(peerId, options);
   }
 
+  /** Packets and bytes the peer transport carried, over every path. */
+  get transportStats(): TransportStats {
+    return { ...this.#transport.stats };
+  }
+
   /** What the worker is doing: the JSON its `GET /` serves. */
   status(): WorkerStatus {
     return {
@@ -229,6 +239,7 @@ export class Worker {
       rendezvous: this.#client.snapshot(),
       udp: this.#udp?.presence.last ?? null,
       peers: this.peers.snapshot(),
+      ...this.#forwarder.snapshot(),
     };
   }
 
@@ -244,6 +255,7 @@ export class Worker {
   async #close(): Promise<void> {
     this.#stop.abort();
     if (this.#hello !== undefined) clearInterval(this.#hello);
+    await this.#forwarder.close();
     this.connections.close();
     await this.#transport.close();
     await this.#running;
@@ -277,8 +289,16 @@ export async function startWorker(
 ): Promise<Worker> {
   const logger = options.logger ?? silentLogger;
   const identity = options.identity ?? await loadIdentity(config.keyFile, logger);
-  // The transport's callbacks run only once packets flow, after `late.worker` is set.
+  // The callbacks below run only once packets or connections flow, after `late.worker` is set.
   const late: { worker?: Worker } = {};
+  // Listeners first: a forward port that is taken fails the start before anything runs.
+  const forwarder = new Forwarder({
+    forwards: config.peerForward,
+    exposes: config.peerExpose,
+    connect: (peerId, timeoutMs) => late.worker!.connect(peerId, { timeoutMs }),
+    waitMs: config.peerForwardWaitMs,
+    logger,
+  });
   const transport = await PeerTransport.start({
     workerId: config.workerId,
     identity,
@@ -287,7 +307,10 @@ export async function startWorker(
     peer: (peerId) => late.worker?.peers.peer(peerId),
     accepts: (peerId) => late.worker?.connections.accepts(peerId) ?? false,
     onConnection: (peerId, auth) => late.worker?.connections.incoming(peerId, auth),
+  }).catch(async (error) => {
+    await forwarder.close();
+    throw error;
   });
-  late.worker = new Worker(config, identity, transport, options);
+  late.worker = new Worker(config, identity, { transport, forwarder }, options);
   return late.worker;
 }

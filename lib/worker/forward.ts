@@ -1,0 +1,313 @@
+/**
+ * TCP forwarding over peer connections, for applications in any language:
+ * `PEER_FORWARD` listens on local ports and carries each TCP connection to
+ * a port on a peer's loopback; `PEER_EXPOSE` names the local ports peers may
+ * reach. Each TCP connection is one encrypted stream; half-close (FIN) and
+ * backpressure (QUIC flow control) are kept end to end.
+ *
+ * @module
+ */
+
+import type { Logger } from "../core/log.ts";
+import type { ForwardRequest, PeerConnection, PeerStream } from "../peer/connection.ts";
+import { ForwardRefusedError } from "../peer/connection.ts";
+
+/** One `PEER_FORWARD` entry: `[HOST:]PORT:PEER:PORT`. */
+export interface ForwardSpec {
+  /** Where the local listener binds. */
+  hostname: string;
+  /** The local port. */
+  port: number;
+  /** The peer's worker id. */
+  peerId: string;
+  /** The port on the peer's loopback. */
+  peerPort: number;
+}
+
+/** Counters of one forward or exposed port, for `GET /`. */
+export interface ForwardStats {
+  /** TCP connections carried. */
+  connections: number;
+  /** Connections open now. */
+  open: number;
+  /** Connections refused (peer unreachable, port not exposed, target down). */
+  refused: number;
+  /** Bytes from the local side to the peer. */
+  bytes_out: number;
+  /** Bytes from the peer to the local side. */
+  bytes_in: number;
+}
+
+const newStats = (): ForwardStats => ({
+  connections: 0,
+  open: 0,
+  refused: 0,
+  bytes_out: 0,
+  bytes_in: 0,
+});
+
+/** Copies `from` to `to`, counting bytes; closes `to` at the end (a half-close). */
+async function pump(
+  from: ReadableStream<Uint8Array>,
+  to: WritableStream<Uint8Array>,
+  count: (n: number) => void,
+): Promise<void> {
+  const counted = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      count(chunk.length);
+      controller.enqueue(chunk);
+    },
+  });
+  await from.pipeThrough(counted).pipeTo(to);
+}
+
+/**
+ * Splices a TCP connection and a peer stream both ways. Each direction ends
+ * with a half-close (TCP `shutdown(SHUT_WR)` or a QUIC FIN), so protocols
+ * that read to EOF keep working; the socket closes when both are done.
+ */
+export async function splice(
+  tcp: Deno.TcpConn,
+  stream: PeerStream,
+  stats: ForwardStats,
+): Promise<void> {
+  // Read the socket by hand: its `readable` closes the whole socket at EOF,
+  // which would cut the other direction short (no half-close).
+  const out = (async () => {
+    const writer = stream.writable.getWriter();
+    const buffer = new Uint8Array(64 * 1024);
+    while (true) {
+      const n = await tcp.read(buffer);
+      if (n === null) break;
+      stats.bytes_out += n;
+      await writer.write(buffer.slice(0, n));
+    }
+    await writer.close();
+  })().catch(() => {});
+  const tcpWriter = new WritableStream<Uint8Array>({
+    write: async (chunk) => {
+      let written = 0;
+      while (written < chunk.length) written += await tcp.write(chunk.subarray(written));
+    },
+    close: async () => {
+      await tcp.closeWrite().catch(() => {});
+    },
+  });
+  const back = pump(stream.readable, tcpWriter, (n) => stats.bytes_in += n).catch(() => {});
+  await Promise.all([out, back]);
+  try {
+    tcp.close();
+  } catch {
+    // Already closed.
+  }
+}
+
+/**
+ * Parses `PEER_FORWARD`: comma-separated `[HOST:]PORT:PEER:PORT`.
+ *
+ * @throws {Error} naming the entry at fault
+ */
+export function parseForwards(text: string): ForwardSpec[] {
+  const specs: ForwardSpec[] = [];
+  for (const entry of text.split(",").map((e) => e.trim()).filter((e) => e !== "")) {
+    const parts = entry.split(":");
+    const [hostname, port, peerId, peerPort] = parts.length === 3
+      ? ["127.0.0.1", ...parts]
+      : parts.length === 4
+      ? parts
+      : [];
+    const local = Number(port);
+    const remote = Number(peerPort);
+    if (
+      hostname === undefined || !Number.isInteger(local) || local < 1 || local > 65535 ||
+      !Number.isInteger(remote) || remote < 1 || remote > 65535 ||
+      !/^[A-Za-z0-9._-]{1,128}$/.test(peerId ?? "") || hostname === ""
+    ) {
+      throw new Error(
+        `"${entry}" is not [HOST:]PORT:PEER:PORT (ports 1-65535, a worker id), e.g. 15432:db-1:5432`,
+      );
+    }
+    if (specs.some((s) => s.port === local && s.hostname === hostname)) {
+      throw new Error(`"${entry}": port ${local} is forwarded twice`);
+    }
+    specs.push({ hostname, port: local, peerId: peerId!, peerPort: remote });
+  }
+  return specs;
+}
+
+/**
+ * Parses `PEER_EXPOSE`: comma-separated local TCP ports.
+ *
+ * @throws {Error} naming the entry at fault
+ */
+export function parseExposes(text: string): number[] {
+  const ports = new Set<number>();
+  for (const entry of text.split(",").map((e) => e.trim()).filter((e) => e !== "")) {
+    const port = Number(entry);
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new Error(`"${entry}" is not a TCP port (1-65535)`);
+    }
+    ports.add(port);
+  }
+  return [...ports];
+}
+
+/** Options for {@linkcode Forwarder}. */
+export interface ForwarderOptions {
+  /** Local listeners and where they lead. */
+  forwards: readonly ForwardSpec[];
+  /** Local ports peers may reach. */
+  exposes: readonly number[];
+  /** Gets (or makes) the connection to a peer, waiting at most `timeoutMs`. */
+  connect(peerId: string, timeoutMs: number): Promise<PeerConnection>;
+  /** How long a local connection waits for an unreachable peer. */
+  waitMs: number;
+  /** Where forwarding logs. */
+  logger: Logger;
+}
+
+/** A worker's TCP forwards and exposed ports. */
+export class Forwarder {
+  readonly #o: ForwarderOptions;
+  readonly #listeners: Deno.TcpListener[] = [];
+  readonly #forwardStats = new Map<string, ForwardStats>();
+  readonly #exposeStats = new Map<number, ForwardStats>();
+  readonly #open = new Set<Deno.TcpConn>();
+  readonly #loops: Promise<void>[] = [];
+  #closed = false;
+
+  /**
+   * Binds every forward's listener.
+   *
+   * @throws {Deno.errors.AddrInUse} (or another bind error) naming nothing else bound
+   */
+  constructor(options: ForwarderOptions) {
+    this.#o = options;
+    for (const port of options.exposes) this.#exposeStats.set(port, newStats());
+    try {
+      for (const spec of options.forwards) {
+        const listener = Deno.listen({ hostname: spec.hostname, port: spec.port });
+        this.#listeners.push(listener);
+        const stats = newStats();
+        this.#forwardStats.set(
+          `${spec.hostname}:${spec.port}:${spec.peerId}:${spec.peerPort}`,
+          stats,
+        );
+        options.logger.info("forward listening", { ...spec, peer_id: spec.peerId });
+        this.#loops.push(this.#accept(listener, spec, stats));
+      }
+    } catch (error) {
+      for (const listener of this.#listeners) listener.close();
+      throw error;
+    }
+  }
+
+  async #accept(listener: Deno.TcpListener, spec: ForwardSpec, stats: ForwardStats) {
+    while (!this.#closed) {
+      let tcp: Deno.TcpConn;
+      try {
+        tcp = await listener.accept();
+      } catch {
+        if (this.#closed) return;
+        continue;
+      }
+      void this.#forward(tcp, spec, stats);
+    }
+  }
+
+  async #forward(tcp: Deno.TcpConn, spec: ForwardSpec, stats: ForwardStats): Promise<void> {
+    const log = this.#o.logger;
+    const fields = { peer_id: spec.peerId, port: spec.port, peer_port: spec.peerPort };
+    this.#open.add(tcp);
+    tcp.setNoDelay(true);
+    stats.connections++;
+    try {
+      let stream: PeerStream;
+      try {
+        const connection = await this.#o.connect(spec.peerId, this.#o.waitMs);
+        stream = await connection.openForward(spec.peerPort);
+      } catch (error) {
+        stats.refused++;
+        const why = error instanceof ForwardRefusedError
+          ? error.message
+          : `${spec.peerId} is not reachable within ${this.#o.waitMs} ms: ${
+            (error as Error).message
+          }`;
+        log.warn("forward refused", { ...fields, reason: why });
+        return;
+      }
+      stats.open++;
+      await splice(tcp, stream, stats);
+      stats.open--;
+    } finally {
+      this.#open.delete(tcp);
+      try {
+        tcp.close();
+      } catch {
+        // Closed by the splice.
+      }
+    }
+  }
+
+  /** Handles a peer's request for one of our ports. */
+  async handle(request: ForwardRequest): Promise<void> {
+    const log = this.#o.logger;
+    const fields = { peer_id: request.peerId, port: request.port };
+    const stats = this.#exposeStats.get(request.port);
+    if (stats === undefined) {
+      log.warn("forward request refused: port not exposed", fields);
+      await request.refuse(`port ${request.port} is not exposed (PEER_EXPOSE)`);
+      return;
+    }
+    stats.connections++;
+    let tcp: Deno.TcpConn;
+    try {
+      tcp = await Deno.connect({ hostname: "127.0.0.1", port: request.port });
+    } catch (error) {
+      stats.refused++;
+      log.warn("forward request refused: target unreachable", {
+        ...fields,
+        error: (error as Error).message,
+      });
+      await request.refuse(`nothing listens on port ${request.port}`);
+      return;
+    }
+    this.#open.add(tcp);
+    tcp.setNoDelay(true);
+    stats.open++;
+    try {
+      await splice(tcp, await request.accept(), stats);
+    } finally {
+      stats.open--;
+      this.#open.delete(tcp);
+    }
+  }
+
+  /** Counters for `GET /`: forwards by `host:port:peer:port`, exposed ports by number. */
+  snapshot(): { forwards: Record<string, ForwardStats>; exposes: Record<string, ForwardStats> } {
+    return {
+      forwards: Object.fromEntries([...this.#forwardStats].map(([k, v]) => [k, { ...v }])),
+      exposes: Object.fromEntries([...this.#exposeStats].map(([k, v]) => [String(k), { ...v }])),
+    };
+  }
+
+  /** Stops listening and closes every forwarded connection. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const listener of this.#listeners) {
+      try {
+        listener.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    for (const tcp of this.#open) {
+      try {
+        tcp.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    await Promise.all(this.#loops);
+  }
+}

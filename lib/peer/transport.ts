@@ -77,6 +77,38 @@ export function dialerPayload(
   );
 }
 
+/** The bytes `GROUP_SECRET` vouches for: a worker's group, id and key. */
+export function vouchPayload(
+  group: string,
+  workerId: string,
+  key: string,
+): Uint8Array<ArrayBuffer> {
+  return encoder.encode(`holepunch-group-vouch-v1\n${group}\n${workerId}\n${key}`);
+}
+
+/** Imports a `GROUP_SECRET` as an HMAC-SHA256 key. */
+export async function importGroupSecret(secret: string): Promise<CryptoKey> {
+  return await crypto.subtle.importKey(
+    "raw",
+    encoder.encode(secret),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign", "verify"],
+  );
+}
+
+/** The vouch for (group, id, key) under the secret, base64url. */
+export async function vouchFor(
+  secret: CryptoKey,
+  group: string,
+  workerId: string,
+  key: string,
+): Promise<string> {
+  return toBase64Url(
+    new Uint8Array(await crypto.subtle.sign("HMAC", secret, vouchPayload(group, workerId, key))),
+  );
+}
+
 /** A connection could not be made or was refused; says why. */
 export class TransportError extends Error {
   /** Always `"TransportError"`. */
@@ -110,6 +142,12 @@ export interface PeerTransportOptions {
   onConnection(peerId: string, conn: AuthenticatedConnection): void;
   /** Whether to take a proven dial from `peerId` (false: refused as a duplicate). @default {() => true} */
   accepts?(peerId: string): boolean;
+  /**
+   * `GROUP_SECRET`, imported ({@linkcode importGroupSecret}), with this
+   * worker's group: every peer's key must then be vouched for by it, so the
+   * rendezvous cannot substitute keys. Unset: the rendezvous's word is taken.
+   */
+  group?: { name: string; secret: CryptoKey };
 }
 
 /** A QUIC connection to a peer whose identity was checked, and its user streams. */
@@ -290,10 +328,13 @@ export class PeerTransport {
     options: PeerTransportOptions,
     cert: PeerCertificate,
     signature: string,
+    vouch: string | undefined,
   ) {
     this.#o = options;
     this.#certHash = toBase64Url(cert.hash);
-    this.credentials = { cert_hash: this.#certHash, signature };
+    this.credentials = vouch === undefined
+      ? { cert_hash: this.#certHash, signature }
+      : { cert_hash: this.#certHash, signature, vouch };
     this.#endpoint = new Deno.QuicEndpoint({ hostname: "127.0.0.1", port: 0 });
     this.#listener = this.#endpoint.listen({
       cert: cert.cert,
@@ -312,7 +353,31 @@ export class PeerTransport {
     const signature = toBase64Url(
       await options.identity.sign(certificatePayload(options.workerId, certHash)),
     );
-    return new PeerTransport(options, cert, signature);
+    const { group } = options;
+    const vouch = group &&
+      await vouchFor(group.secret, group.name, options.workerId, options.identity.publicKey);
+    return new PeerTransport(options, cert, signature, vouch);
+  }
+
+  /** Null when `GROUP_SECRET` is unset or vouches for the peer's key; else why not. */
+  async #unvouched(peerId: string, peer: TransportPeer): Promise<string | null> {
+    const group = this.#o.group;
+    if (!group) return null;
+    const vouch = peer.transport?.vouch;
+    if (!vouch || !peer.key) return "its key is not vouched for by GROUP_SECRET";
+    let bytes: Uint8Array<ArrayBuffer>;
+    try {
+      bytes = fromBase64Url(vouch, "vouch");
+    } catch {
+      return "its key is not vouched for by GROUP_SECRET";
+    }
+    const ok = await crypto.subtle.verify(
+      "HMAC",
+      group.secret,
+      bytes,
+      vouchPayload(group.name, peerId, peer.key),
+    );
+    return ok ? null : "its key is not vouched for by GROUP_SECRET";
   }
 
   #standIn(peerId: string): StandIn {
@@ -371,6 +436,11 @@ export class PeerTransport {
     if (!vouched) {
       this.#o.logger.warn("peer certificate refused: not signed by its key", { peer_id: peerId });
       throw new TransportError(`Cannot dial ${peerId}: its certificate is not signed by its key`);
+    }
+    const unvouched = await this.#unvouched(peerId, peer);
+    if (unvouched !== null) {
+      this.#o.logger.warn("peer refused: key not vouched for", { peer_id: peerId });
+      throw new TransportError(`Cannot dial ${peerId}: ${unvouched}`);
     }
     let hash: Uint8Array<ArrayBuffer>;
     try {
@@ -503,6 +573,8 @@ export class PeerTransport {
     if (proof.worker_id !== peerId) return "the proof names another worker";
     if (!peer?.key) return "the rendezvous knows no key for this peer";
     if (typeof proof.signature !== "string") return "no signature";
+    const unvouched = await this.#unvouched(peerId, peer);
+    if (unvouched !== null) return unvouched;
     const payload = dialerPayload(peerId, this.#o.workerId, this.#certHash);
     return await verifySignature(peer.key, payload, proof.signature)
       ? null

@@ -180,6 +180,8 @@ export interface RegisterTransportMessage {
   cert_hash: string;
   /** Ed25519 signature over the certificate payload, base64url (86 characters). */
   signature: string;
+  /** With `GROUP_SECRET`: the secret's HMAC over group, id and key, base64url (43 characters). */
+  vouch?: string;
 }
 
 /** Every message a worker may send. */
@@ -295,6 +297,8 @@ export interface TransportCredentials {
   cert_hash: string;
   /** The worker's Ed25519 signature over the certificate payload, base64url. */
   signature: string;
+  /** With `GROUP_SECRET`: the secret's HMAC over the worker's group, id and key, base64url. */
+  vouch?: string;
 }
 
 /** The answer to `list_peers`. */
@@ -639,11 +643,16 @@ function peerInfo(value: unknown): PeerInfo {
 /** Well-formed transport credentials, else null. */
 function transportOrNull(value: unknown): TransportCredentials | null {
   if (typeof value !== "object" || value === null) return null;
-  const { cert_hash: hash, signature } = value as Record<string, unknown>;
-  return typeof hash === "string" && /^[A-Za-z0-9_-]{43}$/.test(hash) &&
-      typeof signature === "string" && /^[A-Za-z0-9_-]{86}$/.test(signature)
-    ? { cert_hash: hash, signature }
-    : null;
+  const { cert_hash: hash, signature, vouch } = value as Record<string, unknown>;
+  if (
+    typeof hash !== "string" || !/^[A-Za-z0-9_-]{43}$/.test(hash) ||
+    typeof signature !== "string" || !/^[A-Za-z0-9_-]{86}$/.test(signature)
+  ) {
+    return null;
+  }
+  return typeof vouch === "string" && /^[A-Za-z0-9_-]{43}$/.test(vouch)
+    ? { cert_hash: hash, signature, vouch }
+    : { cert_hash: hash, signature };
 }
 
 /** A well-formed public key, else null: an older rendezvous sends none. */

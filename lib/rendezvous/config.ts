@@ -45,6 +45,8 @@ export interface RendezvousConfig {
   relayBurst: number;
   /** How long a drain may take on SIGTERM (`SHUTDOWN_TIMEOUT_SEC`). */
   shutdownTimeoutSec: number;
+  /** Bytes of transport packets a worker may relay per second (`RELAY_BYTES_PER_SEC`). */
+  relayBytesPerSec: number;
   /** Refuse workers without a key (`REQUIRE_WORKER_KEYS`). */
   requireWorkerKeys: boolean;
   /** How long an id stays bound to its key once idle (`KEY_HOLD_SEC`). */
@@ -103,6 +105,11 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     meaning: "relayed frames per second per worker; more are refused with an error",
   },
   { name: "RELAY_BURST", fallback: "1000", meaning: "relayed frames a worker may send in a burst" },
+  {
+    name: "RELAY_BYTES_PER_SEC",
+    fallback: "33554432",
+    meaning: "transport packets a worker may relay, in bytes/s (burst a quarter); over it, dropped",
+  },
   {
     name: "REQUIRE_WORKER_KEYS",
     fallback: "false",
@@ -190,6 +197,10 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
     relayRatePerSec: numberVar(env, "RELAY_RATE_PER_SEC", 500, { min: 0.1 }),
     relayBurst: numberVar(env, "RELAY_BURST", 1000, { min: 1, integer: true }),
     shutdownTimeoutSec: numberVar(env, "SHUTDOWN_TIMEOUT_SEC", 5, { min: 0, max: 60 }),
+    relayBytesPerSec: numberVar(env, "RELAY_BYTES_PER_SEC", 32 * 1024 * 1024, {
+      min: 65_536,
+      integer: true,
+    }),
     requireWorkerKeys: boolVar(env, "REQUIRE_WORKER_KEYS", false),
     keyHoldSec: numberVar(env, "KEY_HOLD_SEC", 300, { min: 0, max: 30 * 86_400 }),
     publicHosts: publicHosts(env),

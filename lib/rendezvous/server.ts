@@ -894,7 +894,11 @@ export class Rendezvous {
           });
           return;
         }
-        const transport = { cert_hash: message.cert_hash, signature: message.signature };
+        const transport = {
+          cert_hash: message.cert_hash,
+          signature: message.signature,
+          ...(message.vouch === undefined ? {} : { vouch: message.vouch }),
+        };
         const stored = await this.registry.update(session.workerId, session.id, { transport });
         if (!stored) return;
         const record = await this.registry.get(session.workerId);

@@ -52,6 +52,7 @@ export class RendezvousService {
       messageBurst: config.messageBurst,
       relayRatePerSec: config.relayRatePerSec,
       relayBurst: config.relayBurst,
+      relayBytesPerSec: config.relayBytesPerSec,
       requireWorkerKeys: config.requireWorkerKeys,
       keyHoldSec: config.keyHoldSec,
       publicHosts: config.publicHosts,

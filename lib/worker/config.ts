@@ -60,6 +60,11 @@ export interface WorkerConfig {
   group: string;
   /** Where the worker's key is kept (`WORKER_KEY_FILE`); unset: a fresh key each start. */
   keyFile?: string;
+  /**
+   * A secret every worker of the group shares (`GROUP_SECRET`): peers'
+   * keys must be vouched for by it, so the rendezvous cannot substitute them.
+   */
+  groupSecret?: string;
   /** Local TCP ports peers may reach (`PEER_EXPOSE`). */
   peerExpose: number[];
   /** Local listeners carried to peers' ports (`PEER_FORWARD`). */
@@ -132,6 +137,11 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     meaning: "refresh the NAT mapping this often (Cloud NAT forgets idle UDP after 30 s)",
   },
   { name: "WORKER_GROUP", fallback: "default", meaning: "peers see only workers of their group" },
+  {
+    name: "GROUP_SECRET",
+    fallback: "(unset)",
+    meaning: "secret shared by the group (16+ characters): only keys it vouches for are accepted",
+  },
   {
     name: "PEER_EXPOSE",
     fallback: "(none)",
@@ -234,6 +244,17 @@ export function registrationUrl(base: URL, workerId: string, group = "default"):
     encodeURIComponent(workerId)
   }`;
   return url;
+}
+
+function groupSecret(env: Env): string | undefined {
+  const secret = stringVar(env, "GROUP_SECRET");
+  if (secret !== undefined && secret.length < 16) {
+    throw new ConfigError(
+      "GROUP_SECRET",
+      `Cannot read GROUP_SECRET: it must be at least 16 characters (e.g. openssl rand -base64 32): current length is ${secret.length}`,
+    );
+  }
+  return secret;
 }
 
 function listVar<T>(env: Env, name: string, parse: (text: string) => T[]): T[] {
@@ -348,6 +369,7 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     stunServers,
     stunKeepaliveMs: seconds(env, "STUN_KEEPALIVE_SEC", 20, 0.05, 3600),
     keyFile: stringVar(env, "WORKER_KEY_FILE"),
+    groupSecret: groupSecret(env),
     peerExpose: listVar(env, "PEER_EXPOSE", parseExposes),
     peerForward: listVar(env, "PEER_FORWARD", parseForwards),
     peerForwardWaitMs: seconds(env, "PEER_FORWARD_WAIT_SEC", 30, 0.1, 3600),

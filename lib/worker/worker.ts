@@ -13,7 +13,7 @@ import { type Logger, silentLogger } from "../core/log.ts";
 import { VERSION } from "../core/version.ts";
 import { PeerManager } from "../peer/manager.ts";
 import { type PeerConnection, PeerConnections } from "../peer/connection.ts";
-import { PeerTransport, type TransportStats } from "../peer/transport.ts";
+import { importGroupSecret, PeerTransport, type TransportStats } from "../peer/transport.ts";
 import { Forwarder } from "./forward.ts";
 import type { PathKind } from "../protocol/messages.ts";
 import { type ClientEvent, RendezvousClient } from "./client.ts";
@@ -24,6 +24,9 @@ import { loadIdentity } from "./key_file.ts";
 import { fetchPublicIp } from "./public_ip.ts";
 import type { Identity } from "../protocol/identity.ts";
 import { startWorkerUdp, type WorkerUdp } from "./udp.ts";
+
+/** How long {@linkcode Worker.close} gives closing connections' last packets to leave. */
+const CLOSE_FLUSH_MS = 50;
 
 /** How long {@linkcode Worker.close} waits for open health requests to finish. */
 const HEALTH_DRAIN_MS = 1000;
@@ -253,11 +256,14 @@ export class Worker {
   }
 
   async #close(): Promise<void> {
-    this.#stop.abort();
     if (this.#hello !== undefined) clearInterval(this.#hello);
     await this.#forwarder.close();
     this.connections.close();
+    // The paths stay open a moment so the connections' CONNECTION_CLOSE
+    // frames reach the peers, which then learn at once, not after an idle timeout.
+    await settleWithin(new Promise(() => {}), CLOSE_FLUSH_MS);
     await this.#transport.close();
+    this.#stop.abort();
     await this.#running;
     await this.peers.close();
     await this.#udp?.close();
@@ -307,6 +313,9 @@ export async function startWorker(
     peer: (peerId) => late.worker?.peers.peer(peerId),
     accepts: (peerId) => late.worker?.connections.accepts(peerId) ?? false,
     onConnection: (peerId, auth) => late.worker?.connections.incoming(peerId, auth),
+    group: config.groupSecret === undefined
+      ? undefined
+      : { name: config.group, secret: await importGroupSecret(config.groupSecret) },
   }).catch(async (error) => {
     await forwarder.close();
     throw error;

@@ -5,6 +5,11 @@ import type { PeerConnection } from "../../lib/peer/connection.ts";
 import { StunServer } from "../../lib/stun/server.ts";
 import { formatAddress } from "../../lib/stun/client.ts";
 import { startRendezvous, type TestRendezvous, within } from "../_helpers.ts";
+import { MemoryRegistry, type WorkerRecord } from "../../lib/rendezvous/registry.ts";
+import { Identity, toBase64Url } from "../../lib/protocol/identity.ts";
+import { createPeerCertificate } from "../../lib/peer/cert.ts";
+import { certificatePayload } from "../../lib/peer/transport.ts";
+import { Logger } from "../../lib/core/log.ts";
 
 async function pair(rv: TestRendezvous, env: Record<string, string> = {}) {
   const accepted = Promise.withResolvers<PeerConnection>();
@@ -118,4 +123,156 @@ Deno.test("two workers connect directly once punched, and datagrams flow", async
     await stunA.close();
     await stunB.close();
   }
+});
+
+/** A registry that lies about some workers, as a compromised rendezvous would. */
+class LyingRegistry extends MemoryRegistry {
+  constructor(readonly lie: (record: WorkerRecord) => WorkerRecord) {
+    super();
+  }
+  override async get(workerId: string) {
+    const record = await super.get(workerId);
+    return record && this.lie(record);
+  }
+  override async list() {
+    return (await super.list()).map((r) => this.lie(r));
+  }
+}
+
+Deno.test("a rendezvous that substitutes keys or certificates gets no connection made, and nothing delivered", async (t) => {
+  const mallory = await Identity.generate();
+  // Mallory's own certificate, properly signed by Mallory's key for the id "b".
+  const cert = await createPeerCertificate();
+  const hash = toBase64Url(cert.hash);
+  const forged = {
+    cert_hash: hash,
+    signature: toBase64Url(await mallory.sign(certificatePayload("b", hash))),
+  };
+  const cases: [string, (r: WorkerRecord) => WorkerRecord, RegExp][] = [
+    [
+      "b's certificate swapped for Mallory's, b's key kept",
+      (r) => r.worker_id === "b" && r.transport ? { ...r, transport: forged } : r,
+      /not signed by its key/,
+    ],
+    [
+      "b's key and certificate both swapped for Mallory's",
+      (r) =>
+        r.worker_id === "b" && r.transport
+          ? { ...r, key: mallory.publicKey, transport: forged }
+          : r,
+      /timed out|Cannot dial b/,
+    ],
+    [
+      "a's key swapped for Mallory's (b checks a's proof)",
+      (r) => r.worker_id === "a" ? { ...r, key: mallory.publicKey } : r,
+      /refused us|Cannot dial b/,
+    ],
+  ];
+  for (const [name, lie, why] of cases) {
+    await t.step(name, async () => {
+      const logs: Record<string, unknown>[] = [];
+      const rv = await startRendezvous({ registry: new LyingRegistry(lie) });
+      const make = (id: string) =>
+        startWorker(
+          loadWorkerConfig({
+            RENDEZVOUS_SERVICE_URL: rv.http,
+            WORKER_ID: id,
+            IP_ECHO_URL: "off",
+            STUN_SERVERS: "off",
+          }),
+          {
+            health: false,
+            logger: new Logger({ sink: (l) => logs.push(JSON.parse(l)) }),
+            onConnection: () => logs.push({ message: "UNEXPECTED connection" }),
+          },
+        );
+      const b = await make("b");
+      const a = await make("a");
+      try {
+        await assert.rejects(() => a.connect("b", { timeoutMs: 3000 }), why);
+        assert.equal(a.connections.all.length, 0);
+        assert.equal(b.connections.all.length, 0);
+        assert.ok(!logs.some((l) => l.message === "UNEXPECTED connection"));
+      } finally {
+        await a.close();
+        await b.close();
+        await rv.close();
+      }
+    });
+  }
+});
+
+Deno.test("GROUP_SECRET: peers accept only keys the secret vouches for, so substituted keys are refused", async (t) => {
+  const mallory = await Identity.generate();
+  const cert = await createPeerCertificate();
+  const hash = toBase64Url(cert.hash);
+  const forged = {
+    cert_hash: hash,
+    signature: toBase64Url(await mallory.sign(certificatePayload("b", hash))),
+    vouch: toBase64Url(new Uint8Array(32)), // Mallory has no secret to vouch with
+  };
+  const run = async (
+    secrets: [string, string],
+    lie: (r: WorkerRecord) => WorkerRecord,
+    expect: RegExp | "connects",
+  ) => {
+    const logs: Record<string, unknown>[] = [];
+    const rv = await startRendezvous({ registry: new LyingRegistry(lie) });
+    const make = (id: string, secret: string) =>
+      startWorker(
+        loadWorkerConfig({
+          RENDEZVOUS_SERVICE_URL: rv.http,
+          WORKER_ID: id,
+          IP_ECHO_URL: "off",
+          STUN_SERVERS: "off",
+          GROUP_SECRET: secret,
+        }),
+        { health: false, logger: new Logger({ sink: (l) => logs.push(JSON.parse(l)) }) },
+      );
+    const b = await make("b", secrets[1]);
+    const a = await make("a", secrets[0]);
+    try {
+      if (expect === "connects") {
+        const connection = await a.connect("b", { timeoutMs: 10_000 });
+        assert.equal(connection.peerId, "b");
+      } else {
+        await assert.rejects(() => a.connect("b", { timeoutMs: 3000 }), expect);
+        assert.equal(b.connections.all.length, 0);
+      }
+    } finally {
+      await a.close();
+      await b.close();
+      await rv.close();
+    }
+    return logs;
+  };
+  const secret = "correct horse battery staple";
+  await t.step("an honest rendezvous: the vouched keys connect", async () => {
+    await run([secret, secret], (r) => r, "connects");
+  });
+  await t.step(
+    "b's key and certificate swapped for Mallory's: refused before dialing",
+    async () => {
+      const logs = await run(
+        [secret, secret],
+        (r) =>
+          r.worker_id === "b" && r.transport
+            ? { ...r, key: mallory.publicKey, transport: forged }
+            : r,
+        /not vouched for by GROUP_SECRET/,
+      );
+      assert.ok(logs.some((l) => l.message === "peer refused: key not vouched for"));
+    },
+  );
+  await t.step("a's key swapped: b refuses a's dial", async () => {
+    const logs = await run(
+      [secret, secret],
+      (r) => r.worker_id === "a" ? { ...r, key: mallory.publicKey } : r,
+      /refused us|Cannot dial b/,
+    );
+    assert.ok(logs.some((l) => l.message === "peer connection refused"));
+  });
+  await t.step("workers with different secrets do not connect", async () => {
+    await run([secret, "another secret, also long"], (r) => r, /not vouched for by GROUP_SECRET/);
+  });
 });

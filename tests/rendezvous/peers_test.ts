@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { listWorkers, startRendezvous, TestClient, waitFor } from "../_helpers.ts";
+import { listWorkers, startRendezvous, TestClient, waitFor, within } from "../_helpers.ts";
+import { encodeRelayFrame, parseRelayFrame } from "../../lib/protocol/relay_frame.ts";
 
 const endpoint = (n: number, mapping = "endpoint-independent") => ({
   type: "register_udp_endpoint",
@@ -174,6 +175,37 @@ Deno.test("a malformed group is refused before the upgrade", async () => {
     });
     await response.body?.cancel();
     assert.equal(response.status, 400);
+  } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("binary relay frames reach peers of the same group only, named by their sender", async () => {
+  const rv = await startRendezvous();
+  try {
+    const open = async (id: string, group: string) => {
+      const client = await TestClient.connect(`${rv.ws}/ws/register/${id}?group=${group}`);
+      client.socket.binaryType = "arraybuffer";
+      return client;
+    };
+    const a = await open("a", "g1");
+    const c = await open("c", "g1");
+    const other = await open("x", "g2");
+    const packet = crypto.getRandomValues(new Uint8Array(1200));
+    a.socket.send(encodeRelayFrame("x", packet)); // another group: dropped
+    a.socket.send(encodeRelayFrame("c", packet));
+    const got = await c.next();
+    assert.ok(got instanceof ArrayBuffer);
+    const frame = parseRelayFrame(new Uint8Array(got));
+    assert.equal(frame.peerId, "a");
+    assert.deepEqual(frame.packet, packet);
+    // x got nothing: its next message is the answer to its own echo.
+    other.send({ type: "echo_request", payload: "only this" });
+    assert.equal((await other.next()).type, "echo_response");
+    // A binary frame that is not a relay frame closes the sender with 1003.
+    a.socket.send(new Uint8Array([7, 7, 7]));
+    assert.equal((await within(a.closed, 5000, "close")).code, 1003);
+    for (const client of [c, other]) await client.close();
   } finally {
     await rv.close();
   }

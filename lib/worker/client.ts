@@ -10,6 +10,7 @@
  */
 
 import { Backoff } from "../core/backoff.ts";
+import { connectWebSocket } from "../core/websocket_client.ts";
 import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
 import { ReconnectPolicy } from "./reconnect_policy.ts";
 import { type Clock, delay, systemClock, type TimerId } from "../core/clock.ts";
@@ -82,7 +83,7 @@ export interface RendezvousClientOptions {
   random?: () => number;
   /** Run on every connect; its answer is sent as `register_public_ip`. */
   lookupPublicIp?: PublicIpLookup;
-  /** @default {native WebSocket} */
+  /** @default {a WebSocket client with Nagle off} */
   openSocket?: SocketFactory;
   /** @default {systemClock} */
   clock?: Clock;
@@ -104,11 +105,12 @@ interface SessionOutcome {
   durationMs: number;
 }
 
-const nativeSocket: SocketFactory = (url, headers) => {
-  const socket = new WebSocket(url, { headers });
-  socket.binaryType = "arraybuffer";
-  return socket;
-};
+/**
+ * Our own client over TCP with Nagle off (see `websocket_client.ts`):
+ * Deno's `WebSocket` delays a frame written right after another by up to
+ * 40 ms, which stalled relayed packets and introductions.
+ */
+const defaultSocket: SocketFactory = (url, headers) => connectWebSocket(url, headers);
 
 /**
  * Bytes queued on the socket beyond which relayed packets are dropped, not
@@ -208,7 +210,7 @@ export class RendezvousClient {
         random: options.random,
       }),
       lookupPublicIp: options.lookupPublicIp,
-      openSocket: options.openSocket ?? nativeSocket,
+      openSocket: options.openSocket ?? defaultSocket,
       clock: options.clock ?? systemClock,
       logger: options.logger ?? silentLogger,
       onEvent: options.onEvent,

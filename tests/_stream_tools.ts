@@ -1,0 +1,72 @@
+/**
+ * Two small programs for tests that run inside lab namespaces:
+ *
+ *   deno run -A tests/_stream_tools.ts hash-server PORT
+ *     listens on 127.0.0.1:PORT; for each connection reads to EOF, then
+ *     answers "<bytes> <sha256 hex>" and closes. Logs `{"message":"listening"}`.
+ *   deno run -A tests/_stream_tools.ts send PORT STOPFILE
+ *     connects to 127.0.0.1:PORT and sends deterministic bytes, 64 KiB at a
+ *     time with a short pause between, until STOPFILE exists; then half-closes,
+ *     reads the answer and logs `{"message":"sent","bytes":…,"sha256":…,"answer":…}`.
+ *
+ * Both log JSON lines on stderr, as the programs under test do.
+ */
+import { createHash } from "node:crypto";
+
+const log = (message: string, fields: Record<string, unknown> = {}) =>
+  console.error(JSON.stringify({ severity: "INFO", message, ...fields }));
+
+const [mode, portText, stopFile] = Deno.args;
+const port = Number(portText);
+
+if (mode === "hash-server") {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port });
+  log("listening", { port });
+  for await (const conn of listener) {
+    (async () => {
+      const hash = createHash("sha256");
+      let bytes = 0;
+      const buffer = new Uint8Array(65536);
+      while (true) {
+        const n = await conn.read(buffer);
+        if (n === null) break;
+        hash.update(buffer.subarray(0, n));
+        bytes += n;
+      }
+      await conn.write(new TextEncoder().encode(`${bytes} ${hash.digest("hex")}`));
+      conn.close();
+    })().catch((error) => log("hash-server connection failed", { error: String(error) }));
+  }
+} else if (mode === "send") {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const hash = createHash("sha256");
+  const chunk = new Uint8Array(65536);
+  let bytes = 0;
+  let n = 0;
+  while (true) {
+    try {
+      await Deno.stat(stopFile);
+      break;
+    } catch {
+      // Not yet: keep sending.
+    }
+    for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 31 + n * 7) & 0xff;
+    n++;
+    let written = 0;
+    while (written < chunk.length) written += await conn.write(chunk.subarray(written));
+    hash.update(chunk);
+    bytes += chunk.length;
+    if (n % 16 === 0) log("progress", { bytes });
+    await new Promise((r) => setTimeout(r, 20)); // paced: about 3 MB/s, so the transfer spans the path changes
+  }
+  await conn.closeWrite();
+  let answer = "";
+  const buffer = new Uint8Array(256);
+  while (true) {
+    const r = await conn.read(buffer);
+    if (r === null) break;
+    answer += new TextDecoder().decode(buffer.subarray(0, r));
+  }
+  conn.close();
+  log("sent", { bytes, sha256: hash.digest("hex"), answer });
+}

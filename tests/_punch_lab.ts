@@ -48,6 +48,8 @@ export interface PairResult {
   lost: number;
   /** This side's link events for the pair (for failure messages). */
   events: string[];
+  /** With a transfer: whether bytes sent through `PEER_FORWARD` came back hashed the same, and how long it took. */
+  transfer?: { ok: boolean; ms: number | null; error?: string };
 }
 
 export interface LabRun {
@@ -61,7 +63,11 @@ export interface LabRun {
  * is settled only once it still receives on the direct path `holdMs` after
  * its first direct message (so keepalives and loss detection have run).
  */
-export async function runPunchLab(seconds: number, holdMs = 0): Promise<LabRun> {
+export async function runPunchLab(
+  seconds: number,
+  holdMs = 0,
+  transferBytes = 0,
+): Promise<LabRun> {
   const lab = await NetLab.create();
   const procs = new Map<string, Proc>();
   const started = Date.now();
@@ -90,10 +96,31 @@ export async function runPunchLab(seconds: number, holdMs = 0): Promise<LabRun> 
     ) hosts.set(id, host);
 
     const rendezvous = await lab.startServices();
+    // With a transfer, each host runs a hashing TCP service on 9000 that its
+    // worker exposes, and forwards 9100 + i to peer i's 9000.
+    const forwardPort = (peer: string) => 9100 + LAB_WORKERS.findIndex((w) => w.id === peer);
+    if (transferBytes > 0) {
+      const services = LAB_WORKERS.map(({ id }) =>
+        lab.deno(hosts.get(id)!.ns, [
+          "run",
+          "--allow-all",
+          "tests/_stream_tools.ts",
+          "hash-server",
+          "9000",
+        ])
+      );
+      for (const service of services) await service.waitForLog("listening", () => true, 20_000);
+    }
     for (const { id } of LAB_WORKERS) {
+      const forwards = LAB_WORKERS.filter((w) => w.id !== id)
+        .map((w) => `${forwardPort(w.id)}:${w.id}:9000`).join(",");
       procs.set(
         id,
-        lab.worker(hosts.get(id)!, id, { PEER_AUTOCONNECT: "true", PEER_HELLO_SEC: "0.5" }),
+        lab.worker(hosts.get(id)!, id, {
+          PEER_AUTOCONNECT: "true",
+          PEER_HELLO_SEC: "0.5",
+          ...(transferBytes > 0 ? { PEER_EXPOSE: "9000", PEER_FORWARD: forwards } : {}),
+        }),
       );
     }
     // Everyone registered, then the lab runs for `seconds`.
@@ -116,6 +143,37 @@ export async function runPunchLab(seconds: number, holdMs = 0): Promise<LabRun> 
         })
       );
     await waitFor(settled, "every pair to settle", seconds * 1000, 250).catch(() => {});
+    // Every worker sends to every other at once, through its forwards.
+    const transfers = new Map<string, { ok: boolean; ms: number | null; error?: string }>();
+    if (transferBytes > 0) {
+      const senders = LAB_WORKERS.map(({ id }) => {
+        const ports = LAB_WORKERS.filter((w) => w.id !== id).map((w) => forwardPort(w.id));
+        return {
+          id,
+          proc: lab.deno(hosts.get(id)!.ns, [
+            "run",
+            "--allow-all",
+            "tests/_stream_tools.ts",
+            "send-many",
+            ports.join(","),
+            String(transferBytes),
+          ]),
+        };
+      });
+      for (const { id, proc } of senders) {
+        await proc.waitForLog("transfers done", () => true, 120_000).catch(() => {});
+        for (const line of proc.lines.filter((l) => l.message === "transfer")) {
+          const peer = LAB_WORKERS[(line.port as number) - 9100].id;
+          transfers.set(`${id}>${peer}`, {
+            ok: line.ok === true,
+            ms: typeof line.ms === "number" ? Math.round(line.ms) : null,
+            error: (line.error ?? (line.ok ? undefined : `answer "${line.answer}"`)) as
+              | string
+              | undefined,
+          });
+        }
+      }
+    }
     const results: PairResult[] = [];
     for (const a of LAB_WORKERS) {
       const lines = procs.get(a.id)!.lines;
@@ -143,6 +201,12 @@ export async function runPunchLab(seconds: number, holdMs = 0): Promise<LabRun> 
             const { severity: _s, service: _v, worker_id: _w, peer_id: _p, ...rest } = l;
             return JSON.stringify(rest);
           }),
+          ...(transferBytes > 0
+            ? {
+              transfer: transfers.get(`${a.id}>${b.id}`) ??
+                { ok: false, ms: null, error: "no result" },
+            }
+            : {}),
         });
       }
     }

@@ -29,6 +29,11 @@ const STREAM_FORWARD = 0x01;
 /** The answer to a forward request: the first byte back. */
 const FORWARD_OK = 0x00;
 const FORWARD_REFUSED = 0x01;
+/**
+ * After our dial was refused because the peer is dialing us, how long to wait
+ * for its connection before dialing again: its dial may have failed.
+ */
+const DUPLICATE_WAIT_MS = 3000;
 /** Longest refusal reason sent back. */
 const MAX_REASON = 200;
 
@@ -443,7 +448,11 @@ export class PeerConnections {
       } catch (error) {
         // The peer dials us (its id sorts first): wait for that connection.
         if (!(error instanceof TransportError) || !/duplicate/.test(error.message)) throw error;
-        await this.#change(peerId, left(), signal);
+        // Its connection may be open already (it won the race): else wait for
+        // it a while, then dial again (its own dial may have failed).
+        if (!this.#open.has(peerId)) {
+          await this.#change(peerId, Math.min(left(), DUPLICATE_WAIT_MS), signal);
+        }
       }
     }
   }

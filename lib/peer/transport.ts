@@ -24,6 +24,7 @@
  * @module
  */
 
+import { settleWithin } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import {
   fromBase64Url,
@@ -480,7 +481,12 @@ export class PeerTransport {
       const reader = control.readable.getReader();
       const answer = await within(readMessage(reader), timeoutMs, `${peerId}'s answer`);
       if (answer.ok !== true) {
-        throw new TransportError(`${peerId} refused us: ${String(answer.error ?? "no reason")}`);
+        const why = String(answer.error ?? "no reason").slice(0, 200);
+        conn.close({
+          closeCode: why === "duplicate" ? TransportClose.DUPLICATE : TransportClose.AUTH_FAILED,
+          reason: why,
+        });
+        throw new TransportError(`${peerId} refused us: ${why}`);
       }
       reader.releaseLock();
       writer.releaseLock();
@@ -534,13 +540,11 @@ export class PeerTransport {
       const reason = await this.#checkProof(peerId, peer, proof);
       if (reason !== null) {
         log.warn("peer connection refused", { peer_id: peerId, reason });
-        await writer.write(frameMessage({ ok: false, error: reason })).catch(() => {});
-        conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "auth failed" });
+        await this.#refuse(conn, writer, reason, TransportClose.AUTH_FAILED);
         return;
       }
       if (this.#o.accepts && !this.#o.accepts(peerId)) {
-        await writer.write(frameMessage({ ok: false, error: "duplicate" })).catch(() => {});
-        conn.close({ closeCode: TransportClose.DUPLICATE, reason: "duplicate" });
+        await this.#refuse(conn, writer, "duplicate", TransportClose.DUPLICATE);
         return;
       }
       await writer.write(frameMessage({ ok: true }));
@@ -562,6 +566,23 @@ export class PeerTransport {
       log.warn("peer connection failed", { peer_id: peerId, error: (error as Error).message });
       conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "auth failed" });
     }
+  }
+
+  /**
+   * Answers a dial with a refusal the dialer can read: the dialer closes the
+   * connection once it has the reason (closing first here could discard the
+   * answer); if it does not within the auth timeout, we do.
+   */
+  async #refuse(
+    conn: Deno.QuicConn,
+    writer: WritableStreamDefaultWriter<Uint8Array>,
+    reason: string,
+    code: number,
+  ): Promise<void> {
+    await writer.write(frameMessage({ ok: false, error: reason })).catch(() => {});
+    await writer.close().catch(() => {});
+    await settleWithin(conn.closed, AUTH_TIMEOUT_MS);
+    conn.close({ closeCode: code, reason });
   }
 
   /** Null when the dialer proved it is `peerId`; else why not. */

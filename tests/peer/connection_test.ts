@@ -276,3 +276,25 @@ Deno.test("GROUP_SECRET: peers accept only keys the secret vouches for, so subst
     await run([secret, "another secret, also long"], (r) => r, /not vouched for by GROUP_SECRET/);
   });
 });
+
+Deno.test("simultaneous connects from both sides end in one connection, the one the smaller id dialed", async () => {
+  const rv = await startRendezvous();
+  const { a, b } = await pair(rv);
+  try {
+    // Both must know each other's certificate first, so both really dial.
+    const known = Promise.withResolvers<void>();
+    const check = setInterval(() => {
+      if (a.peers.peer("b")?.transport && b.peers.peer("a")?.transport) known.resolve();
+    }, 5);
+    await within(known.promise, 10_000, "both peers known").finally(() => clearInterval(check));
+    const [ab, ba] = await within(Promise.all([a.connect("b"), b.connect("a")]), 15_000, "both");
+    assert.equal(ab.dialedBy, "us"); // "a" < "b": a's dial won
+    assert.equal(ba.dialedBy, "peer");
+    assert.equal(a.connections.all.length, 1);
+    assert.equal(b.connections.all.length, 1);
+    const { received } = await transfer(ba, ab, 100_000);
+    assert.equal(received.length, 100_000);
+  } finally {
+    await closeAll(rv, a, b);
+  }
+});

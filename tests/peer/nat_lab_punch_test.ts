@@ -21,18 +21,36 @@ function median(values: number[]): number {
 
 Deno.test({
   name:
-    "NAT lab: every pair gets a direct path where the NATs allow it, keeps it, and messages either way",
+    "NAT lab: every pair gets a direct path where the NATs allow it, keeps it, and sends messages and a file either way",
   ignore: skip !== undefined,
   async fn() {
     // Direct paths must outlive a keepalive round and the loss timeout.
     const hold = LINK_TIMING.keepaliveMs + LINK_TIMING.lostAfterMs + 1000;
-    const { results, seconds } = await runPunchLab(40, hold);
+    const { results, seconds } = await runPunchLab(40, hold, 1024 * 1024);
     const show = (r: PairResult) =>
       `${r.from} ← ${r.to}: ${r.path} (expected ${r.expected}), ${r.messages} msgs, direct after ${r.directMs} ms, strategy ${r.strategy}`;
     console.log(`lab ran ${seconds.toFixed(1)} s`);
     for (const r of results) console.log("  " + show(r));
 
     for (const r of results) assert.ok(r.messages >= 3, `delivered: ${show(r)}`);
+    // A file each way between every pair, through PEER_FORWARD and PEER_EXPOSE, equal SHA-256.
+    const failed = results.filter((r) => !r.transfer?.ok);
+    assert.equal(
+      failed.length,
+      0,
+      failed.map((r) =>
+        `${r.from} → ${r.to} (${r.path}): ${JSON.stringify(r.transfer)}\n    ${
+          r.events.join("\n    ")
+        }`
+      ).join("\n"),
+    );
+    const byPath = (path: string) =>
+      results.filter((r) => r.path === path).map((r) => r.transfer!.ms!).sort((x, y) => x - y);
+    console.log(
+      `1 MiB through PEER_FORWARD, all ${results.length} ordered pairs at once: median ${
+        median(byPath("direct"))
+      } ms direct, ${median(byPath("relay"))} ms relayed`,
+    );
     const shouldBeDirect = results.filter((r) => r.expected === "direct");
     const direct = shouldBeDirect.filter((r) => r.path === "direct" && r.directMs !== null);
     const detail = (r: PairResult) => {

@@ -5,7 +5,7 @@
  *     listens on 127.0.0.1:PORT; for each connection reads to EOF, then
  *     answers "<bytes> <sha256 hex>" and closes. Logs `{"message":"listening"}`.
  *   deno run -A tests/_stream_tools.ts send-many PORT,PORT,… BYTES
- *     to each port at once: sends BYTES deterministic bytes, half-closes,
+ *     to each port in turn: sends BYTES deterministic bytes, half-closes,
  *     reads the answer and logs `{"message":"transfer","port":…,"ok":…,"ms":…}`.
  *   deno run -A tests/_stream_tools.ts send PORT STOPFILE
  *     connects to 127.0.0.1:PORT and sends deterministic bytes, 64 KiB at a
@@ -42,39 +42,37 @@ if (mode === "hash-server") {
   }
 } else if (mode === "send-many") {
   const total = Number(stopFile);
-  await Promise.all(
-    portText.split(",").map(async (text) => {
-      const target = Number(text);
-      const started = performance.now();
-      try {
-        const conn = await Deno.connect({ hostname: "127.0.0.1", port: target });
-        const hash = createHash("sha256");
-        const chunk = new Uint8Array(65536);
-        let sent = 0;
-        for (let n = 0; sent < total; n++) {
-          const size = Math.min(chunk.length, total - sent);
-          for (let i = 0; i < size; i++) chunk[i] = (i * 13 + n + target) & 0xff;
-          let written = 0;
-          while (written < size) written += await conn.write(chunk.subarray(written, size));
-          hash.update(chunk.subarray(0, size));
-          sent += size;
-        }
-        await conn.closeWrite();
-        let answer = "";
-        const buffer = new Uint8Array(256);
-        while (true) {
-          const r = await conn.read(buffer);
-          if (r === null) break;
-          answer += new TextDecoder().decode(buffer.subarray(0, r));
-        }
-        conn.close();
-        const ok = answer === `${total} ${hash.digest("hex")}`;
-        log("transfer", { port: target, ok, answer, ms: performance.now() - started });
-      } catch (error) {
-        log("transfer", { port: target, ok: false, error: String(error) });
+  for (const text of portText.split(",")) {
+    const target = Number(text);
+    const started = performance.now();
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: target });
+      const hash = createHash("sha256");
+      const chunk = new Uint8Array(65536);
+      let sent = 0;
+      for (let n = 0; sent < total; n++) {
+        const size = Math.min(chunk.length, total - sent);
+        for (let i = 0; i < size; i++) chunk[i] = (i * 13 + n + target) & 0xff;
+        let written = 0;
+        while (written < size) written += await conn.write(chunk.subarray(written, size));
+        hash.update(chunk.subarray(0, size));
+        sent += size;
       }
-    }),
-  );
+      await conn.closeWrite();
+      let answer = "";
+      const buffer = new Uint8Array(256);
+      while (true) {
+        const r = await conn.read(buffer);
+        if (r === null) break;
+        answer += new TextDecoder().decode(buffer.subarray(0, r));
+      }
+      conn.close();
+      const ok = answer === `${total} ${hash.digest("hex")}`;
+      log("transfer", { port: target, ok, answer, ms: performance.now() - started });
+    } catch (error) {
+      log("transfer", { port: target, ok: false, error: String(error) });
+    }
+  }
   log("transfers done");
 } else if (mode === "send") {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });

@@ -55,6 +55,8 @@ export interface PairResult {
 export interface LabRun {
   results: PairResult[];
   seconds: number;
+  /** The rendezvous's warnings and errors, and how it ended, for failure messages. */
+  rendezvousTrouble: string[];
 }
 
 /**
@@ -197,7 +199,16 @@ export async function runPunchLab(
             : null,
           strategy: punch ? String(punch.strategy) : null,
           lost: mine.filter((l) => l.message === "peer direct path lost").length,
-          events: mine.filter((l) => l.message !== "peer message received").map((l) => {
+          // The pair's link events, then both workers' own trouble (sessions, errors).
+          events: [
+            ...mine.filter((l) => l.message !== "peer message received"),
+            ...[a.id, b.id].flatMap((id) =>
+              procs.get(id)!.lines.filter((l) =>
+                l.peer_id === undefined &&
+                (l.severity !== "INFO" || /rendezvous|stopped|exit/.test(String(l.message)))
+              ).map((l): Record<string, unknown> => ({ ...l, of: id }))
+            ),
+          ].map((l) => {
             const { severity: _s, service: _v, worker_id: _w, peer_id: _p, ...rest } = l;
             return JSON.stringify(rest);
           }),
@@ -210,7 +221,12 @@ export async function runPunchLab(
         });
       }
     }
-    return { results, seconds: (Date.now() - started) / 1000 };
+    const rendezvousTrouble = rendezvous.lines
+      .filter((l) => l.severity !== "INFO" || /stopped|closing/.test(l.message))
+      .map((l) => JSON.stringify(l));
+    const status = await Promise.race([rendezvous.status, Promise.resolve(undefined)]);
+    if (status) rendezvousTrouble.push(`rendezvous exited early: ${JSON.stringify(status)}`);
+    return { results, seconds: (Date.now() - started) / 1000, rendezvousTrouble };
   } finally {
     await lab.destroy();
   }

@@ -138,6 +138,7 @@ export class PeerConnection extends EventTarget {
   readonly #conn: Deno.QuicConn;
   readonly #incoming: ReadableStream<PeerStream>;
   readonly #pathOf: () => PathInfo;
+  #lastPath: PathKind;
 
   /** @ignore Made by the worker; see `Worker.connect()`. */
   constructor(
@@ -151,6 +152,7 @@ export class PeerConnection extends EventTarget {
     this.dialedBy = auth.dialedBy;
     this.#conn = auth.conn;
     this.#pathOf = pathOf;
+    this.#lastPath = pathOf().path;
     // Sort the peer's streams by their first byte, as they come: ours to the
     // application (queued until it reads them; QUIC caps how many are open),
     // forward requests to the worker; anything else is reset.
@@ -183,9 +185,10 @@ export class PeerConnection extends EventTarget {
     return this.#pathOf().path;
   }
 
-  /** Round trip of the direct path, if measured (the relay's is not). */
+  /** Round trip of the direct path in ms (0.1 ms steps), if measured (the relay's is not). */
   get rttMs(): number | null {
-    return this.#pathOf().rttMs;
+    const rtt = this.#pathOf().rttMs;
+    return rtt === null ? null : Math.round(rtt * 10) / 10;
   }
 
   /**
@@ -317,7 +320,10 @@ export class PeerConnection extends EventTarget {
 
   /** @ignore Called by the worker when the link's path changes. */
   notePath(info: PathInfo): void {
-    this.dispatchEvent(new CustomEvent<PathInfo>("path", { detail: info }));
+    if (info.path === this.#lastPath) return; // a new RTT on the same path is no change
+    this.#lastPath = info.path;
+    const rttMs = info.rttMs === null ? null : Math.round(info.rttMs * 10) / 10;
+    this.dispatchEvent(new CustomEvent<PathInfo>("path", { detail: { path: info.path, rttMs } }));
   }
 }
 

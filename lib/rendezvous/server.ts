@@ -341,7 +341,14 @@ export class Rendezvous {
   };
   #socketMessage = (event: MessageEvent) => {
     const session = this.#sessions.get(event.target as WebSocket);
-    if (session) this.#onMessage(session, event);
+    if (!session) return;
+    try {
+      this.#onMessage(session, event);
+    } catch (error) {
+      // A bug of ours must cost one session, never the process (every session).
+      this.#log.error("message handler failed", { worker_id: session.workerId, error });
+      session.close(CloseCode.INTERNAL_ERROR, "internal error");
+    }
   };
   #socketClose = (event: CloseEvent) => {
     const session = this.#sessions.get(event.target as WebSocket);
@@ -793,12 +800,18 @@ export class Rendezvous {
    */
   #onBinary(session: Session, data: unknown): void {
     let frame: RelayFrame | undefined;
-    if (data instanceof ArrayBuffer && session.registered) {
+    if (data instanceof ArrayBuffer) {
       try {
         frame = parseRelayFrame(new Uint8Array(data));
       } catch {
         frame = undefined;
       }
+    }
+    // A well-formed packet before the session is registered (a worker with
+    // live connections that just reconnected) is dropped, like any packet.
+    if (frame !== undefined && !session.registered) {
+      this.#peers.stats.packetsDropped++;
+      return;
     }
     if (frame === undefined) {
       this.#log.warn("worker sent a binary frame that is not a relay frame", {

@@ -190,6 +190,8 @@ export class RendezvousClient {
   /** A socket the rendezvous said it is about to close: nothing more is sent on it. */
   #quiet: WebSocketLike | undefined;
   #rttMs: number | null = null;
+  /** The socket whose session the rendezvous has registered (relay packets wait for it). */
+  #registeredOn: WebSocketLike | undefined;
   #openedAt = 0;
   /** The heartbeat in flight: its number and when it left. */
   #heartbeat = { seq: 0, at: 0 };
@@ -266,6 +268,7 @@ export class RendezvousClient {
     const socket = this.#socket;
     if (
       socket === undefined || this.#status !== "connected" || socket === this.#quiet ||
+      socket !== this.#registeredOn ||
       socket.readyState !== WebSocket.OPEN || (socket.bufferedAmount ?? 0) > MAX_BUFFERED_RELAY
     ) {
       return false;
@@ -537,6 +540,7 @@ export class RendezvousClient {
     const { logger, workerId } = this.#o;
     switch (message.type) {
       case "registered":
+        this.#registeredOn = this.#socket;
         this.#sampleRtt(this.#o.clock.now() - this.#openedAt);
         this.#observed = { ip: message.observed_ip, port: message.observed_port };
         this.#emit({

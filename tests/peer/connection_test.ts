@@ -298,3 +298,46 @@ Deno.test("simultaneous connects from both sides end in one connection, the one 
     await closeAll(rv, a, b);
   }
 });
+
+Deno.test("a slow reader slows the writer: QUIC flow control bounds what a stream buffers", async () => {
+  const rv = await startRendezvous();
+  const { a, b, accepted } = await pair(rv);
+  try {
+    const ab = await within(a.connect("b"), 15_000, "a → b");
+    const ba = await within(accepted, 15_000, "b accepts");
+    const stream = await ab.openStream();
+    const writer = stream.writable.getWriter();
+    const chunk = new Uint8Array(64 * 1024);
+    const limit = 64 * 1024 * 1024;
+    let written = 0;
+    // Nobody reads yet: writes must stop completing long before 64 MiB.
+    while (written < limit) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const stalled = new Promise<"stalled">((r) => timer = setTimeout(() => r("stalled"), 1000));
+      const write = writer.write(chunk).then(() => "written" as const);
+      const outcome = await Promise.race([write, stalled]);
+      clearTimeout(timer);
+      if (outcome === "stalled") {
+        // Reading now lets the pending write and the rest through.
+        const reader = ba.incomingStreams.getReader();
+        const { value: incoming } = await reader.read();
+        reader.releaseLock();
+        const reading = (async () => {
+          let n = 0;
+          for await (const part of incoming!.readable) n += part.length;
+          return n;
+        })();
+        await write;
+        written += chunk.length;
+        await writer.close();
+        assert.equal(await within(reading, 20_000, "the reader"), written);
+        break;
+      }
+      written += chunk.length;
+    }
+    assert.ok(written < limit, `writes never stalled: ${written} bytes buffered`);
+    console.log(`writer stalled after ${(written / 1024 / 1024).toFixed(1)} MiB unread`);
+  } finally {
+    await closeAll(rv, a, b);
+  }
+});

@@ -27,7 +27,7 @@ Deno.test({
   async fn() {
     // Direct paths must outlive a keepalive round and the loss timeout.
     const hold = LINK_TIMING.keepaliveMs + LINK_TIMING.lostAfterMs + 1000;
-    const { results, seconds } = await runPunchLab(40, hold, 256 * 1024);
+    const { results, seconds, rendezvousTrouble } = await runPunchLab(40, hold, 256 * 1024);
     const show = (r: PairResult) =>
       `${r.from} ← ${r.to}: ${r.path} (expected ${r.expected}), ${r.messages} msgs, direct after ${r.directMs} ms, strategy ${r.strategy}`;
     console.log(`lab ran ${seconds.toFixed(1)} s`);
@@ -43,7 +43,7 @@ Deno.test({
         `${r.from} → ${r.to} (${r.path}): ${JSON.stringify(r.transfer)}\n    ${
           r.events.join("\n    ")
         }`
-      ).join("\n"),
+      ).join("\n") + `\nrendezvous:\n    ${rendezvousTrouble.join("\n    ")}`,
     );
     const byPath = (path: string) =>
       results.filter((r) => r.path === path).map((r) => r.transfer!.ms!).sort((x, y) => x - y);

@@ -3,6 +3,7 @@ import { Logger } from "../../lib/core/log.ts";
 import { CloseCode } from "../../lib/protocol/close_codes.ts";
 import { Identity } from "../../lib/protocol/identity.ts";
 import { MemoryRegistry } from "../../lib/rendezvous/registry.ts";
+import { encodeRelayFrame } from "../../lib/protocol/relay_frame.ts";
 import type { RendezvousOptions } from "../../lib/rendezvous/server.ts";
 import { FakeClock } from "../_fake_clock.ts";
 import {
@@ -325,4 +326,21 @@ Deno.test("MemoryRegistry.claimKey() binds, holds and frees ids as documented", 
     { ok: true },
     "no binding left",
   );
+});
+
+Deno.test("a relay packet sent before the key proof is dropped, not a reason to close", async () => {
+  const { rv } = await rendezvous();
+  const identity = await Identity.generate();
+  try {
+    const { client, nonce } = await challenged(rv, "early-relay", identity);
+    client.socket.send(encodeRelayFrame("someone", new Uint8Array([1, 2, 3])));
+    client.send({
+      type: "prove_key",
+      signature: await identity.proveRegistration(`127.0.0.1:${rv.port}`, "early-relay", nonce),
+    });
+    assert.equal((await client.next()).type, "registered");
+    await client.close();
+  } finally {
+    await rv.close();
+  }
 });

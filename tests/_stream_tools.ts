@@ -19,6 +19,20 @@ import { createHash } from "node:crypto";
 const log = (message: string, fields: Record<string, unknown> = {}) =>
   console.error(JSON.stringify({ severity: "INFO", message, ...fields }));
 
+/** Half-closes, reads the service's answer to the end, closes. */
+async function finish(conn: Deno.TcpConn): Promise<string> {
+  await conn.closeWrite();
+  let answer = "";
+  const buffer = new Uint8Array(256);
+  while (true) {
+    const r = await conn.read(buffer);
+    if (r === null) break;
+    answer += new TextDecoder().decode(buffer.subarray(0, r));
+  }
+  conn.close();
+  return answer;
+}
+
 const [mode, portText, stopFile] = Deno.args;
 const port = Number(portText);
 
@@ -58,15 +72,7 @@ if (mode === "hash-server") {
         hash.update(chunk.subarray(0, size));
         sent += size;
       }
-      await conn.closeWrite();
-      let answer = "";
-      const buffer = new Uint8Array(256);
-      while (true) {
-        const r = await conn.read(buffer);
-        if (r === null) break;
-        answer += new TextDecoder().decode(buffer.subarray(0, r));
-      }
-      conn.close();
+      const answer = await finish(conn);
       const ok = answer === `${total} ${hash.digest("hex")}`;
       log("transfer", { port: target, ok, answer, ms: performance.now() - started });
     } catch (error) {
@@ -96,14 +102,6 @@ if (mode === "hash-server") {
     if (n % 16 === 0) log("progress", { bytes });
     await new Promise((r) => setTimeout(r, 20)); // paced: about 3 MB/s, so the transfer spans the path changes
   }
-  await conn.closeWrite();
-  let answer = "";
-  const buffer = new Uint8Array(256);
-  while (true) {
-    const r = await conn.read(buffer);
-    if (r === null) break;
-    answer += new TextDecoder().decode(buffer.subarray(0, r));
-  }
-  conn.close();
+  const answer = await finish(conn);
   log("sent", { bytes, sha256: hash.digest("hex"), answer });
 }

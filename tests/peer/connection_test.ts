@@ -139,15 +139,56 @@ class LyingRegistry extends MemoryRegistry {
   }
 }
 
+/** Mallory's own certificate, properly signed by Mallory's key for the id "b". */
+async function forgedForB(mallory: Identity, vouch?: string) {
+  const hash = toBase64Url((await createPeerCertificate()).hash);
+  const signature = toBase64Url(await mallory.sign(certificatePayload("b", hash)));
+  return vouch === undefined
+    ? { cert_hash: hash, signature }
+    : { cert_hash: hash, signature, vouch };
+}
+
+/**
+ * Workers "a" and "b" (with `secrets`, if given) under a rendezvous whose
+ * registry tells `lie`s; `check` runs with both and every log line.
+ */
+async function underLyingRendezvous(
+  lie: (record: WorkerRecord) => WorkerRecord,
+  secrets: [string, string] | undefined,
+  check: (a: Worker, b: Worker, logs: Record<string, unknown>[]) => Promise<void>,
+) {
+  const logs: Record<string, unknown>[] = [];
+  const rv = await startRendezvous({ registry: new LyingRegistry(lie) });
+  const make = (id: string, secret?: string) =>
+    startWorker(
+      loadWorkerConfig({
+        RENDEZVOUS_SERVICE_URL: rv.http,
+        WORKER_ID: id,
+        IP_ECHO_URL: "off",
+        STUN_SERVERS: "off",
+        ...(secret === undefined ? {} : { GROUP_SECRET: secret }),
+      }),
+      { health: false, logger: new Logger({ sink: (l) => logs.push(JSON.parse(l)) }) },
+    );
+  const b = await make("b", secrets?.[1]);
+  const a = await make("a", secrets?.[0]);
+  try {
+    await check(a, b, logs);
+  } finally {
+    await closeAll(rv, a, b);
+  }
+}
+
+/** a's connect to b fails with `why`, and neither side holds a connection. */
+async function refused(a: Worker, b: Worker, why: RegExp) {
+  await assert.rejects(() => a.connect("b", { timeoutMs: 3000 }), why);
+  assert.equal(a.connections.all.length, 0);
+  assert.equal(b.connections.all.length, 0);
+}
+
 Deno.test("a rendezvous that substitutes keys or certificates gets no connection made, and nothing delivered", async (t) => {
   const mallory = await Identity.generate();
-  // Mallory's own certificate, properly signed by Mallory's key for the id "b".
-  const cert = await createPeerCertificate();
-  const hash = toBase64Url(cert.hash);
-  const forged = {
-    cert_hash: hash,
-    signature: toBase64Url(await mallory.sign(certificatePayload("b", hash))),
-  };
+  const forged = await forgedForB(mallory);
   const cases: [string, (r: WorkerRecord) => WorkerRecord, RegExp][] = [
     [
       "b's certificate swapped for Mallory's, b's key kept",
@@ -169,112 +210,53 @@ Deno.test("a rendezvous that substitutes keys or certificates gets no connection
     ],
   ];
   for (const [name, lie, why] of cases) {
-    await t.step(name, async () => {
-      const logs: Record<string, unknown>[] = [];
-      const rv = await startRendezvous({ registry: new LyingRegistry(lie) });
-      const make = (id: string) =>
-        startWorker(
-          loadWorkerConfig({
-            RENDEZVOUS_SERVICE_URL: rv.http,
-            WORKER_ID: id,
-            IP_ECHO_URL: "off",
-            STUN_SERVERS: "off",
-          }),
-          {
-            health: false,
-            logger: new Logger({ sink: (l) => logs.push(JSON.parse(l)) }),
-            onConnection: () => logs.push({ message: "UNEXPECTED connection" }),
-          },
-        );
-      const b = await make("b");
-      const a = await make("a");
-      try {
-        await assert.rejects(() => a.connect("b", { timeoutMs: 3000 }), why);
-        assert.equal(a.connections.all.length, 0);
-        assert.equal(b.connections.all.length, 0);
-        assert.ok(!logs.some((l) => l.message === "UNEXPECTED connection"));
-      } finally {
-        await a.close();
-        await b.close();
-        await rv.close();
-      }
-    });
+    await t.step(name, () => underLyingRendezvous(lie, undefined, (a, b) => refused(a, b, why)));
   }
 });
 
 Deno.test("GROUP_SECRET: peers accept only keys the secret vouches for, so substituted keys are refused", async (t) => {
   const mallory = await Identity.generate();
-  const cert = await createPeerCertificate();
-  const hash = toBase64Url(cert.hash);
-  const forged = {
-    cert_hash: hash,
-    signature: toBase64Url(await mallory.sign(certificatePayload("b", hash))),
-    vouch: toBase64Url(new Uint8Array(32)), // Mallory has no secret to vouch with
-  };
-  const run = async (
-    secrets: [string, string],
-    lie: (r: WorkerRecord) => WorkerRecord,
-    expect: RegExp | "connects",
-  ) => {
-    const logs: Record<string, unknown>[] = [];
-    const rv = await startRendezvous({ registry: new LyingRegistry(lie) });
-    const make = (id: string, secret: string) =>
-      startWorker(
-        loadWorkerConfig({
-          RENDEZVOUS_SERVICE_URL: rv.http,
-          WORKER_ID: id,
-          IP_ECHO_URL: "off",
-          STUN_SERVERS: "off",
-          GROUP_SECRET: secret,
-        }),
-        { health: false, logger: new Logger({ sink: (l) => logs.push(JSON.parse(l)) }) },
-      );
-    const b = await make("b", secrets[1]);
-    const a = await make("a", secrets[0]);
-    try {
-      if (expect === "connects") {
-        const connection = await a.connect("b", { timeoutMs: 10_000 });
-        assert.equal(connection.peerId, "b");
-      } else {
-        await assert.rejects(() => a.connect("b", { timeoutMs: 3000 }), expect);
-        assert.equal(b.connections.all.length, 0);
-      }
-    } finally {
-      await a.close();
-      await b.close();
-      await rv.close();
-    }
-    return logs;
-  };
+  // Mallory has no secret to vouch with.
+  const forged = await forgedForB(mallory, toBase64Url(new Uint8Array(32)));
   const secret = "correct horse battery staple";
-  await t.step("an honest rendezvous: the vouched keys connect", async () => {
-    await run([secret, secret], (r) => r, "connects");
-  });
+  const honest = (r: WorkerRecord) => r;
+  await t.step(
+    "an honest rendezvous: the vouched keys connect",
+    () =>
+      underLyingRendezvous(honest, [secret, secret], async (a) => {
+        assert.equal((await a.connect("b", { timeoutMs: 10_000 })).peerId, "b");
+      }),
+  );
   await t.step(
     "b's key and certificate swapped for Mallory's: refused before dialing",
-    async () => {
-      const logs = await run(
-        [secret, secret],
+    () =>
+      underLyingRendezvous(
         (r) =>
           r.worker_id === "b" && r.transport
             ? { ...r, key: mallory.publicKey, transport: forged }
             : r,
-        /not vouched for by GROUP_SECRET/,
-      );
-      assert.ok(logs.some((l) => l.message === "peer refused: key not vouched for"));
-    },
+        [secret, secret],
+        async (a, b, logs) => {
+          await refused(a, b, /not vouched for by GROUP_SECRET/);
+          assert.ok(logs.some((l) => l.message === "peer refused: key not vouched for"));
+        },
+      ),
   );
-  await t.step("a's key swapped: b refuses a's dial", async () => {
-    const logs = await run(
-      [secret, secret],
+  await t.step("a's key swapped: b refuses a's dial", () =>
+    underLyingRendezvous(
       (r) => r.worker_id === "a" ? { ...r, key: mallory.publicKey } : r,
-      /refused us|Cannot dial b/,
-    );
-    assert.ok(logs.some((l) => l.message === "peer connection refused"));
-  });
-  await t.step("workers with different secrets do not connect", async () => {
-    await run([secret, "another secret, also long"], (r) => r, /not vouched for by GROUP_SECRET/);
-  });
+      [secret, secret],
+      async (a, b, logs) => {
+        await refused(a, b, /refused us|Cannot dial b/);
+        assert.ok(logs.some((l) => l.message === "peer connection refused"));
+      },
+    ));
+  await t.step("workers with different secrets do not connect", () =>
+    underLyingRendezvous(
+      honest,
+      [secret, "another secret, also long"],
+      (a, b) => refused(a, b, /not vouched for by GROUP_SECRET/),
+    ));
 });
 
 Deno.test("simultaneous connects from both sides end in one connection, the one the smaller id dialed", async () => {

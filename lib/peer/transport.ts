@@ -43,6 +43,13 @@ export const TRANSPORT_ALPN = "holepunch/1";
 const STAND_IN_LOOPS = 8;
 /** Largest datagram QUIC sends (its MTU discovery stays below this on every path we use). */
 const MAX_PACKET = 2048;
+/**
+ * A new certificate every 10 days: they live 14 (the WebTransport hash
+ * rule), so a peer that fetched our credentials just before a rotation can
+ * still dial the old listener's certificate... until it is replaced, and
+ * the new one is published at once.
+ */
+export const CERT_ROTATION_MS = 10 * 86_400_000;
 /** The dialer's proof and the answer: small, bounded. */
 const MAX_AUTH_BYTES = 1024;
 /** How long the listener waits for a dialer's proof. */
@@ -149,6 +156,10 @@ export interface PeerTransportOptions {
    * rendezvous cannot substitute keys. Unset: the rendezvous's word is taken.
    */
   group?: { name: string; secret: CryptoKey };
+  /** New credentials after a certificate rotation: publish them. */
+  onCredentials?(credentials: TransportCredentials): void;
+  /** How often the certificate is replaced. @default {CERT_ROTATION_MS} */
+  rotateEveryMs?: number;
 }
 
 /** A QUIC connection to a peer whose identity was checked, and its user streams. */
@@ -243,6 +254,30 @@ class StandIn {
   }
 }
 
+/** A certificate and the credentials that publish it. */
+interface IssuedCertificate {
+  cert: PeerCertificate;
+  credentials: TransportCredentials;
+}
+
+/** Makes a certificate and signs (and, with a group secret, vouches for) it. */
+async function issue(options: PeerTransportOptions): Promise<IssuedCertificate> {
+  const cert = await createPeerCertificate({ name: "holepunch-peer" });
+  const certHash = toBase64Url(cert.hash);
+  const signature = toBase64Url(
+    await options.identity.sign(certificatePayload(options.workerId, certHash)),
+  );
+  const { group } = options;
+  const vouch = group &&
+    await vouchFor(group.secret, group.name, options.workerId, options.identity.publicKey);
+  return {
+    cert,
+    credentials: vouch === undefined
+      ? { cert_hash: certHash, signature }
+      : { cert_hash: certHash, signature, vouch },
+  };
+}
+
 /** Reads one length-prefixed (uint16) JSON message of at most {@linkcode MAX_AUTH_BYTES}. */
 async function readMessage(
   reader: ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array>,
@@ -307,8 +342,8 @@ async function within<T>(promise: Promise<T>, ms: number, what: string): Promise
  * ```
  */
 export class PeerTransport {
-  /** What peers need to pin our certificate; publish it through the rendezvous. */
-  readonly credentials: TransportCredentials;
+  /** What peers need to pin our certificate (current one); publish it through the rendezvous. */
+  credentials: TransportCredentials;
   /** Packets and bytes carried so far. */
   readonly stats: TransportStats = {
     packetsSent: 0,
@@ -318,46 +353,74 @@ export class PeerTransport {
   };
   readonly #o: PeerTransportOptions;
   readonly #endpoint: Deno.QuicEndpoint;
-  readonly #listener: Deno.QuicListener;
-  readonly #certHash: string;
+  #listener: Deno.QuicListener;
+  #certHash: string;
+  /** The certificate before the last rotation: a dial under way then may have pinned it. */
+  #previousCertHash: string | undefined;
+  #rotateTimer: ReturnType<typeof setTimeout> | undefined;
   readonly #standIns = new Map<string, StandIn>();
   readonly #byPort = new Map<number, string>();
   #closed = false;
-  readonly #accepting: Promise<void>;
+  #accepting: Promise<void>[] = [];
 
-  private constructor(
-    options: PeerTransportOptions,
-    cert: PeerCertificate,
-    signature: string,
-    vouch: string | undefined,
-  ) {
+  private constructor(options: PeerTransportOptions, issued: IssuedCertificate) {
     this.#o = options;
-    this.#certHash = toBase64Url(cert.hash);
-    this.credentials = vouch === undefined
-      ? { cert_hash: this.#certHash, signature }
-      : { cert_hash: this.#certHash, signature, vouch };
     this.#endpoint = new Deno.QuicEndpoint({ hostname: "127.0.0.1", port: 0 });
-    this.#listener = this.#endpoint.listen({
+    this.#certHash = issued.credentials.cert_hash;
+    this.credentials = issued.credentials;
+    this.#listener = this.#listen(issued.cert);
+    this.#scheduleRotation();
+  }
+
+  /** Makes the certificate, signs it, and starts listening (on loopback only). */
+  static async start(options: PeerTransportOptions): Promise<PeerTransport> {
+    return new PeerTransport(options, await issue(options));
+  }
+
+  /** Listens with `cert` (the current listener from now on) and accepts on it. */
+  #listen(cert: PeerCertificate): Deno.QuicListener {
+    const listener = this.#endpoint.listen({
       cert: cert.cert,
       key: cert.key,
       alpnProtocols: [TRANSPORT_ALPN],
       keepAliveInterval: 5000,
       maxIdleTimeout: 30_000,
     });
-    this.#accepting = this.#acceptLoop();
+    this.#listener = listener;
+    this.#accepting.push(this.#acceptLoop(listener));
+    return listener;
   }
 
-  /** Makes the certificate, signs it, and starts listening (on loopback only). */
-  static async start(options: PeerTransportOptions): Promise<PeerTransport> {
-    const cert = await createPeerCertificate({ name: "holepunch-peer" });
-    const certHash = toBase64Url(cert.hash);
-    const signature = toBase64Url(
-      await options.identity.sign(certificatePayload(options.workerId, certHash)),
+  #scheduleRotation(): void {
+    this.#rotateTimer = setTimeout(
+      () =>
+        void this.rotate().catch((error) =>
+          this.#o.logger.error("transport certificate rotation failed", { error })
+        ),
+      this.#o.rotateEveryMs ?? CERT_ROTATION_MS,
     );
-    const { group } = options;
-    const vouch = group &&
-      await vouchFor(group.secret, group.name, options.workerId, options.identity.publicKey);
-    return new PeerTransport(options, cert, signature, vouch);
+  }
+
+  /**
+   * Replaces the listener's certificate (done every `rotateEveryMs`): open
+   * connections carry on; new dials need the new credentials, which
+   * `onCredentials` gets to publish.
+   */
+  async rotate(): Promise<void> {
+    if (this.#closed) return;
+    clearTimeout(this.#rotateTimer);
+    const issued = await issue(this.#o);
+    if (this.#closed) return;
+    this.#listener.stop();
+    this.#previousCertHash = this.#certHash;
+    this.#certHash = issued.credentials.cert_hash;
+    this.credentials = issued.credentials;
+    this.#listener = this.#listen(issued.cert);
+    this.#o.logger.info("transport certificate rotated", {
+      not_after: new Date(issued.cert.notAfter).toISOString(),
+    });
+    this.#o.onCredentials?.(this.credentials);
+    this.#scheduleRotation();
   }
 
   /** Null when `GROUP_SECRET` is unset or vouches for the peer's key; else why not. */
@@ -506,13 +569,13 @@ export class PeerTransport {
    * stand-in. (In Deno 2.9.6 reading any property of a `QuicIncoming`
    * consumes it, so the address can only be checked after `accept`.)
    */
-  async #acceptLoop(): Promise<void> {
-    while (!this.#closed) {
+  async #acceptLoop(listener: Deno.QuicListener): Promise<void> {
+    while (!this.#closed && listener === this.#listener) {
       let conn: Deno.QuicConn;
       try {
-        conn = await this.#listener.accept();
+        conn = await listener.accept();
       } catch {
-        if (this.#closed) return;
+        if (this.#closed || listener !== this.#listener) return; // closed, or rotated out
         continue;
       }
       const from = conn.remoteAddr;
@@ -596,19 +659,25 @@ export class PeerTransport {
     if (typeof proof.signature !== "string") return "no signature";
     const unvouched = await this.#unvouched(peerId, peer);
     if (unvouched !== null) return unvouched;
-    const payload = dialerPayload(peerId, this.#o.workerId, this.#certHash);
-    return await verifySignature(peer.key, payload, proof.signature)
-      ? null
-      : "the signature does not verify under the peer's key";
+    // The proof names the certificate the dialer pinned: ours now, or the
+    // one before the last rotation (which one a handshake used is not
+    // observable here); either binds the proof to this worker.
+    for (const certHash of [this.#certHash, this.#previousCertHash]) {
+      if (certHash === undefined) continue;
+      const payload = dialerPayload(peerId, this.#o.workerId, certHash);
+      if (await verifySignature(peer.key, payload, proof.signature)) return null;
+    }
+    return "the signature does not verify under the peer's key";
   }
 
   /** Closes every connection, the listener and the stand-ins. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#rotateTimer);
     this.#listener.stop();
     this.#endpoint.close({ closeCode: TransportClose.SHUTDOWN, reason: "worker shutting down" });
     for (const standIn of this.#standIns.values()) standIn.close();
-    await this.#accepting;
+    await Promise.all(this.#accepting);
   }
 }

@@ -15,7 +15,7 @@ import { PeerManager } from "../peer/manager.ts";
 import { type PeerConnection, PeerConnections } from "../peer/connection.ts";
 import { importGroupSecret, PeerTransport, type TransportStats } from "../peer/transport.ts";
 import { Forwarder } from "./forward.ts";
-import type { PathKind } from "../protocol/messages.ts";
+import type { PathKind, TransportCredentials } from "../protocol/messages.ts";
 import { type ClientEvent, RendezvousClient } from "./client.ts";
 import { registrationUrl, type WorkerConfig } from "./config.ts";
 import { workerHealthHandler, type WorkerStatus } from "./health.ts";
@@ -228,9 +228,22 @@ export class Worker {
     return this.connections.connect(peerId, options);
   }
 
+  /**
+   * Replaces the transport certificate now (it happens by itself every 10
+   * days) and publishes the new one; open connections carry on.
+   */
+  async rotateCertificate(): Promise<void> {
+    await this.#transport.rotate();
+  }
+
   /** Packets and bytes the peer transport carried, over every path. */
   get transportStats(): TransportStats {
     return { ...this.#transport.stats };
+  }
+
+  /** @ignore Sends the transport's credentials to the rendezvous (after a rotation). */
+  publishTransport(credentials: TransportCredentials): void {
+    this.#client.send({ type: "register_transport", ...credentials });
   }
 
   /** What the worker is doing: the JSON its `GET /` serves. */
@@ -312,6 +325,7 @@ export async function startWorker(
     sendPacket: (peerId, packet) => late.worker?.peers.sendPacket(peerId, packet),
     peer: (peerId) => late.worker?.peers.peer(peerId),
     accepts: (peerId) => late.worker?.connections.accepts(peerId) ?? false,
+    onCredentials: (credentials) => late.worker?.publishTransport(credentials),
     onConnection: (peerId, auth) => late.worker?.connections.incoming(peerId, auth),
     group: config.groupSecret === undefined
       ? undefined

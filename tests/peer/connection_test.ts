@@ -323,3 +323,40 @@ Deno.test("a slow reader slows the writer: QUIC flow control bounds what a strea
     await closeAll(rv, a, b);
   }
 });
+
+Deno.test("a rotated transport certificate keeps open connections and is what new dials pin", async () => {
+  const rv = await startRendezvous();
+  const { a, b, accepted } = await pair(rv);
+  const make = (id: string) =>
+    startWorker(
+      loadWorkerConfig({
+        RENDEZVOUS_SERVICE_URL: rv.http,
+        WORKER_ID: id,
+        IP_ECHO_URL: "off",
+        STUN_SERVERS: "off",
+      }),
+      { health: false },
+    );
+  const c = await make("c");
+  try {
+    const ab = await within(a.connect("b"), 15_000, "a → b");
+    const ba = await within(accepted, 15_000, "b accepts");
+    const before = c.peers.peer("b")?.transport?.cert_hash;
+    await b.rotateCertificate();
+    // c hears b's new certificate from the rendezvous, then dials it.
+    const heard = Promise.withResolvers<void>();
+    const poll = setInterval(() => {
+      const now = c.peers.peer("b")?.transport?.cert_hash;
+      if (now !== undefined && now !== before) heard.resolve();
+    }, 5);
+    await within(heard.promise, 10_000, "b's new certificate").finally(() => clearInterval(poll));
+    const cb = await within(c.connect("b"), 15_000, "c → b after the rotation");
+    assert.equal(cb.peerId, "b");
+    // The connection made before the rotation still carries streams.
+    const { received } = await transfer(ab, ba, 50_000);
+    assert.equal(received.length, 50_000);
+  } finally {
+    await c.close();
+    await closeAll(rv, a, b);
+  }
+});

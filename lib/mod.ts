@@ -42,7 +42,12 @@ export {
   PeerConnections,
   type PeerStream,
 } from "./peer/connection.ts";
-export { TransportClose, TransportError, type TransportStats } from "./peer/transport.ts";
+export {
+  type CongestionControl,
+  TransportClose,
+  TransportError,
+  type TransportStats,
+} from "./peer/transport.ts";
 export { type ForwardSpec, type ForwardStats } from "./worker/forward.ts";
 
 // A whole rendezvous.

@@ -144,6 +144,18 @@ Deno.test("loadRendezvousConfig() reads the worker-key settings", () => {
   assert.throws(() => loadRendezvousConfig({ KEY_HOLD_SEC: "-1" }), { variable: "KEY_HOLD_SEC" });
 });
 
+Deno.test("loadWorkerConfig() reads PEER_CONGESTION_CONTROL", () => {
+  const base = { RENDEZVOUS_SERVICE_URL: "http://x" };
+  assert.equal(loadWorkerConfig(base).peerCongestionControl, "default");
+  assert.equal(
+    loadWorkerConfig({ ...base, PEER_CONGESTION_CONTROL: "low-latency" }).peerCongestionControl,
+    "low-latency",
+  );
+  assert.throws(() => loadWorkerConfig({ ...base, PEER_CONGESTION_CONTROL: "bbr" }), {
+    variable: "PEER_CONGESTION_CONTROL",
+  });
+});
+
 Deno.test("loadWorkerConfig() reads WORKER_KEY_FILE", () => {
   const base = { RENDEZVOUS_SERVICE_URL: "http://x" };
   assert.equal(loadWorkerConfig(base).keyFile, undefined);

@@ -21,6 +21,7 @@ import { normalizeIp } from "../protocol/ip.ts";
 import { isValidWorkerId, REGISTER_PATH_PREFIX } from "../protocol/messages.ts";
 import { parseServerSpec } from "../stun/client.ts";
 import { type ForwardSpec, parseExposes, parseForwards } from "./forward.ts";
+import type { CongestionControl } from "../peer/transport.ts";
 
 /** Everything `worker.ts` needs to start. */
 export interface WorkerConfig {
@@ -71,6 +72,8 @@ export interface WorkerConfig {
   peerForward: ForwardSpec[];
   /** How long a forwarded connection waits for an unreachable peer (`PEER_FORWARD_WAIT_SEC`). */
   peerForwardWaitMs: number;
+  /** QUIC's congestion controller for peer connections (`PEER_CONGESTION_CONTROL`). */
+  peerCongestionControl: CongestionControl;
   /** Introduce ourselves to every peer of the group as it appears. */
   peerAutoConnect: boolean;
   /** Send a hello to every peer this often (0: never); for demos and the lab. */
@@ -156,6 +159,12 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     name: "PEER_FORWARD_WAIT_SEC",
     fallback: "30",
     meaning: "how long a forwarded connection waits for its peer before it is refused",
+  },
+  {
+    name: "PEER_CONGESTION_CONTROL",
+    fallback: "default",
+    meaning:
+      "default (most on clean paths) or low-latency (far better under random loss); throughput",
   },
   {
     name: "WORKER_KEY_FILE",
@@ -244,6 +253,17 @@ export function registrationUrl(base: URL, workerId: string, group = "default"):
     encodeURIComponent(workerId)
   }`;
   return url;
+}
+
+function congestionControl(env: Env): CongestionControl {
+  const value = stringVar(env, "PEER_CONGESTION_CONTROL", "default");
+  if (value !== "default" && value !== "throughput" && value !== "low-latency") {
+    throw new ConfigError(
+      "PEER_CONGESTION_CONTROL",
+      `Cannot read PEER_CONGESTION_CONTROL: it must be default, throughput or low-latency: current value is "${value}"`,
+    );
+  }
+  return value;
 }
 
 function groupSecret(env: Env): string | undefined {
@@ -373,6 +393,7 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     peerExpose: listVar(env, "PEER_EXPOSE", parseExposes),
     peerForward: listVar(env, "PEER_FORWARD", parseForwards),
     peerForwardWaitMs: seconds(env, "PEER_FORWARD_WAIT_SEC", 30, 0.1, 3600),
+    peerCongestionControl: congestionControl(env),
     group,
     peerAutoConnect: boolVar(env, "PEER_AUTOCONNECT", false),
     peerHelloMs: seconds(env, "PEER_HELLO_SEC", 0, 0, 3600),

@@ -326,6 +326,7 @@ export async function startWorker(
     peer: (peerId) => late.worker?.peers.peer(peerId),
     accepts: (peerId) => late.worker?.connections.accepts(peerId) ?? false,
     onCredentials: (credentials) => late.worker?.publishTransport(credentials),
+    congestionControl: config.peerCongestionControl,
     onConnection: (peerId, auth) => late.worker?.connections.incoming(peerId, auth),
     group: config.groupSecret === undefined
       ? undefined

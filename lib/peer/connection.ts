@@ -163,10 +163,13 @@ export class PeerConnection extends EventTarget {
       while (true) {
         const next = await streams.read().catch(() => ({ done: true as const, value: undefined }));
         if (next.done) break;
-        this.#sort(next.value, onForward).then(
-          (sorted) => sorted && queue.enqueue(sorted),
-          () => {},
-        );
+        this.#sort(next.value, onForward).then((sorted) => {
+          try {
+            if (sorted) queue.enqueue(sorted);
+          } catch {
+            // The application cancelled `incomingStreams`: the stream is dropped.
+          }
+        }, () => {});
       }
       try {
         queue.close();

@@ -219,11 +219,11 @@ export class Forwarder {
     const log = this.#o.logger;
     const fields = { peer_id: spec.peerId, port: spec.port, peer_port: spec.peerPort };
     this.#open.add(tcp);
-    tcp.setNoDelay(true);
     stats.connections++;
     try {
       let stream: PeerStream;
       try {
+        tcp.setNoDelay(true);
         const connection = await this.#o.connect(spec.peerId, this.#o.waitMs);
         stream = await connection.openForward(spec.peerPort);
       } catch (error) {
@@ -273,13 +273,21 @@ export class Forwarder {
       return;
     }
     this.#open.add(tcp);
-    tcp.setNoDelay(true);
     stats.open++;
     try {
+      tcp.setNoDelay(true);
       await splice(tcp, await request.accept(), stats);
+    } catch (error) {
+      // The peer's stream went away before we could answer: nothing to carry.
+      log.info("forward request ended early", { ...fields, error: (error as Error).message });
     } finally {
       stats.open--;
       this.#open.delete(tcp);
+      try {
+        tcp.close();
+      } catch {
+        // Closed by the splice.
+      }
     }
   }
 

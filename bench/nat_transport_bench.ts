@@ -28,11 +28,6 @@ if (why) {
   Deno.exit(1);
 }
 
-async function sh(...args: string[]): Promise<void> {
-  const out = await new Deno.Command(args[0], { args: args.slice(1), stderr: "piped" }).output();
-  if (!out.success) throw new Error(`${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
-}
-
 async function run(loss: number): Promise<{ mbps: number; path: string }> {
   const lab = await NetLab.create();
   try {
@@ -57,25 +52,9 @@ async function run(loss: number): Promise<{ mbps: number; path: string }> {
     const direct = await workerA.waitForLog("peer path direct", () => true, 30_000);
     if (loss > 0) {
       for (const chain of ["INPUT", "OUTPUT"]) {
-        await sh(
-          "ip",
-          "netns",
-          "exec",
-          a.ns,
-          "iptables",
-          "-A",
-          chain,
-          "-p",
-          "udp",
-          "-m",
-          "statistic",
-          "--mode",
-          "random",
-          "--probability",
-          String(loss),
-          "-j",
-          "DROP",
-        );
+        // deno-fmt-ignore
+        await lab.iptables(a.ns, "-A", chain, "-p", "udp", "-m", "statistic", "--mode", "random",
+          "--probability", String(loss), "-j", "DROP");
       }
     }
     const bytes = MB * 1_000_000;

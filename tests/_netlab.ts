@@ -233,6 +233,11 @@ export class NetLab {
     return { ns, ip, publicIp: ip };
   }
 
+  /** Runs `iptables <args>` inside `ns` (one of the lab's namespaces). */
+  async iptables(ns: string, ...args: string[]): Promise<void> {
+    await this.#sh("ip", "netns", "exec", ns, "iptables", ...args);
+  }
+
   /** Runs `deno <args>` inside `ns`; the lab stops it on destroy. */
   deno(ns: string, args: string[], env: Record<string, string> = {}): Proc {
     const proc = new Proc("ip", ["netns", "exec", ns, DENO, ...args], env);

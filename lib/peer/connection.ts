@@ -266,27 +266,15 @@ export class PeerConnection extends EventTarget {
     const answer = await readExactly(reader, 1);
     if (answer === null) throw new ForwardRefusedError(`${this.peerId} closed the stream`);
     if (answer.head[0] !== FORWARD_OK) {
-      const chunks = [answer.rest];
-      let length = answer.rest.length;
-      while (length < MAX_REASON * 4) {
-        const { value, done } = await reader.read().catch(() => ({
-          done: true as const,
-          value: undefined,
-        }));
-        if (done) break;
-        chunks.push(value);
-        length += value.length;
-      }
-      const all = new Uint8Array(length);
-      let at = 0;
-      for (const c of chunks) {
-        all.set(c, at);
-        at += c.length;
+      const decoder = new TextDecoder();
+      let reason = decoder.decode(answer.rest, { stream: true });
+      while (reason.length < MAX_REASON) {
+        const next = await reader.read().catch(() => ({ done: true as const, value: undefined }));
+        if (next.done) break;
+        reason += decoder.decode(next.value, { stream: true });
       }
       throw new ForwardRefusedError(
-        `${this.peerId} refused port ${port}: ${
-          new TextDecoder().decode(all).slice(0, MAX_REASON)
-        }`,
+        `${this.peerId} refused port ${port}: ${reason.slice(0, MAX_REASON)}`,
       );
     }
     return { readable: prepend(answer.rest, reader), writable: stream.writable };

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { loadWorkerConfig } from "../../lib/worker/config.ts";
-import { startWorker, type Worker } from "../../lib/worker/worker.ts";
+import { startWorker, type StartWorkerOptions, type Worker } from "../../lib/worker/worker.ts";
 import type { PeerConnection } from "../../lib/peer/connection.ts";
 import { StunServer } from "../../lib/stun/server.ts";
 import { formatAddress } from "../../lib/stun/client.ts";
@@ -11,20 +11,29 @@ import { createPeerCertificate } from "../../lib/peer/cert.ts";
 import { certificatePayload } from "../../lib/peer/transport.ts";
 import { Logger } from "../../lib/core/log.ts";
 
+/** A worker `id` of `rv` on loopback, relay-only unless `env` names STUN servers. */
+function worker(
+  rv: TestRendezvous,
+  id: string,
+  env: Record<string, string> = {},
+  options: StartWorkerOptions = {},
+): Promise<Worker> {
+  return startWorker(
+    loadWorkerConfig({
+      RENDEZVOUS_SERVICE_URL: rv.http,
+      WORKER_ID: id,
+      IP_ECHO_URL: "off",
+      STUN_SERVERS: "off",
+      UDP_HOST: "127.0.0.1",
+      ...env,
+    }),
+    { health: false, ...options },
+  );
+}
+
 async function pair(rv: TestRendezvous, env: Record<string, string> = {}) {
   const accepted = Promise.withResolvers<PeerConnection>();
-  const make = (id: string) =>
-    startWorker(
-      loadWorkerConfig({
-        RENDEZVOUS_SERVICE_URL: rv.http,
-        WORKER_ID: id,
-        IP_ECHO_URL: "off",
-        STUN_SERVERS: "off",
-        UDP_HOST: "127.0.0.1",
-        ...env,
-      }),
-      { health: false, onConnection: (c) => accepted.resolve(c) },
-    );
+  const make = (id: string) => worker(rv, id, env, { onConnection: (c) => accepted.resolve(c) });
   const a = await make("a");
   const b = await make("b");
   return { a, b, accepted: accepted.promise };
@@ -160,16 +169,9 @@ async function underLyingRendezvous(
   const logs: Record<string, unknown>[] = [];
   const rv = await startRendezvous({ registry: new LyingRegistry(lie) });
   const make = (id: string, secret?: string) =>
-    startWorker(
-      loadWorkerConfig({
-        RENDEZVOUS_SERVICE_URL: rv.http,
-        WORKER_ID: id,
-        IP_ECHO_URL: "off",
-        STUN_SERVERS: "off",
-        ...(secret === undefined ? {} : { GROUP_SECRET: secret }),
-      }),
-      { health: false, logger: new Logger({ sink: (l) => logs.push(JSON.parse(l)) }) },
-    );
+    worker(rv, id, secret === undefined ? {} : { GROUP_SECRET: secret }, {
+      logger: new Logger({ sink: (l) => logs.push(JSON.parse(l)) }),
+    });
   const b = await make("b", secrets?.[1]);
   const a = await make("a", secrets?.[0]);
   try {
@@ -327,17 +329,7 @@ Deno.test("a slow reader slows the writer: QUIC flow control bounds what a strea
 Deno.test("a rotated transport certificate keeps open connections and is what new dials pin", async () => {
   const rv = await startRendezvous();
   const { a, b, accepted } = await pair(rv);
-  const make = (id: string) =>
-    startWorker(
-      loadWorkerConfig({
-        RENDEZVOUS_SERVICE_URL: rv.http,
-        WORKER_ID: id,
-        IP_ECHO_URL: "off",
-        STUN_SERVERS: "off",
-      }),
-      { health: false },
-    );
-  const c = await make("c");
+  const c = await worker(rv, "c");
   try {
     const ab = await within(a.connect("b"), 15_000, "a → b");
     const ba = await within(accepted, 15_000, "b accepts");

@@ -83,11 +83,6 @@ Deno.test({
 });
 
 // In this file, not its own: two NAT labs at once overload the two cores.
-async function sh(...args: string[]): Promise<void> {
-  const out = await new Deno.Command(args[0], { args: args.slice(1), stderr: "piped" }).output();
-  if (!out.success) throw new Error(`${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
-}
-
 Deno.test({
   name:
     "NAT lab: a forwarded stream arrives byte-exact across relay → direct → relay (blocked) → direct",
@@ -103,21 +98,7 @@ Deno.test({
       // UDP between the two hosts starts blocked, so the stream certainly starts on the relay.
       const udp = async (op: "-A" | "-D") => {
         for (const [chain, flag] of [["INPUT", "-s"], ["OUTPUT", "-d"]]) {
-          await sh(
-            "ip",
-            "netns",
-            "exec",
-            a.ns,
-            "iptables",
-            op,
-            chain,
-            "-p",
-            "udp",
-            flag,
-            b.ip,
-            "-j",
-            "DROP",
-          );
+          await lab.iptables(a.ns, op, chain, "-p", "udp", flag, b.ip, "-j", "DROP");
         }
       };
       await udp("-A");

@@ -3,8 +3,12 @@
  * (startWorker) that either receives streams and acknowledges each one, or
  * connects to its peer and sends. Prints one JSON line with its figures.
  *
+ * The receiver also echoes datagrams: the sender pings with them right after
+ * its first byte, while the path is still the relay (the round trip the
+ * first-byte target is measured against).
+ *
  * Args (JSON): { role: "send" | "recv", rendezvous, id, peer, bytes, streams,
- * stun: "host:port,host:port" | "off", direct: boolean }
+ * stun: "host:port,host:port" | "off", direct: boolean, cc?: congestion control }
  */
 import process from "node:process";
 import { loadWorkerConfig } from "../lib/worker/config.ts";
@@ -21,6 +25,7 @@ const worker = await startWorker(
     IP_ECHO_URL: "off",
     STUN_SERVERS: o.stun,
     UDP_HOST: "127.0.0.1",
+    PEER_CONGESTION_CONTROL: o.cc ?? "default",
   }),
   { health: false, onConnection: (c) => accepted.resolve(c) },
 );
@@ -41,6 +46,13 @@ async function drain(stream: PeerStream): Promise<number> {
 if (o.role === "recv") {
   const conn = await accepted.promise;
   console.log(JSON.stringify({ ready: true }));
+  void (async () => {
+    while (true) {
+      const ping = await conn.readDatagram().catch(() => null);
+      if (ping === null) return;
+      await conn.sendDatagram(ping).catch(() => {});
+    }
+  })();
   let total = 0;
   const reading: Promise<number>[] = [];
   for await (const stream of conn.incomingStreams) {
@@ -64,6 +76,35 @@ if (o.role === "recv") {
   await pw.close();
   for await (const _ of probe.readable) break;
   const firstByteMs = performance.now() - t0;
+  // Round trips on the path of the moment (the relay, unless the punch was quicker):
+  // 8-byte datagrams echoed by the peer, each given up after 500 ms.
+  const pingPath = conn.path;
+  const pings: number[] = [];
+  const pongs = new Map<number, (at: number) => void>();
+  void (async () => {
+    while (true) {
+      const pong = await conn.readDatagram().catch(() => null);
+      if (pong === null || pong.length !== 8) return;
+      pongs.get(new DataView(pong.buffer, pong.byteOffset).getUint32(0))?.(performance.now());
+    }
+  })();
+  for (let seq = 0; seq < 20; seq++) {
+    const ping = new Uint8Array(8);
+    new DataView(ping.buffer).setUint32(0, seq);
+    const pong = Promise.withResolvers<number>();
+    pongs.set(seq, pong.resolve);
+    const t = performance.now();
+    await conn.sendDatagram(ping);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const at = await Promise.race([
+      pong.promise,
+      new Promise<null>((r) => timer = setTimeout(() => r(null), 500)),
+    ]);
+    clearTimeout(timer);
+    pongs.delete(seq);
+    if (at !== null) pings.push(at - t);
+  }
+  pings.sort((a, b) => a - b);
   if (o.direct && conn.path !== "direct") {
     const ready = Promise.withResolvers<void>();
     conn.addEventListener("path", (e) => {
@@ -92,6 +133,8 @@ if (o.role === "recv") {
     secs,
     mb_per_s: per * o.streams / secs / 1e6,
     first_byte_ms: firstByteMs,
+    ping_path: pingPath,
+    ping_ms: pings.length ? pings[Math.floor(pings.length / 2)] : null,
     cpu_s: cpu() - cpuStart,
     wire_bytes: worker.transportStats.bytesSent - wireStart,
   }));

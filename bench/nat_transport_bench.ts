@@ -6,13 +6,20 @@
  * directions). Checks the bytes (length and SHA-256) and writes
  * bench/results/nat-transport-*.json.
  *
+ * `--path-changes`: instead, one 1 GiB stream between two public lab hosts
+ * while its path goes relay → direct → relay (UDP between them blocked) →
+ * direct, the blocks and unblocks made while bytes flow; the sender is held
+ * at each phase's end until the path has changed (it may not outrun the
+ * change). Reports each phase's path, bytes and rate, and the SHA-256 check.
+ *
  * Run: `deno task bench:natlab-transport` (`-- --mb N`, default 100; `--runs N`, default 3;
- * `--cc low-latency` for that congestion controller).
+ * `--cc low-latency` for that congestion controller; `--path-changes`).
  *
  * @module
  */
 
 import { NetLab, netlabUnavailable } from "../tests/_netlab.ts";
+import { LINK_TIMING } from "../lib/peer/link.ts";
 
 const flag = (name: string, fallback: number) => {
   const i = Deno.args.indexOf(name);
@@ -78,6 +85,155 @@ async function run(loss: number): Promise<{ mbps: number; path: string }> {
   } finally {
     await lab.destroy();
   }
+}
+
+const MIB = 1024 * 1024;
+
+/** One 1 GiB stream across four paths; see the module doc. */
+async function pathChanges() {
+  const lab = await NetLab.create();
+  const allowFile = await Deno.makeTempFile();
+  try {
+    await lab.startServices();
+    const a = await lab.addPublicHost();
+    const b = await lab.addPublicHost();
+    const udp = async (op: "-A" | "-D") => {
+      for (const [chain, flag] of [["INPUT", "-s"], ["OUTPUT", "-d"]]) {
+        await lab.iptables(a.ns, op, chain, "-p", "udp", flag, b.ip, "-j", "DROP");
+      }
+    };
+    await udp("-A");
+    const service = lab.deno(b.ns, [
+      "run",
+      "--allow-all",
+      "tests/_stream_tools.ts",
+      "hash-server",
+      "9000",
+    ]);
+    await service.waitForLog("listening", () => true, 20_000);
+    const workerB = lab.worker(b, "pc-b", { PEER_EXPOSE: "9000", PEER_CONGESTION_CONTROL: CC });
+    const workerA = lab.worker(a, "pc-a", {
+      PEER_FORWARD: "9100:pc-b:9000",
+      PEER_CONGESTION_CONTROL: CC,
+    });
+    await workerA.waitForLog("forward listening", () => true, 20_000);
+    await workerB.waitForLog("registered with rendezvous", () => true, 20_000);
+    await workerA.waitForLog("registered with rendezvous", () => true, 20_000);
+    const total = 1024 * MIB;
+    const allow = (bytes: number) => Deno.writeTextFile(allowFile, String(bytes));
+    await allow(256 * MIB);
+    const t0 = performance.now();
+    const sender = lab.deno(a.ns, [
+      "run",
+      "--allow-all",
+      "tests/_stream_tools.ts",
+      "send-gated",
+      "9100",
+      String(total),
+      allowFile,
+    ]);
+    const progress = (bytes: number) =>
+      sender.waitForLog("progress", (l) => (l.bytes as number) >= bytes, 600_000);
+    const at = () => ({
+      ms: performance.now() - t0,
+      bytes: (sender.lines.findLast((l) => l.message === "progress")?.bytes as number) ?? 0,
+    });
+    const marks: { event: string; ms: number; bytes: number }[] = [];
+    const mark = (event: string) => {
+      marks.push({ event, ...at() });
+      console.error(
+        `  ${event} at ${(at().bytes / MIB).toFixed(0)} MiB, ${(at().ms / 1000).toFixed(1)} s`,
+      );
+    };
+    const opened = await workerA.waitForLog("peer connection open", () => true, 20_000);
+    if (opened.path !== "relay") {
+      throw new Error(`the stream started on ${opened.path}, not the relay`);
+    }
+    mark("start (relay)");
+    await progress(128 * MIB);
+    await udp("-D");
+    mark("UDP unblocked");
+    const direct1 = await workerA.waitForLog(
+      "peer path direct",
+      () => true,
+      LINK_TIMING.upgradeRetryMs + 30_000,
+    );
+    mark("direct");
+    await allow(768 * MIB);
+    await progress(512 * MIB);
+    await udp("-A");
+    mark("UDP blocked");
+    const lost = await workerA.waitForLog(
+      "peer direct path lost",
+      () => true,
+      LINK_TIMING.keepaliveMs + LINK_TIMING.lostAfterMs + 10_000,
+      workerA.lines.indexOf(direct1) + 1,
+    );
+    mark("relay");
+    await progress(640 * MIB);
+    await udp("-D");
+    mark("UDP unblocked");
+    await workerA.waitForLog(
+      "peer path direct",
+      () => true,
+      LINK_TIMING.upgradeRetryMs + 30_000,
+      workerA.lines.indexOf(lost) + 1,
+    );
+    mark("direct");
+    await allow(total);
+    const sent = await sender.waitForLog("sent", () => true, 600_000);
+    marks.push({ event: "end", ms: performance.now() - t0, bytes: sent.bytes as number });
+    const ok = sent.answer === `${sent.bytes} ${sent.sha256}` && sent.bytes === total;
+    return { ok, bytes: sent.bytes, sha256: sent.sha256, answer: sent.answer, marks };
+  } finally {
+    await lab.destroy();
+    await Deno.remove(allowFile).catch(() => {});
+  }
+}
+
+if (Deno.args.includes("--path-changes")) {
+  const started = new Date();
+  const load = Deno.loadavg();
+  console.error(`1 GiB across relay → direct → relay → direct, ${CC}; load ${load.join(" ")}`);
+  const result = await pathChanges();
+  console.log(
+    `${
+      result.ok ? "byte-exact" : "MISMATCH"
+    }: ${result.bytes} bytes, sha256 ${result.sha256}; answer ${result.answer}`,
+  );
+  for (const [i, m] of result.marks.entries()) {
+    const next = result.marks[i + 1];
+    const rate = next ? ((next.bytes - m.bytes) / ((next.ms - m.ms) / 1000) / 1e6).toFixed(1) : "";
+    console.log(
+      `${(m.ms / 1000).toFixed(1).padStart(6)} s  ${
+        (m.bytes / MIB).toFixed(0).padStart(5)
+      } MiB  ${m.event}${rate ? `  (then ${rate} MB/s)` : ""}`,
+    );
+  }
+  await Deno.mkdir(new URL("results/", import.meta.url), { recursive: true });
+  const file = new URL(
+    `results/nat-path-changes-${started.toISOString().replace(/[:.]/g, "-")}.json`,
+    import.meta.url,
+  );
+  await Deno.writeTextFile(
+    file,
+    JSON.stringify(
+      {
+        machine: {
+          date: started.toISOString(),
+          loadavg_before: load,
+          loadavg_after: Deno.loadavg(),
+          deno: Deno.version.deno,
+        },
+        congestion_control: CC,
+        ...result,
+      },
+      null,
+      2,
+    ),
+  );
+  console.log(`written: ${file.pathname}`);
+  Deno.exit(result.ok ? 0 : 1);
 }
 
 const started = new Date();

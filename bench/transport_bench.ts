@@ -10,8 +10,11 @@
  * Per scenario: throughput (median of `--runs`, default 3), time to first
  * byte after `connect()`, wire bytes per payload byte on the sender (QUIC
  * headers, acknowledgements and retransmissions together), and CPU seconds
- * per GB (both workers). Flags: `--mb N` (payload per run, default 500; the
- * relay moves a fifth of it), `--runs N`, `--quick`. Prints a table and
+ * per GB (both workers), and the round trip of 8-byte datagrams right after
+ * the first byte (on the relay, which carries a connection until the punch
+ * is through): the first-byte target is "relay RTT + 20 ms". Flags: `--mb N`
+ * (payload per run, default 500; the relay moves a fifth of it), `--runs N`,
+ * `--cc default|throughput|low-latency`, `--quick`. Prints a table and
  * writes bench/results/transport-*.json.
  *
  * @module
@@ -29,6 +32,8 @@ const flag = (name: string, fallback: number) => {
 const quick = args.includes("--quick");
 const MB = flag("--mb", quick ? 20 : 500);
 const RUNS = flag("--runs", quick ? 1 : 3);
+const ccAt = args.indexOf("--cc");
+const CC = ccAt >= 0 ? args[ccAt + 1] : "default";
 
 const median = (xs: number[]) => {
   const s = xs.slice().sort((a, b) => a - b);
@@ -141,7 +146,7 @@ async function transfer(
   streams: number,
   direct: boolean,
 ) {
-  const base = { rendezvous, bytes, streams, stun, direct };
+  const base = { rendezvous, bytes, streams, stun, direct, cc: CC };
   const tag = `${direct ? "d" : "r"}${streams}-${run}`;
   const recv = spawn("bench/_transport_peer.ts", [
     JSON.stringify({ ...base, role: "recv", id: `recv-${tag}`, peer: `send-${tag}` }),
@@ -161,6 +166,8 @@ async function transfer(
     mbps: sent.mb_per_s as number,
     firstByteMs: sent.first_byte_ms as number,
     wireRatio: (sent.wire_bytes as number) / (sent.bytes as number),
+    pingPath: sent.ping_path as string,
+    pingMs: sent.ping_ms as number | null,
     cpuPerGb: ((sent.cpu_s as number) + (got.cpu_s as number)) / ((sent.bytes as number) / 1e9),
   };
 }
@@ -175,7 +182,9 @@ const machine = {
   deno: Deno.version.deno,
 };
 console.error(
-  `transport benchmark: ${MB} MB per run, ${RUNS} runs; load ${machine.loadavg_before.join(" ")}`,
+  `transport benchmark: ${MB} MB per run, ${RUNS} runs, congestion control ${CC}; load ${
+    machine.loadavg_before.join(" ")
+  }`,
 );
 
 const stunA = StunServer.listen({ hostname: "127.0.0.1", port: 0 });
@@ -218,6 +227,7 @@ const table: string[][] = [[
   "MB/s (runs)",
   "% bare QUIC",
   "first byte ms",
+  "relay RTT ms",
   "wire/payload",
   "CPU s/GB",
 ]];
@@ -236,6 +246,9 @@ for (const s of scenarios) {
     median_mb_s: round(mbps),
     pct_of_bare_quic: round(100 * mbps / quic),
     first_byte_ms: runs.map((r) => round(r.firstByteMs)),
+    relay_rtt_ms: runs.map((r) =>
+      r.pingPath === "relay" && r.pingMs !== null ? round(r.pingMs, 2) : null
+    ),
     wire_per_payload: runs.map((r) => round(r.wireRatio, 3)),
     cpu_s_per_gb: runs.map((r) => round(r.cpuPerGb, 2)),
   };
@@ -245,6 +258,7 @@ for (const s of scenarios) {
     `${row.median_mb_s} (${row.mb_s.join(", ")})`,
     `${row.pct_of_bare_quic}`,
     row.first_byte_ms.join(", "),
+    row.relay_rtt_ms.map((x) => x ?? "–").join(", "),
     row.wire_per_payload.join(", "),
     row.cpu_s_per_gb.join(", "),
   ]);
@@ -256,6 +270,37 @@ await rendezvous.proc.status;
 await stunA.close();
 await stunB.close();
 
+// The targets, judged on medians.
+const med = (name: string, key: string) =>
+  median(
+    (results[name] as Record<string, (number | null)[]>)[key].filter((x) => x !== null) as number[],
+  );
+const relayRtt = median(
+  scenarios.flatMap((s) => (results[s.name] as { relay_rtt_ms: (number | null)[] }).relay_rtt_ms)
+    .filter((x): x is number => x !== null),
+);
+const direct1 = (results["direct, 1 stream"] as { median_mb_s: number }).median_mb_s;
+const firstByte = Math.max(...scenarios.map((s) => med(s.name, "first_byte_ms")));
+const targets = {
+  direct_mb_s: { value: direct1, target: ">= 40", met: direct1 >= 40 },
+  pct_of_bare_quic: {
+    value: round(100 * direct1 / quic),
+    target: ">= 20",
+    met: 100 * direct1 / quic >= 20,
+  },
+  relay_mb_s: {
+    value: (results["relay, 1 stream"] as { median_mb_s: number }).median_mb_s,
+    target: ">= 15",
+    met: (results["relay, 1 stream"] as { median_mb_s: number }).median_mb_s >= 15,
+  },
+  first_byte_ms: {
+    value: firstByte,
+    target: `<= relay RTT ${round(relayRtt, 2)} + 20`,
+    met: firstByte <= relayRtt + 20,
+  },
+};
+results.targets = targets;
+
 const widths = table[0].map((_, i) => Math.max(...table.map((r) => r[i].length)));
 for (const [i, r] of table.entries()) {
   console.log(r.map((c, j) => c.padEnd(widths[j])).join("  "));
@@ -264,6 +309,7 @@ for (const [i, r] of table.entries()) {
 const out = {
   machine: { ...machine, loadavg_after: Deno.loadavg() },
   mb_per_run: MB,
+  congestion_control: CC,
   runs: RUNS,
   results,
 };
@@ -273,4 +319,8 @@ const file = new URL(
   ROOT,
 );
 await Deno.writeTextFile(file, JSON.stringify(out, null, 2));
+console.log("");
+for (const [name, t] of Object.entries(targets)) {
+  console.log(`${t.met ? "met    " : "MISSED "} ${name}: ${t.value} (${t.target})`);
+}
 console.log(`\nwritten: ${file.pathname}`);

@@ -11,6 +11,11 @@
  *     connects to 127.0.0.1:PORT and sends deterministic bytes, 64 KiB at a
  *     time with a short pause between, until STOPFILE exists; then half-closes,
  *     reads the answer and logs `{"message":"sent","bytes":…,"sha256":…,"answer":…}`.
+ *   deno run -A tests/_stream_tools.ts send-gated PORT BYTES ALLOWFILE
+ *     sends BYTES deterministic bytes as fast as the stream takes them, but
+ *     never past the byte count written in ALLOWFILE (read again whenever
+ *     the sender reaches it); logs `{"message":"progress","bytes":…}` every
+ *     16 MiB, then half-closes, reads the answer and logs "sent" as `send`.
  *
  * Both log JSON lines on stderr, as the programs under test do.
  */
@@ -80,6 +85,30 @@ if (mode === "hash-server") {
     }
   }
   log("transfers done");
+} else if (mode === "send-gated") {
+  const total = Number(stopFile);
+  const allowFile = Deno.args[3];
+  const allowed = async () => Number((await Deno.readTextFile(allowFile).catch(() => "0")) || 0);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const hash = createHash("sha256");
+  const chunk = new Uint8Array(65536);
+  let allowance = await allowed();
+  let bytes = 0;
+  for (let n = 0; bytes < total; n++) {
+    const size = Math.min(chunk.length, total - bytes);
+    while (bytes + size > allowance) {
+      await new Promise((r) => setTimeout(r, 20)); // a gate, polled: the orchestrator opens it
+      allowance = await allowed();
+    }
+    for (let i = 0; i < size; i++) chunk[i] = (i * 31 + n * 7) & 0xff;
+    let written = 0;
+    while (written < size) written += await conn.write(chunk.subarray(written, size));
+    hash.update(chunk.subarray(0, size));
+    bytes += size;
+    if (n % 256 === 255) log("progress", { bytes });
+  }
+  const answer = await finish(conn);
+  log("sent", { bytes, sha256: hash.digest("hex"), answer });
 } else if (mode === "send") {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const hash = createHash("sha256");

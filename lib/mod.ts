@@ -7,16 +7,21 @@
  * and speak the wire protocol. Everything else under `lib/` is internal and
  * may change.
  *
- * @example Start a worker in-process and message every peer
+ * @example Start a worker in-process and send bytes to a peer over an encrypted stream
  * ```ts
  * import { loadWorkerConfig, startWorker } from "@holepunch/holepunch";
  *
  * const worker = await startWorker(
  *   loadWorkerConfig({ RENDEZVOUS_SERVICE_URL: "http://localhost:8080", PORT: "0" }),
- *   { onMessage: (peer, bytes, path) => console.log(peer, path, bytes.length) },
  * );
- * for (const peer of worker.peers.peers) {
- *   worker.peers.send(peer.worker_id, new TextEncoder().encode("hello"));
+ * const peer = worker.peers.peers[0];
+ * if (peer) {
+ *   const connection = await worker.connect(peer.worker_id);
+ *   const stream = await connection.openStream();
+ *   const writer = stream.writable.getWriter();
+ *   await writer.write(new TextEncoder().encode("hello"));
+ *   await writer.close();
+ *   console.log(peer.worker_id, connection.path, connection.rttMs);
  * }
  * await worker.close();
  * ```

@@ -171,7 +171,9 @@ export class PeerManager {
 
   /**
    * Sends `payload` to `peerId`: ordered, lossless, over the best path there
-   * is (relay until a direct path exists).
+   * is (relay until a direct path exists). Authenticated under the session
+   * key of the introduction, **not encrypted**: for diagnostics (the hellos);
+   * applications use `Worker.connect`, which is end-to-end encrypted.
    */
   send(peerId: string, payload: Uint8Array): void {
     this.#link(peerId).send(payload);

@@ -42,8 +42,9 @@ export interface StartWorkerOptions {
    */
   health?: boolean;
   /**
-   * Receives every message a peer sends. By default it is logged as
-   * `peer message received`.
+   * Receives every diagnostic message (`PeerManager.send`, the hellos) a
+   * peer sends: authenticated, not encrypted. By default it is logged as
+   * `peer message received`. Application data goes over `connect()`.
    */
   onMessage?: (peerId: string, payload: Uint8Array, path: PathKind) => void;
   /** Receives every event of the rendezvous session (registered, disconnected, …). */

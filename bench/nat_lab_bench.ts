@@ -3,16 +3,24 @@
  * NAT kinds, how often the pair went direct, how fast, on which attempt, and
  * how soon the first relayed frame left. Writes bench/results/nat-lab-*.json.
  *
- * Run: `deno task bench:natlab` (5 runs; `-- --runs N` for more).
+ * Both router kinds, each its own set of runs: routers that drop unsolicited
+ * input and routers that do not (`--routers filtering|non-filtering|both`).
+ *
+ * Run: `deno task bench:natlab` (5 runs of each kind; `-- --runs N` for more).
  *
  * @module
  */
 
 import { netlabUnavailable } from "../tests/_netlab.ts";
-import { LAB_WORKERS, runPunchLab } from "../tests/_punch_lab.ts";
+import { LAB_WORKERS, type RouterKind, runPunchLab } from "../tests/_punch_lab.ts";
 
 const runsFlag = Deno.args.indexOf("--runs");
 const runs = runsFlag >= 0 ? Number(Deno.args[runsFlag + 1]) : 5;
+const routersFlag = Deno.args.indexOf("--routers");
+const routerArg = routersFlag >= 0 ? Deno.args[routersFlag + 1] : "both";
+const kinds: RouterKind[] = routerArg === "both"
+  ? ["filtering", "non-filtering"]
+  : [routerArg as RouterKind];
 const why = await netlabUnavailable();
 if (why) {
   console.error(`nat lab benchmark cannot run: ${why}`);
@@ -21,8 +29,13 @@ if (why) {
 
 const kind = (id: string) => LAB_WORKERS.find((w) => w.id === id)!.kind;
 const shared = (a: string, b: string) => a.startsWith("shared") && b.startsWith("shared");
+const segment = (a: string, b: string) => [a, b].sort().join() === "eim-2,eim-3";
 const category = (a: string, b: string) =>
-  shared(a, b) ? "same NAT (eim)" : [kind(a), kind(b)].sort().join(" ↔ ");
+  shared(a, b)
+    ? "same NAT (eim)"
+    : segment(a, b)
+    ? "eim ↔ eim, shared segment"
+    : [kind(a), kind(b)].sort().join(" ↔ ");
 
 interface Bucket {
   pairs: number;
@@ -39,35 +52,38 @@ const pct = (p: number, xs: number[]) => {
   return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] : NaN;
 };
 
-for (let run = 1; run <= runs; run++) {
-  const { results, seconds } = await runPunchLab(40);
-  console.error(`run ${run}/${runs}: ${seconds.toFixed(1)} s`);
-  for (const r of results) {
-    const key = category(r.from, r.to);
-    const b = buckets.get(key) ?? {
-      pairs: 0,
-      expectedDirect: 0,
-      direct: 0,
-      delivered: 0,
-      firstAttempt: 0,
-      directMs: [],
-      firstRelayMs: [],
-    };
-    b.pairs++;
-    if (r.expected === "direct") b.expectedDirect++;
-    if (r.path === "direct" && r.directMs !== null) {
-      b.direct++;
-      b.directMs.push(r.directMs);
-      if (r.attempts === 1) b.firstAttempt++;
+for (const routers of kinds) {
+  for (let run = 1; run <= runs; run++) {
+    const { results, seconds } = await runPunchLab(40, 0, 0, routers);
+    console.error(`${routers} run ${run}/${runs}: ${seconds.toFixed(1)} s`);
+    for (const r of results) {
+      const key = `${routers}|${category(r.from, r.to)}`;
+      const b = buckets.get(key) ?? {
+        pairs: 0,
+        expectedDirect: 0,
+        direct: 0,
+        delivered: 0,
+        firstAttempt: 0,
+        directMs: [],
+        firstRelayMs: [],
+      };
+      b.pairs++;
+      if (r.expected === "direct") b.expectedDirect++;
+      if (r.path === "direct" && r.directMs !== null) {
+        b.direct++;
+        b.directMs.push(r.directMs);
+        if (r.attempts === 1) b.firstAttempt++;
+      }
+      if (r.messages >= 3) b.delivered++;
+      if (r.firstRelayMs !== null) b.firstRelayMs.push(r.firstRelayMs);
+      buckets.set(key, b);
     }
-    if (r.messages >= 3) b.delivered++;
-    if (r.firstRelayMs !== null) b.firstRelayMs.push(r.firstRelayMs);
-    buckets.set(key, b);
   }
 }
 
 const rows = [...buckets].sort(([a], [b]) => a.localeCompare(b)).map(([key, b]) => ({
-  pair: key,
+  routers: key.split("|")[0],
+  pair: key.split("|")[1],
   directions: b.pairs,
   direct_pct: Number((100 * b.direct / b.pairs).toFixed(1)),
   expected_direct_pct: Number((100 * b.expectedDirect / b.pairs).toFixed(1)),
@@ -79,6 +95,7 @@ const rows = [...buckets].sort(([a], [b]) => a.localeCompare(b)).map(([key, b]) 
 }));
 
 const header = [
+  "routers",
   "pair",
   "dirs",
   "direct %",
@@ -90,6 +107,7 @@ const header = [
   "1st relay p50 ms",
 ];
 const table = rows.map((r) => [
+  r.routers,
   r.pair,
   String(r.directions),
   String(r.direct_pct),
@@ -102,7 +120,7 @@ const table = rows.map((r) => [
 ]);
 const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i].length)));
 console.log(
-  `\nNAT lab, ${runs} runs × ${LAB_WORKERS.length} workers (every ordered pair counted once per run)\n`,
+  `\nNAT lab, ${runs} runs of each router kind × ${LAB_WORKERS.length} workers (every ordered pair counted once per run)\n`,
 );
 for (const row of [header, widths.map((w) => "-".repeat(w)), ...table]) {
   console.log(row.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd());
@@ -115,5 +133,29 @@ const machine = {
 };
 const file = new URL(`results/nat-lab-${machine.date.replace(/[:.]/g, "-")}.json`, import.meta.url);
 await Deno.mkdir(new URL("results/", import.meta.url), { recursive: true });
-await Deno.writeTextFile(file, JSON.stringify({ machine, runs, rows }, null, 2) + "\n");
+// The issue's targets, per router kind.
+const summary = kinds.map((routers) => {
+  const mine = [...buckets].filter(([k]) => k.startsWith(`${routers}|`)).map(([, b]) => b);
+  const sum = (f: (b: Bucket) => number) => mine.reduce((n, b) => n + f(b), 0);
+  const eimEdm = [...buckets].filter(([k]) =>
+    k.startsWith(`${routers}|`) && /edm/.test(k) &&
+    !/edm ↔ edm/.test(k) && !/block/.test(k)
+  ).flatMap(([, b]) => b.directMs);
+  return {
+    routers,
+    direct_of_expected_pct: Number(
+      (100 * sum((b) => b.direct) / sum((b) => b.expectedDirect)).toFixed(1),
+    ),
+    first_attempt_pct: Number((100 * sum((b) => b.firstAttempt) / sum((b) => b.direct)).toFixed(1)),
+    delivered_pct: Number((100 * sum((b) => b.delivered) / sum((b) => b.pairs)).toFixed(1)),
+    edm_pairs_direct_ms_p95: pct(95, eimEdm),
+  };
+});
+console.log("");
+for (const t of summary) {
+  console.log(
+    `${t.routers}: direct ${t.direct_of_expected_pct} % of the pairs the NATs allow (target 100); first attempt ${t.first_attempt_pct} % (≥ 97); delivered ${t.delivered_pct} %; pairs with one EDM side: p95 to direct ${t.edm_pairs_direct_ms_p95} ms (≤ 5000)`,
+  );
+}
+await Deno.writeTextFile(file, JSON.stringify({ machine, runs, rows, summary }, null, 2) + "\n");
 console.log(`\nwrote ${file.pathname}`);

@@ -1,11 +1,23 @@
 /**
- * A NAT lab on one machine: network namespaces joined by veth pairs and a
- * bridge, with real Linux NAT (iptables) in front of private hosts.
+ * A NAT lab on one machine: network namespaces joined by veth pairs and
+ * bridges, with real Linux NAT (iptables) in front of private hosts, and
+ * routers between the NATs as on the internet.
  *
- *   public ns "pub": bridge 198.51.100.1/24 (rendezvous, STUN servers)
- *     ├─ router ns: wan 198.51.100.(10+i), LAN bridge 192.168.(10+i).1, NAT of a kind
- *     │    └─ host ns (one or more): 192.168.(10+i).2…, default route via the router
+ *   core ns "pub": bridge 198.51.100.1/24, routes to every transit segment
+ *   (rendezvous, STUN servers)
+ *     ├─ transit router ns: 198.51.100.(200+j), segment 203.0.113.(16j)/28
+ *     │    └─ NAT router ns: wan 203.0.113.(16j+2…), LAN 192.168.(10+i).1/24, NAT of a kind
+ *     │         └─ host ns (one or more): 192.168.(10+i).2…
+ *     ├─ transit router ns ─ carrier NAT ns (LAN 100.64.k.1/24) ─ home NAT ns ─ host ns
  *     └─ public host ns: 198.51.100.(100+i), no NAT
+ *
+ * Each NAT gets a transit router of its own unless it is given one to share,
+ * so between two NATs there are three routers (its transit, the core, the
+ * peer's transit): a packet that leaves its NAT with a TTL of 3 or less dies
+ * before the peer's NAT. Two NATs that share a transit router have one
+ * router between them. Routers drop unsolicited input to themselves
+ * (`filtering`, as home gateways and Cloud NAT do) or not (Docker/Kubernetes
+ * SNAT, VPS hosts without a firewall).
  *
  * Every address lives inside namespaces the lab made; nothing is routed to
  * the machine's own network. `destroy()` removes every namespace (and with
@@ -50,12 +62,36 @@ export interface LabHost {
   publicIp: string;
 }
 
+/** A segment routers attach their WAN to: a transit router's, or a carrier NAT's LAN. */
+export interface Segment {
+  /** The namespace that holds the segment's bridge (`seg`) and routes for it. */
+  ns: string;
+  /** The gateway's address on the segment: the WAN's default route. */
+  gateway: string;
+  /** The addresses handed out on it, in order. */
+  addresses: string[];
+  /** Its prefix length. */
+  prefix: number;
+  /** The public address of what is behind it, for a carrier NAT (else the WAN's own). */
+  publicIp?: string;
+}
+
+/** Options for {@linkcode NetLab.addNatted}. */
+export interface NatOptions {
+  /** The router drops unsolicited input to itself. @default {true} */
+  filtering?: boolean;
+  /** Attach the WAN to this segment (a shared transit router, a carrier NAT) instead of a new transit router. */
+  segment?: Segment;
+}
+
 export class NetLab {
   readonly prefix: string;
   readonly pub: string;
   #namespaces: string[] = [];
   #procs: Proc[] = [];
   #next = 0;
+  #transits = 0;
+  #carriers = 0;
 
   private constructor(prefix: string) {
     this.prefix = prefix;
@@ -70,6 +106,7 @@ export class NetLab {
       await lab.#sh("ip", "-n", lab.pub, "link", "add", "br0", "type", "bridge");
       await lab.#sh("ip", "-n", lab.pub, "addr", "add", `${PUBLIC_IP}/24`, "dev", "br0");
       await lab.#sh("ip", "-n", lab.pub, "link", "set", "br0", "up");
+      await lab.#sh("ip", "netns", "exec", lab.pub, "sysctl", "-qw", "net.ipv4.ip_forward=1");
     } catch (error) {
       await lab.destroy();
       throw error;
@@ -95,95 +132,72 @@ export class NetLab {
     await this.#sh("ip", "-n", ns, "link", "set", "lo", "up");
   }
 
-  /** A veth from `ns` (named `name`, address `cidr`) into the public bridge. */
-  async #wire(ns: string, name: string, cidr: string): Promise<void> {
+  /** A veth from `ns` (named `name`, address `cidr`) into the bridge `bridge` of `into`. */
+  async #wire(ns: string, name: string, cidr: string, into = this.pub, bridge = "br0") {
     const peer = `${name}p`;
-    await this.#sh(
-      "ip",
-      "link",
-      "add",
-      name,
-      "netns",
-      ns,
-      "type",
-      "veth",
-      "peer",
-      "name",
-      peer,
-      "netns",
-      this.pub,
-    );
-    await this.#sh("ip", "-n", this.pub, "link", "set", peer, "master", "br0", "up");
+    // deno-fmt-ignore
+    await this.#sh("ip", "link", "add", name, "netns", ns, "type", "veth", "peer", "name", peer,
+      "netns", into);
+    await this.#sh("ip", "-n", into, "link", "set", peer, "master", bridge, "up");
     await this.#sh("ip", "-n", ns, "addr", "add", cidr, "dev", name);
     await this.#sh("ip", "-n", ns, "link", "set", name, "up");
   }
 
-  /** `hosts` private hosts on one LAN behind a NAT router of `kind`. */
-  async addNatted(kind: NatKind, hosts = 1): Promise<LabHost[]> {
-    const i = ++this.#next;
-    const router = `${this.prefix}-r${i}`;
-    const wan = `198.51.100.${10 + i}`;
-    const lan = `192.168.${10 + i}`;
-    await this.#addNamespace(router);
-    await this.#wire(router, `w${i}`, `${wan}/24`);
-    await this.#sh("ip", "-n", router, "link", "add", "lan", "type", "bridge");
-    await this.#sh("ip", "-n", router, "addr", "add", `${lan}.1/24`, "dev", "lan");
-    await this.#sh("ip", "-n", router, "link", "set", "lan", "up");
-    const out: LabHost[] = [];
-    for (let h = 1; h <= hosts; h++) {
-      const ns = `${this.prefix}-h${i}x${h}`;
-      const ip = `${lan}.${1 + h}`;
-      await this.#addNamespace(ns);
-      await this.#sh(
-        "ip",
-        "link",
-        "add",
-        `l${h}`,
-        "netns",
-        router,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns,
-      );
-      await this.#sh("ip", "-n", router, "link", "set", `l${h}`, "master", "lan", "up");
-      await this.#sh("ip", "-n", ns, "addr", "add", `${ip}/24`, "dev", "eth0");
-      await this.#sh("ip", "-n", ns, "link", "set", "eth0", "up");
-      await this.#sh("ip", "-n", ns, "route", "add", "default", "via", `${lan}.1`);
-      out.push({ ns, ip, publicIp: wan });
-    }
-    const inRouter = (...args: string[]) => this.#sh("ip", "netns", "exec", router, ...args);
-    await inRouter("sysctl", "-qw", "net.ipv4.ip_forward=1");
+  /** Makes `ns` a router and gives it a bridge `seg` with `cidr`. */
+  async #router(ns: string, cidr: string): Promise<void> {
+    await this.#sh("ip", "-n", ns, "link", "add", "seg", "type", "bridge");
+    await this.#sh("ip", "-n", ns, "addr", "add", cidr, "dev", "seg");
+    await this.#sh("ip", "-n", ns, "link", "set", "seg", "up");
+    await this.#sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1");
+  }
+
+  /**
+   * A transit router on the core bridge with a segment of its own for NAT
+   * WANs (203.0.113.(16j)/28; the core routes it there).
+   */
+  async addTransit(): Promise<Segment> {
+    const j = ++this.#transits;
+    if (j > 15) throw new Error("netlab: at most 15 transit routers");
+    const ns = `${this.prefix}-t${j}`;
+    await this.#addNamespace(ns);
+    await this.#wire(ns, `c${j}`, `198.51.100.${200 + j}/24`);
+    await this.#sh("ip", "-n", ns, "route", "add", "default", "via", PUBLIC_IP);
+    const base = 16 * j;
+    await this.#router(ns, `203.0.113.${base + 1}/28`);
+    // deno-fmt-ignore
+    await this.#sh("ip", "-n", this.pub, "route", "add", `203.0.113.${base}/28`, "via",
+      `198.51.100.${200 + j}`);
+    const addresses = Array.from({ length: 13 }, (_, k) => `203.0.113.${base + 2 + k}`);
+    return { ns, gateway: `203.0.113.${base + 1}`, addresses, prefix: 28 };
+  }
+
+  /**
+   * A carrier-grade NAT (endpoint-independent, as RFC 6888 asks) on a
+   * transit router of its own; home NATs attach behind it (its segment,
+   * 100.64.k.0/24 as RFC 6598 reserves for it).
+   */
+  async addCarrierNat(options: { filtering?: boolean } = {}): Promise<Segment> {
+    const k = ++this.#carriers;
+    const transit = await this.addTransit();
+    const ns = `${this.prefix}-cg${k}`;
+    await this.#addNamespace(ns);
+    const wan = transit.addresses.shift()!;
+    await this.#wire(ns, `cw${k}`, `${wan}/${transit.prefix}`, transit.ns, "seg");
+    await this.#sh("ip", "-n", ns, "route", "add", "default", "via", transit.gateway);
+    await this.#router(ns, `100.64.${k}.1/24`);
+    await this.#nat(ns, `cw${k}`, "eim", options.filtering ?? true);
+    const addresses = Array.from({ length: 200 }, (_, m) => `100.64.${k}.${2 + m}`);
+    return { ns, gateway: `100.64.${k}.1`, addresses, prefix: 24, publicIp: wan };
+  }
+
+  /** NAT rules on router `ns` for traffic out of `wan`. */
+  async #nat(ns: string, wan: string, kind: NatKind, filtering: boolean, fullconeTo?: string) {
+    const inRouter = (...args: string[]) => this.#sh("ip", "netns", "exec", ns, ...args);
     if (kind === "fullcone") {
-      await inRouter(
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-i",
-        `w${i}`,
-        "-j",
-        "DNAT",
-        "--to-destination",
-        out[0].ip,
-      );
-      await inRouter(
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-o",
-        `w${i}`,
-        "-j",
-        "SNAT",
-        "--to-source",
-        wan,
-      );
+      // deno-fmt-ignore
+      await inRouter("iptables", "-t", "nat", "-A", "PREROUTING", "-i", wan, "-j", "DNAT",
+        "--to-destination", fullconeTo!);
+      await inRouter("iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan, "-j", "MASQUERADE");
     } else {
       const masquerade = [
         "iptables",
@@ -192,7 +206,7 @@ export class NetLab {
         "-A",
         "POSTROUTING",
         "-o",
-        `w${i}`,
+        wan,
         "-j",
         "MASQUERADE",
       ];
@@ -201,35 +215,71 @@ export class NetLab {
     if (kind === "block-udp") {
       await inRouter("iptables", "-A", "FORWARD", "-p", "udp", "-j", "DROP");
     }
-    // Like every NAT gateway, the router drops unsolicited traffic to itself.
-    // Without this, a peer's early probe is delivered to the router's own
-    // stack, conntrack confirms an entry for it, and the router then remaps
-    // the host's own packets to that peer to a new port (a tuple clash): an
-    // artefact of a bare Linux box, not of NAT behaviour. A packet dropped in
-    // INPUT never confirms its conntrack entry.
-    await inRouter(
-      "iptables",
-      "-A",
-      "INPUT",
-      "-i",
-      `w${i}`,
-      "-m",
-      "conntrack",
-      "--ctstate",
-      "NEW",
-      "-j",
-      "DROP",
-    );
+    // A filtering router drops unsolicited traffic to itself, as NAT
+    // gateways do. Without it, a peer's early probe is delivered to the
+    // router's own stack, conntrack confirms an entry for it, and the router
+    // then remaps the host's own packets to that peer to a new port (a tuple
+    // clash) — what punching must survive on Docker/Kubernetes/VPS hosts.
+    // A packet dropped in INPUT never confirms its conntrack entry.
+    if (filtering) {
+      // deno-fmt-ignore
+      await inRouter("iptables", "-A", "INPUT", "-i", wan, "-m", "conntrack", "--ctstate", "NEW",
+        "-j", "DROP");
+    }
+  }
+
+  /**
+   * `hosts` private hosts on one LAN behind a NAT router of `kind`, whose
+   * WAN sits on a transit router of its own (or `options.segment`).
+   */
+  async addNatted(kind: NatKind, hosts = 1, options: NatOptions = {}): Promise<LabHost[]> {
+    const i = ++this.#next;
+    const segment = options.segment ?? await this.addTransit();
+    const wan = segment.addresses.shift();
+    if (wan === undefined) throw new Error("netlab: the segment has no address left");
+    const router = `${this.prefix}-r${i}`;
+    const lan = `192.168.${10 + i}`;
+    await this.#addNamespace(router);
+    await this.#wire(router, `w${i}`, `${wan}/${segment.prefix}`, segment.ns, "seg");
+    await this.#sh("ip", "-n", router, "route", "add", "default", "via", segment.gateway);
+    await this.#sh("ip", "-n", router, "link", "add", "lan", "type", "bridge");
+    await this.#sh("ip", "-n", router, "addr", "add", `${lan}.1/24`, "dev", "lan");
+    await this.#sh("ip", "-n", router, "link", "set", "lan", "up");
+    const out: LabHost[] = [];
+    for (let h = 1; h <= hosts; h++) {
+      const ns = `${this.prefix}-h${i}x${h}`;
+      const ip = `${lan}.${1 + h}`;
+      await this.#addNamespace(ns);
+      // deno-fmt-ignore
+      await this.#sh("ip", "link", "add", `l${h}`, "netns", router, "type", "veth", "peer", "name",
+        "eth0", "netns", ns);
+      await this.#sh("ip", "-n", router, "link", "set", `l${h}`, "master", "lan", "up");
+      await this.#sh("ip", "-n", ns, "addr", "add", `${ip}/24`, "dev", "eth0");
+      await this.#sh("ip", "-n", ns, "link", "set", "eth0", "up");
+      await this.#sh("ip", "-n", ns, "route", "add", "default", "via", `${lan}.1`);
+      out.push({ ns, ip, publicIp: segment.publicIp ?? wan });
+    }
+    await this.#sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
+    await this.#nat(router, `w${i}`, kind, options.filtering ?? true, out[0].ip);
     return out;
   }
 
-  /** A host on the public segment, no NAT. */
-  async addPublicHost(): Promise<LabHost> {
+  /** A host with a public address, no NAT: on the core segment, or on `segment` (a transit router's). */
+  async addPublicHost(options: { segment?: Segment } = {}): Promise<LabHost> {
     const i = ++this.#next;
     const ns = `${this.prefix}-p${i}`;
-    const ip = `198.51.100.${100 + i}`;
     await this.#addNamespace(ns);
+    const segment = options.segment;
+    if (segment) {
+      // Behind routers of its own, as a server on the internet is.
+      const ip = segment.addresses.shift()!;
+      await this.#wire(ns, `v${i}`, `${ip}/${segment.prefix}`, segment.ns, "seg");
+      await this.#sh("ip", "-n", ns, "route", "add", "default", "via", segment.gateway);
+      return { ns, ip, publicIp: ip };
+    }
+    const ip = `198.51.100.${100 + i}`;
     await this.#wire(ns, `v${i}`, `${ip}/24`);
+    await this.#sh("ip", "-n", ns, "route", "add", "default", "via", PUBLIC_IP);
     return { ns, ip, publicIp: ip };
   }
 

@@ -1,16 +1,24 @@
 /**
- * The hole-punching lab shared by the test and the benchmark: nine workers
- * behind every kind of NAT the lab builds, all connecting to all, and what
- * each pair ended with.
+ * The hole-punching lab shared by the test and the benchmark: eleven
+ * workers behind every kind of NAT the lab builds, all connecting to all,
+ * and what each pair ended with. Routers filter unsolicited input or not
+ * (`RouterKind`); every NAT sits behind a transit router of its own but
+ * eim-2 and eim-3, which share one (one router between them, three between
+ * any other two NATs); double-1 is behind a home NAT behind a carrier NAT.
  */
 
 import { type Proc, waitFor } from "./_helpers.ts";
 import { type LabHost, type NatKind, NetLab } from "./_netlab.ts";
 
+/** Routers that drop unsolicited input, routers that do not, or both (alternating). */
+export type RouterKind = "filtering" | "non-filtering" | "mixed";
+
 /** Where each worker sits. */
-export const LAB_WORKERS: { id: string; kind: NatKind | "public" }[] = [
+export const LAB_WORKERS: { id: string; kind: NatKind | "public" | "double" }[] = [
   { id: "eim-1", kind: "eim" },
   { id: "eim-2", kind: "eim" },
+  { id: "eim-3", kind: "eim" },
+  { id: "double-1", kind: "double" },
   { id: "edm-1", kind: "edm" },
   { id: "edm-2", kind: "edm" },
   { id: "cone-1", kind: "fullcone" },
@@ -69,24 +77,36 @@ export async function runPunchLab(
   seconds: number,
   holdMs = 0,
   transferBytes = 0,
+  routers: RouterKind = "filtering",
+  env: Record<string, string> = {},
 ): Promise<LabRun> {
   const lab = await NetLab.create();
   const procs = new Map<string, Proc>();
   const started = Date.now();
   try {
     const hosts = new Map<string, LabHost>();
-    const [e1] = await lab.addNatted("eim");
-    const [e2] = await lab.addNatted("eim");
-    const [d1] = await lab.addNatted("edm");
-    const [d2] = await lab.addNatted("edm");
-    const [c1] = await lab.addNatted("fullcone");
-    const p1 = await lab.addPublicHost();
-    const [s1, s2] = await lab.addNatted("eim", 2);
-    const [u1] = await lab.addNatted("block-udp");
+    let n = 0;
+    const filtering = () => routers === "filtering" || (routers === "mixed" && n++ % 2 === 0);
+    const nat = (kind: NatKind, hosts = 1, options = {}) =>
+      lab.addNatted(kind, hosts, { filtering: filtering(), ...options });
+    const [e1] = await nat("eim");
+    const segment = await lab.addTransit();
+    const [e2] = await nat("eim", 1, { segment });
+    const [e3] = await nat("eim", 1, { segment });
+    const carrier = await lab.addCarrierNat({ filtering: filtering() });
+    const [x1] = await nat("eim", 1, { segment: carrier });
+    const [d1] = await nat("edm");
+    const [d2] = await nat("edm");
+    const [c1] = await nat("fullcone");
+    const p1 = await lab.addPublicHost({ segment: await lab.addTransit() });
+    const [s1, s2] = await nat("eim", 2);
+    const [u1] = await nat("block-udp");
     for (
       const [id, host] of Object.entries({
         "eim-1": e1,
         "eim-2": e2,
+        "eim-3": e3,
+        "double-1": x1,
         "edm-1": d1,
         "edm-2": d2,
         "cone-1": c1,
@@ -121,6 +141,7 @@ export async function runPunchLab(
         lab.worker(hosts.get(id)!, id, {
           PEER_AUTOCONNECT: "true",
           PEER_HELLO_SEC: "0.5",
+          ...env,
           ...(transferBytes > 0 ? { PEER_EXPOSE: "9000", PEER_FORWARD: forwards } : {}),
         }),
       );

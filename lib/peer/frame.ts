@@ -7,9 +7,10 @@
  *   0  "HP" magic (0x48 0x50: the top two bits 01 tell it from STUN's 00)
  *   2  version (1)
  *   3  type: 1 probe, 2 ack, 3 data, 4 data-ack, 5 nominate (a probe that
- *      also says "use this path", as ICE's USE-CANDIDATE)
+ *      also says "use this path", as ICE's USE-CANDIDATE), 6 opened (sent
+ *      through the relay: "my opening packets are out, probe me now")
  *   4  session id (8 bytes)
- *   12 probe/ack/nominate: nonce (8) + sender time (float64 ms, echoed by the ack)
+ *   12 probe/ack/nominate/opened: nonce (8) + sender time (float64 ms, echoed by the ack)
  *      data: sequence (uint32) + payload; data-ack: cumulative sequence (uint32)
  *   .. MAC (16)
  *
@@ -26,12 +27,17 @@ export const MAX_FRAME_PAYLOAD = 1200;
 
 /** A decoded frame. */
 export type Frame =
-  | { type: "probe" | "ack" | "nominate"; sessionId: string; nonce: string; time: number }
+  | {
+    type: "probe" | "ack" | "nominate" | "opened";
+    sessionId: string;
+    nonce: string;
+    time: number;
+  }
   | { type: "data"; sessionId: string; seq: number; payload: Uint8Array }
   | { type: "data_ack"; sessionId: string; seq: number };
 
-const TYPE_CODE = { probe: 1, ack: 2, data: 3, data_ack: 4, nominate: 5 } as const;
-const TYPE_NAME = ["", "probe", "ack", "data", "data_ack", "nominate"] as const;
+const TYPE_CODE = { probe: 1, ack: 2, data: 3, data_ack: 4, nominate: 5, opened: 6 } as const;
+const TYPE_NAME = ["", "probe", "ack", "data", "data_ack", "nominate", "opened"] as const;
 
 /** The frame is not one of ours, was tampered with, or belongs to no session we know. */
 export class FrameError extends Error {
@@ -93,6 +99,7 @@ export async function sealFrame(frame: Frame, key: CryptoKey): Promise<Uint8Arra
     case "probe":
     case "ack":
     case "nominate":
+    case "opened":
       body = new Uint8Array(16);
       body.set(unhex(frame.nonce), 0);
       new DataView(body.buffer).setFloat64(8, frame.time);
@@ -144,6 +151,7 @@ export async function openFrame(bytes: Uint8Array, key: CryptoKey): Promise<Fram
     case "probe":
     case "ack":
     case "nominate":
+    case "opened":
       if (body.length !== 16) {
         throw new FrameError(`Cannot open ${type}: body is ${body.length} bytes`);
       }

@@ -57,6 +57,15 @@ import type {
 
 /** Every timing and bound of the link, with the reason for each. */
 export const LINK_TIMING = {
+  /**
+   * Opening packets (low TTL, see `PeerLinkDeps.sendOpening`) go first;
+   * each side says so through the relay (`opened`) once its own are out,
+   * and full-TTL checks and sprays toward a peer wait for its `opened`, so
+   * they reach its NAT only after its mapping toward us exists, whatever
+   * the load or the timing error between the two. A peer that sends no
+   * `opened` (an older version) is probed after this long anyway.
+   */
+  openedWaitMs: 1000,
   /** RFC 8445 §14.2's Ta: one check every 50 ms. */
   probeIntervalMs: 50,
   /** 10 s of checks per punch. */
@@ -96,6 +105,14 @@ export interface PeerLinkDeps {
   clock: Clock;
   /** Sends a frame over UDP from socket `via` (0: the worker's main socket). */
   sendUdp(bytes: Uint8Array, to: UdpAddress, via: number): void;
+  /**
+   * Sends a frame from socket `via` with a low TTL: it makes our NAT's
+   * mapping toward `to` and dies in transit before the peer's NAT, where a
+   * full-TTL packet arriving before the peer's own would be taken by the
+   * NAT router itself and clash with the peer's mapping (Linux conntrack
+   * without input filtering). Without it, no opening packets are sent.
+   */
+  sendOpening?(bytes: Uint8Array, to: UdpAddress, via: number): Promise<unknown> | void;
   /** Sends a frame through the rendezvous relay. */
   sendRelay(bytes: Uint8Array): void;
   /** Opens up to `count` extra sockets; returns their `via` numbers. */
@@ -126,6 +143,8 @@ export type LinkEvent =
     nominated?: boolean;
   }
   | { type: "punch_failed"; probes: number }
+  /** Full-TTL checks began: the peer's opening packets were out, or it never said so in time. */
+  | { type: "checks"; after: "peer_opened" | "timeout" | "no_opening"; opened_ms: number | null }
   | { type: "path_lost"; to: string }
   | { type: "relay" }
   | { type: "first_relay" }
@@ -147,6 +166,8 @@ interface Session {
 
 interface Probing {
   session: string;
+  /** Starts the full-TTL checks (and sprays); idempotent. */
+  begin?: () => void;
   sent: Map<string, { to: UdpAddress; via: number }>;
   probes: number;
   timers: TimerId[];
@@ -218,6 +239,8 @@ export class PeerLink {
   // While a session key is being imported: frames that arrive meanwhile
   // wait for it instead of being dropped as unauthenticated.
   #introducing?: Promise<void>;
+  /** The session whose `opened` arrived (it may come before our own probing starts). */
+  #peerOpened?: string;
 
   constructor(peerId: string, deps: PeerLinkDeps) {
     this.peerId = peerId;
@@ -340,6 +363,12 @@ export class PeerLink {
     });
     if (checks.length === 0) return this.#punchFailed(probing);
 
+    // Opening packets first: our mapping toward every candidate, before any
+    // full-TTL packet of ours can reach the peer's NAT.
+    const opening = this.#d.sendOpening !== undefined;
+    const opened: Promise<unknown>[] = [];
+    if (opening) { for (const to of checks) opened.push(this.#probe(probing, to, 0, false, true)); }
+
     let i = 0;
     const check = () => {
       if (probing.done || probing.probes >= LINK_TIMING.maxProbes) {
@@ -349,29 +378,63 @@ export class PeerLink {
       this.#probe(probing, to, 0);
       probing.timers.push(this.#timer(check, LINK_TIMING.probeIntervalMs));
     };
-    check();
+    let spray: (() => void) | undefined;
+    let begun = false;
+    let openedMs: number | null = null;
+    const begin = (after: "peer_opened" | "timeout" | "no_opening") => {
+      if (begun || probing.done) return;
+      begun = true;
+      this.#trace({ type: "checks", after, opened_ms: openedMs });
+      check();
+      spray?.();
+    };
+    probing.begin = () => begin("peer_opened");
 
     if (strategy === "hard-side") {
       probing.extra = this.#d.openSockets(LINK_TIMING.hardSockets);
       for (const via of probing.extra) this.#extras.add(via);
+      // A peer without NAT has nothing to poison: full-TTL probes reach it
+      // at once. Else each socket only opens its mapping (low TTL), round
+      // after round, and the easy side's sprays find one: a full-TTL probe
+      // from each would reach the peer's NAT first and, on a router that
+      // does not filter its input, clash with the very mapping the peer
+      // opens toward that socket when its spray finds it.
+      const full = !opening || session.peerNat === "no-nat";
       let round = 0;
       const fire = () => {
         if (probing.done || round++ >= LINK_TIMING.hardRounds) return this.#maybeGiveUp(probing);
-        for (const via of probing.extra) this.#probe(probing, publics[0], via, false);
+        for (const via of probing.extra) {
+          const sent = this.#probe(probing, publics[0], via, false, !full);
+          if (round === 1 && !full) opened.push(sent);
+        }
         probing.timers.push(this.#timer(fire, LINK_TIMING.hardRoundMs));
       };
       fire();
     } else if (strategy === "easy-side") {
       let sprayed = 0;
       const span = 65536 - LINK_TIMING.sprayPortMin;
-      const spray = () => {
+      spray = () => {
         if (probing.done || sprayed++ >= LINK_TIMING.sprayMax) return this.#maybeGiveUp(probing);
         const port = LINK_TIMING.sprayPortMin + Math.floor(this.#random() * span);
         this.#probe(probing, { ip: publics[0].ip, port }, 0, false);
-        probing.timers.push(this.#timer(spray, LINK_TIMING.sprayIntervalMs));
+        probing.timers.push(this.#timer(spray!, LINK_TIMING.sprayIntervalMs));
       };
-      spray();
     }
+
+    if (!opening) return begin("no_opening");
+    // Ours are out: tell the peer (through the relay, which it has for sure).
+    void Promise.all(opened).then(() => {
+      openedMs = this.#d.clock.now() - probing.startedAt;
+      if (probing.done || this.#session?.id !== sessionId) return;
+      this.#sendRelayFrame({
+        type: "opened",
+        sessionId,
+        nonce: newNonce(),
+        time: this.#d.clock.now(),
+      });
+    });
+    if (this.#peerOpened === sessionId) probing.begin();
+    else probing.timers.push(this.#timer(() => begin("timeout"), LINK_TIMING.openedWaitMs));
   }
 
   /** Gives up when every strategy of this attempt has run out. */
@@ -398,16 +461,27 @@ export class PeerLink {
     this.#scheduleUpgrade();
   }
 
-  #probe(probing: Probing, to: UdpAddress, via: number, counted = true): void {
+  /**
+   * Sends a probe; an `opening` one with a low TTL (it is still a probe:
+   * where it does reach the peer, on a LAN, the peer answers it).
+   */
+  #probe(
+    probing: Probing,
+    to: UdpAddress,
+    via: number,
+    counted = true,
+    opening = false,
+  ): Promise<unknown> {
     const session = this.#session;
-    if (!session) return;
+    if (!session) return Promise.resolve();
     const nonce = newNonce();
     probing.sent.set(nonce, { to, via });
     if (counted) probing.probes++;
-    this.#sendUdp(
+    return this.#sendUdp(
       { type: "probe", sessionId: session.id, nonce, time: this.#d.clock.now() },
       to,
       via,
+      opening,
     );
   }
 
@@ -545,6 +619,11 @@ export class PeerLink {
     if (frame === undefined) return; // unauthenticated or stale: dropped
     const pathKind: PathKind = from ? "direct" : "relay";
     switch (frame.type) {
+      case "opened":
+        // The peer's opening packets are out: our full-TTL checks may go.
+        this.#peerOpened = frame.sessionId;
+        if (this.#probing?.session === frame.sessionId) this.#probing.begin?.();
+        return;
       case "nominate":
         if (!from) return;
         this.#sendUdp({ ...frame, type: "ack" }, from, via);
@@ -758,10 +837,14 @@ export class PeerLink {
     }, this.#rto());
   }
 
-  #sendUdp(frame: Frame, to: UdpAddress, via: number): void {
+  /** Seals and sends a frame; resolves once it is handed on (an opening one: sent). */
+  #sendUdp(frame: Frame, to: UdpAddress, via: number, opening = false): Promise<unknown> {
     const key = this.#session?.key;
-    if (!key || !this.#isOpen(via)) return;
-    sealFrame(frame, key).then((bytes) => this.#d.sendUdp(bytes, to, via), () => {});
+    if (!key || !this.#isOpen(via)) return Promise.resolve();
+    return sealFrame(frame, key).then((bytes) => {
+      if (opening && this.#d.sendOpening) return this.#d.sendOpening(bytes, to, via);
+      this.#d.sendUdp(bytes, to, via);
+    }, () => {});
   }
 
   #sendRelayFrame(frame: Frame): void {

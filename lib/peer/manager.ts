@@ -20,6 +20,14 @@ import type {
 import { UdpEndpoint } from "./udp_endpoint.ts";
 import type { PeerTransport } from "./transport.ts";
 
+/**
+ * The default TTL of opening packets: enough to cross a home NAT and a
+ * carrier NAT right behind it (a TTL-n packet is forwarded by n - 1
+ * routers), short of the peer's NAT on any path with three or more routers
+ * between the two NATs (see README, "Opening packets").
+ */
+export const DEFAULT_OPENING_TTL = 3;
+
 /** Options for {@linkcode PeerManager}. */
 export interface PeerManagerOptions {
   /** The worker's main UDP socket (the one STUN used); none: relay only. */
@@ -48,6 +56,12 @@ export interface PeerManagerOptions {
    * rendezvous relay; false when it could not (no session, full buffer).
    */
   sendRelayPacket?: (peerId: string, packet: Uint8Array) => boolean;
+  /**
+   * IP TTL of a punch's opening packets (see `PeerLinkDeps.sendOpening`);
+   * 0 sends none.
+   * @default {DEFAULT_OPENING_TTL}
+   */
+  openingTtl?: number;
   /** Time source, for tests. @default {systemClock} */
   clock?: Clock;
   /** Where link events are logged. */
@@ -186,6 +200,9 @@ export class PeerManager {
     link = new PeerLink(peerId, {
       clock: this.#clock,
       sendUdp: (bytes, to, via) => this.#sendUdp(bytes, to, via),
+      ...((this.#o.openingTtl ?? DEFAULT_OPENING_TTL) > 0
+        ? { sendOpening: (bytes, to, via) => this.#sendOpening(bytes, to, via) }
+        : {}),
       sendRelay: (bytes) => {
         this.#o.sendToRendezvous({ type: "relay", to: peerId, data: toBase64(bytes) });
       },
@@ -215,6 +232,7 @@ export class PeerManager {
       punch: "peer punch started",
       direct: "peer path direct",
       punch_failed: "peer punch failed",
+      checks: "peer checks started",
       path_lost: "peer direct path lost",
       relay: "peer path relay",
       first_relay: "peer first relayed frame sent",
@@ -232,6 +250,20 @@ export class PeerManager {
     const socket = via === 0 ? this.#o.udp : this.#sockets.get(via);
     socket?.send(bytes, to).catch(() => {}); // UDP: a failed send is a lost packet
   }
+
+  async #sendOpening(bytes: Uint8Array, to: UdpAddress, via: number): Promise<void> {
+    const socket = via === 0 ? this.#o.udp : this.#sockets.get(via);
+    const ttl = this.#o.openingTtl ?? DEFAULT_OPENING_TTL;
+    await socket?.sendWithTtl(bytes, to, ttl).then((sent) => {
+      if (sent || this.#openingFailed) return;
+      this.#openingFailed = true;
+      this.#o.logger.warn("cannot send low-TTL opening packets; punching goes on without", {
+        via,
+      });
+    });
+  }
+
+  #openingFailed = false;
 
   #openSockets(count: number): number[] {
     const main = this.#o.udp;

@@ -6,6 +6,7 @@
  * @module
  */
 
+import dgram from "node:dgram";
 import { isStun, toTransportAddress, type TransportAddress } from "../stun/codec.ts";
 
 /** Receives datagrams of one kind. */
@@ -69,12 +70,89 @@ export class UdpEndpoint {
       transport: "udp",
       hostname: options.hostname ?? "0.0.0.0",
       port: options.port ?? 0,
+      // So that `sendWithTtl` can send from this very port (SO_REUSEPORT:
+      // only sockets of this user may share it).
+      reuseAddress: true,
     }));
   }
 
   /** Sends one datagram; errors (unreachable, no route) reject. */
   async send(bytes: Uint8Array, to: { ip: string; port: number }): Promise<void> {
     await this.#conn.send(bytes, { transport: "udp", hostname: to.ip, port: to.port });
+  }
+
+  /** Opening packets waiting for the `node:dgram` socket, and whether it is up. */
+  #toOpen: {
+    bytes: Uint8Array;
+    to: { ip: string; port: number };
+    ttl: number;
+    done: (sent: boolean) => void;
+  }[] = [];
+  #opening: Promise<void> | undefined;
+
+  /**
+   * Sends `bytes` to `to` from this socket's address and port with IP TTL
+   * `ttl` (hop limit): an opening packet of a punch, which makes our NAT's
+   * mapping and expires in transit before it reaches the peer's NAT.
+   *
+   * `Deno.listenDatagram` has no TTL setting, so a `node:dgram` socket is
+   * bound beside this one on the same port (SO_REUSEPORT) for as long as
+   * opening packets are waiting, then closed; whatever the kernel hands it
+   * meanwhile is handled as if this socket had received it. Resolves false
+   * when the packet could not be sent (the caller goes on without).
+   */
+  sendWithTtl(bytes: Uint8Array, to: { ip: string; port: number }, ttl: number): Promise<boolean> {
+    if (this.#closed) return Promise.resolve(false);
+    const { promise, resolve } = Promise.withResolvers<boolean>();
+    this.#toOpen.push({ bytes, to, ttl, done: resolve });
+    this.#opening ??= this.#drainOpenings().finally(() => this.#opening = undefined);
+    return promise;
+  }
+
+  async #drainOpenings(): Promise<void> {
+    const opener = dgram.createSocket({
+      type: this.local.family === 6 ? "udp6" : "udp4",
+      reuseAddr: true,
+    });
+    opener.on("message", (message: Uint8Array, rinfo: { address: string; port: number }) => {
+      const from = toTransportAddress({
+        transport: "udp",
+        hostname: rinfo.address,
+        port: rinfo.port,
+      });
+      if (from) void this.#dispatch(new Uint8Array(message), from);
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        opener.once("error", reject);
+        opener.bind({ port: this.local.port, address: this.local.ip }, () => {
+          opener.off("error", reject);
+          resolve();
+        });
+      });
+      let ttl = -1;
+      while (this.#toOpen.length > 0 && !this.#closed) {
+        const next = this.#toOpen.shift()!;
+        if (next.ttl !== ttl) opener.setTTL(ttl = next.ttl);
+        await new Promise<void>((resolve) =>
+          opener.send(next.bytes, next.to.port, next.to.ip, (error) => {
+            next.done(!error);
+            resolve();
+          })
+        );
+      }
+    } catch {
+      // Cannot bind or set the TTL here: every waiting packet fails.
+    } finally {
+      for (const waiting of this.#toOpen.splice(0)) waiting.done(false);
+      await new Promise<void>((resolve) => {
+        try {
+          opener.close(() => resolve());
+        } catch {
+          resolve();
+        }
+      });
+    }
   }
 
   /**
@@ -96,13 +174,18 @@ export class UdpEndpoint {
       }
       const from = toTransportAddress(addr);
       if (from === null) continue;
-      try {
-        if (bytes[0] === TRANSPORT_MAGIC) await this.onTransport(bytes, from);
-        // STUN and peer frames are few and their handlers keep them: a copy each.
-        else (isStun(bytes) ? this.onStun : this.onOther)(bytes.slice(), from);
-      } catch {
-        // A handler's bug must not stop the socket.
-      }
+      await this.#dispatch(bytes, from);
+    }
+  }
+
+  /** Hands a datagram to its handler; resolves once `bytes` may be reused. */
+  async #dispatch(bytes: Uint8Array, from: TransportAddress): Promise<void> {
+    try {
+      if (bytes[0] === TRANSPORT_MAGIC) await this.onTransport(bytes, from);
+      // STUN and peer frames are few and their handlers keep them: a copy each.
+      else (isStun(bytes) ? this.onStun : this.onOther)(bytes.slice(), from);
+    } catch {
+      // A handler's bug must not stop the socket.
     }
   }
 
@@ -110,6 +193,7 @@ export class UdpEndpoint {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await this.#opening;
     try {
       this.#conn.close();
     } catch {

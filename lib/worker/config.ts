@@ -22,6 +22,7 @@ import { isValidWorkerId, REGISTER_PATH_PREFIX } from "../protocol/messages.ts";
 import { parseServerSpec } from "../stun/client.ts";
 import { type ForwardSpec, parseExposes, parseForwards } from "./forward.ts";
 import type { CongestionControl } from "../peer/transport.ts";
+import { DEFAULT_OPENING_TTL } from "../peer/manager.ts";
 
 /** Everything `worker.ts` needs to start. */
 export interface WorkerConfig {
@@ -78,6 +79,8 @@ export interface WorkerConfig {
   peerAutoConnect: boolean;
   /** Send a hello to every peer this often (0: never); for demos and the lab. */
   peerHelloMs: number;
+  /** IP TTL of a punch's opening packets (`PUNCH_OPENING_TTL`); 0: none. */
+  punchOpeningTtl: number;
   /** Log level and format (`LOG_LEVEL`, `LOG_FORMAT`). */
   log: LogConfig;
 }
@@ -175,6 +178,12 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     name: "PEER_AUTOCONNECT",
     fallback: "false",
     meaning: "connect (punch) to every peer of the group as it appears",
+  },
+  {
+    name: "PUNCH_OPENING_TTL",
+    fallback: "3",
+    meaning:
+      "TTL of the opening packets a punch sends first (past your own NATs, short of the peer's); 0: none",
   },
   {
     name: "PEER_HELLO_SEC",
@@ -397,6 +406,11 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     group,
     peerAutoConnect: boolVar(env, "PEER_AUTOCONNECT", false),
     peerHelloMs: seconds(env, "PEER_HELLO_SEC", 0, 0, 3600),
+    punchOpeningTtl: numberVar(env, "PUNCH_OPENING_TTL", DEFAULT_OPENING_TTL, {
+      min: 0,
+      max: 255,
+      integer: true,
+    }),
     log: logConfig(env, isTerminal),
   };
 }

@@ -158,6 +158,7 @@ export class Worker {
       udp: udp?.udp,
       sendToRendezvous: (message) => client.send(message),
       autoConnect: config.peerAutoConnect,
+      openingTtl: config.punchOpeningTtl,
       logger: log,
       // Hello 0 goes out as soon as a peer is known: queued until the
       // introduction, then relayed at once (time to first relayed byte).

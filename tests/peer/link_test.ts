@@ -31,7 +31,9 @@ interface Side {
   received: { text: string; path: PathKind }[];
   paths: PathKind[];
   events: LinkEvent[];
-  udpSent: { to: UdpAddress; via: number }[];
+  udpSent: { to: UdpAddress; via: number; at: number }[];
+  /** Low-TTL opening packets: they die in transit, nothing delivers them. */
+  openings: { to: UdpAddress; via: number; at: number }[];
   connects: number;
   opened: number[];
   closed: number[];
@@ -44,17 +46,18 @@ class Net {
   a: Side;
   b: Side;
 
-  constructor() {
-    this.a = this.#side("b", A);
-    this.b = this.#side("a", B);
+  constructor(opening: { a?: boolean; b?: boolean } = {}) {
+    this.a = this.#side("b", A, opening.a ?? false);
+    this.b = this.#side("a", B, opening.b ?? false);
   }
 
-  #side(peer: "a" | "b", self: UdpAddress): Side {
+  #side(peer: "a" | "b", self: UdpAddress, opening: boolean): Side {
     const side = {
       received: [],
       paths: [],
       events: [],
       udpSent: [],
+      openings: [],
       connects: 0,
       opened: [],
       closed: [],
@@ -62,8 +65,14 @@ class Net {
     let nextVia = 1;
     side.link = new PeerLink(peer, {
       clock: this.clock,
+      ...(opening
+        ? {
+          sendOpening: (_bytes: Uint8Array, to: UdpAddress, via: number) =>
+            void side.openings.push({ to, via, at: this.clock.now() }),
+        }
+        : {}),
       sendUdp: (bytes, to, via) => {
-        side.udpSent.push({ to, via });
+        side.udpSent.push({ to, via, at: this.clock.now() });
         const target = to.ip === A.ip && to.port === A.port
           ? this.a
           : to.ip === B.ip && to.port === B.port
@@ -492,5 +501,64 @@ Deno.test("PeerLink, easy side: follows the hard side's nomination over its own 
     assert.equal(e.link.directTo, "198.51.100.2:40002");
   } finally {
     e.link.close();
+  }
+});
+
+Deno.test("opening packets go first; full-TTL checks toward a peer wait for its `opened`", async () => {
+  const net = new Net({ a: true, b: true });
+  try {
+    await net.punch();
+    await net.tick(2000);
+    for (const [me, peer] of [[net.a, net.b], [net.b, net.a]]) {
+      assert.ok(me.openings.length >= 1, "an opening packet toward the candidate");
+      assert.equal(me.openings[0].via, 0);
+      const checks = me.events.find((e) => e.type === "checks");
+      assert.deepEqual(checks && { ...checks, opened_ms: 0 }, {
+        type: "checks",
+        after: "peer_opened",
+        opened_ms: 0,
+      });
+      // Nothing at full TTL left before the peer's opening packets had.
+      const lastPeerOpening = Math.max(...peer.openings.map((o) => o.at));
+      assert.ok(me.udpSent.every((s) => s.at >= lastPeerOpening), "full TTL only after");
+      assert.equal(me.link.path, "direct");
+    }
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("a peer that never says `opened` (an older version) is probed after the wait", async () => {
+  const net = new Net({ a: true, b: false });
+  try {
+    await net.punch();
+    await net.tick(LINK_TIMING.openedWaitMs + 500);
+    // b probes at once; a answers those (triggered checks) and, had they not
+    // come, would have begun its own after the wait, never on an `opened`.
+    const checksOf = (side: Side) => {
+      const e = side.events.find((e) => e.type === "checks");
+      return e?.type === "checks" ? e.after : undefined;
+    };
+    assert.equal(checksOf(net.b), "no_opening");
+    assert.ok([undefined, "timeout"].includes(checksOf(net.a)), String(checksOf(net.a)));
+    assert.equal(net.a.link.path, "direct");
+    assert.equal(net.b.link.path, "direct");
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("the hard side opens its mappings from every extra socket at a low TTL, never at full TTL", async () => {
+  const net = new Net({ a: true, b: true });
+  try {
+    await net.punch({ a: "endpoint-dependent", b: "endpoint-independent" });
+    await net.tick(2500, 50);
+    const extra = net.a.openings.filter((o) => o.via !== 0);
+    assert.ok(extra.length >= LINK_TIMING.hardSockets, `${extra.length} openings from extras`);
+    assert.equal(new Set(extra.map((o) => o.via)).size, LINK_TIMING.hardSockets);
+    assert.ok(extra.every((o) => o.to.ip === B.ip && o.to.port === B.port));
+    assert.equal(net.a.udpSent.filter((s) => s.via !== 0 && s.to.port === B.port).length, 0);
+  } finally {
+    net.close();
   }
 });

@@ -8,9 +8,10 @@
  *   2  version (1)
  *   3  type: 1 probe, 2 ack, 3 data, 4 data-ack, 5 nominate (a probe that
  *      also says "use this path", as ICE's USE-CANDIDATE), 6 opened (sent
- *      through the relay: "my opening packets are out, probe me now")
+ *      through the relay: "my opening packets of this TTL are out")
  *   4  session id (8 bytes)
- *   12 probe/ack/nominate/opened: nonce (8) + sender time (float64 ms, echoed by the ack)
+ *   12 probe/ack/nominate: nonce (8) + sender time (float64 ms, echoed by the ack)
+ *      opened: TTL (1) + last stage (1, 0 or 1) + zeros (6) + sender time (float64 ms)
  *      data: sequence (uint32) + payload; data-ack: cumulative sequence (uint32)
  *   .. MAC (16)
  *
@@ -27,12 +28,8 @@ export const MAX_FRAME_PAYLOAD = 1200;
 
 /** A decoded frame. */
 export type Frame =
-  | {
-    type: "probe" | "ack" | "nominate" | "opened";
-    sessionId: string;
-    nonce: string;
-    time: number;
-  }
+  | { type: "probe" | "ack" | "nominate"; sessionId: string; nonce: string; time: number }
+  | { type: "opened"; sessionId: string; ttl: number; last: boolean; time: number }
   | { type: "data"; sessionId: string; seq: number; payload: Uint8Array }
   | { type: "data_ack"; sessionId: string; seq: number };
 
@@ -99,9 +96,14 @@ export async function sealFrame(frame: Frame, key: CryptoKey): Promise<Uint8Arra
     case "probe":
     case "ack":
     case "nominate":
-    case "opened":
       body = new Uint8Array(16);
       body.set(unhex(frame.nonce), 0);
+      new DataView(body.buffer).setFloat64(8, frame.time);
+      break;
+    case "opened":
+      body = new Uint8Array(16);
+      body[0] = frame.ttl;
+      body[1] = frame.last ? 1 : 0;
       new DataView(body.buffer).setFloat64(8, frame.time);
       break;
     case "data":
@@ -151,11 +153,15 @@ export async function openFrame(bytes: Uint8Array, key: CryptoKey): Promise<Fram
     case "probe":
     case "ack":
     case "nominate":
-    case "opened":
       if (body.length !== 16) {
         throw new FrameError(`Cannot open ${type}: body is ${body.length} bytes`);
       }
       return { type, sessionId, nonce: hex(body.subarray(0, 8)), time: view.getFloat64(8) };
+    case "opened":
+      if (body.length !== 16 || body[0] === 0 || body[1] > 1) {
+        throw new FrameError("Cannot open opened: bad body");
+      }
+      return { type, sessionId, ttl: body[0], last: body[1] === 1, time: view.getFloat64(8) };
     case "data":
       if (body.length < 4) throw new FrameError("Cannot open data: no sequence number");
       return { type, sessionId, seq: view.getUint32(0), payload: body.slice(4) };

@@ -55,6 +55,15 @@ import type {
   UdpAddress,
 } from "../protocol/messages.ts";
 
+/**
+ * The TTLs of a punch's opening stages: 2 (past the first router, our NAT)
+ * up to `max` (past a carrier NAT behind it, with 3).
+ */
+export function openingLadder(max: number): number[] {
+  const top = Math.max(1, Math.min(255, Math.floor(max)));
+  return Array.from({ length: Math.max(1, top - 1) }, (_, i) => Math.min(top, i + 2));
+}
+
 /** Every timing and bound of the link, with the reason for each. */
 export const LINK_TIMING = {
   /**
@@ -65,7 +74,7 @@ export const LINK_TIMING = {
    * the load or the timing error between the two. A peer that sends no
    * `opened` (an older version) is probed after this long anyway.
    */
-  openedWaitMs: 1000,
+  openedWaitMs: 2000,
   /** RFC 8445 §14.2's Ta: one check every 50 ms. */
   probeIntervalMs: 50,
   /** 10 s of checks per punch. */
@@ -112,7 +121,14 @@ export interface PeerLinkDeps {
    * NAT router itself and clash with the peer's mapping (Linux conntrack
    * without input filtering). Without it, no opening packets are sent.
    */
-  sendOpening?(bytes: Uint8Array, to: UdpAddress, via: number): Promise<unknown> | void;
+  sendOpening?(
+    bytes: Uint8Array,
+    to: UdpAddress,
+    via: number,
+    ttl: number,
+  ): Promise<unknown> | void;
+  /** The highest TTL of opening packets (they go out at 2, 3, … up to it). @default {3} */
+  openingTtl?: number;
   /** Sends a frame through the rendezvous relay. */
   sendRelay(bytes: Uint8Array): void;
   /** Opens up to `count` extra sockets; returns their `via` numbers. */
@@ -239,8 +255,8 @@ export class PeerLink {
   // While a session key is being imported: frames that arrive meanwhile
   // wait for it instead of being dropped as unauthenticated.
   #introducing?: Promise<void>;
-  /** The session whose `opened` arrived (it may come before our own probing starts). */
-  #peerOpened?: string;
+  /** The peer's latest `opened` (it may come before our own probing starts). */
+  #peerOpened?: { session: string; ttl: number; last: boolean };
 
   constructor(peerId: string, deps: PeerLinkDeps) {
     this.peerId = peerId;
@@ -363,11 +379,11 @@ export class PeerLink {
     });
     if (checks.length === 0) return this.#punchFailed(probing);
 
-    // Opening packets first: our mapping toward every candidate, before any
-    // full-TTL packet of ours can reach the peer's NAT.
+    // Opening packets first (see `PeerLinkDeps.sendOpening`): our mappings
+    // toward every candidate, in stages of rising TTL, before any full-TTL
+    // packet of ours can reach the peer's NAT.
     const opening = this.#d.sendOpening !== undefined;
-    const opened: Promise<unknown>[] = [];
-    if (opening) { for (const to of checks) opened.push(this.#probe(probing, to, 0, false, true)); }
+    const ladder = opening ? openingLadder(this.#d.openingTtl ?? 3) : [];
 
     let i = 0;
     const check = () => {
@@ -388,24 +404,25 @@ export class PeerLink {
       check();
       spray?.();
     };
-    probing.begin = () => begin("peer_opened");
 
+    // The hard side's extra sockets: opened with each stage, then once a
+    // round at the top TTL. A peer without NAT has nothing to poison:
+    // full-TTL probes reach it at once. Else a full-TTL probe from each
+    // would reach the peer's NAT first and, on a router that does not filter
+    // its input, clash with the very mapping the peer opens toward that
+    // socket when its spray finds it; so they only ever open, and the easy
+    // side's sprays find one.
+    const full = !opening || session.peerNat === "no-nat";
     if (strategy === "hard-side") {
       probing.extra = this.#d.openSockets(LINK_TIMING.hardSockets);
       for (const via of probing.extra) this.#extras.add(via);
-      // A peer without NAT has nothing to poison: full-TTL probes reach it
-      // at once. Else each socket only opens its mapping (low TTL), round
-      // after round, and the easy side's sprays find one: a full-TTL probe
-      // from each would reach the peer's NAT first and, on a router that
-      // does not filter its input, clash with the very mapping the peer
-      // opens toward that socket when its spray finds it.
-      const full = !opening || session.peerNat === "no-nat";
       let round = 0;
       const fire = () => {
         if (probing.done || round++ >= LINK_TIMING.hardRounds) return this.#maybeGiveUp(probing);
-        for (const via of probing.extra) {
-          const sent = this.#probe(probing, publics[0], via, false, !full);
-          if (round === 1 && !full) opened.push(sent);
+        if (round > 1 || full) {
+          for (const via of probing.extra) {
+            this.#probe(probing, publics[0], via, false, full ? 0 : ladder.at(-1)!);
+          }
         }
         probing.timers.push(this.#timer(fire, LINK_TIMING.hardRoundMs));
       };
@@ -422,19 +439,49 @@ export class PeerLink {
     }
 
     if (!opening) return begin("no_opening");
-    // Ours are out: tell the peer (through the relay, which it has for sure).
-    void Promise.all(opened).then(() => {
-      openedMs = this.#d.clock.now() - probing.startedAt;
-      if (probing.done || this.#session?.id !== sessionId) return;
-      this.#sendRelayFrame({
-        type: "opened",
-        sessionId,
-        nonce: newNonce(),
-        time: this.#d.clock.now(),
+    // Stage k sends at TTL ladder[k] and says so (`opened`, through the
+    // relay); stage k + 1 waits until the peer has said the same of a TTL at
+    // least ladder[k] (or that it is done): a packet of ours that reaches
+    // the peer's NAT then finds the peer's own mapping toward us there and
+    // is let in, not taken by the router. On a segment the NATs share, the
+    // second stage does just that. Full-TTL checks wait for the peer's last
+    // stage.
+    let stage = -1;
+    let sending = false;
+    const advance = () => {
+      if (probing.done || sending || this.#session?.id !== sessionId) return;
+      const peer = this.#peerOpened?.session === sessionId ? this.#peerOpened : undefined;
+      if (stage === ladder.length - 1) {
+        if (peer?.last) begin("peer_opened");
+        return;
+      }
+      if (stage >= 0 && !(peer && (peer.last || peer.ttl >= ladder[stage]))) return;
+      stage++;
+      sending = true;
+      const ttl = ladder[stage];
+      const sends = checks.map((to) => this.#probe(probing, to, 0, false, ttl));
+      if (strategy === "hard-side" && !full) {
+        for (const via of probing.extra) {
+          sends.push(this.#probe(probing, publics[0], via, false, ttl));
+        }
+      }
+      void Promise.all(sends).then(() => {
+        sending = false;
+        if (probing.done || this.#session?.id !== sessionId) return;
+        if (stage === ladder.length - 1) openedMs = this.#d.clock.now() - probing.startedAt;
+        this.#sendRelayFrame({
+          type: "opened",
+          sessionId,
+          ttl,
+          last: stage === ladder.length - 1,
+          time: this.#d.clock.now(),
+        });
+        advance();
       });
-    });
-    if (this.#peerOpened === sessionId) probing.begin();
-    else probing.timers.push(this.#timer(() => begin("timeout"), LINK_TIMING.openedWaitMs));
+    };
+    probing.begin = advance;
+    advance();
+    probing.timers.push(this.#timer(() => begin("timeout"), LINK_TIMING.openedWaitMs));
   }
 
   /** Gives up when every strategy of this attempt has run out. */
@@ -470,7 +517,7 @@ export class PeerLink {
     to: UdpAddress,
     via: number,
     counted = true,
-    opening = false,
+    openingTtl = 0,
   ): Promise<unknown> {
     const session = this.#session;
     if (!session) return Promise.resolve();
@@ -481,7 +528,7 @@ export class PeerLink {
       { type: "probe", sessionId: session.id, nonce, time: this.#d.clock.now() },
       to,
       via,
-      opening,
+      openingTtl,
     );
   }
 
@@ -619,11 +666,14 @@ export class PeerLink {
     if (frame === undefined) return; // unauthenticated or stale: dropped
     const pathKind: PathKind = from ? "direct" : "relay";
     switch (frame.type) {
-      case "opened":
-        // The peer's opening packets are out: our full-TTL checks may go.
-        this.#peerOpened = frame.sessionId;
+      case "opened": {
+        // The peer's opening packets of this TTL are out: our next stage may go.
+        const before = this.#peerOpened;
+        if (before?.session === frame.sessionId && before.ttl > frame.ttl) return; // reordered
+        this.#peerOpened = { session: frame.sessionId, ttl: frame.ttl, last: frame.last };
         if (this.#probing?.session === frame.sessionId) this.#probing.begin?.();
         return;
+      }
       case "nominate":
         if (!from) return;
         this.#sendUdp({ ...frame, type: "ack" }, from, via);
@@ -838,11 +888,13 @@ export class PeerLink {
   }
 
   /** Seals and sends a frame; resolves once it is handed on (an opening one: sent). */
-  #sendUdp(frame: Frame, to: UdpAddress, via: number, opening = false): Promise<unknown> {
+  #sendUdp(frame: Frame, to: UdpAddress, via: number, openingTtl = 0): Promise<unknown> {
     const key = this.#session?.key;
     if (!key || !this.#isOpen(via)) return Promise.resolve();
     return sealFrame(frame, key).then((bytes) => {
-      if (opening && this.#d.sendOpening) return this.#d.sendOpening(bytes, to, via);
+      if (openingTtl > 0 && this.#d.sendOpening) {
+        return this.#d.sendOpening(bytes, to, via, openingTtl);
+      }
       this.#d.sendUdp(bytes, to, via);
     }, () => {});
   }

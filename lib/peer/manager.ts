@@ -57,8 +57,8 @@ export interface PeerManagerOptions {
    */
   sendRelayPacket?: (peerId: string, packet: Uint8Array) => boolean;
   /**
-   * IP TTL of a punch's opening packets (see `PeerLinkDeps.sendOpening`);
-   * 0 sends none.
+   * The highest IP TTL of a punch's opening packets (they go out at 2, 3,
+   * … up to it; see `PeerLinkDeps.sendOpening`); 0 sends none.
    * @default {DEFAULT_OPENING_TTL}
    */
   openingTtl?: number;
@@ -201,7 +201,10 @@ export class PeerManager {
       clock: this.#clock,
       sendUdp: (bytes, to, via) => this.#sendUdp(bytes, to, via),
       ...((this.#o.openingTtl ?? DEFAULT_OPENING_TTL) > 0
-        ? { sendOpening: (bytes, to, via) => this.#sendOpening(bytes, to, via) }
+        ? {
+          sendOpening: (bytes, to, via, ttl) => this.#sendOpening(bytes, to, via, ttl),
+          openingTtl: this.#o.openingTtl ?? DEFAULT_OPENING_TTL,
+        }
         : {}),
       sendRelay: (bytes) => {
         this.#o.sendToRendezvous({ type: "relay", to: peerId, data: toBase64(bytes) });
@@ -251,9 +254,8 @@ export class PeerManager {
     socket?.send(bytes, to).catch(() => {}); // UDP: a failed send is a lost packet
   }
 
-  async #sendOpening(bytes: Uint8Array, to: UdpAddress, via: number): Promise<void> {
+  async #sendOpening(bytes: Uint8Array, to: UdpAddress, via: number, ttl: number): Promise<void> {
     const socket = via === 0 ? this.#o.udp : this.#sockets.get(via);
-    const ttl = this.#o.openingTtl ?? DEFAULT_OPENING_TTL;
     await socket?.sendWithTtl(bytes, to, ttl).then((sent) => {
       if (sent || this.#openingFailed) return;
       this.#openingFailed = true;

@@ -105,11 +105,18 @@ export class UdpEndpoint {
     if (this.#closed) return Promise.resolve(false);
     const { promise, resolve } = Promise.withResolvers<boolean>();
     this.#toOpen.push({ bytes, to, ttl, done: resolve });
-    this.#opening ??= this.#drainOpenings().finally(() => this.#opening = undefined);
+    this.#opening ??= this.#drainOpenings();
     return promise;
   }
 
+  /** Opens `node:dgram` sockets until no opening packet is left (one may come while one closes). */
   async #drainOpenings(): Promise<void> {
+    while (this.#toOpen.length > 0 && !this.#closed) await this.#openerRound();
+    for (const waiting of this.#toOpen.splice(0)) waiting.done(false); // closed meanwhile
+    this.#opening = undefined;
+  }
+
+  async #openerRound(): Promise<void> {
     const opener = dgram.createSocket({
       type: this.local.family === 6 ? "udp6" : "udp4",
       reuseAddr: true,
@@ -142,9 +149,9 @@ export class UdpEndpoint {
         );
       }
     } catch {
-      // Cannot bind or set the TTL here: every waiting packet fails.
-    } finally {
+      // Cannot bind or set the TTL here: every packet waiting now fails.
       for (const waiting of this.#toOpen.splice(0)) waiting.done(false);
+    } finally {
       await new Promise<void>((resolve) => {
         try {
           opener.close(() => resolve());

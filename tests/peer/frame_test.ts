@@ -73,3 +73,18 @@ Deno.test("toBase64() and fromBase64() round-trip bytes", () => {
   const bytes = Uint8Array.from({ length: 70_000 }, (_, i) => (i * 7919) & 0xff);
   assert.deepEqual(fromBase64(toBase64(bytes)), bytes);
 });
+
+Deno.test("an opened frame carries its TTL stage and whether it is the last; a bad body is refused", async () => {
+  const key = await importSessionKey(btoa(String.fromCharCode(...new Uint8Array(32).fill(7))));
+  const frame = {
+    type: "opened",
+    sessionId: "00000000000000a1",
+    ttl: 3,
+    last: true,
+    time: 42,
+  } as const;
+  assert.deepEqual(await openFrame(await sealFrame(frame, key), key), frame);
+  // TTL 0 is no stage: refused even under a good MAC.
+  const bad = await sealFrame({ ...frame, ttl: 0 }, key);
+  await assert.rejects(() => openFrame(bad, key), FrameError);
+});

@@ -12,7 +12,13 @@ import {
   sealFrame,
   toBase64,
 } from "../../lib/peer/frame.ts";
-import { LINK_TIMING, type LinkEvent, PeerLink, type PeerLinkDeps } from "../../lib/peer/link.ts";
+import {
+  LINK_TIMING,
+  type LinkEvent,
+  openingLadder,
+  PeerLink,
+  type PeerLinkDeps,
+} from "../../lib/peer/link.ts";
 import type {
   Candidate,
   NatMapping,
@@ -33,7 +39,7 @@ interface Side {
   events: LinkEvent[];
   udpSent: { to: UdpAddress; via: number; at: number }[];
   /** Low-TTL opening packets: they die in transit, nothing delivers them. */
-  openings: { to: UdpAddress; via: number; at: number }[];
+  openings: { to: UdpAddress; via: number; at: number; ttl: number }[];
   connects: number;
   opened: number[];
   closed: number[];
@@ -67,8 +73,8 @@ class Net {
       clock: this.clock,
       ...(opening
         ? {
-          sendOpening: (_bytes: Uint8Array, to: UdpAddress, via: number) =>
-            void side.openings.push({ to, via, at: this.clock.now() }),
+          sendOpening: (_bytes: Uint8Array, to: UdpAddress, via: number, ttl: number) =>
+            void side.openings.push({ to, via, at: this.clock.now(), ttl }),
         }
         : {}),
       sendUdp: (bytes, to, via) => {
@@ -518,6 +524,11 @@ Deno.test("opening packets go first; full-TTL checks toward a peer wait for its 
         after: "peer_opened",
         opened_ms: 0,
       });
+      // Stages of rising TTL: ours at 3 only once the peer's at 2 were out.
+      assert.deepEqual([...new Set(me.openings.map((o) => o.ttl))], [2, 3]);
+      const firstThree = Math.min(...me.openings.filter((o) => o.ttl === 3).map((o) => o.at));
+      const lastPeerTwo = Math.max(...peer.openings.filter((o) => o.ttl === 2).map((o) => o.at));
+      assert.ok(firstThree >= lastPeerTwo, "TTL 3 after the peer's TTL 2");
       // Nothing at full TTL left before the peer's opening packets had.
       const lastPeerOpening = Math.max(...peer.openings.map((o) => o.at));
       assert.ok(me.udpSent.every((s) => s.at >= lastPeerOpening), "full TTL only after");
@@ -532,7 +543,7 @@ Deno.test("a peer that never says `opened` (an older version) is probed after th
   const net = new Net({ a: true, b: false });
   try {
     await net.punch();
-    await net.tick(LINK_TIMING.openedWaitMs + 500);
+    await net.tick(LINK_TIMING.openedWaitMs + 500, 50);
     // b probes at once; a answers those (triggered checks) and, had they not
     // come, would have begun its own after the wait, never on an `opened`.
     const checksOf = (side: Side) => {
@@ -561,4 +572,11 @@ Deno.test("the hard side opens its mappings from every extra socket at a low TTL
   } finally {
     net.close();
   }
+});
+
+Deno.test("openingLadder: TTL 2 up to the configured top, always at least one stage", () => {
+  assert.deepEqual(openingLadder(3), [2, 3]);
+  assert.deepEqual(openingLadder(5), [2, 3, 4, 5]);
+  assert.deepEqual(openingLadder(2), [2]);
+  assert.deepEqual(openingLadder(1), [1]);
 });

@@ -28,6 +28,11 @@ export const LAB_WORKERS: { id: string; kind: NatKind | "public" | "double" }[] 
   { id: "blocked-1", kind: "block-udp" },
 ];
 
+/** The workers of the lab test: the bench's eleven but eim-3 and double-1 (two cores, a whole suite beside it). */
+export const TEST_WORKERS = LAB_WORKERS.map((w) => w.id).filter((id) =>
+  id !== "eim-3" && id !== "double-1"
+);
+
 /** What the pair can reach at best, from the NAT behaviours alone. */
 export function expectedPath(a: string, b: string): "direct" | "relay" {
   const kind = (id: string) => LAB_WORKERS.find((w) => w.id === id)!.kind;
@@ -79,7 +84,9 @@ export async function runPunchLab(
   transferBytes = 0,
   routers: RouterKind = "filtering",
   env: Record<string, string> = {},
+  only?: string[],
 ): Promise<LabRun> {
+  const WORKERS = only ? LAB_WORKERS.filter((w) => only.includes(w.id)) : LAB_WORKERS;
   const lab = await NetLab.create();
   const procs = new Map<string, Proc>();
   const started = Date.now();
@@ -120,9 +127,9 @@ export async function runPunchLab(
     const rendezvous = await lab.startServices();
     // With a transfer, each host runs a hashing TCP service on 9000 that its
     // worker exposes, and forwards 9100 + i to peer i's 9000.
-    const forwardPort = (peer: string) => 9100 + LAB_WORKERS.findIndex((w) => w.id === peer);
+    const forwardPort = (peer: string) => 9100 + WORKERS.findIndex((w) => w.id === peer);
     if (transferBytes > 0) {
-      const services = LAB_WORKERS.map(({ id }) =>
+      const services = WORKERS.map(({ id }) =>
         lab.deno(hosts.get(id)!.ns, [
           "run",
           "--allow-all",
@@ -133,8 +140,8 @@ export async function runPunchLab(
       );
       for (const service of services) await service.waitForLog("listening", () => true, 20_000);
     }
-    for (const { id } of LAB_WORKERS) {
-      const forwards = LAB_WORKERS.filter((w) => w.id !== id)
+    for (const { id } of WORKERS) {
+      const forwards = WORKERS.filter((w) => w.id !== id)
         .map((w) => `${forwardPort(w.id)}:${w.id}:9000`).join(",");
       procs.set(
         id,
@@ -153,8 +160,8 @@ export async function runPunchLab(
     // Until every pair got where it can (three messages each way, the last
     // on the expected path) or the time is up; the caller judges the rest.
     const settled = () =>
-      LAB_WORKERS.every((a) =>
-        LAB_WORKERS.every((b) => {
+      WORKERS.every((a) =>
+        WORKERS.every((b) => {
           if (a.id === b.id) return true;
           const mine = procs.get(a.id)!.lines.filter((l) => l.peer_id === b.id);
           const received = mine.filter((l) => l.message === "peer message received");
@@ -169,8 +176,8 @@ export async function runPunchLab(
     // Every worker sends to every other at once, through its forwards.
     const transfers = new Map<string, { ok: boolean; ms: number | null; error?: string }>();
     if (transferBytes > 0) {
-      const senders = LAB_WORKERS.map(({ id }) => {
-        const ports = LAB_WORKERS.filter((w) => w.id !== id).map((w) => forwardPort(w.id));
+      const senders = WORKERS.map(({ id }) => {
+        const ports = WORKERS.filter((w) => w.id !== id).map((w) => forwardPort(w.id));
         return {
           id,
           proc: lab.deno(hosts.get(id)!.ns, [
@@ -186,7 +193,7 @@ export async function runPunchLab(
       for (const { id, proc } of senders) {
         await proc.waitForLog("transfers done", () => true, 120_000).catch(() => {});
         for (const line of proc.lines.filter((l) => l.message === "transfer")) {
-          const peer = LAB_WORKERS[(line.port as number) - 9100].id;
+          const peer = WORKERS[(line.port as number) - 9100].id;
           transfers.set(`${id}>${peer}`, {
             ok: line.ok === true,
             ms: typeof line.ms === "number" ? Math.round(line.ms) : null,
@@ -198,9 +205,9 @@ export async function runPunchLab(
       }
     }
     const results: PairResult[] = [];
-    for (const a of LAB_WORKERS) {
+    for (const a of WORKERS) {
       const lines = procs.get(a.id)!.lines;
-      for (const b of LAB_WORKERS) {
+      for (const b of WORKERS) {
         if (a.id === b.id) continue;
         const mine = lines.filter((l) => l.peer_id === b.id);
         const received = mine.filter((l) => l.message === "peer message received");

@@ -460,9 +460,12 @@ export class PeerLink {
       sending = true;
       const ttl = ladder[stage];
       const sends = checks.map((to) => this.#probe(probing, to, 0, false, ttl));
-      if (strategy === "hard-side" && !full) {
+      // The extra sockets open once, at the top TTL, beside the stages and not
+      // waited for: their packets cannot reach the peer's NAT at any stage,
+      // and a spray that comes before a mapping exists is only a miss.
+      if (stage === 0 && strategy === "hard-side" && !full) {
         for (const via of probing.extra) {
-          sends.push(this.#probe(probing, publics[0], via, false, ttl));
+          void this.#probe(probing, publics[0], via, false, ladder.at(-1)!);
         }
       }
       void Promise.all(sends).then(() => {

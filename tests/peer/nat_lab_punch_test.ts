@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { LINK_TIMING } from "../../lib/peer/link.ts";
 import { NetLab, netlabUnavailable } from "../_netlab.ts";
 import { within } from "../_helpers.ts";
-import { type PairResult, runPunchLab } from "../_punch_lab.ts";
+import { type PairResult, runPunchLab, TEST_WORKERS } from "../_punch_lab.ts";
 
 const skip = await netlabUnavailable();
 if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) throw new Error(`NAT lab cannot run: ${skip}`);
@@ -27,7 +27,14 @@ Deno.test({
   async fn() {
     // Direct paths must outlive a keepalive round and the loss timeout.
     const hold = LINK_TIMING.keepaliveMs + LINK_TIMING.lostAfterMs + 1000;
-    const { results, seconds, rendezvousTrouble } = await runPunchLab(40, hold, 256 * 1024);
+    const { results, seconds, rendezvousTrouble } = await runPunchLab(
+      40,
+      hold,
+      256 * 1024,
+      "filtering",
+      {},
+      TEST_WORKERS,
+    );
     const show = (r: PairResult) =>
       `${r.from} ← ${r.to}: ${r.path} (expected ${r.expected}), ${r.messages} msgs, direct after ${r.directMs} ms, strategy ${r.strategy}`;
     console.log(`lab ran ${seconds.toFixed(1)} s`);

@@ -151,6 +151,16 @@ export class PeerManager {
     return this.#peers.get(peerId);
   }
 
+  /**
+   * Whether `peerId` has been introduced (its link has a punch session):
+   * the link then punches again by itself when it must, and a new
+   * introduction would only restart a punch under way or disturb a direct
+   * path that works.
+   */
+  introduced(peerId: string): boolean {
+    return (this.#links.get(peerId)?.sessionIds.length ?? 0) > 0;
+  }
+
   /** The path to `peerId` now (the relay until a direct path is punched). */
   pathOf(peerId: string): { path: PathKind; rttMs: number | null } {
     const link = this.#links.get(peerId);

@@ -174,7 +174,10 @@ export class Worker {
     const connections = new PeerConnections({
       workerId: config.workerId,
       transport,
-      introduce: (peerId) => peers.connect(peerId),
+      // Once introduced, the link punches again by itself when it must.
+      introduce: (peerId) => {
+        if (!peers.introduced(peerId)) peers.connect(peerId);
+      },
       ready: (peerId) => {
         const peer = peers.peer(peerId);
         return peer?.key != null && peer.transport !== null;

@@ -489,7 +489,13 @@ export class PeerLink {
 
   /** Gives up when every strategy of this attempt has run out. */
   #maybeGiveUp(probing: Probing): void {
-    if (probing.done || this.#path.kind === "direct") return;
+    if (probing.done) return;
+    if (this.#path.kind === "direct") {
+      // A round that ran out beside a direct path it did not replace (a new
+      // introduction while direct): its sockets go, the path's stays.
+      if (this.#probing === probing) this.#stopProbing(this.#path.via);
+      return;
+    }
     const session = this.#session;
     const ownHard = session?.ownNat === "endpoint-dependent";
     const peerHard = session?.peerNat === "endpoint-dependent";

@@ -127,10 +127,11 @@ class Net {
   async punch(
     nat: { a?: NatMapping; b?: NatMapping } = {},
     candidates: { a?: Candidate[]; b?: Candidate[] } = {},
+    sessionId = "00000000000000a1",
   ): Promise<void> {
     const base = {
       type: "punch",
-      session_id: "00000000000000a1",
+      session_id: sessionId,
       key: KEY,
       delay_ms: 100,
     } as const;
@@ -579,4 +580,25 @@ Deno.test("openingLadder: TTL 2 up to the configured top, always at least one st
   assert.deepEqual(openingLadder(5), [2, 3, 4, 5]);
   assert.deepEqual(openingLadder(2), [2]);
   assert.deepEqual(openingLadder(1), [1]);
+});
+
+Deno.test("a second introduction while direct closes that round's sockets when it runs out, and keeps the path", async () => {
+  const net = new Net();
+  try {
+    await net.punch({ a: "endpoint-dependent", b: "endpoint-independent" });
+    await net.tick(3000, 50);
+    const path = net.a.link.direct;
+    assert.ok(path, "direct");
+    const firstRound = net.a.opened.length;
+    await net.punch({ a: "endpoint-dependent", b: "endpoint-independent" }, {}, "00000000000000b2");
+    await net.tick(LINK_TIMING.hardRounds * LINK_TIMING.hardRoundMs + 3000, 100);
+    const second = net.a.opened.slice(firstRound);
+    assert.equal(second.length, LINK_TIMING.hardSockets, "the second round opened its own");
+    const closed = new Set(net.a.closed);
+    assert.ok(second.every((via) => closed.has(via)), "and closed them all when it ran out");
+    assert.ok(!closed.has(net.a.link.direct!.via), "the path's socket stays open");
+    assert.deepEqual(net.a.link.direct, path, "the path did not move");
+  } finally {
+    net.close();
+  }
 });

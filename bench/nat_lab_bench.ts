@@ -47,6 +47,9 @@ interface Bucket {
   firstRelayMs: number[];
 }
 const buckets = new Map<string, Bucket>();
+/** Pairs the NATs allow that stayed relayed, per router kind: with a worker of the shared segment or not. */
+const misses = new Map<string, { segment: number; elsewhere: string[] }>();
+const onSegment = (id: string) => id === "eim-2" || id === "eim-3";
 const pct = (p: number, xs: number[]) => {
   const s = xs.slice().sort((a, b) => a - b);
   return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] : NaN;
@@ -69,6 +72,12 @@ for (const routers of kinds) {
       };
       b.pairs++;
       if (r.expected === "direct") b.expectedDirect++;
+      if (r.expected === "direct" && r.path !== "direct") {
+        const m = misses.get(routers) ?? { segment: 0, elsewhere: [] };
+        if (onSegment(r.from) || onSegment(r.to)) m.segment++;
+        else m.elsewhere.push(`${r.from} ← ${r.to}`);
+        misses.set(routers, m);
+      }
       if (r.path === "direct" && r.directMs !== null) {
         b.direct++;
         b.directMs.push(r.directMs);
@@ -149,12 +158,16 @@ const summary = kinds.map((routers) => {
     first_attempt_pct: Number((100 * sum((b) => b.firstAttempt) / sum((b) => b.direct)).toFixed(1)),
     delivered_pct: Number((100 * sum((b) => b.delivered) / sum((b) => b.pairs)).toFixed(1)),
     edm_pairs_direct_ms_p95: pct(95, eimEdm),
+    misses_with_a_shared_segment_worker: misses.get(routers)?.segment ?? 0,
+    misses_elsewhere: misses.get(routers)?.elsewhere ?? [],
   };
 });
 console.log("");
 for (const t of summary) {
   console.log(
-    `${t.routers}: direct ${t.direct_of_expected_pct} % of the pairs the NATs allow (target 100); first attempt ${t.first_attempt_pct} % (≥ 97); delivered ${t.delivered_pct} %; pairs with one EDM side: p95 to direct ${t.edm_pairs_direct_ms_p95} ms (≤ 5000)`,
+    `${t.routers}: direct ${t.direct_of_expected_pct} % of the pairs the NATs allow (target 100); first attempt ${t.first_attempt_pct} % (≥ 97); delivered ${t.delivered_pct} %; pairs with one EDM side: p95 to direct ${t.edm_pairs_direct_ms_p95} ms (≤ 5000); misses: ${t.misses_with_a_shared_segment_worker} with eim-2 or eim-3 (the shared segment), ${t.misses_elsewhere.length} elsewhere ${
+      t.misses_elsewhere.join(", ")
+    }`,
   );
 }
 await Deno.writeTextFile(file, JSON.stringify({ machine, runs, rows, summary }, null, 2) + "\n");

@@ -41,14 +41,7 @@ async function run(loss: number): Promise<{ mbps: number; path: string }> {
     await lab.startServices();
     const [a] = await lab.addNatted("eim");
     const [b] = await lab.addNatted("eim");
-    const service = lab.deno(b.ns, [
-      "run",
-      "--allow-all",
-      "tests/_stream_tools.ts",
-      "hash-server",
-      "9000",
-    ]);
-    await service.waitForLog("listening", () => true, 20_000);
+    await lab.hashServer(b);
     const workerB = lab.worker(b, "nt-b", { PEER_EXPOSE: "9000", PEER_CONGESTION_CONTROL: CC });
     const workerA = lab.worker(a, "nt-a", {
       PEER_FORWARD: "9100:nt-b:9000",
@@ -97,20 +90,9 @@ async function pathChanges() {
     await lab.startServices();
     const a = await lab.addPublicHost();
     const b = await lab.addPublicHost();
-    const udp = async (op: "-A" | "-D") => {
-      for (const [chain, flag] of [["INPUT", "-s"], ["OUTPUT", "-d"]]) {
-        await lab.iptables(a.ns, op, chain, "-p", "udp", flag, b.ip, "-j", "DROP");
-      }
-    };
+    const udp = (op: "-A" | "-D") => lab.udpBetween(op, a, b);
     await udp("-A");
-    const service = lab.deno(b.ns, [
-      "run",
-      "--allow-all",
-      "tests/_stream_tools.ts",
-      "hash-server",
-      "9000",
-    ]);
-    await service.waitForLog("listening", () => true, 20_000);
+    await lab.hashServer(b);
     const workerB = lab.worker(b, "pc-b", { PEER_EXPOSE: "9000", PEER_CONGESTION_CONTROL: CC });
     const workerA = lab.worker(a, "pc-a", {
       PEER_FORWARD: "9100:pc-b:9000",

@@ -288,6 +288,29 @@ export class NetLab {
     await this.#sh("ip", "netns", "exec", ns, "iptables", ...args);
   }
 
+  /** Blocks (`-A`) or unblocks (`-D`) UDP between hosts `a` and `b`, both ways, at `a`. */
+  async udpBetween(op: "-A" | "-D", a: LabHost, b: LabHost): Promise<void> {
+    for (const [chain, flag] of [["INPUT", "-s"], ["OUTPUT", "-d"]]) {
+      await this.iptables(a.ns, op, chain, "-p", "udp", flag, b.ip, "-j", "DROP");
+    }
+  }
+
+  /**
+   * A hashing TCP service on `host`'s 127.0.0.1:`port` (`tests/_stream_tools.ts
+   * hash-server`), listening when this resolves.
+   */
+  async hashServer(host: LabHost, port = 9000): Promise<Proc> {
+    const service = this.deno(host.ns, [
+      "run",
+      "--allow-all",
+      "tests/_stream_tools.ts",
+      "hash-server",
+      String(port),
+    ]);
+    await service.waitForLog("listening", () => true, 20_000);
+    return service;
+  }
+
   /** Runs `deno <args>` inside `ns`; the lab stops it on destroy. */
   deno(ns: string, args: string[], env: Record<string, string> = {}): Proc {
     const proc = new Proc("ip", ["netns", "exec", ns, DENO, ...args], env);

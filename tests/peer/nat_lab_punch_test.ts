@@ -103,20 +103,9 @@ Deno.test({
       const a = await lab.addPublicHost();
       const b = await lab.addPublicHost();
       // UDP between the two hosts starts blocked, so the stream certainly starts on the relay.
-      const udp = async (op: "-A" | "-D") => {
-        for (const [chain, flag] of [["INPUT", "-s"], ["OUTPUT", "-d"]]) {
-          await lab.iptables(a.ns, op, chain, "-p", "udp", flag, b.ip, "-j", "DROP");
-        }
-      };
+      const udp = (op: "-A" | "-D") => lab.udpBetween(op, a, b);
       await udp("-A");
-      const service = lab.deno(b.ns, [
-        "run",
-        "--allow-all",
-        "tests/_stream_tools.ts",
-        "hash-server",
-        "9000",
-      ]);
-      await service.waitForLog("listening");
+      await lab.hashServer(b);
       const workerB = lab.worker(b, "path-b", { PEER_EXPOSE: "9000" });
       const workerA = lab.worker(a, "path-a", { PEER_FORWARD: "9100:path-b:9000" });
       await workerA.waitForLog("forward listening");

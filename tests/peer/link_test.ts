@@ -602,3 +602,17 @@ Deno.test("a second introduction while direct closes that round's sockets when i
     net.close();
   }
 });
+
+Deno.test("a peer-reflexive address (a remapped port no candidate named) still ends in a direct path, with opening packets on", async () => {
+  const net = new Net({ a: true, b: true });
+  try {
+    // a was told a port b's NAT no longer uses; b's probes come from the real one.
+    const stale: Candidate = { ip: B.ip, port: B.port + 999, kind: "public" };
+    await net.punch({}, { a: [stale] });
+    await net.tick(3000, 50);
+    assert.equal(net.a.link.directTo, `${B.ip}:${B.port}`, "found through b's own probes");
+    assert.equal(net.b.link.path, "direct");
+  } finally {
+    net.close();
+  }
+});

@@ -60,6 +60,8 @@ export interface LabHost {
   ip: string;
   /** The address the public side sees (the router's, behind a NAT). */
   publicIp: string;
+  /** Its global IPv6 address, on a dual-stack LAN. */
+  ip6?: string;
 }
 
 /** A segment routers attach their WAN to: a transit router's, or a carrier NAT's LAN. */
@@ -74,6 +76,8 @@ export interface Segment {
   prefix: number;
   /** The public address of what is behind it, for a carrier NAT (else the WAN's own). */
   publicIp?: string;
+  /** A transit segment's IPv6: its /48 (`2001:db8:j`), routed to it by the core. */
+  v6?: string;
 }
 
 /** Options for {@linkcode NetLab.addNatted}. */
@@ -82,6 +86,12 @@ export interface NatOptions {
   filtering?: boolean;
   /** Attach the WAN to this segment (a shared transit router, a carrier NAT) instead of a new transit router. */
   segment?: Segment;
+  /**
+   * IPv6 too (on a transit segment): global addresses for the LAN's hosts,
+   * no NAT, and a stateful firewall on the router that lets in only what
+   * answers traffic from inside (as home routers do).
+   */
+  ipv6?: boolean;
 }
 
 export class NetLab {
@@ -107,6 +117,18 @@ export class NetLab {
       await lab.#sh("ip", "-n", lab.pub, "addr", "add", `${PUBLIC_IP}/24`, "dev", "br0");
       await lab.#sh("ip", "-n", lab.pub, "link", "set", "br0", "up");
       await lab.#sh("ip", "netns", "exec", lab.pub, "sysctl", "-qw", "net.ipv4.ip_forward=1");
+      await lab.#v6router(lab.pub);
+      await lab.#sh(
+        "ip",
+        "-n",
+        lab.pub,
+        "addr",
+        "add",
+        "2001:db8:ffff::1/64",
+        "dev",
+        "br0",
+        "nodad",
+      );
     } catch (error) {
       await lab.destroy();
       throw error;
@@ -143,6 +165,11 @@ export class NetLab {
     await this.#sh("ip", "-n", ns, "link", "set", name, "up");
   }
 
+  /** IPv6 forwarding on in `ns`. */
+  async #v6router(ns: string): Promise<void> {
+    await this.#sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1");
+  }
+
   /** Makes `ns` a router and gives it a bridge `seg` with `cidr`. */
   async #router(ns: string, cidr: string): Promise<void> {
     await this.#sh("ip", "-n", ns, "link", "add", "seg", "type", "bridge");
@@ -168,7 +195,17 @@ export class NetLab {
     await this.#sh("ip", "-n", this.pub, "route", "add", `203.0.113.${base}/28`, "via",
       `198.51.100.${200 + j}`);
     const addresses = Array.from({ length: 13 }, (_, k) => `203.0.113.${base + 2 + k}`);
-    return { ns, gateway: `203.0.113.${base + 1}`, addresses, prefix: 28 };
+    // IPv6: 2001:db8:j::/48, the segment its first /64, routed here by the core.
+    const v6 = `2001:db8:${j}`;
+    await this.#v6router(ns);
+    // deno-fmt-ignore
+    await this.#sh("ip", "-n", ns, "addr", "add", `2001:db8:ffff::${200 + j}/64`, "dev", `c${j}`, "nodad");
+    await this.#sh("ip", "-n", ns, "addr", "add", `${v6}::1/64`, "dev", "seg", "nodad");
+    await this.#sh("ip", "-n", ns, "-6", "route", "add", "default", "via", "2001:db8:ffff::1");
+    // deno-fmt-ignore
+    await this.#sh("ip", "-n", this.pub, "-6", "route", "add", `${v6}::/48`, "via",
+      `2001:db8:ffff::${200 + j}`);
+    return { ns, gateway: `203.0.113.${base + 1}`, addresses, prefix: 28, v6 };
   }
 
   /**
@@ -188,6 +225,35 @@ export class NetLab {
     await this.#nat(ns, `cw${k}`, "eim", options.filtering ?? true);
     const addresses = Array.from({ length: 200 }, (_, m) => `100.64.${k}.${2 + m}`);
     return { ns, gateway: `100.64.${k}.1`, addresses, prefix: 24, publicIp: wan };
+  }
+
+  /**
+   * IPv6 for router `router` (number `i`) on `segment` and its `hosts`: the
+   * LAN gets 2001:db8:j:i::/64, routed by the transit router to the WAN's
+   * address; no NAT; the router forwards inward only what answers traffic
+   * from inside.
+   */
+  async #dualStack(router: string, wan: string, i: number, segment: Segment, hosts: LabHost[]) {
+    if (!segment.v6) throw new Error("netlab: IPv6 needs a transit segment");
+    const sh = (ns: string, ...args: string[]) => this.#sh("ip", "-n", ns, ...args);
+    const wan6 = `${segment.v6}::${(10 + i).toString(16)}`;
+    const lan6 = `${segment.v6}:${i.toString(16)}`;
+    await this.#v6router(router);
+    await sh(router, "addr", "add", `${wan6}/64`, "dev", wan, "nodad");
+    await sh(router, "-6", "route", "add", "default", "via", `${segment.v6}::1`);
+    await sh(router, "addr", "add", `${lan6}::1/64`, "dev", "lan", "nodad");
+    await sh(segment.ns, "-6", "route", "add", `${lan6}::/64`, "via", wan6);
+    for (const [h, host] of hosts.entries()) {
+      host.ip6 = `${lan6}::${(2 + h).toString(16)}`;
+      await sh(host.ns, "addr", "add", `${host.ip6}/64`, "dev", "eth0", "nodad");
+      await sh(host.ns, "-6", "route", "add", "default", "via", `${lan6}::1`);
+    }
+    const fw = (...args: string[]) => this.#sh("ip", "netns", "exec", router, "ip6tables", ...args);
+    // deno-fmt-ignore
+    await fw("-A", "FORWARD", "-i", wan, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+      "-j", "ACCEPT");
+    await fw("-A", "FORWARD", "-i", wan, "-p", "ipv6-icmp", "-j", "ACCEPT");
+    await fw("-A", "FORWARD", "-i", wan, "-j", "DROP");
   }
 
   /** NAT rules on router `ns` for traffic out of `wan`. */
@@ -261,6 +327,7 @@ export class NetLab {
     }
     await this.#sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
     await this.#nat(router, `w${i}`, kind, options.filtering ?? true, out[0].ip);
+    if (options.ipv6) await this.#dualStack(router, `w${i}`, i, segment, out);
     return out;
   }
 

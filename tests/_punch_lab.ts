@@ -14,13 +14,18 @@ import { type LabHost, type NatKind, NetLab } from "./_netlab.ts";
 export type RouterKind = "filtering" | "non-filtering" | "mixed";
 
 /** Where each worker sits. */
-export const LAB_WORKERS: { id: string; kind: NatKind | "public" | "double" }[] = [
-  { id: "eim-1", kind: "eim" },
+export const LAB_WORKERS: {
+  id: string;
+  kind: NatKind | "public" | "double";
+  /** Dual-stack: a global IPv6 address behind a stateful firewall too. */
+  v6?: true;
+}[] = [
+  { id: "eim-1", kind: "eim", v6: true },
   { id: "eim-2", kind: "eim" },
   { id: "eim-3", kind: "eim" },
   { id: "double-1", kind: "double" },
-  { id: "edm-1", kind: "edm" },
-  { id: "edm-2", kind: "edm" },
+  { id: "edm-1", kind: "edm", v6: true },
+  { id: "edm-2", kind: "edm", v6: true },
   { id: "cone-1", kind: "fullcone" },
   { id: "public-1", kind: "public" },
   { id: "shared-1", kind: "eim" },
@@ -35,10 +40,11 @@ export const TEST_WORKERS = LAB_WORKERS.map((w) => w.id).filter((id) =>
 
 /** What the pair can reach at best, from the NAT behaviours alone. */
 export function expectedPath(a: string, b: string): "direct" | "relay" {
-  const kind = (id: string) => LAB_WORKERS.find((w) => w.id === id)!.kind;
-  const [ka, kb] = [kind(a), kind(b)];
+  const worker = (id: string) => LAB_WORKERS.find((w) => w.id === id)!;
+  const [ka, kb] = [worker(a).kind, worker(b).kind];
   if (ka === "block-udp" || kb === "block-udp") return "relay";
-  if (ka === "edm" && kb === "edm") return "relay";
+  // Two endpoint-dependent NATs: relayed over IPv4, direct over IPv6 when both have it.
+  if (ka === "edm" && kb === "edm") return worker(a).v6 && worker(b).v6 ? "direct" : "relay";
   return "direct";
 }
 
@@ -96,14 +102,14 @@ export async function runPunchLab(
     const filtering = () => routers === "filtering" || (routers === "mixed" && n++ % 2 === 0);
     const nat = (kind: NatKind, hosts = 1, options = {}) =>
       lab.addNatted(kind, hosts, { filtering: filtering(), ...options });
-    const [e1] = await nat("eim");
+    const [e1] = await nat("eim", 1, { ipv6: true });
     const segment = await lab.addTransit();
     const [e2] = await nat("eim", 1, { segment });
     const [e3] = await nat("eim", 1, { segment });
     const carrier = await lab.addCarrierNat({ filtering: filtering() });
     const [x1] = await nat("eim", 1, { segment: carrier });
-    const [d1] = await nat("edm");
-    const [d2] = await nat("edm");
+    const [d1] = await nat("edm", 1, { ipv6: true });
+    const [d2] = await nat("edm", 1, { ipv6: true });
     const [c1] = await nat("fullcone");
     const p1 = await lab.addPublicHost({ segment: await lab.addTransit() });
     const [s1, s2] = await nat("eim", 2);

@@ -32,6 +32,12 @@ export const DEFAULT_OPENING_TTL = 3;
 export interface PeerManagerOptions {
   /** The worker's main UDP socket (the one STUN used); none: relay only. */
   udp?: UdpEndpoint;
+  /**
+   * Its IPv6 socket, when the host has a global IPv6 address: "socket 0"
+   * for IPv6 destinations (no NAT there, so no STUN: its addresses are
+   * local candidates).
+   */
+  udp6?: UdpEndpoint;
   /** Sends to the rendezvous; false when no session is open. */
   sendToRendezvous: (message: ClientMessage) => boolean;
   /** Connect to every peer of the group as it appears. @default {false} */
@@ -91,10 +97,17 @@ export class PeerManager {
   constructor(options: PeerManagerOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
-    if (options.udp) {
-      options.udp.onOther = (bytes, from) => this.#onUdp(bytes, from, 0);
-      options.udp.onTransport = (bytes, from) => this.#onTransport(bytes, from, 0);
+    for (const socket of [options.udp, options.udp6]) {
+      if (!socket) continue;
+      socket.onOther = (bytes, from) => this.#onUdp(bytes, from, 0);
+      socket.onTransport = (bytes, from) => this.#onTransport(bytes, from, 0);
     }
+  }
+
+  /** The socket `via` names for a packet to `to` (0: the main one of `to`'s family). */
+  #socket(via: number, to: UdpAddress): UdpEndpoint | undefined {
+    if (via !== 0) return this.#sockets.get(via);
+    return to.ip.includes(":") ? this.#o.udp6 ?? this.#o.udp : this.#o.udp;
   }
 
   /** @ignore Attaches the transport that rides this manager's paths; the worker does. */
@@ -110,7 +123,7 @@ export class PeerManager {
   sendPacket(peerId: string, packet: Uint8Array): Promise<unknown> | void {
     const direct = this.#links.get(peerId)?.direct;
     if (direct) {
-      const socket = direct.via === 0 ? this.#o.udp : this.#sockets.get(direct.via);
+      const socket = this.#socket(direct.via, direct.to);
       if (socket) return socket.send(packet, direct.to).catch(() => {});
     }
     this.#o.sendRelayPacket?.(peerId, packet.subarray(1));
@@ -260,12 +273,12 @@ export class PeerManager {
   }
 
   #sendUdp(bytes: Uint8Array, to: UdpAddress, via: number): void {
-    const socket = via === 0 ? this.#o.udp : this.#sockets.get(via);
+    const socket = this.#socket(via, to);
     socket?.send(bytes, to).catch(() => {}); // UDP: a failed send is a lost packet
   }
 
   async #sendOpening(bytes: Uint8Array, to: UdpAddress, via: number, ttl: number): Promise<void> {
-    const socket = via === 0 ? this.#o.udp : this.#sockets.get(via);
+    const socket = this.#socket(via, to);
     await socket?.sendWithTtl(bytes, to, ttl).then((sent) => {
       if (sent || this.#openingFailed) return;
       this.#openingFailed = true;

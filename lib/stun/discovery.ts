@@ -98,6 +98,8 @@ export interface UdpPresenceOptions {
   local: { ip: string; port: number; family: 4 | 6 };
   /** @default {hostInterfaces} */
   interfaces?: () => InterfaceAddress[];
+  /** More local candidates, after the socket's own (an IPv6 socket's addresses). */
+  moreLocal?: () => UdpAddress[];
   /** @default {20000} */
   keepaliveMs?: number;
   /** Called with every report that differs from the last one. */
@@ -123,8 +125,9 @@ function sameReport(a: UdpEndpointReport | undefined, b: UdpEndpointReport): boo
  * ```
  */
 export class UdpPresence {
-  #o: Required<Omit<UdpPresenceOptions, "onChange">> & {
+  #o: Required<Omit<UdpPresenceOptions, "onChange" | "moreLocal">> & {
     onChange?: (report: UdpEndpointReport) => void;
+    moreLocal?: () => UdpAddress[];
   };
   #last?: UdpEndpointReport;
   /** The server whose answer the keepalive checks. */
@@ -139,6 +142,7 @@ export class UdpPresence {
       interfaces: options.interfaces ?? hostInterfaces,
       keepaliveMs: options.keepaliveMs ?? DEFAULT_KEEPALIVE_MS,
       onChange: options.onChange,
+      moreLocal: options.moreLocal,
       clock: options.clock ?? systemClock,
       logger: options.logger ?? silentLogger,
     };
@@ -180,7 +184,8 @@ export class UdpPresence {
     const mapped = firstAnswer >= 0 ? results[firstAnswer]!.mapped : undefined;
     const report: UdpEndpointReport = {
       public: mapped ? { ip: mapped.ip, port: mapped.port } : null,
-      local: localCandidates(interfaces, local),
+      local: [...localCandidates(interfaces, local), ...(this.#o.moreLocal?.() ?? [])]
+        .slice(0, MAX_LOCAL_CANDIDATES),
       nat: { mapping },
     };
     logger.info("udp endpoint discovered", {

@@ -9,7 +9,12 @@
 import type { Logger } from "../core/log.ts";
 import { StunClient } from "../stun/client.ts";
 import { UdpEndpoint } from "../peer/udp_endpoint.ts";
-import { type UdpEndpointReport, UdpPresence } from "../stun/discovery.ts";
+import {
+  hostInterfaces,
+  localCandidates,
+  type UdpEndpointReport,
+  UdpPresence,
+} from "../stun/discovery.ts";
 
 /**
  * Discovery is latency-sensitive (peers wait for it), so the worker uses a
@@ -33,6 +38,8 @@ export interface WorkerUdpOptions {
 /** A running UDP side of a worker. */
 export interface WorkerUdp {
   udp: UdpEndpoint;
+  /** The IPv6 socket, when the host has a global IPv6 address and the main one is bound to all. */
+  udp6?: UdpEndpoint;
   presence: UdpPresence;
   /** Call on every `registered` event: rediscover and report. */
   onRegistered(): void;
@@ -54,10 +61,28 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
     if (text === sentThisSession) return;
     if (options.report(report)) sentThisSession = text;
   };
+  // IPv6: no NAT to discover, so no STUN; the socket's global addresses are
+  // candidates as they are (a stateful firewall lets the punch through).
+  let udp6: UdpEndpoint | undefined;
+  const globalV6 = (ip: string) => !/^(::1$|fe[89ab]|fc|fd|::ffff:)/i.test(ip) && ip.includes(":");
+  if (
+    options.hostname === "0.0.0.0" &&
+    hostInterfaces().some((i) => i.family === "IPv6" && globalV6(i.address))
+  ) {
+    try {
+      udp6 = UdpEndpoint.bind({ hostname: "::", port: 0 });
+      udp6.onStun = () => {};
+      logger.info("udp6 socket bound", { udp6_local: `[::]:${udp6.local.port}` });
+    } catch (error) {
+      logger.warn("cannot bind an IPv6 socket; IPv4 only", { error: (error as Error).message });
+    }
+  }
   const presence = new UdpPresence({
     stun,
     servers: options.stunServers,
     local: udp.local,
+    moreLocal: () =>
+      udp6 ? localCandidates(hostInterfaces(), udp6.local).filter((c) => globalV6(c.ip)) : [],
     keepaliveMs: options.keepaliveMs,
     logger,
     onChange: sendIfNew,
@@ -67,6 +92,7 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   logger.info("udp socket bound", { udp_local: `${udp.local.ip}:${udp.local.port}` });
   return {
     udp,
+    udp6,
     presence,
     onRegistered() {
       sentThisSession = undefined;
@@ -76,6 +102,7 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
       stop.abort();
       await keepalive;
       await udp.close();
+      await udp6?.close();
     },
   };
 }

@@ -156,6 +156,7 @@ export class Worker {
         log.info("peer message received", { peer_id: peerId, path, ...describeHello(payload) }));
     const peers: PeerManager = new PeerManager({
       udp: udp?.udp,
+      udp6: udp?.udp6,
       sendToRendezvous: (message) => client.send(message),
       autoConnect: config.peerAutoConnect,
       openingTtl: config.punchOpeningTtl,

@@ -47,3 +47,29 @@ Deno.test("sendWithTtl on a closed endpoint resolves false and throws nothing", 
     false,
   );
 });
+
+Deno.test("sendWithTtl on an IPv6 socket sends from its own port too", async () => {
+  let endpoint: UdpEndpoint;
+  let sink: Deno.DatagramConn;
+  try {
+    endpoint = UdpEndpoint.bind({ hostname: "::1" });
+    sink = Deno.listenDatagram({ transport: "udp", hostname: "::1", port: 0 });
+  } catch (error) {
+    const why = `IPv6 loopback unavailable here: ${(error as Error).message}`;
+    if (Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) throw new Error(why);
+    console.log(`skipped: ${why}`);
+    return;
+  }
+  try {
+    const port = (sink.addr as Deno.NetAddr).port;
+    assert.equal(
+      await endpoint.sendWithTtl(new Uint8Array([0x48, 1]), { ip: "::1", port }, 2),
+      true,
+    );
+    const [, from] = await sink.receive();
+    assert.equal((from as Deno.NetAddr).port, endpoint.local.port);
+  } finally {
+    sink.close();
+    await endpoint.close();
+  }
+});

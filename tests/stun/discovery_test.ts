@@ -95,6 +95,19 @@ Deno.test("UdpPresence discovers through real STUN servers on the socket it will
     await presence.discover();
     assert.equal(reports.length, 1, "an unchanged report is not reported again");
 
+    // An IPv6 socket's global addresses ride along as local candidates, after the socket's own.
+    const dualStack = new UdpPresence({
+      stun,
+      servers: [server(a), server(b)],
+      local: udp.local,
+      interfaces: () => [{ family: "IPv4", address: "10.0.0.5" }],
+      moreLocal: () => [{ ip: "2001:db8::5", port: 9 }],
+    });
+    assert.deepEqual((await dualStack.discover()).local, [
+      { ip: "10.0.0.5", port: udp.local.port },
+      { ip: "2001:db8::5", port: 9 },
+    ]);
+
     const oneSilent = new UdpPresence({
       stun,
       servers: [server(a), `127.0.0.1:${(silent.addr as Deno.NetAddr).port}`],

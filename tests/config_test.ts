@@ -156,6 +156,18 @@ Deno.test("loadWorkerConfig() reads PEER_CONGESTION_CONTROL", () => {
   });
 });
 
+Deno.test("loadWorkerConfig() reads PUNCH_OPENING_TTL: 3 unless set, 0 turns it off, bad values name it", () => {
+  const base = { RENDEZVOUS_SERVICE_URL: "http://x" };
+  assert.equal(loadWorkerConfig(base).punchOpeningTtl, 3);
+  assert.equal(loadWorkerConfig({ ...base, PUNCH_OPENING_TTL: "5" }).punchOpeningTtl, 5);
+  assert.equal(loadWorkerConfig({ ...base, PUNCH_OPENING_TTL: "0" }).punchOpeningTtl, 0);
+  for (const bad of ["-1", "2.5", "256", "three"]) {
+    assert.throws(() => loadWorkerConfig({ ...base, PUNCH_OPENING_TTL: bad }), {
+      variable: "PUNCH_OPENING_TTL",
+    });
+  }
+});
+
 Deno.test("loadWorkerConfig() reads WORKER_KEY_FILE", () => {
   const base = { RENDEZVOUS_SERVICE_URL: "http://x" };
   assert.equal(loadWorkerConfig(base).keyFile, undefined);

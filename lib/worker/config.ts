@@ -183,7 +183,7 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     name: "PUNCH_OPENING_TTL",
     fallback: "3",
     meaning:
-      "TTL of the opening packets a punch sends first (past your own NATs, short of the peer's); 0: none",
+      "highest TTL of the opening packets a punch sends first (past your own NATs, short of the peer's); 0: none",
   },
   {
     name: "PEER_HELLO_SEC",

@@ -152,6 +152,14 @@ export class NetLab {
     await this.#sh("ip", "netns", "add", ns);
     this.#namespaces.push(ns);
     await this.#sh("ip", "-n", ns, "link", "set", "lo", "up");
+    // No duplicate address detection: a fresh interface's link-local address
+    // stays tentative for a second or two, and neighbour discovery waits for
+    // it (the first IPv6 packets of a brand-new lab sat 2 s in a queue).
+    for (const scope of ["all", "default"]) {
+      // deno-fmt-ignore
+      await this.#sh("ip", "netns", "exec", ns, "sysctl", "-qw",
+        `net.ipv6.conf.${scope}.accept_dad=0`);
+    }
   }
 
   /** A veth from `ns` (named `name`, address `cidr`) into the bridge `bridge` of `into`. */

@@ -75,7 +75,13 @@ for (const routers of kinds) {
       if (r.expected === "direct" && r.path !== "direct") {
         const m = misses.get(routers) ?? { segment: 0, elsewhere: [] };
         if (onSegment(r.from) || onSegment(r.to)) m.segment++;
-        else m.elsewhere.push(`${r.from} ← ${r.to}`);
+        else {
+          m.elsewhere.push(`${r.from} ← ${r.to}`);
+          // Unexplained: its events, for whoever traces it.
+          console.error(
+            `miss ${routers} ${r.from} ← ${r.to}:\n  ${r.events.slice(0, 30).join("\n  ")}`,
+          );
+        }
         misses.set(routers, m);
       }
       if (r.path === "direct" && r.directMs !== null) {

@@ -351,10 +351,16 @@ export class PeerLink {
     const locals = session.candidates.filter((c) => c.kind === "local");
     const publics = session.candidates.filter((c) => c.kind === "public");
     const checks = noUdp ? [] : ownHard && peerHard ? locals : [...locals, ...publics];
+    // A side without NAT takes any packet: the other side's checks reach it
+    // and its answers go back through whatever mapping they came from, so
+    // plain checks do; 256 sockets and a spray would only load it.
+    const noNat = session.ownNat === "no-nat" || session.peerNat === "no-nat";
     const strategy = noUdp
       ? "relay-only"
       : ownHard && peerHard
       ? "both-hard"
+      : noNat
+      ? "ice"
       : ownHard && publics.length > 0
       ? "hard-side"
       : peerHard && publics.length > 0

@@ -356,6 +356,18 @@ Deno.test("PeerLink picks its strategy from both NATs and bounds each", async ()
   } finally {
     net.close();
   }
+  // A side without NAT needs neither sockets nor a spray: plain checks, both ways.
+  const open = new Net();
+  try {
+    await open.punch({ a: "endpoint-dependent", b: "no-nat" });
+    await open.tick(2000, 50);
+    assert.equal(open.a.events.find((e) => e.type === "punch")?.strategy, "ice");
+    assert.equal(open.b.events.find((e) => e.type === "punch")?.strategy, "ice");
+    assert.equal(open.a.opened.length, 0, "no extra sockets toward a peer without NAT");
+    assert.equal(open.a.link.path, "direct");
+  } finally {
+    open.close();
+  }
   const both = new Net();
   try {
     await both.punch({ a: "endpoint-dependent", b: "endpoint-dependent" });

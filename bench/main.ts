@@ -21,12 +21,11 @@
  * @module
  */
 
+import { numberFlag } from "./_common.ts";
+
 const ROOT = new URL("../", import.meta.url);
 const args = Deno.args;
-const flag = (name: string, fallback: number) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : fallback;
-};
+const flag = numberFlag;
 const quick = args.includes("--quick");
 const onlyAt = args.indexOf("--only");
 const only = onlyAt >= 0 ? args[onlyAt + 1].split(",") : undefined;

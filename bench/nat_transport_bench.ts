@@ -20,15 +20,11 @@
 
 import { NetLab, netlabUnavailable } from "../tests/_netlab.ts";
 import { LINK_TIMING } from "../lib/peer/link.ts";
+import { machineState, median, numberFlag, stringFlag } from "./_common.ts";
 
-const flag = (name: string, fallback: number) => {
-  const i = Deno.args.indexOf(name);
-  return i >= 0 ? Number(Deno.args[i + 1]) : fallback;
-};
-const MB = flag("--mb", 100);
-const RUNS = flag("--runs", 3);
-const ccAt = Deno.args.indexOf("--cc");
-const CC = ccAt >= 0 ? Deno.args[ccAt + 1] : "default";
+const MB = numberFlag("--mb", 100);
+const RUNS = numberFlag("--runs", 3);
+const CC = stringFlag("--cc", "default");
 const why = await netlabUnavailable();
 if (why) {
   console.error(`nat transport benchmark cannot run: ${why}`);
@@ -175,8 +171,10 @@ async function pathChanges() {
 
 if (Deno.args.includes("--path-changes")) {
   const started = new Date();
-  const load = Deno.loadavg();
-  console.error(`1 GiB across relay → direct → relay → direct, ${CC}; load ${load.join(" ")}`);
+  const machine = machineState(started);
+  console.error(
+    `1 GiB across relay → direct → relay → direct, ${CC}; load ${machine.loadavg_before.join(" ")}`,
+  );
   const result = await pathChanges();
   console.log(
     `${
@@ -201,12 +199,7 @@ if (Deno.args.includes("--path-changes")) {
     file,
     JSON.stringify(
       {
-        machine: {
-          date: started.toISOString(),
-          loadavg_before: load,
-          loadavg_after: Deno.loadavg(),
-          deno: Deno.version.deno,
-        },
+        machine: { ...machine, loadavg_after: Deno.loadavg() },
         congestion_control: CC,
         ...result,
       },
@@ -219,12 +212,7 @@ if (Deno.args.includes("--path-changes")) {
 }
 
 const started = new Date();
-const machine = {
-  date: started.toISOString(),
-  cores: navigator.hardwareConcurrency,
-  loadavg_before: Deno.loadavg(),
-  deno: Deno.version.deno,
-};
+const machine = machineState(started);
 console.error(
   `nat transport benchmark: ${MB} MB a run, ${RUNS} runs, ${CC} congestion control; load ${
     machine.loadavg_before.join(" ")
@@ -241,7 +229,6 @@ for (const loss of [0, 0.01, 0.05]) {
     console.error(`${key}: ${r.mbps.toFixed(1)} MB/s (${r.path})`);
   }
 }
-const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const clean = median(results["0 % loss"].mb_s);
 for (const [key, r] of Object.entries(results)) {
   console.log(

@@ -22,23 +22,13 @@
 
 import { StunServer } from "../lib/stun/server.ts";
 import { formatAddress } from "../lib/stun/client.ts";
+import { machineState, median, numberFlag, stringFlag } from "./_common.ts";
 
 const ROOT = new URL("../", import.meta.url);
-const args = Deno.args;
-const flag = (name: string, fallback: number) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : fallback;
-};
-const quick = args.includes("--quick");
-const MB = flag("--mb", quick ? 20 : 500);
-const RUNS = flag("--runs", quick ? 1 : 3);
-const ccAt = args.indexOf("--cc");
-const CC = ccAt >= 0 ? args[ccAt + 1] : "default";
-
-const median = (xs: number[]) => {
-  const s = xs.slice().sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
+const quick = Deno.args.includes("--quick");
+const MB = numberFlag("--mb", quick ? 20 : 500);
+const RUNS = numberFlag("--runs", quick ? 1 : 3);
+const CC = stringFlag("--cc", "default");
 const round = (x: number, d = 1) => Number(x.toFixed(d));
 
 interface Child {
@@ -175,12 +165,7 @@ async function transfer(
 // ---- the run ----------------------------------------------------------------
 
 const started = new Date();
-const machine = {
-  date: started.toISOString(),
-  cores: navigator.hardwareConcurrency,
-  loadavg_before: Deno.loadavg(),
-  deno: Deno.version.deno,
-};
+const machine = machineState(started);
 console.error(
   `transport benchmark: ${MB} MB per run, ${RUNS} runs, congestion control ${CC}; load ${
     machine.loadavg_before.join(" ")

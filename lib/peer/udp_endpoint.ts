@@ -127,7 +127,12 @@ export class UdpEndpoint {
         hostname: rinfo.address,
         port: rinfo.port,
       });
-      if (from) void this.#dispatch(new Uint8Array(message), from);
+      if (!from) return;
+      try {
+        void Promise.resolve(this.#dispatch(new Uint8Array(message), from)).catch(() => {});
+      } catch {
+        // A handler's bug must not stop the opener.
+      }
     });
     try {
       await new Promise<void>((resolve, reject) => {
@@ -181,19 +186,23 @@ export class UdpEndpoint {
       }
       const from = toTransportAddress(addr);
       if (from === null) continue;
-      await this.#dispatch(bytes, from);
+      try {
+        await this.#dispatch(bytes, from);
+      } catch {
+        // A handler's bug must not stop the socket.
+      }
     }
   }
 
-  /** Hands a datagram to its handler; resolves once `bytes` may be reused. */
-  async #dispatch(bytes: Uint8Array, from: TransportAddress): Promise<void> {
-    try {
-      if (bytes[0] === TRANSPORT_MAGIC) await this.onTransport(bytes, from);
-      // STUN and peer frames are few and their handlers keep them: a copy each.
-      else (isStun(bytes) ? this.onStun : this.onOther)(bytes.slice(), from);
-    } catch {
-      // A handler's bug must not stop the socket.
-    }
+  /**
+   * Hands a datagram to its handler; returns what to wait for before `bytes`
+   * is reused (the hot path: no promise of its own per packet). A handler's
+   * error rejects or throws here, for the caller to swallow.
+   */
+  #dispatch(bytes: Uint8Array, from: TransportAddress): Promise<unknown> | undefined | void {
+    if (bytes[0] === TRANSPORT_MAGIC) return this.onTransport(bytes, from);
+    // STUN and peer frames are few and their handlers keep them: a copy each.
+    (isStun(bytes) ? this.onStun : this.onOther)(bytes.slice(), from);
   }
 
   /** Closes the socket and ends the receive loop. Idempotent. */

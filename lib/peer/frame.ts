@@ -8,15 +8,23 @@
  *   2  version (1)
  *   3  type: 1 probe, 2 ack, 3 data, 4 data-ack, 5 nominate (a probe that
  *      also says "use this path", as ICE's USE-CANDIDATE), 6 opened (sent
- *      through the relay: "my opening packets of this TTL are out")
+ *      through the relay: "my opening packets of this TTL are out"),
+ *      7 reroll (through the relay: "a new round, from a fresh socket; here
+ *      are its candidates")
  *   4  session id (8 bytes)
  *   12 probe/ack/nominate: nonce (8) + sender time (float64 ms, echoed by the ack)
- *      opened: TTL (1) + last stage (1, 0 or 1) + zeros (6) + sender time (float64 ms)
+ *      opened: TTL (1) + last stage (1, 0 or 1) + round (1; 0 from versions
+ *        before rerolls) + zeros (5) + sender time (float64 ms)
+ *      reroll: round (1, ≥ 1) + candidate count (1, ≤ 8) + candidates, each
+ *        kind (1: 0 local, 1 public) + family (1: 4 or 6) + port (2) + address (4 or 16)
  *      data: sequence (uint32) + payload; data-ack: cumulative sequence (uint32)
  *   .. MAC (16)
  *
  * @module
  */
+
+import { formatIp, parseIp } from "../protocol/ip.ts";
+import type { Candidate } from "../protocol/messages.ts";
 
 /** First bytes of every frame. */
 export const FRAME_MAGIC = [0x48, 0x50] as const;
@@ -26,15 +34,44 @@ const MAC_LENGTH = 16;
 /** Largest payload of one data frame (fits a 1280-byte IPv6 MTU with headers). */
 export const MAX_FRAME_PAYLOAD = 1200;
 
+/** Most candidates a `reroll` frame carries. */
+export const MAX_REROLL_CANDIDATES = 8;
+
 /** A decoded frame. */
 export type Frame =
   | { type: "probe" | "ack" | "nominate"; sessionId: string; nonce: string; time: number }
-  | { type: "opened"; sessionId: string; ttl: number; last: boolean; time: number }
+  | {
+    type: "opened";
+    sessionId: string;
+    ttl: number;
+    last: boolean;
+    /** The punch round (0: the introduction's, then one per reroll). */
+    round: number;
+    time: number;
+  }
+  | { type: "reroll"; sessionId: string; round: number; candidates: Candidate[] }
   | { type: "data"; sessionId: string; seq: number; payload: Uint8Array }
   | { type: "data_ack"; sessionId: string; seq: number };
 
-const TYPE_CODE = { probe: 1, ack: 2, data: 3, data_ack: 4, nominate: 5, opened: 6 } as const;
-const TYPE_NAME = ["", "probe", "ack", "data", "data_ack", "nominate", "opened"] as const;
+const TYPE_CODE = {
+  probe: 1,
+  ack: 2,
+  data: 3,
+  data_ack: 4,
+  nominate: 5,
+  opened: 6,
+  reroll: 7,
+} as const;
+const TYPE_NAME = [
+  "",
+  "probe",
+  "ack",
+  "data",
+  "data_ack",
+  "nominate",
+  "opened",
+  "reroll",
+] as const;
 
 /** The frame is not one of ours, was tampered with, or belongs to no session we know. */
 export class FrameError extends Error {
@@ -104,7 +141,11 @@ export async function sealFrame(frame: Frame, key: CryptoKey): Promise<Uint8Arra
       body = new Uint8Array(16);
       body[0] = frame.ttl;
       body[1] = frame.last ? 1 : 0;
+      body[2] = frame.round;
       new DataView(body.buffer).setFloat64(8, frame.time);
+      break;
+    case "reroll":
+      body = encodeReroll(frame.round, frame.candidates);
       break;
     case "data":
       if (frame.payload.length > MAX_FRAME_PAYLOAD) {
@@ -161,7 +202,16 @@ export async function openFrame(bytes: Uint8Array, key: CryptoKey): Promise<Fram
       if (body.length !== 16 || body[0] === 0 || body[1] > 1) {
         throw new FrameError("Cannot open opened: bad body");
       }
-      return { type, sessionId, ttl: body[0], last: body[1] === 1, time: view.getFloat64(8) };
+      return {
+        type,
+        sessionId,
+        ttl: body[0],
+        last: body[1] === 1,
+        round: body[2],
+        time: view.getFloat64(8),
+      };
+    case "reroll":
+      return { type, sessionId, ...decodeReroll(body) };
     case "data":
       if (body.length < 4) throw new FrameError("Cannot open data: no sequence number");
       return { type, sessionId, seq: view.getUint32(0), payload: body.slice(4) };
@@ -171,6 +221,58 @@ export async function openFrame(bytes: Uint8Array, key: CryptoKey): Promise<Fram
     default:
       throw new FrameError(`Cannot open frame: unknown type ${bytes[3]}`);
   }
+}
+
+function encodeReroll(round: number, candidates: Candidate[]): Uint8Array {
+  if (!Number.isInteger(round) || round < 1 || round > 255) {
+    throw new RangeError(`Cannot send reroll round ${round}: 1 to 255`);
+  }
+  if (candidates.length > MAX_REROLL_CANDIDATES) {
+    throw new RangeError(
+      `Cannot send ${candidates.length} candidates: at most ${MAX_REROLL_CANDIDATES}`,
+    );
+  }
+  const parts = candidates.map((c) => {
+    const address = parseIp(c.ip)?.bytes;
+    if (!address) throw new RangeError(`Cannot send candidate address "${c.ip}"`);
+    const part = new Uint8Array(4 + address.length);
+    part[0] = c.kind === "public" ? 1 : 0;
+    part[1] = address.length === 4 ? 4 : 6;
+    new DataView(part.buffer).setUint16(2, c.port);
+    part.set(address, 4);
+    return part;
+  });
+  const body = new Uint8Array(2 + parts.reduce((n, p) => n + p.length, 0));
+  body[0] = round;
+  body[1] = parts.length;
+  let at = 2;
+  for (const part of parts) {
+    body.set(part, at);
+    at += part.length;
+  }
+  return body;
+}
+
+function decodeReroll(body: Uint8Array): { round: number; candidates: Candidate[] } {
+  if (body.length < 2 || body[0] === 0 || body[1] > MAX_REROLL_CANDIDATES) {
+    throw new FrameError("Cannot open reroll: bad header");
+  }
+  const candidates: Candidate[] = [];
+  let at = 2;
+  for (let i = 0; i < body[1]; i++) {
+    const [kind, family] = [body[at], body[at + 1]];
+    const length = family === 4 ? 4 : family === 6 ? 16 : 0;
+    if (kind > 1 || length === 0 || at + 4 + length > body.length) {
+      throw new FrameError(`Cannot open reroll: bad candidate ${i}`);
+    }
+    const port = (body[at + 2] << 8) | body[at + 3];
+    if (port === 0) throw new FrameError(`Cannot open reroll: candidate ${i} has port 0`);
+    const ip = formatIp(body.subarray(at + 4, at + 4 + length));
+    candidates.push({ ip, port, kind: kind === 1 ? "public" : "local" });
+    at += 4 + length;
+  }
+  if (at !== body.length) throw new FrameError("Cannot open reroll: trailing bytes");
+  return { round: body[0], candidates };
 }
 
 /** Base64 for the relay. */

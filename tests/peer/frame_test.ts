@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import {
   type Frame,
   FrameError,
@@ -74,17 +75,71 @@ Deno.test("toBase64() and fromBase64() round-trip bytes", () => {
   assert.deepEqual(fromBase64(toBase64(bytes)), bytes);
 });
 
-Deno.test("an opened frame carries its TTL stage and whether it is the last; a bad body is refused", async () => {
+Deno.test("an opened frame carries its TTL stage, whether it is the last, and its round; a bad body is refused", async () => {
   const key = await importSessionKey(btoa(String.fromCharCode(...new Uint8Array(32).fill(7))));
   const frame = {
     type: "opened",
     sessionId: "00000000000000a1",
     ttl: 3,
     last: true,
+    round: 2,
     time: 42,
   } as const;
-  assert.deepEqual(await openFrame(await sealFrame(frame, key), key), frame);
+  const sealed = await sealFrame(frame, key);
+  assert.deepEqual(await openFrame(sealed, key), frame);
+  assert.equal(sealed[12 + 2], 2, "the round sits where versions before rerolls sent a zero");
   // TTL 0 is no stage: refused even under a good MAC.
   const bad = await sealFrame({ ...frame, ttl: 0 }, key);
   await assert.rejects(() => openFrame(bad, key), FrameError);
+});
+
+Deno.test("a reroll frame carries its round and IPv4/IPv6 candidates; bad bodies are refused under a good MAC", async () => {
+  const key = await importSessionKey(btoa(String.fromCharCode(...new Uint8Array(32).fill(9))));
+  const frame: Extract<Frame, { type: "reroll" }> = {
+    type: "reroll",
+    sessionId: "00000000000000b2",
+    round: 1,
+    candidates: [
+      { ip: "198.51.100.7", port: 40123, kind: "public" },
+      { ip: "10.0.0.2", port: 51000, kind: "local" },
+      { ip: "2001:db8:1::2", port: 51000, kind: "local" },
+    ],
+  };
+  assert.deepEqual(await openFrame(await sealFrame(frame, key), key), frame);
+  assert.deepEqual(
+    await openFrame(await sealFrame({ ...frame, candidates: [] }, key), key),
+    { ...frame, candidates: [] },
+  );
+  // The sender refuses what it cannot encode.
+  await assert.rejects(() => sealFrame({ ...frame, round: 0 }, key), RangeError);
+  await assert.rejects(
+    () => sealFrame({ ...frame, candidates: Array(9).fill(frame.candidates[0]) }, key),
+    RangeError,
+  );
+  await assert.rejects(
+    () => sealFrame({ ...frame, candidates: [{ ip: "example.com", port: 1, kind: "local" }] }, key),
+    RangeError,
+  );
+  // A peer's bytes are checked after the MAC: each bad body, re-MACed, is refused.
+  const good = await sealFrame(frame, key);
+  const body = good.subarray(12, good.length - 16);
+  const bodies: [string, Uint8Array][] = [
+    ["round 0", Uint8Array.of(0, ...body.subarray(1))],
+    ["too many candidates", Uint8Array.of(1, 9, ...body.subarray(2))],
+    ["a count beyond the bytes", Uint8Array.of(1, 4, ...body.subarray(2))],
+    ["trailing bytes", Uint8Array.of(...body, 0)],
+    ["a family that is neither 4 nor 6", Uint8Array.of(1, 1, 1, 5, 0, 80, 1, 2, 3, 4)],
+    ["a kind that is neither", Uint8Array.of(1, 1, 2, 4, 0, 80, 1, 2, 3, 4)],
+    ["port 0", Uint8Array.of(1, 1, 1, 4, 0, 0, 1, 2, 3, 4)],
+    ["a truncated address", Uint8Array.of(1, 1, 1, 6, 0, 80, 1, 2, 3, 4)],
+  ];
+  for (const [what, bad] of bodies) {
+    const bytes = new Uint8Array(12 + bad.length + 16);
+    bytes.set(good.subarray(0, 12));
+    bytes.set(bad, 12);
+    const mac = createHmac("sha256", new Uint8Array(32).fill(9))
+      .update(bytes.subarray(0, 12 + bad.length)).digest().subarray(0, 16);
+    bytes.set(mac, 12 + bad.length);
+    await assert.rejects(() => openFrame(bytes, key), FrameError, what);
+  }
 });

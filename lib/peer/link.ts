@@ -16,11 +16,18 @@
  *   sockets each probe the peer's public endpoint once a second for 15 s,
  *   opening 256 mappings in our NAT...
  * - ...while the easy side (the peer hard, we not) sprays probes at random
- *   ports of the peer's public IP, one every 3 ms for 15 s: 5,000 tries at
+ *   ports of the peer's public IP, one every 2 ms for 10 s: 5,000 tries at
  *   256 open mappings in ~64,500 ports succeed with probability
  *   1 - (1 - 256/64512)^5000 ≈ 99.9999998 % (the birthday attack Tailscale and
  *   hyperdht use).
  * - Both hard: local candidates only; the relay carries the data.
+ * - A round that fails is rerolled (hyperdht's word): each side opens a
+ *   fresh socket, learns its mapping with STUN, and sends its candidates
+ *   through the relay (`reroll`); a new round runs between the two fresh
+ *   sockets, up to {@linkcode LINK_TIMING}`.rerolls` times. A socket whose
+ *   mapping a clash has moved (a Linux NAT that took a peer's early packet
+ *   for itself remaps the socket's later flows too) punches from one it has
+ *   not used yet.
  * The first probe/ack round trip selects a path; checks go on for 300 ms in
  * case a faster one answers, then stop. Every strategy is bounded in packets
  * and time (see {@linkcode LINK_TIMING}).
@@ -43,6 +50,7 @@ import {
   FrameError,
   importSessionKey,
   MAX_FRAME_PAYLOAD,
+  MAX_REROLL_CANDIDATES,
   newNonce,
   openFrame,
   sealFrame,
@@ -88,8 +96,12 @@ export const LINK_TIMING = {
   /** ...for this many rounds. */
   hardRounds: 15,
   /** The easy side sprays one random-port probe this often... */
-  sprayIntervalMs: 3,
-  /** ...at most this many (15 s). Every 5 ms put the p95 to direct at 5.1–5.4 s in the lab; every 3 ms, 3.3 s. */
+  sprayIntervalMs: 2,
+  /**
+   * ...at most this many (10 s; each is a conntrack entry in our NAT, so the
+   * count stays bounded however fast). Every 5 ms put the p95 to direct at
+   * 5.1–5.4 s in the lab; every 3 ms, 3.0–3.6 s; every 2 ms, see README.
+   */
   sprayMax: 5000,
   /** Ports a NAT may pick (Linux: 1024–65535). */
   sprayPortMin: 1024,
@@ -97,6 +109,25 @@ export const LINK_TIMING = {
   keepaliveMs: 5000,
   /** A keepalive unanswered this long means the path is gone. */
   lostAfterMs: 3000,
+  /**
+   * Rounds after the introduction's, each between fresh sockets (hyperdht
+   * rerolls up to 3 times too); then the introduction is asked for again.
+   */
+  rerolls: 3,
+  /**
+   * While a reroll remains, a round of plain checks gives up this long after
+   * it began (EIM ↔ EIM: p95 0.3 s in the lab, so a tenth of these rerolls
+   * would be needless)...
+   */
+  rerollIceMs: 3000,
+  /**
+   * ...and a birthday round (one side endpoint-dependent: p95 3.0 s, the
+   * slowest 3.7 s in the lab) this long. Shorter moves a pair whose
+   * mapping moved sooner, and rerolls more pairs that were about to succeed.
+   */
+  rerollBirthdayMs: 5000,
+  /** The peer's `reroll` must come this long after ours, else the link stays on the relay. */
+  rerollWaitMs: 3000,
   /** After a failed punch or a lost path, ask for a new introduction this often. */
   upgradeRetryMs: 30_000,
   /** Retransmission timeout on the direct path: at least this, else 2×RTT. */
@@ -131,6 +162,12 @@ export interface PeerLinkDeps {
   openingTtl?: number;
   /** Sends a frame through the rendezvous relay. */
   sendRelay(bytes: Uint8Array): void;
+  /**
+   * Opens one fresh socket for a reroll and learns its candidates (its STUN
+   * mapping and local addresses, one address family); null when it cannot.
+   * Without it, failed rounds are not rerolled.
+   */
+  openRerollSocket?(): Promise<{ via: number; candidates: Candidate[] } | null>;
   /** Opens up to `count` extra sockets; returns their `via` numbers. */
   openSockets(count: number): number[];
   closeSockets(vias: number[]): void;
@@ -148,7 +185,15 @@ export interface PeerLinkDeps {
 
 /** What happened on a link. */
 export type LinkEvent =
-  | { type: "punch"; session: string; role: string; candidates: number; strategy: string }
+  | {
+    type: "punch";
+    session: string;
+    role: string;
+    candidates: number;
+    strategy: string;
+    /** 0 for the introduction's round, then one per reroll. */
+    round: number;
+  }
   | {
     type: "direct";
     to: string;
@@ -157,8 +202,26 @@ export type LinkEvent =
     probes: number;
     /** Set when the peer nominated this path. */
     nominated?: boolean;
+    /** The round that found it (0: the introduction's). */
+    round?: number;
   }
-  | { type: "punch_failed"; probes: number }
+  | {
+    type: "punch_failed";
+    probes: number;
+    round: number;
+    strategy: string;
+    /** The round ran out, had nothing to check, the peer rerolled first, or another link's failure made us suspect our mapping. */
+    cause: FailCause;
+    /**
+     * A first round from the main socket ran its course without a path (by
+     * our timer or, about then, the peer's): that socket's mapping may have
+     * moved, for other peers too (see {@linkcode PeerLink.suspectMapping}).
+     */
+    suspect: boolean;
+  }
+  /** A fresh socket is open and its candidates went to the peer; or the peer never answered. */
+  | { type: "reroll"; round: number; via: number; candidates: number }
+  | { type: "reroll_unanswered"; round: number }
   /** Full-TTL checks began: the peer's opening packets were out, or it never said so in time. */
   | { type: "checks"; after: "peer_opened" | "timeout" | "no_opening"; opened_ms: number | null }
   | { type: "path_lost"; to: string }
@@ -180,8 +243,36 @@ interface Session {
   ownNat: NatMapping | null;
 }
 
+/** Why a round ended without a direct path. */
+type FailCause = "timeout" | "no_candidates" | "peer_rerolled" | "mapping_suspect";
+
+/** What a round punches from and to. */
+interface Round {
+  /** 0: the introduction's; then one per reroll. */
+  n: number;
+  /** Our socket for its checks (0: the main one). */
+  via: number;
+  /** The peer's candidates for it. */
+  candidates: Candidate[];
+}
+
+/** A reroll of ours: its fresh socket once open, and whether its round began. */
+interface Reroll {
+  session: string;
+  round: number;
+  via?: number;
+  started: boolean;
+  timer?: TimerId;
+}
+
 interface Probing {
   session: string;
+  round: number;
+  /** Our socket for checks and sprays. */
+  via: number;
+  strategy: string;
+  /** Set while a reroll remains: the round gives up this long after it began. */
+  limitMs?: number;
   /** Starts the full-TTL checks (and sprays); idempotent. */
   begin?: () => void;
   sent: Map<string, { to: UdpAddress; via: number }>;
@@ -205,6 +296,8 @@ export interface LinkStats {
   directAt: number | null;
   /** Punches that needed more than one attempt before going direct. */
   punchAttempts: number;
+  /** Rounds rerolled (fresh sockets), over all introductions. */
+  rerolls: number;
 }
 
 /**
@@ -228,6 +321,7 @@ export class PeerLink {
     firstRelayAt: null,
     directAt: null,
     punchAttempts: 0,
+    rerolls: 0,
   };
   #d: PeerLinkDeps;
   #random: () => number;
@@ -238,6 +332,15 @@ export class PeerLink {
   #closed = false;
   /** Extra sockets this link opened and has not closed. */
   #extras = new Set<number>();
+  /**
+   * Sockets a round checks from: the main one (0) and rerolls' fresh ones.
+   * A direct path on any other (the hard side's extras) is nominated.
+   */
+  #primaries = new Set<number>([0]);
+  /** Our reroll in progress. */
+  #rerolling?: Reroll;
+  /** The peer's latest `reroll`. */
+  #peerReroll?: { session: string; round: number; candidates: Candidate[] };
   /** The peer (the hard side) nominated our path: its choice holds. */
   #following = false;
   // Path upkeep.
@@ -256,7 +359,7 @@ export class PeerLink {
   // wait for it instead of being dropped as unauthenticated.
   #introducing?: Promise<void>;
   /** The peer's latest `opened` (it may come before our own probing starts). */
-  #peerOpened?: { session: string; ttl: number; last: boolean };
+  #peerOpened?: { session: string; round: number; ttl: number; last: boolean };
 
   constructor(peerId: string, deps: PeerLinkDeps) {
     this.peerId = peerId;
@@ -339,17 +442,19 @@ export class PeerLink {
     this.#retransmitAll();
     // A direct path may go on over the socket it uses while the new attempt runs.
     this.#stopProbing(this.#path.kind === "direct" ? this.#path.via : undefined);
+    this.#cancelReroll();
     this.#timer(() => this.#startProbing(message.session_id), message.delay_ms);
   }
 
-  #startProbing(sessionId: string): void {
+  #startProbing(sessionId: string, round?: Round): void {
     const session = this.#session;
     if (!session || session.id !== sessionId) return;
+    const { n, via, candidates } = round ?? { n: 0, via: 0, candidates: session.candidates };
     const ownHard = session.ownNat === "endpoint-dependent";
     const peerHard = session.peerNat === "endpoint-dependent";
     const noUdp = session.ownNat === "no-udp" || session.peerNat === "no-udp";
-    const locals = session.candidates.filter((c) => c.kind === "local");
-    const publics = session.candidates.filter((c) => c.kind === "public");
+    const locals = candidates.filter((c) => c.kind === "local");
+    const publics = candidates.filter((c) => c.kind === "public");
     const checks = noUdp ? [] : ownHard && peerHard ? locals : [...locals, ...publics];
     // A side without NAT takes any packet: the other side's checks reach it
     // and its answers go back through whatever mapping they came from, so
@@ -368,22 +473,35 @@ export class PeerLink {
       : "ice";
     const probing: Probing = {
       session: sessionId,
+      round: n,
+      via,
+      strategy,
       sent: new Map(),
       probes: 0,
       timers: [],
-      extra: [],
+      // A reroll's fresh socket goes with its round, unless the path keeps it.
+      extra: via === 0 ? [] : [via],
       done: false,
       startedAt: this.#d.clock.now(),
     };
     this.#probing = probing;
+    if (n > 0) this.stats.rerolls++;
     this.#trace({
       type: "punch",
       session: sessionId,
       role: session.role,
       candidates: checks.length,
       strategy,
+      round: n,
     });
-    if (checks.length === 0) return this.#punchFailed(probing);
+    if (checks.length === 0) return this.#punchFailed(probing, "no_candidates");
+    // While a reroll remains, a round gives up early: a fresh pair of
+    // sockets is a better bet than more of the same.
+    if (this.#canReroll(probing)) {
+      const limit = ownHard !== peerHard ? LINK_TIMING.rerollBirthdayMs : LINK_TIMING.rerollIceMs;
+      probing.limitMs = limit;
+      probing.timers.push(this.#timer(() => this.#punchFailed(probing), limit));
+    }
 
     // Opening packets first (see `PeerLinkDeps.sendOpening`): our mappings
     // toward every candidate, in stages of rising TTL, before any full-TTL
@@ -397,7 +515,7 @@ export class PeerLink {
         return this.#maybeGiveUp(probing);
       }
       const to = checks[i++ % checks.length];
-      this.#probe(probing, to, 0);
+      this.#probe(probing, to, via);
       probing.timers.push(this.#timer(check, LINK_TIMING.probeIntervalMs));
     };
     let spray: (() => void) | undefined;
@@ -419,15 +537,17 @@ export class PeerLink {
     // socket when its spray finds it; so they only ever open, and the easy
     // side's sprays find one.
     const full = !opening || session.peerNat === "no-nat";
+    let hardExtra: number[] = [];
     if (strategy === "hard-side") {
-      probing.extra = this.#d.openSockets(LINK_TIMING.hardSockets);
-      for (const via of probing.extra) this.#extras.add(via);
-      let round = 0;
+      hardExtra = this.#d.openSockets(LINK_TIMING.hardSockets);
+      probing.extra.push(...hardExtra);
+      for (const v of hardExtra) this.#extras.add(v);
+      let fired = 0;
       const fire = () => {
-        if (probing.done || round++ >= LINK_TIMING.hardRounds) return this.#maybeGiveUp(probing);
-        if (round > 1 || full) {
-          for (const via of probing.extra) {
-            this.#probe(probing, publics[0], via, false, full ? 0 : ladder.at(-1)!);
+        if (probing.done || fired++ >= LINK_TIMING.hardRounds) return this.#maybeGiveUp(probing);
+        if (fired > 1 || full) {
+          for (const v of hardExtra) {
+            this.#probe(probing, publics[0], v, false, full ? 0 : ladder.at(-1)!);
           }
         }
         probing.timers.push(this.#timer(fire, LINK_TIMING.hardRoundMs));
@@ -439,7 +559,7 @@ export class PeerLink {
       spray = () => {
         if (probing.done || sprayed++ >= LINK_TIMING.sprayMax) return this.#maybeGiveUp(probing);
         const port = LINK_TIMING.sprayPortMin + Math.floor(this.#random() * span);
-        this.#probe(probing, { ip: publics[0].ip, port }, 0, false);
+        this.#probe(probing, { ip: publics[0].ip, port }, via, false);
         probing.timers.push(this.#timer(spray!, LINK_TIMING.sprayIntervalMs));
       };
     }
@@ -452,26 +572,35 @@ export class PeerLink {
     // is let in, not taken by the router. On a segment the NATs share, the
     // second stage does just that. Full-TTL checks wait for the peer's last
     // stage.
+    // There even the first stage reaches the other NAT, and a router that
+    // does not filter its input takes it if its own side has not sent yet.
+    // So rerolled rounds take turns to go first (round 1 the initiator,
+    // round 2 the responder, ...): with one such router of the two, the
+    // round where its side opens first works.
+    const second = n > 0 && (n % 2 === 1) === (session.role === "responder");
     let stage = -1;
     let sending = false;
     const advance = () => {
       if (probing.done || sending || this.#session?.id !== sessionId) return;
-      const peer = this.#peerOpened?.session === sessionId ? this.#peerOpened : undefined;
+      const peer = this.#peerOpened?.session === sessionId && this.#peerOpened.round === n
+        ? this.#peerOpened
+        : undefined;
       if (stage === ladder.length - 1) {
         if (peer?.last) begin("peer_opened");
         return;
       }
+      if (stage === -1 && second && !peer) return;
       if (stage >= 0 && !(peer && (peer.last || peer.ttl >= ladder[stage]))) return;
       stage++;
       sending = true;
       const ttl = ladder[stage];
-      const sends = checks.map((to) => this.#probe(probing, to, 0, false, ttl));
+      const sends = checks.map((to) => this.#probe(probing, to, via, false, ttl));
       // The extra sockets open once, at the top TTL, beside the stages and not
       // waited for: their packets cannot reach the peer's NAT at any stage,
       // and a spray that comes before a mapping exists is only a miss.
       if (stage === 0 && strategy === "hard-side" && !full) {
-        for (const via of probing.extra) {
-          void this.#probe(probing, publics[0], via, false, ladder.at(-1)!);
+        for (const v of hardExtra) {
+          void this.#probe(probing, publics[0], v, false, ladder.at(-1)!);
         }
       }
       void Promise.all(sends).then(() => {
@@ -483,6 +612,7 @@ export class PeerLink {
           sessionId,
           ttl,
           last: stage === ladder.length - 1,
+          round: n,
           time: this.#d.clock.now(),
         });
         advance();
@@ -516,11 +646,102 @@ export class PeerLink {
     probing.timers.push(this.#timer(() => this.#punchFailed(probing), Math.max(0, wait)));
   }
 
-  #punchFailed(probing: Probing): void {
+  #punchFailed(probing: Probing, cause: FailCause = "timeout"): void {
     if (probing.done || this.#probing !== probing || this.#path.kind === "direct") return;
-    this.#trace({ type: "punch_failed", probes: probing.probes });
+    this.#endRound(probing, cause);
+    if (this.#canReroll(probing)) void this.#reroll(probing.session, probing.round + 1);
+    else this.#scheduleUpgrade();
+  }
+
+  /** Ends a round that found no path, and says why. */
+  #endRound(probing: Probing, cause: FailCause): void {
+    const { probes, round, strategy, limitMs } = probing;
+    const ranItsCourse = cause === "timeout" || (cause === "peer_rerolled" &&
+      limitMs !== undefined && this.#d.clock.now() - probing.startedAt >= 0.9 * limitMs);
+    const suspect = ranItsCourse && round === 0 && probing.via === 0 &&
+      (strategy === "ice" || strategy === "easy-side");
+    this.#trace({ type: "punch_failed", probes, round, strategy, cause, suspect });
     this.#stopProbing();
-    this.#scheduleUpgrade();
+  }
+
+  /**
+   * Another link's first round from the main socket failed: a clash in our
+   * NAT may have moved that socket's mapping for every flow opened since
+   * (Linux reuses the newest mapping of a source port), so a first round of
+   * ours still under way from that socket, without a direct path yet, is
+   * rerolled now rather than run out. Nothing happens otherwise.
+   */
+  suspectMapping(): void {
+    const probing = this.#probing;
+    if (!probing || probing.done || probing.round !== 0 || this.#path.kind === "direct") return;
+    if (!this.#canReroll(probing)) return;
+    this.#punchFailed(probing, "mapping_suspect");
+  }
+
+  /** Whether a failed `probing` round may be followed by a reroll. */
+  #canReroll(probing: Probing): boolean {
+    return this.#d.openRerollSocket !== undefined && probing.round < LINK_TIMING.rerolls &&
+      probing.strategy !== "relay-only" && probing.strategy !== "both-hard";
+  }
+
+  /**
+   * Round `n` of `sessionId`: a fresh socket, its candidates to the peer
+   * through the relay, and the round once the peer's have come (else, after
+   * {@linkcode LINK_TIMING}`.rerollWaitMs`, the relay until the next introduction).
+   */
+  async #reroll(sessionId: string, n: number): Promise<void> {
+    const current = this.#rerolling;
+    if (current?.session === sessionId && current.round >= n) return;
+    this.#cancelReroll();
+    const state: Reroll = {
+      session: sessionId,
+      round: n,
+      started: false,
+    };
+    this.#rerolling = state;
+    const fresh = await this.#d.openRerollSocket!().catch(() => null);
+    const stale = this.#closed || this.#rerolling !== state || this.#session?.id !== sessionId ||
+      this.#path.kind === "direct";
+    if (fresh && stale) this.#d.closeSockets([fresh.via]);
+    if (stale) return;
+    if (!fresh) {
+      this.#rerolling = undefined;
+      this.#trace({ type: "reroll_unanswered", round: n });
+      return this.#scheduleUpgrade();
+    }
+    state.via = fresh.via;
+    this.#extras.add(fresh.via);
+    this.#primaries.add(fresh.via);
+    const candidates = fresh.candidates.slice(0, MAX_REROLL_CANDIDATES);
+    this.#trace({ type: "reroll", round: n, via: fresh.via, candidates: candidates.length });
+    this.#sendRelayFrame({ type: "reroll", sessionId, round: n, candidates });
+    state.timer = this.#timer(() => {
+      if (this.#rerolling !== state || state.started) return;
+      this.#cancelReroll();
+      this.#trace({ type: "reroll_unanswered", round: n });
+      this.#scheduleUpgrade();
+    }, LINK_TIMING.rerollWaitMs);
+    this.#maybeStartReroll();
+  }
+
+  /** Starts the rerolled round once both sides' fresh candidates are known. */
+  #maybeStartReroll(): void {
+    const mine = this.#rerolling;
+    const peer = this.#peerReroll;
+    if (!mine || mine.via === undefined || mine.started) return;
+    if (!peer || peer.session !== mine.session || peer.round !== mine.round) return;
+    mine.started = true;
+    if (mine.timer !== undefined) this.#d.clock.clearTimeout(mine.timer);
+    this.#startProbing(mine.session, { n: mine.round, via: mine.via, candidates: peer.candidates });
+  }
+
+  /** Drops a reroll that has not begun its round (its socket closes). */
+  #cancelReroll(): void {
+    const mine = this.#rerolling;
+    this.#rerolling = undefined;
+    if (!mine || mine.started) return;
+    if (mine.timer !== undefined) this.#d.clock.clearTimeout(mine.timer);
+    if (mine.via !== undefined) this.#closeSockets([mine.via]);
   }
 
   /**
@@ -557,6 +778,7 @@ export class PeerLink {
   }
 
   #closeSockets(vias: number[]): void {
+    for (const v of vias) if (v !== 0) this.#primaries.delete(v);
     const open = vias.filter((v) => this.#extras.delete(v));
     if (open.length) this.#d.closeSockets(open);
   }
@@ -587,7 +809,7 @@ export class PeerLink {
       if (this.#following) return;
       // A path through an extra socket (the hard side's) stays: the peer
       // aims at that socket's mapping, and the others are about to close.
-      if (current.via !== 0) return;
+      if (!this.#primaries.has(current.via)) return;
       // The best path wins: switch only for a clearly faster one (20 % and
       // 2 ms), so jitter between near-equal paths causes no flapping.
       if (current.rttMs === null) return;
@@ -596,14 +818,21 @@ export class PeerLink {
     const probing = this.#probing;
     this.#path = { kind: "direct", to, via, rttMs };
     this.stats.directAt ??= this.#d.clock.now();
-    this.#trace({ type: "direct", to: show(to), via, rtt_ms: rttMs, probes: probing?.probes ?? 0 });
+    this.#trace({
+      type: "direct",
+      to: show(to),
+      via,
+      rtt_ms: rttMs,
+      probes: probing?.probes ?? 0,
+      round: probing?.round ?? 0,
+    });
     this.#d.onPath("direct", rttMs);
     if (probing && !probing.done) {
       probing.timers.push(this.#timer(() => {
         if (this.#path.kind !== "direct") return;
         this.#stopProbing(this.#path.via);
         // The hard side keeps one socket of many: nominate it at once.
-        if (this.#path.via !== 0) this.#keepalive();
+        if (!this.#primaries.has(this.#path.via)) this.#keepalive();
       }, LINK_TIMING.settleMs));
     }
     this.#clearUpgrade();
@@ -631,7 +860,7 @@ export class PeerLink {
     const nonce = newNonce();
     this.#keepaliveNonce = nonce;
     // From an extra socket (the hard side's), every keepalive nominates.
-    const type = path.via === 0 ? "probe" : "nominate";
+    const type = this.#primaries.has(path.via) ? "probe" : "nominate";
     this.#sendUdp(
       { type, sessionId: session.id, nonce, time: this.#d.clock.now() },
       path.to,
@@ -683,10 +912,48 @@ export class PeerLink {
     switch (frame.type) {
       case "opened": {
         // The peer's opening packets of this TTL are out: our next stage may go.
+        if (from) return;
         const before = this.#peerOpened;
-        if (before?.session === frame.sessionId && before.ttl > frame.ttl) return; // reordered
-        this.#peerOpened = { session: frame.sessionId, ttl: frame.ttl, last: frame.last };
-        if (this.#probing?.session === frame.sessionId) this.#probing.begin?.();
+        if (
+          before?.session === frame.sessionId &&
+          (before.round > frame.round || (before.round === frame.round && before.ttl > frame.ttl))
+        ) return; // reordered or replayed
+        this.#peerOpened = {
+          session: frame.sessionId,
+          round: frame.round,
+          ttl: frame.ttl,
+          last: frame.last,
+        };
+        const probing = this.#probing;
+        if (probing?.session === frame.sessionId && probing.round === frame.round) {
+          probing.begin?.();
+        }
+        return;
+      }
+      case "reroll": {
+        // The peer's round failed and it punches again from a fresh socket.
+        if (from || frame.sessionId !== this.#session?.id || !this.#d.openRerollSocket) return;
+        if (frame.round > LINK_TIMING.rerolls) return;
+        const before = this.#peerReroll;
+        if (before?.session === frame.sessionId && before.round >= frame.round) return; // replayed
+        this.#peerReroll = {
+          session: frame.sessionId,
+          round: frame.round,
+          candidates: frame.candidates,
+        };
+        // A direct path we still hear from stays; the peer falls back to the next introduction.
+        if (this.#path.kind === "direct") return;
+        const mine = this.#rerolling;
+        if (mine?.session === frame.sessionId && mine.round === frame.round) {
+          return this.#maybeStartReroll();
+        }
+        // The peer's round ran out before ours (the rounds begin a relay
+        // hop apart): ours goes too, and we reroll with it.
+        const probing = this.#probing;
+        if (probing && !probing.done && probing.round < frame.round) {
+          this.#endRound(probing, "peer_rerolled");
+        }
+        void this.#reroll(frame.sessionId, frame.round);
         return;
       }
       case "nominate":
@@ -934,6 +1201,7 @@ export class PeerLink {
   /** Stops every timer and closes extra sockets. */
   close(): void {
     this.#stopProbing();
+    this.#cancelReroll();
     this.#closeSockets([...this.#extras]);
     this.#closed = true;
     for (const t of [this.#keepaliveTimer, this.#lostTimer, this.#upgradeTimer, this.#rtoTimer]) {

@@ -10,7 +10,10 @@ import { type Clock, systemClock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import { frameSessionId, fromBase64, isPeerFrame, toBase64 } from "./frame.ts";
 import { type LinkEvent, PeerLink } from "./link.ts";
+import { StunClient } from "../stun/client.ts";
+import { hostInterfaces, localCandidates } from "../stun/discovery.ts";
 import type {
+  Candidate,
   ClientMessage,
   PathKind,
   PeerInfo,
@@ -68,6 +71,11 @@ export interface PeerManagerOptions {
    * @default {DEFAULT_OPENING_TTL}
    */
   openingTtl?: number;
+  /**
+   * STUN servers (`host:port`) a reroll's fresh socket learns its mapping
+   * from; none: failed rounds are not rerolled.
+   */
+  stunServers?: readonly string[];
   /** Time source, for tests. @default {systemClock} */
   clock?: Clock;
   /** Where link events are logged. */
@@ -233,6 +241,9 @@ export class PeerManager {
         this.#o.sendToRendezvous({ type: "relay", to: peerId, data: toBase64(bytes) });
       },
       openSockets: (count) => this.#openSockets(count),
+      ...((this.#o.stunServers?.length ?? 0) > 0
+        ? { openRerollSocket: () => this.#openRerollSocket() }
+        : {}),
       closeSockets: (vias) => this.#closeSockets(vias),
       requestConnect: () => this.connect(peerId),
       onMessage: (payload, path) => this.#o.onMessage?.(peerId, payload, path),
@@ -243,6 +254,10 @@ export class PeerManager {
       trace: (event) => {
         this.#indexPath(link!);
         this.#logLink(log, link!, event);
+        if (event.type === "punch_failed" && event.suspect) {
+          // Its mapping toward that peer failed: others from the same socket may too.
+          for (const other of this.#links.values()) if (other !== link) other.suspectMapping();
+        }
       },
     });
     this.#links.set(peerId, link);
@@ -263,6 +278,8 @@ export class PeerManager {
       relay: "peer path relay",
       first_relay: "peer first relayed frame sent",
       bad_introduction: "peer introduction rejected",
+      reroll: "peer punch rerolled",
+      reroll_unanswered: "peer reroll unanswered",
     }[type];
     log[type === "bad_introduction" ? "warn" : "info"](message, {
       ...fields,
@@ -310,6 +327,39 @@ export class PeerManager {
       vias.push(via);
     }
     return vias;
+  }
+
+  /**
+   * A reroll's socket: fresh, so no clash has moved its mapping; its public
+   * candidate from the first STUN server that answers (with the discovery's
+   * short schedule), its local ones from the host's interfaces.
+   */
+  async #openRerollSocket(): Promise<{ via: number; candidates: Candidate[] } | null> {
+    const [via] = this.#openSockets(1);
+    const socket = via === undefined ? undefined : this.#sockets.get(via);
+    if (via === undefined || !socket) return null;
+    const stun = new StunClient((bytes, to) => socket.send(bytes, to), {
+      family: socket.local.family,
+      rtoMs: 250,
+      maxSends: 4,
+      finalWaitFactor: 4,
+      clock: this.#clock,
+    });
+    socket.onStun = (bytes, from) => void stun.handle(bytes, from);
+    const servers = this.#o.stunServers ?? [];
+    const mapped = await Promise.any(servers.map((server) => stun.binding(server)))
+      .then((result) => result.mapped, () => undefined);
+    socket.onStun = () => {};
+    if (!this.#sockets.has(via)) return null; // closed meanwhile
+    const locals = localCandidates(hostInterfaces(), socket.local)
+      .map((address): Candidate => ({ ...address, kind: "local" }));
+    const candidates = mapped ? [{ ...mapped, kind: "public" } as Candidate, ...locals] : locals;
+    this.#o.logger.info("reroll socket bound", {
+      via,
+      udp_local: `${socket.local.ip}:${socket.local.port}`,
+      udp_public: mapped ? `${mapped.ip}:${mapped.port}` : null,
+    });
+    return { via, candidates };
   }
 
   #closeSockets(vias: number[]): void {

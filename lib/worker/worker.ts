@@ -160,6 +160,7 @@ export class Worker {
       sendToRendezvous: (message) => client.send(message),
       autoConnect: config.peerAutoConnect,
       openingTtl: config.punchOpeningTtl,
+      stunServers: config.stunServers,
       logger: log,
       // Hello 0 goes out as soon as a peer is known: queued until the
       // introduction, then relayed at once (time to first relayed byte).

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { silentLogger } from "../../lib/core/log.ts";
+import { Logger, silentLogger } from "../../lib/core/log.ts";
+import { LINK_TIMING } from "../../lib/peer/link.ts";
+import { FakeClock } from "../_fake_clock.ts";
 import { toBase64 } from "../../lib/peer/frame.ts";
 import { PeerManager } from "../../lib/peer/manager.ts";
 import type { ClientMessage, PeerInfo } from "../../lib/protocol/messages.ts";
@@ -100,4 +102,44 @@ Deno.test("PeerManager without autoconnect waits for the application, and relays
   t.manager.handle({ type: "peer_left", peer_id: "a" });
   assert.deepEqual(t.manager.peers, []);
   await t.manager.close();
+});
+
+Deno.test("PeerManager: a first round that ran its course makes the other first rounds from the same socket reroll at once", async () => {
+  const clock = new FakeClock(0);
+  const lines: Record<string, unknown>[] = [];
+  const manager = new PeerManager({
+    sendToRendezvous: () => true,
+    logger: new Logger({ sink: (l) => lines.push(JSON.parse(l)), format: "json" }),
+    stunServers: ["127.0.0.1:3478"],
+    openingTtl: 0,
+    clock,
+  });
+  const punch = (peerId: string, session: string) =>
+    manager.handle({
+      type: "punch",
+      peer_id: peerId,
+      session_id: session,
+      key: toBase64(new Uint8Array(32).fill(3)),
+      candidates: [{ ip: "203.0.113.9", port: 4000, kind: "public" }],
+      peer_nat: "endpoint-independent",
+      own_nat: "endpoint-independent",
+      role: "initiator",
+      delay_ms: 0,
+    });
+  const failed = () =>
+    lines.filter((l) => l.message === "peer punch failed")
+      .map((l) => [l.peer_id, l.cause, l.suspect, l.ms_since_punch]);
+  try {
+    punch("a", "00000000000000a1");
+    await clock.tick(1000);
+    punch("b", "00000000000000b1");
+    await clock.tick(LINK_TIMING.rerollIceMs - 1000 + 10);
+    // a's round ran out (nothing answers here); b's, a second younger, goes with it.
+    assert.deepEqual(failed(), [
+      ["a", "timeout", true, LINK_TIMING.rerollIceMs],
+      ["b", "mapping_suspect", false, LINK_TIMING.rerollIceMs - 1000],
+    ]);
+  } finally {
+    await manager.close();
+  }
 });

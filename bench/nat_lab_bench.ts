@@ -1,7 +1,9 @@
 /**
  * Hole-punching outcomes over repeated NAT-lab runs (needs root): per pair of
  * NAT kinds, how often the pair went direct, how fast, on which attempt, and
- * how soon the first relayed frame left. Writes bench/results/nat-lab-*.json.
+ * how soon the first relayed frame left; "1st try" counts pairs direct on
+ * the first introduction (rerolls included), "no reroll" those direct in
+ * its first round. Writes bench/results/nat-lab-*.json.
  *
  * Both router kinds, each its own set of runs: routers that drop unsolicited
  * input and routers that do not (`--routers filtering|non-filtering|both`).
@@ -43,12 +45,16 @@ interface Bucket {
   direct: number;
   delivered: number;
   firstAttempt: number;
+  /** Direct in the introduction's first round, no reroll. */
+  firstRound: number;
   directMs: number[];
   firstRelayMs: number[];
 }
 const buckets = new Map<string, Bucket>();
 /** Pairs the NATs allow that stayed relayed, per router kind: with a worker of the shared segment or not. */
 const misses = new Map<string, { segment: number; elsewhere: string[] }>();
+/** Time to direct of EIM ↔ EDM pairs (birthday) without a worker of the shared segment. */
+const edmPairMs = new Map<string, number[]>();
 const onSegment = (id: string) => id === "eim-2" || id === "eim-3";
 const pct = (p: number, xs: number[]) => {
   const s = xs.slice().sort((a, b) => a - b);
@@ -67,6 +73,7 @@ for (const routers of kinds) {
         direct: 0,
         delivered: 0,
         firstAttempt: 0,
+        firstRound: 0,
         directMs: [],
         firstRelayMs: [],
       };
@@ -85,9 +92,14 @@ for (const routers of kinds) {
         misses.set(routers, m);
       }
       if (r.path === "direct" && r.directMs !== null) {
+        const birthday = r.strategy === "easy-side" || r.strategy === "hard-side";
+        if (birthday && !onSegment(r.from) && !onSegment(r.to)) {
+          edmPairMs.set(routers, [...edmPairMs.get(routers) ?? [], r.directMs]);
+        }
         b.direct++;
         b.directMs.push(r.directMs);
         if (r.attempts === 1) b.firstAttempt++;
+        if (r.attempts === 1 && r.round === 0) b.firstRound++;
       }
       if (r.messages >= 3) b.delivered++;
       if (r.firstRelayMs !== null) b.firstRelayMs.push(r.firstRelayMs);
@@ -104,6 +116,7 @@ const rows = [...buckets].sort(([a], [b]) => a.localeCompare(b)).map(([key, b]) 
   expected_direct_pct: Number((100 * b.expectedDirect / b.pairs).toFixed(1)),
   delivered_pct: Number((100 * b.delivered / b.pairs).toFixed(1)),
   direct_first_attempt_pct: b.direct ? Number((100 * b.firstAttempt / b.direct).toFixed(1)) : null,
+  direct_first_round_pct: b.direct ? Number((100 * b.firstRound / b.direct).toFixed(1)) : null,
   direct_ms_p50: pct(50, b.directMs),
   direct_ms_p95: pct(95, b.directMs),
   first_relay_ms_p50: pct(50, b.firstRelayMs),
@@ -117,6 +130,7 @@ const header = [
   "expected %",
   "delivered %",
   "1st try %",
+  "no reroll %",
   "direct p50 ms",
   "direct p95 ms",
   "1st relay p50 ms",
@@ -129,6 +143,7 @@ const table = rows.map((r) => [
   String(r.expected_direct_pct),
   String(r.delivered_pct),
   String(r.direct_first_attempt_pct ?? "-"),
+  String(r.direct_first_round_pct ?? "-"),
   String(Number.isNaN(r.direct_ms_p50) ? "-" : r.direct_ms_p50),
   String(Number.isNaN(r.direct_ms_p95) ? "-" : r.direct_ms_p95),
   String(Number.isNaN(r.first_relay_ms_p50) ? "-" : r.first_relay_ms_p50),
@@ -156,14 +171,17 @@ const summary = kinds.map((routers) => {
     k.startsWith(`${routers}|`) && /edm/.test(k) &&
     !/edm ↔ edm/.test(k) && !/block/.test(k)
   ).flatMap(([, b]) => b.directMs);
+  const eimEdmOffSegment = edmPairMs.get(routers) ?? [];
   return {
     routers,
     direct_of_expected_pct: Number(
       (100 * sum((b) => b.direct) / sum((b) => b.expectedDirect)).toFixed(1),
     ),
     first_attempt_pct: Number((100 * sum((b) => b.firstAttempt) / sum((b) => b.direct)).toFixed(1)),
+    first_round_pct: Number((100 * sum((b) => b.firstRound) / sum((b) => b.direct)).toFixed(1)),
     delivered_pct: Number((100 * sum((b) => b.delivered) / sum((b) => b.pairs)).toFixed(1)),
     edm_pairs_direct_ms_p95: pct(95, eimEdm),
+    edm_pairs_off_segment_direct_ms_p95: pct(95, eimEdmOffSegment),
     misses_with_a_shared_segment_worker: misses.get(routers)?.segment ?? 0,
     misses_elsewhere: misses.get(routers)?.elsewhere ?? [],
   };
@@ -171,7 +189,7 @@ const summary = kinds.map((routers) => {
 console.log("");
 for (const t of summary) {
   console.log(
-    `${t.routers}: direct ${t.direct_of_expected_pct} % of the pairs the NATs allow (target 100); first attempt ${t.first_attempt_pct} % (≥ 97); delivered ${t.delivered_pct} %; pairs with one EDM side: p95 to direct ${t.edm_pairs_direct_ms_p95} ms (≤ 5000); misses: ${t.misses_with_a_shared_segment_worker} with eim-2 or eim-3 (the shared segment), ${t.misses_elsewhere.length} elsewhere ${
+    `${t.routers}: direct ${t.direct_of_expected_pct} % of the pairs the NATs allow (target 100); first attempt ${t.first_attempt_pct} % (≥ 97; ${t.first_round_pct} % without a reroll); delivered ${t.delivered_pct} %; pairs with one EDM side: p95 to direct ${t.edm_pairs_direct_ms_p95} ms (≤ 5000), ${t.edm_pairs_off_segment_direct_ms_p95} ms without eim-2 and eim-3; misses: ${t.misses_with_a_shared_segment_worker} with eim-2 or eim-3 (the shared segment; their own pair is expected relayed when neither router filters), ${t.misses_elsewhere.length} elsewhere ${
       t.misses_elsewhere.join(", ")
     }`,
   );

@@ -2,7 +2,8 @@
  * Hole punching on real Linux NATs: nine workers behind endpoint-independent,
  * endpoint-dependent, full-cone, shared and UDP-blocking NATs and on a public
  * host, all connecting to all. Asserts the issue's outcomes per pair and
- * prints the measurements.
+ * prints the measurements. Then the shared segment behind routers that do
+ * not filter input (rerolls), and a stream across path changes.
  */
 
 import assert from "node:assert/strict";
@@ -86,6 +87,46 @@ Deno.test({
       } ms`,
     );
     assert.ok(median(relayTimes) <= 100);
+  },
+});
+
+Deno.test({
+  name:
+    "NAT lab, routers that do not filter input: the shared segment's own pair stays relayed after its rerolls, and every other pair goes direct",
+  ignore: skip !== undefined,
+  async fn() {
+    const only = ["eim-1", "eim-2", "eim-3", "edm-1", "shared-1"];
+    const { results, seconds, rendezvousTrouble } = await runPunchLab(
+      40,
+      0,
+      0,
+      "non-filtering",
+      {},
+      only,
+    );
+    const show = (r: PairResult) =>
+      `${r.from} ← ${r.to}: ${r.path} (expected ${r.expected}), round ${r.round}, ${r.directMs} ms, ${r.strategy}`;
+    console.log(`lab ran ${seconds.toFixed(1)} s`);
+    for (const r of results) console.log("  " + show(r));
+    const rerolls = (r: PairResult) => r.events.filter((e) => e.includes("peer punch rerolled"));
+    for (const r of results) {
+      assert.ok(r.messages >= 3, `delivered: ${show(r)}\n${rendezvousTrouble.join("\n")}`);
+      assert.equal(r.path, r.expected, `${show(r)}\n    ${r.events.join("\n    ")}`);
+    }
+    // The pair on the shared segment: each round's first packets reach the
+    // other router, which takes them; its rounds are rerolled (bounded),
+    // and the relay carries it meanwhile.
+    const segment = results.filter((r) => r.expected === "relay");
+    assert.deepEqual(segment.map((r) => `${r.from}-${r.to}`).sort(), [
+      "eim-2-eim-3",
+      "eim-3-eim-2",
+    ]);
+    for (const r of segment) {
+      const n = rerolls(r).length;
+      assert.ok(n >= 1 && n <= LINK_TIMING.rerolls, `${n} rerolls: ${show(r)}`);
+    }
+    const after = results.filter((r) => (r.round ?? 0) > 0).length;
+    console.log(`direct after a reroll: ${after} of ${results.length - segment.length}`);
   },
 });
 

@@ -250,6 +250,22 @@ export class Proc {
     }).finally(() => this.#listeners.delete(listener));
   }
 
+  /** Waits until stdout matches `pattern`; fails early if the process exits first. */
+  waitForStdout(pattern: RegExp, timeoutMs = 10_000): Promise<void> {
+    if (pattern.test(this.stdout)) return Promise.resolve();
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    const listener = () => {
+      if (pattern.test(this.stdout)) resolve();
+    };
+    this.#listeners.add(listener);
+    this.status.then(() => {
+      if (pattern.test(this.stdout)) resolve();
+      else reject(new Error(`exited before printing ${pattern}:\n${this.stdout}\n${this.dump()}`));
+    });
+    return within(promise, timeoutMs, `stdout ${pattern}`)
+      .finally(() => this.#listeners.delete(listener));
+  }
+
   /** Every stderr line, for failure messages. */
   dump(): string {
     return this.lines.map((l) => JSON.stringify(l)).join("\n");

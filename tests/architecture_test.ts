@@ -9,11 +9,12 @@ import { ROOT } from "./_helpers.ts";
 const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   core: [],
   protocol: ["core"],
+  redis: ["core"],
   stun: ["core", "protocol"],
   peer: ["core", "protocol", "stun"],
-  rendezvous: ["core", "protocol", "stun"],
+  rendezvous: ["core", "protocol", "stun", "redis"],
   worker: ["core", "protocol", "stun", "peer"],
-  demo: ["core", "protocol", "stun", "peer", "rendezvous", "worker"],
+  demo: ["core", "protocol", "redis", "stun", "peer", "rendezvous", "worker"],
 };
 /** Files outside `lib/` that `lib/` may read. */
 const OUTSIDE_ALLOWED = new Set(["deno.json"]);

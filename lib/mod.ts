@@ -62,10 +62,18 @@ export {
   type StartRendezvousOptions,
 } from "./rendezvous/service.ts";
 export {
+  type FleetConfig,
   loadRendezvousConfig,
   RENDEZVOUS_VARIABLES,
   type RendezvousConfig,
 } from "./rendezvous/config.ts";
+export {
+  Fleet,
+  type FleetHost,
+  type FleetOptions,
+  FleetRegistry,
+  type RemoteWorker,
+} from "./rendezvous/fleet.ts";
 export { Rendezvous, type RendezvousOptions, type RendezvousState } from "./rendezvous/server.ts";
 export {
   type KeyClaim,

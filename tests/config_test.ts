@@ -176,3 +176,39 @@ Deno.test("loadWorkerConfig() reads WORKER_KEY_FILE", () => {
     "/keys/w1.jwk",
   );
 });
+
+Deno.test("loadRendezvousConfig() reads the fleet's Redis settings, and refuses bad ones by name", () => {
+  assert.equal(loadRendezvousConfig({}).fleet, undefined, "no REDIS_URL: one instance, in memory");
+  const pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  assert.deepEqual(
+    loadRendezvousConfig({
+      REDIS_URL: "rediss://default:s3cret@10.0.0.3:6378",
+      REDIS_CA_CERT: pem,
+      REDIS_PREFIX: "prod-fleet",
+      FLEET_TTL_SEC: "8",
+    }).fleet,
+    {
+      url: "rediss://default:s3cret@10.0.0.3:6378",
+      caCert: pem.trim(),
+      prefix: "prod-fleet",
+      ttlSec: 8,
+    },
+  );
+  assert.deepEqual(loadRendezvousConfig({ REDIS_URL: "redis://127.0.0.1" }).fleet, {
+    url: "redis://127.0.0.1",
+    prefix: "holepunch",
+    ttlSec: 5,
+  });
+  const refused = (env: Record<string, string>, name: string) =>
+    assert.throws(
+      () => loadRendezvousConfig(env),
+      (e: Error) =>
+        e instanceof ConfigError && e.variable === name && !e.message.includes("s3cret"),
+      JSON.stringify(env),
+    );
+  refused({ REDIS_URL: "http://u:s3cret@h" }, "REDIS_URL");
+  refused({ REDIS_URL: "redis://h/99" }, "REDIS_URL");
+  refused({ REDIS_URL: "redis://h", REDIS_CA_CERT: "not a pem" }, "REDIS_CA_CERT");
+  refused({ REDIS_URL: "redis://h", REDIS_PREFIX: "a b" }, "REDIS_PREFIX");
+  refused({ REDIS_URL: "redis://h", FLEET_TTL_SEC: "0" }, "FLEET_TTL_SEC");
+});

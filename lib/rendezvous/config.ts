@@ -16,6 +16,7 @@ import {
   stringVar,
   type VariableDoc,
 } from "../core/env.ts";
+import { parseRedisUrl } from "../redis/client.ts";
 import { loadStunConfig, STUN_VARIABLES } from "../stun/config.ts";
 import type { StunServerOptions } from "../stun/server.ts";
 
@@ -53,10 +54,24 @@ export interface RendezvousConfig {
   keyHoldSec: number;
   /** Authorities key proofs may name (`PUBLIC_HOSTS`); unset: the `Host` header. */
   publicHosts?: string[];
+  /** The fleet over Redis (`REDIS_URL` set), or undefined: one instance, in memory. */
+  fleet?: FleetConfig;
   /** A STUN server beside the rendezvous (STUN_PORT set), or undefined. */
   stun?: StunServerOptions;
   /** Log level and format (`LOG_LEVEL`, `LOG_FORMAT`). */
   log: LogConfig;
+}
+
+/** Many instances as one fleet, over Redis. */
+export interface FleetConfig {
+  /** `redis://` or `rediss://` with credentials (`REDIS_URL`). */
+  url: string;
+  /** PEM of the CA that signed Redis's certificate, for `rediss://` (`REDIS_CA_CERT`). */
+  caCert?: string;
+  /** Prefix of the fleet's keys and channels (`REDIS_PREFIX`). */
+  prefix: string;
+  /** An instance silent this long leaves the fleet with its workers (`FLEET_TTL_SEC`). */
+  ttlSec: number;
 }
 
 /** The rendezvous's environment variables. */
@@ -125,9 +140,61 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     fallback: "(the Host header)",
     meaning: "host[:port] list workers dial, for key proofs behind a proxy that rewrites Host",
   },
+  {
+    name: "REDIS_URL",
+    fallback: "(unset: one instance, in memory)",
+    meaning: "redis://[user:password@]host:port[/db] or rediss://: instances share the fleet",
+  },
+  {
+    name: "REDIS_CA_CERT",
+    fallback: "(system roots)",
+    meaning: "PEM of the CA of Redis's TLS certificate (Memorystore's server CA), for rediss://",
+  },
+  {
+    name: "REDIS_PREFIX",
+    fallback: "holepunch",
+    meaning: "prefix of the fleet's keys and channels",
+  },
+  {
+    name: "FLEET_TTL_SEC",
+    fallback: "5",
+    meaning: "an instance silent this long is dropped from the fleet with its workers",
+  },
   ...STUN_VARIABLES,
   ...LOG_VARIABLES,
 ];
+
+function fleetConfig(env: Env): FleetConfig | undefined {
+  const url = stringVar(env, "REDIS_URL");
+  if (url === undefined) return undefined;
+  try {
+    parseRedisUrl(url);
+  } catch (cause) {
+    throw new ConfigError("REDIS_URL", `Cannot read REDIS_URL: ${(cause as Error).message}`, {
+      cause,
+    });
+  }
+  const caCert = stringVar(env, "REDIS_CA_CERT");
+  if (caCert !== undefined && !caCert.includes("-----BEGIN CERTIFICATE-----")) {
+    throw new ConfigError(
+      "REDIS_CA_CERT",
+      "Cannot read REDIS_CA_CERT: expected a PEM certificate (-----BEGIN CERTIFICATE-----)",
+    );
+  }
+  const prefix = stringVar(env, "REDIS_PREFIX", "holepunch");
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(prefix)) {
+    throw new ConfigError(
+      "REDIS_PREFIX",
+      `Cannot read REDIS_PREFIX: "${prefix}" is not 1-64 characters of [A-Za-z0-9._-]`,
+    );
+  }
+  return {
+    url,
+    ...(caCert ? { caCert } : {}),
+    prefix,
+    ttlSec: numberVar(env, "FLEET_TTL_SEC", 5, { min: 1, max: 300 }),
+  };
+}
 
 function trustProxyHops(env: Env): number {
   const text = stringVar(env, "TRUST_PROXY");
@@ -183,6 +250,7 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
     port: portVar(env, "PORT", 8080),
     hostname,
     stun: loadStunConfig(env, { hostname }),
+    fleet: fleetConfig(env),
     token,
     trustProxyHops: trustProxyHops(env),
     maxConnections: numberVar(env, "MAX_CONNECTIONS", 10_000, { min: 1, integer: true }),

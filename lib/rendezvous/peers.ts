@@ -131,6 +131,21 @@ export class PeerDirectory {
     }
   }
 
+  /** A worker on another instance of the fleet registered (or moved there). */
+  remoteJoined(record: WorkerRecord): void {
+    this.#notify(record.group, record.worker_id, { type: "peer_joined", peer: peerInfo(record) });
+  }
+
+  /** A worker on another instance changed its record. */
+  remoteUpdated(record: WorkerRecord): void {
+    this.#notify(record.group, record.worker_id, { type: "peer_updated", peer: peerInfo(record) });
+  }
+
+  /** A worker on another instance left the fleet. */
+  remoteLeft(workerId: string, group: string): void {
+    this.#notify(group, workerId, { type: "peer_left", peer_id: workerId });
+  }
+
   /** Handles the peer messages; returns false for any other message. */
   async handle(session: PeerSession, message: ClientMessage): Promise<boolean> {
     switch (message.type) {

@@ -33,6 +33,7 @@ import {
 } from "../protocol/identity.ts";
 import { PeerDirectory, type PeerSession } from "./peers.ts";
 import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
+import { type Fleet, FleetRegistry } from "./fleet.ts";
 
 /** Lifecycle of a {@linkcode Rendezvous}. */
 export type RendezvousState = "starting" | "running" | "closing" | "closed";
@@ -41,6 +42,13 @@ export type RendezvousState = "starting" | "running" | "closing" | "closed";
 export interface RendezvousOptions {
   /** Where registrations live. @default {new MemoryRegistry()} */
   registry?: Registry;
+  /**
+   * The fleet this instance is part of (`REDIS_URL`): the registry becomes
+   * this instance's sessions plus everyone else's, and peer services reach
+   * workers on other instances. Started here; the caller closes it after
+   * {@linkcode Rendezvous.close}.
+   */
+  fleet?: Fleet;
   /** Bearer token required of workers and of the debug list; unset = open. */
   token?: string;
   /**
@@ -315,7 +323,7 @@ export class Rendezvous {
   /** Where the sessions' records live. */
   readonly registry: Registry;
   #options:
-    & Required<Omit<RendezvousOptions, "registry" | "token" | "publicHosts">>
+    & Required<Omit<RendezvousOptions, "registry" | "fleet" | "token" | "publicHosts">>
     & { token?: string; publicHosts?: readonly string[] };
   #log: Logger;
   #clock: Clock;
@@ -330,6 +338,7 @@ export class Rendezvous {
   #byWorker = new Map<string, Session>();
   #closing?: Promise<void>;
   #peers: PeerDirectory;
+  #fleet?: Fleet;
   #relayLimit: { rate: number; burst: number };
   /** Sessions whose close is still being cleaned up. */
   #cleaning = 0;
@@ -357,7 +366,10 @@ export class Rendezvous {
 
   /** A rendezvous with the given limits; serve {@linkcode Rendezvous.handler}. */
   constructor(options: RendezvousOptions = {}) {
-    this.registry = options.registry ?? new MemoryRegistry();
+    this.#fleet = options.fleet;
+    this.registry = options.fleet
+      ? new FleetRegistry(new MemoryRegistry(), options.fleet, (options.keyHoldSec ?? 600) * 1000)
+      : options.registry ?? new MemoryRegistry();
     this.#log = options.logger ?? silentLogger;
     this.#clock = options.clock ?? systemClock;
     this.#options = {
@@ -387,10 +399,54 @@ export class Rendezvous {
     };
     this.#peers = new PeerDirectory({
       registry: this.registry,
-      sessionOf: (id) => this.#byWorker.get(id),
+      sessionOf: (id) => this.#byWorker.get(id) ?? this.#remotePeer(id),
       clock: this.#clock,
       logger: this.#log,
     });
+    this.#fleet?.start({
+      deliver: (workerId, group, message) => {
+        const session = this.#byWorker.get(workerId);
+        if (session?.group === group) session.send(message);
+      },
+      deliverBinary: (workerId, group, bytes) => {
+        const session = this.#byWorker.get(workerId);
+        if (session?.group !== group || !session.sendBinary(bytes)) {
+          this.#peers.stats.packetsDropped++;
+        }
+      },
+      replaced: (workerId, sessionId) => {
+        const session = this.#byWorker.get(workerId);
+        if (session?.id !== sessionId) return;
+        this.#log.info("worker session replaced on another instance", {
+          worker_id: workerId,
+          old_observed_ip: session.observedIp,
+        });
+        session.close(CloseCode.SESSION_REPLACED, CloseReason.REPLACED);
+      },
+      joined: (record) => this.#peers.remoteJoined(record),
+      updated: (record) => this.#peers.remoteUpdated(record),
+      left: (workerId, group) => this.#peers.remoteLeft(workerId, group),
+      localRecords: () => (this.registry as FleetRegistry).local.list(),
+      rttOf: (workerId) => this.#byWorker.get(workerId)?.rttMs ?? null,
+    });
+  }
+
+  /** A worker registered on another instance, as a peer session that sends through the fleet. */
+  #remotePeer(workerId: string): PeerSession | undefined {
+    const fleet = this.#fleet;
+    const worker = fleet?.remote(workerId);
+    if (!fleet || !worker) return undefined;
+    const { instance, record } = worker;
+    return {
+      workerId,
+      group: record.group,
+      rttMs: worker.rttMs,
+      watching: false,
+      takeRelay: () => true,
+      takeRelayBytes: () => true,
+      send: (message) => fleet.send(instance, workerId, record.group, message),
+      sendBinary: (bytes) => fleet.sendBinary(instance, workerId, record.group, bytes),
+    };
   }
 
   /** Where the service is in its life. */
@@ -427,9 +483,16 @@ export class Rendezvous {
       case "/health":
         return json({ status: "ok" });
       case "/ready":
-        return this.#state === "running"
-          ? json({ status: "ready" })
-          : json({ status: this.#state }, 503);
+        // An instance whose Redis is away still serves what it holds: it
+        // says so, and stays in rotation (taking it out would cut everyone).
+        if (this.#state !== "running") return json({ status: this.#state }, 503);
+        if (this.#fleet && !this.#fleet.up) {
+          return json({ status: "degraded", redis: "unavailable", instance: this.#fleet.instance });
+        }
+        return json({
+          status: "ready",
+          ...(this.#fleet ? { redis: "up", instance: this.#fleet.instance } : {}),
+        });
       case "/debug/list_workers":
         return this.#authorized(req) ? this.#listWorkers() : this.#unauthorized();
       case "/debug/stats":
@@ -461,6 +524,16 @@ export class Rendezvous {
       sessions: this.#sessions.size,
       registered: await this.registry.size(),
       peers: this.#peers.stats,
+      ...(this.#fleet
+        ? {
+          fleet: {
+            instance: this.#fleet.instance,
+            up: this.#fleet.up,
+            remote_workers: this.#fleet.remoteCount,
+            ...this.#fleet.stats,
+          },
+        }
+        : {}),
       memory: { rss: memory.rss, heap_used: memory.heapUsed },
     });
   }

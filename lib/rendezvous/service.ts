@@ -14,6 +14,7 @@ import type { StunServer } from "../stun/server.ts";
 import type { RendezvousConfig } from "./config.ts";
 import { serveResilient } from "./resilient_serve.ts";
 import { Rendezvous } from "./server.ts";
+import { Fleet } from "./fleet.ts";
 
 /** How long {@linkcode RendezvousService.close} waits for open HTTP requests once sessions are closed. */
 const LISTENER_DRAIN_MS = 1000;
@@ -32,6 +33,8 @@ export class RendezvousService {
   readonly stun: StunServer | undefined;
   /** Where the HTTP listener listens, once it does. */
   readonly addr: Promise<Deno.NetAddr>;
+  /** The fleet over Redis; undefined without `REDIS_URL`. */
+  readonly fleet: Fleet | undefined;
   readonly #server: { shutdown(): Promise<void> };
   readonly #shutdownTimeoutMs: number;
   #closed: Promise<void> | undefined;
@@ -42,7 +45,17 @@ export class RendezvousService {
     this.#shutdownTimeoutMs = config.shutdownTimeoutSec * 1000;
     // STUN first: a port it cannot bind fails the start before anything listens.
     this.stun = config.stun ? startStun(config.stun, log) : undefined;
+    this.fleet = config.fleet
+      ? new Fleet({
+        url: config.fleet.url,
+        ...(config.fleet.caCert ? { caCerts: [config.fleet.caCert] } : {}),
+        prefix: config.fleet.prefix,
+        ttlMs: config.fleet.ttlSec * 1000,
+        logger: log,
+      })
+      : undefined;
     const rendezvous = new Rendezvous({
+      fleet: this.fleet,
       token: config.token,
       trustProxyHops: config.trustProxyHops,
       maxConnections: config.maxConnections,
@@ -75,6 +88,9 @@ export class RendezvousService {
           version: VERSION,
           auth: config.token !== undefined,
           trust_proxy_hops: config.trustProxyHops,
+          fleet: this.fleet
+            ? { instance: this.fleet.instance, prefix: config.fleet!.prefix }
+            : null,
         });
         listening.resolve(addr);
       },
@@ -97,6 +113,7 @@ export class RendezvousService {
 
   async #close(): Promise<void> {
     await this.rendezvous.close(this.#shutdownTimeoutMs);
+    await this.fleet?.close();
     await this.stun?.close();
     await settleWithin(this.#server.shutdown(), LISTENER_DRAIN_MS);
   }

@@ -1,0 +1,751 @@
+/**
+ * Many rendezvous instances, one fleet, over Redis (`REDIS_URL`).
+ *
+ * Each instance keeps its own sessions' records in memory, as a single
+ * instance does, and mirrors them into Redis; it also keeps a copy of every
+ * other instance's records, fed by a fleet-wide event channel, so listings,
+ * peer lists and introductions read memory, never Redis, and go on (with the
+ * last known fleet) while Redis is away.
+ *
+ * Redis holds:
+ * - `{prefix}:workers`: hash, worker id → `{i: instance, r: record, t: rtt}`
+ *   (JSON), written by Lua scripts that check the session (a replaced
+ *   session can never overwrite or remove its successor);
+ * - `{prefix}:inst:{instance}`: the worker ids each instance registered (to
+ *   reap a dead instance's);
+ * - `{prefix}:alive`: sorted set, instance → its last heartbeat (Redis's own
+ *   clock, so instances' clocks never matter);
+ * - `{prefix}:key:{worker id}`: the key an id is bound to (`KEY_HOLD_SEC`
+ *   as the key's TTL once idle).
+ * Channels: `{prefix}:events` (records put and removed, JSON) and
+ * `{prefix}:to:{instance}` (messages for a worker on that instance: server
+ * messages, relayed transport packets, "your session was replaced").
+ *
+ * An instance that stops heartbeating for `ttlMs` is reaped by whichever
+ * instance sees it first: its workers leave the fleet (`peer_left`), and
+ * reconnect to the others. One that drains removes its workers as their
+ * sessions close. When Redis comes back (or comes back empty), every
+ * instance writes its sessions again and reloads the others'.
+ *
+ * @module
+ */
+
+import { type Clock, delay, systemClock } from "../core/clock.ts";
+import type { Logger } from "../core/log.ts";
+import {
+  Redis,
+  type RedisArg,
+  RedisReplyError,
+  RedisUnavailableError,
+  type RespValue,
+  text,
+} from "../redis/client.ts";
+import type { ServerMessage } from "../protocol/messages.ts";
+import type { KeyClaim, MemoryRegistry, Registry, WorkerPatch, WorkerRecord } from "./registry.ts";
+
+/** Options for {@linkcode Fleet}. */
+export interface FleetOptions {
+  /** `redis://` or `rediss://` URL, with AUTH credentials if needed. */
+  url: string;
+  /** PEM certificates to trust for `rediss://`. */
+  caCerts?: string[];
+  /** Prefix of every key and channel, so fleets can share a Redis. @default {"holepunch"} */
+  prefix?: string;
+  /** An instance silent this long is reaped. @default {5000} */
+  ttlMs?: number;
+  /** This instance's id. @default {random} */
+  instance?: string;
+  /** Where the fleet logs (Redis outages, reaped instances, syncs). */
+  logger: Logger;
+  /** Time source for timers. @default {systemClock} */
+  clock?: Clock;
+}
+
+/** What the fleet needs of the rendezvous it serves. */
+export interface FleetHost {
+  /** A message for a worker of ours (`group` must match its session's). */
+  deliver(workerId: string, group: string, message: ServerMessage): void;
+  /** A relay frame for a worker of ours. */
+  deliverBinary(workerId: string, group: string, bytes: Uint8Array): void;
+  /** Another instance registered `workerId` after us: close our session `sessionId` (4000). */
+  replaced(workerId: string, sessionId: string): void;
+  /** A worker on another instance joined the fleet (or moved there). */
+  joined(record: WorkerRecord): void;
+  /** A worker on another instance changed its record (its UDP endpoint, say). */
+  updated(record: WorkerRecord): void;
+  /** A worker on another instance left the fleet. */
+  left(workerId: string, group: string): void;
+  /** Our sessions' records (written again when Redis comes back). */
+  localRecords(): Promise<WorkerRecord[]>;
+  /** The round trip a worker of ours reported, for introductions elsewhere. */
+  rttOf(workerId: string): number | null;
+}
+
+/** A worker registered on another instance. */
+export interface RemoteWorker {
+  /** The instance that holds its session. */
+  instance: string;
+  /** Its record, as that instance last wrote it. */
+  record: WorkerRecord;
+  /** The round trip it reported to its instance, for introductions. */
+  rttMs: number | null;
+}
+
+interface Stored {
+  i: string;
+  r: WorkerRecord;
+  t: number | null;
+}
+
+type FleetEvent =
+  | { t: "put"; i: string; r: WorkerRecord; rtt: number | null }
+  | { t: "del"; i: string; id: string; sid: string; g: string }
+  /** Instance `i` has written all its sessions again (after Redis came back): these are all. */
+  | { t: "sync"; i: string; ids: string[] };
+
+const enum Kind {
+  Message = 1,
+  Binary = 2,
+  Replaced = 3,
+}
+
+// Lua, run atomically by Redis. Key names are built from the prefix (no
+// Redis Cluster: see README, Limits).
+const PUT = `
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  local o = cjson.decode(old)
+  if o.i ~= ARGV[2] and tonumber(o.r.connected_at) > tonumber(ARGV[4]) then
+    return {'newer', o.i, o.r.session_id}
+  end
+  if o.i ~= ARGV[2] then redis.call('SREM', KEYS[2] .. o.i, ARGV[1]) end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('SADD', KEYS[2] .. ARGV[2], ARGV[1])
+  return {'replaced', o.i, o.r.session_id}
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[2] .. ARGV[2], ARGV[1])
+return {'new'}`;
+
+const UPDATE = `
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old or cjson.decode(old).r.session_id ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1`;
+
+const REMOVE = `
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old or cjson.decode(old).r.session_id ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2] .. ARGV[3], ARGV[1])
+return 1`;
+
+const HEARTBEAT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))`;
+
+const REAP = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > now - tonumber(ARGV[2]) then return {} end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local gone = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[3] .. ARGV[1])) do
+  local v = redis.call('HGET', KEYS[2], id)
+  if v then
+    local o = cjson.decode(v)
+    if o.i == ARGV[1] then
+      redis.call('HDEL', KEYS[2], id)
+      table.insert(gone, id)
+      table.insert(gone, o.r.session_id)
+      table.insert(gone, o.r.group)
+    end
+  end
+end
+redis.call('DEL', KEYS[3] .. ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return gone`;
+
+const CLAIM_KEY = `
+local b = redis.call('GET', KEYS[1])
+if b then
+  local o = cjson.decode(b)
+  if o.k ~= ARGV[1] then
+    if not o.s or tonumber(ARGV[2]) - tonumber(o.s) < tonumber(ARGV[3]) then return o.k end
+    redis.call('DEL', KEYS[1])
+  end
+end
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], cjson.encode({k = ARGV[1]})) end
+return false`;
+
+const RELEASE_KEY = `
+local b = redis.call('GET', KEYS[1])
+if not b or cjson.decode(b).k ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], cjson.encode({k = ARGV[1], s = tonumber(ARGV[2])}), 'PX', math.max(1, tonumber(ARGV[3])))
+return 1`;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function randomId(): string {
+  return [...crypto.getRandomValues(new Uint8Array(6))]
+    .map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The fleet as one instance sees it. */
+export class Fleet {
+  /** This instance's id in the fleet (random unless given). */
+  readonly instance: string;
+  readonly #o: Required<Omit<FleetOptions, "caCerts" | "instance">> & { caCerts?: string[] };
+  readonly #redis: Redis;
+  #host?: FleetHost;
+  #remote = new Map<string, RemoteWorker>();
+  /** Removals Redis missed while it was away: written once it is back. */
+  #missedRemovals = new Map<string, { sessionId: string; group: string }>();
+  #stop = new AbortController();
+  #loops: Promise<void>[] = [];
+  #synced = false;
+  /** Counters for `/debug/stats`. */
+  readonly stats = {
+    redis_up: false,
+    redis_outages: 0,
+    events_received: 0,
+    messages_sent: 0,
+    messages_received: 0,
+    publish_failures: 0,
+    instances_reaped: 0,
+    workers_reaped: 0,
+  };
+
+  /** A fleet member; nothing connects until {@linkcode Fleet.start}. */
+  constructor(options: FleetOptions) {
+    this.instance = options.instance ?? randomId();
+    this.#o = {
+      url: options.url,
+      caCerts: options.caCerts,
+      prefix: options.prefix ?? "holepunch",
+      ttlMs: options.ttlMs ?? 5000,
+      logger: options.logger,
+      clock: options.clock ?? systemClock,
+    };
+    this.#redis = new Redis({
+      url: options.url,
+      caCerts: options.caCerts,
+      logger: options.logger,
+      clock: this.#o.clock,
+      pingMs: Math.max(250, Math.min(2000, this.#o.ttlMs / 4)),
+      onUp: () => void this.#onUp(),
+      onDown: () => {
+        this.stats.redis_up = false;
+        this.stats.redis_outages++;
+        this.#synced = false;
+      },
+    });
+  }
+
+  #key(...parts: string[]): string {
+    return [this.#o.prefix, ...parts].join(":");
+  }
+
+  /** Whether Redis is reachable and this instance's view is loaded. */
+  get up(): boolean {
+    return this.#redis.up && this.#synced;
+  }
+
+  /** Connects (and keeps reconnecting); events go to `host`. */
+  start(host: FleetHost): void {
+    this.#host = host;
+    void this.#redis.subscribe(this.#key("events"), (payload) => this.#onEvent(payload));
+    void this.#redis.subscribe(
+      this.#key("to", this.instance),
+      (payload) => this.#onMessage(payload),
+    );
+    this.#redis.start();
+    this.#loops.push(this.#heartbeatLoop());
+  }
+
+  // ---- reads ---------------------------------------------------------------
+
+  /** A worker registered on another instance, if any. */
+  remote(workerId: string): RemoteWorker | undefined {
+    return this.#remote.get(workerId);
+  }
+
+  /** Every worker registered on another instance. */
+  remoteWorkers(): IterableIterator<RemoteWorker> {
+    return this.#remote.values();
+  }
+
+  /** How many workers other instances hold. */
+  get remoteCount(): number {
+    return this.#remote.size;
+  }
+
+  // ---- writes of our own sessions ------------------------------------------
+
+  #value(record: WorkerRecord): string {
+    const stored: Stored = {
+      i: this.instance,
+      r: record,
+      t: this.#host?.rttOf(record.worker_id) ?? null,
+    };
+    return JSON.stringify(stored);
+  }
+
+  #eval(script: string, keys: string[], args: RedisArg[]): Promise<RespValue> {
+    return this.#redis.command("EVAL", script, keys.length, ...keys, ...args);
+  }
+
+  /** Commands that fail while Redis is away are repaired by the resync after it. */
+  #soft(work: () => Promise<unknown>): void {
+    try {
+      work().catch((error) => this.#failed(error));
+    } catch (error) {
+      this.#failed(error);
+    }
+  }
+
+  #failed(error: unknown): void {
+    this.stats.publish_failures++;
+    if (!(error instanceof RedisUnavailableError)) {
+      this.#o.logger.warn("fleet write failed", { error: (error as Error).message });
+    }
+  }
+
+  /** One of our sessions registered (or re-registered) `record`. */
+  put(record: WorkerRecord): void {
+    this.#remote.delete(record.worker_id);
+    this.#missedRemovals.delete(record.worker_id);
+    this.#soft(() => this.#put(record));
+  }
+
+  async #put(record: WorkerRecord): Promise<void> {
+    const value = this.#value(record);
+    const result = await this.#eval(PUT, [this.#key("workers"), this.#key("inst", "")], [
+      record.worker_id,
+      this.instance,
+      value,
+      record.connected_at,
+    ]) as RespValue[];
+    const outcome = text(result[0]);
+    if (outcome === "newer") {
+      // Another instance holds a newer session of this id (both registered
+      // while Redis was away): ours goes, as the older one would on one instance.
+      this.#host?.replaced(record.worker_id, record.session_id);
+      return;
+    }
+    await this.#publishEvent({
+      t: "put",
+      i: this.instance,
+      r: record,
+      rtt: this.#host?.rttOf(record.worker_id) ?? null,
+    });
+    if (outcome === "replaced") {
+      const [instance, sessionId] = [text(result[1])!, text(result[2])!];
+      if (instance !== this.instance) {
+        await this.#send(instance, Kind.Replaced, record.worker_id, "", encoder.encode(sessionId));
+      }
+    }
+  }
+
+  /** One of our sessions changed its record. */
+  update(record: WorkerRecord): void {
+    this.#soft(async () => {
+      const stored = await this.#eval(UPDATE, [this.#key("workers")], [
+        record.worker_id,
+        record.session_id,
+        this.#value(record),
+      ]);
+      if (stored === 1) {
+        await this.#publishEvent({
+          t: "put",
+          i: this.instance,
+          r: record,
+          rtt: this.#host?.rttOf(record.worker_id) ?? null,
+        });
+      }
+    });
+  }
+
+  /**
+   * One of our sessions ended and its record went. Returns whether the
+   * worker has left the fleet (false: it is registered on another instance
+   * now, and no one should hear `peer_left`).
+   */
+  remove(workerId: string, sessionId: string, group: string): boolean {
+    if (this.#remote.has(workerId)) return false;
+    if (!this.#redis.up) this.#missedRemovals.set(workerId, { sessionId, group });
+    this.#soft(() => this.#remove(workerId, sessionId, group));
+    return true;
+  }
+
+  /** `missed`: the removal happened while Redis was away (which may have come back empty). */
+  async #remove(workerId: string, sessionId: string, group: string, missed = false): Promise<void> {
+    const removed = await this.#eval(REMOVE, [this.#key("workers"), this.#key("inst", "")], [
+      workerId,
+      sessionId,
+      this.instance,
+    ]);
+    this.#missedRemovals.delete(workerId);
+    // Others may still hold the record in memory: they drop it only if the session matches.
+    if (removed === 1 || missed) {
+      await this.#publishEvent({
+        t: "del",
+        i: this.instance,
+        id: workerId,
+        sid: sessionId,
+        g: group,
+      });
+    }
+  }
+
+  // ---- keys ----------------------------------------------------------------
+
+  /**
+   * {@linkcode Registry.claimKey} across the fleet.
+   *
+   * @throws {RedisUnavailableError} while Redis is away (the caller decides alone).
+   */
+  async claimKey(
+    workerId: string,
+    key: string | null,
+    now: number,
+    holdMs: number,
+  ): Promise<KeyClaim> {
+    const bound = await this.#eval(CLAIM_KEY, [this.#key("key", workerId)], [
+      key ?? "",
+      now,
+      holdMs,
+    ]);
+    return bound === null ? { ok: true } : { ok: false, bound: text(bound)! };
+  }
+
+  /** {@linkcode Registry.releaseKey} across the fleet (best effort). */
+  releaseKey(workerId: string, key: string, now: number, holdMs: number): void {
+    this.#soft(() => this.#eval(RELEASE_KEY, [this.#key("key", workerId)], [key, now, holdMs]));
+  }
+
+  // ---- messages ------------------------------------------------------------
+
+  /** Sends a server message to a worker on `instance`. */
+  send(instance: string, workerId: string, group: string, message: ServerMessage): void {
+    this.#soft(() =>
+      this.#send(instance, Kind.Message, workerId, group, encoder.encode(JSON.stringify(message)))
+    );
+  }
+
+  /** Sends a relay frame to a worker on `instance`; false when Redis is away (dropped). */
+  sendBinary(instance: string, workerId: string, group: string, bytes: Uint8Array): boolean {
+    if (!this.#redis.up) return false;
+    this.#soft(() => this.#send(instance, Kind.Binary, workerId, group, bytes));
+    return true;
+  }
+
+  async #send(
+    instance: string,
+    kind: Kind,
+    workerId: string,
+    group: string,
+    payload: Uint8Array,
+  ): Promise<void> {
+    const to = encoder.encode(workerId);
+    const g = encoder.encode(group);
+    const envelope = new Uint8Array(3 + to.length + g.length + payload.length);
+    envelope[0] = kind;
+    envelope[1] = to.length;
+    envelope.set(to, 2);
+    envelope[2 + to.length] = g.length;
+    envelope.set(g, 3 + to.length);
+    envelope.set(payload, 3 + to.length + g.length);
+    this.stats.messages_sent++;
+    await this.#redis.publish(this.#key("to", instance), envelope);
+  }
+
+  #onMessage(envelope: Uint8Array): void {
+    const host = this.#host;
+    if (!host || envelope.length < 3) return;
+    const toLength = envelope[1];
+    const gAt = 2 + toLength;
+    if (gAt >= envelope.length) return;
+    const gLength = envelope[gAt];
+    const payloadAt = gAt + 1 + gLength;
+    if (payloadAt > envelope.length) return;
+    const workerId = decoder.decode(envelope.subarray(2, gAt));
+    const group = decoder.decode(envelope.subarray(gAt + 1, payloadAt));
+    const payload = envelope.subarray(payloadAt);
+    this.stats.messages_received++;
+    switch (envelope[0]) {
+      case Kind.Message: {
+        let message: ServerMessage;
+        try {
+          message = JSON.parse(decoder.decode(payload));
+        } catch {
+          return;
+        }
+        return host.deliver(workerId, group, message);
+      }
+      case Kind.Binary:
+        return host.deliverBinary(workerId, group, payload);
+      case Kind.Replaced:
+        return host.replaced(workerId, decoder.decode(payload));
+    }
+  }
+
+  // ---- events --------------------------------------------------------------
+
+  async #publishEvent(event: FleetEvent): Promise<void> {
+    await this.#redis.publish(this.#key("events"), JSON.stringify(event));
+  }
+
+  #onEvent(payload: Uint8Array): void {
+    let event: FleetEvent;
+    try {
+      event = JSON.parse(decoder.decode(payload));
+    } catch {
+      return;
+    }
+    if (event.i === this.instance) return;
+    this.stats.events_received++;
+    if (event.t === "put") this.#applyPut(event.i, event.r, event.rtt);
+    else if (event.t === "del") this.#applyDel(event.id, event.sid, event.g);
+    else if (event.t === "sync") {
+      const ids = new Set(event.ids);
+      for (const [workerId, worker] of [...this.#remote]) {
+        if (worker.instance === event.i && !ids.has(workerId)) {
+          this.#applyDel(workerId, worker.record.session_id, worker.record.group);
+        }
+      }
+    }
+  }
+
+  #applyPut(instance: string, record: WorkerRecord, rttMs: number | null): void {
+    const before = this.#remote.get(record.worker_id);
+    this.#remote.set(record.worker_id, { instance, record, rttMs });
+    if (before?.record.session_id === record.session_id) this.#host?.updated(record);
+    else this.#host?.joined(record);
+  }
+
+  #applyDel(workerId: string, sessionId: string, group: string): void {
+    const before = this.#remote.get(workerId);
+    if (!before || before.record.session_id !== sessionId) return;
+    this.#remote.delete(workerId);
+    this.#host?.left(workerId, group);
+  }
+
+  // ---- liveness and recovery -------------------------------------------------
+
+  /** Redis is (back) up: write our sessions, then load everyone else's. */
+  async #onUp(): Promise<void> {
+    const host = this.#host;
+    if (!host) return;
+    try {
+      await this.#heartbeat();
+      for (const [workerId, { sessionId, group }] of [...this.#missedRemovals]) {
+        await this.#remove(workerId, sessionId, group, true);
+      }
+      const local = await host.localRecords();
+      await Promise.all(local.map((record) => this.#put(record)));
+      // Ours are all in Redis again: others may trust its snapshot of us,
+      // and drop what they hold of ours that is not in this list.
+      await this.#redis.command("HSET", this.#key("synced"), this.instance, Date.now());
+      await this.#publishEvent({ t: "sync", i: this.instance, ids: local.map((r) => r.worker_id) });
+      await this.#resync();
+      this.#synced = true;
+      this.stats.redis_up = true;
+      this.#o.logger.info("fleet synced", {
+        instance: this.instance,
+        local: local.length,
+        remote: this.#remote.size,
+      });
+    } catch (error) {
+      this.#o.logger.warn("fleet sync failed", { error: (error as Error).message });
+    }
+  }
+
+  /**
+   * Reloads the other instances' workers. One we hold that Redis lacks goes
+   * if its instance is gone or has written its sessions since Redis's data
+   * began (`synced`); else that instance has yet to, and says so when it does.
+   */
+  async #resync(): Promise<void> {
+    const [all, alive, synced] = await Promise.all([
+      this.#redis.command("HGETALL", this.#key("workers")) as Promise<RespValue[]>,
+      this.#redis.command("ZRANGE", this.#key("alive"), 0, -1) as Promise<RespValue[]>,
+      this.#redis.command("HKEYS", this.#key("synced")) as Promise<RespValue[]>,
+    ]);
+    const liveInstances = new Set(alive.map((v) => text(v)!));
+    const syncedInstances = new Set(synced.map((v) => text(v)!));
+    const seen = new Set<string>();
+    for (let i = 0; i + 1 < all.length; i += 2) {
+      let stored: Stored;
+      try {
+        stored = JSON.parse(text(all[i + 1])!);
+      } catch {
+        continue;
+      }
+      if (stored.i === this.instance) continue;
+      seen.add(stored.r.worker_id);
+      const before = this.#remote.get(stored.r.worker_id);
+      if (before?.record.session_id === stored.r.session_id && before.instance === stored.i) {
+        continue;
+      }
+      this.#applyPut(stored.i, stored.r, stored.t);
+    }
+    for (const [workerId, worker] of [...this.#remote]) {
+      if (seen.has(workerId)) continue;
+      if (liveInstances.has(worker.instance) && !syncedInstances.has(worker.instance)) continue;
+      this.#applyDel(workerId, worker.record.session_id, worker.record.group);
+    }
+  }
+
+  async #heartbeat(): Promise<void> {
+    const dead = await this.#eval(HEARTBEAT, [this.#key("alive")], [
+      this.instance,
+      this.#o.ttlMs,
+    ]) as RespValue[];
+    for (const value of dead) {
+      const instance = text(value)!;
+      if (instance === this.instance) continue;
+      const gone = await this.#eval(
+        REAP,
+        [this.#key("alive"), this.#key("workers"), this.#key("inst", ""), this.#key("synced")],
+        [instance, this.#o.ttlMs],
+      ) as RespValue[];
+      if (gone.length === 0) continue;
+      this.stats.instances_reaped++;
+      this.stats.workers_reaped += gone.length / 3;
+      this.#o.logger.warn("fleet instance reaped", { instance, workers: gone.length / 3 });
+      for (let i = 0; i + 2 < gone.length; i += 3) {
+        const [id, sid, g] = [text(gone[i])!, text(gone[i + 1])!, text(gone[i + 2])!];
+        await this.#publishEvent({ t: "del", i: instance, id, sid, g });
+        this.#applyDel(id, sid, g);
+      }
+    }
+  }
+
+  async #heartbeatLoop(): Promise<void> {
+    const every = Math.max(100, this.#o.ttlMs / 5);
+    const signal = this.#stop.signal;
+    while (!signal.aborted) {
+      await delay(every, { signal, clock: this.#o.clock }).catch(() => {});
+      if (signal.aborted || !this.up) continue;
+      await this.#heartbeat().catch((error) => {
+        if (!(error instanceof RedisUnavailableError || error instanceof RedisReplyError)) {
+          this.#o.logger.warn("fleet heartbeat failed", { error: (error as Error).message });
+        }
+      });
+    }
+  }
+
+  /** Leaves the fleet: our heartbeat goes (what is left of ours is reaped at once), Redis closes. */
+  async close(): Promise<void> {
+    this.#stop.abort();
+    await Promise.all(this.#loops);
+    if (this.#redis.up) {
+      await this.#redis.command("ZADD", this.#key("alive"), 0, this.instance).catch(() => {});
+      const gone = await this.#eval(
+        REAP,
+        [this.#key("alive"), this.#key("workers"), this.#key("inst", ""), this.#key("synced")],
+        [this.instance, 0],
+      ).catch(() => []) as RespValue[];
+      for (let i = 0; i + 2 < gone.length; i += 3) {
+        await this.#publishEvent({
+          t: "del",
+          i: this.instance,
+          id: text(gone[i])!,
+          sid: text(gone[i + 1])!,
+          g: text(gone[i + 2])!,
+        }).catch(() => {});
+      }
+    }
+    await this.#redis.close();
+  }
+}
+
+/**
+ * The registry of an instance in a fleet: its own sessions in memory (as
+ * one instance keeps them), mirrored to the fleet; reads see the whole
+ * fleet. Never waits on Redis but for key claims, and goes on alone while
+ * Redis is away.
+ */
+export class FleetRegistry implements Registry {
+  /** This instance's own sessions' records. */
+  readonly local: MemoryRegistry;
+  /** The rest of the fleet. */
+  readonly fleet: Fleet;
+  #holdMs: number;
+
+  /** `keyHoldMs`: `KEY_HOLD_SEC`, how long an idle key binding lasts in Redis. */
+  constructor(local: MemoryRegistry, fleet: Fleet, keyHoldMs: number) {
+    this.local = local;
+    this.fleet = fleet;
+    this.#holdMs = keyHoldMs;
+  }
+
+  async put(record: WorkerRecord): Promise<WorkerRecord | undefined> {
+    const previous = await this.local.put(record);
+    this.fleet.put(record);
+    return previous;
+  }
+
+  async update(workerId: string, sessionId: string, patch: WorkerPatch): Promise<boolean> {
+    if (!(await this.local.update(workerId, sessionId, patch))) return false;
+    const record = await this.local.get(workerId);
+    if (record) this.fleet.update(record);
+    return true;
+  }
+
+  /** True when the worker left the fleet (not when it moved to another instance). */
+  async remove(workerId: string, sessionId: string): Promise<boolean> {
+    const record = await this.local.get(workerId);
+    if (!record || !(await this.local.remove(workerId, sessionId))) return false;
+    return this.fleet.remove(workerId, sessionId, record.group);
+  }
+
+  async get(workerId: string): Promise<WorkerRecord | undefined> {
+    return (await this.local.get(workerId)) ?? this.fleet.remote(workerId)?.record;
+  }
+
+  /** Every worker of the fleet, oldest registration first. */
+  async list(): Promise<WorkerRecord[]> {
+    const mine = await this.local.list();
+    const ids = new Set(mine.map((r) => r.worker_id));
+    const all = mine.slice();
+    for (const worker of this.fleet.remoteWorkers()) {
+      if (!ids.has(worker.record.worker_id)) all.push(worker.record);
+    }
+    return all.sort((a, b) => a.connected_at - b.connected_at);
+  }
+
+  /** Workers in the fleet (one that is moving between instances may count twice for a moment). */
+  async size(): Promise<number> {
+    return (await this.local.size()) + this.fleet.remoteCount;
+  }
+
+  /** Fleet-wide while Redis is up; this instance's own bindings while it is away. */
+  async claimKey(
+    workerId: string,
+    key: string | null,
+    now: number,
+    holdMs: number,
+  ): Promise<KeyClaim> {
+    if (this.fleet.up) {
+      try {
+        const claim = await this.fleet.claimKey(workerId, key, now, holdMs);
+        if (claim.ok) await this.local.claimKey(workerId, key, now, 0);
+        return claim;
+      } catch (error) {
+        if (!(error instanceof RedisUnavailableError)) throw error;
+      }
+    }
+    return await this.local.claimKey(workerId, key, now, holdMs);
+  }
+
+  async releaseKey(workerId: string, key: string, now: number): Promise<void> {
+    await this.local.releaseKey(workerId, key, now);
+    this.fleet.releaseKey(workerId, key, now, this.#holdMs);
+  }
+}

@@ -7,6 +7,8 @@
  */
 
 import assert from "node:assert/strict";
+import { CloseCode } from "../../lib/protocol/close_codes.ts";
+import { Identity } from "../../lib/protocol/identity.ts";
 import { encodeRelayFrame, parseRelayFrame } from "../../lib/protocol/relay_frame.ts";
 import { listWorkers, spawnWorker, TestClient, waitFor, within } from "../_helpers.ts";
 import { fleetUnavailable, TestFleet } from "../_fleet.ts";
@@ -308,6 +310,94 @@ Deno.test({
       );
     } finally {
       await Promise.all(clients.map((c) => c.close().catch(() => {})));
+      await fleet.close();
+    }
+  },
+});
+
+/** Opens a keyed session at `port` and answers its challenge with `identity`. */
+async function keyedAt(port: number, id: string, identity: Identity): Promise<TestClient> {
+  const client = new TestClient(
+    `ws://127.0.0.1:${port}/ws/register/${id}?key=${identity.publicKey}`,
+  );
+  await within(client.opened, 5000, "open");
+  const challenge = await client.next();
+  assert.equal(challenge.type, "challenge");
+  const signature = await identity.proveRegistration(
+    `127.0.0.1:${port}`,
+    id,
+    challenge.nonce as string,
+  );
+  client.send({ type: "prove_key", signature });
+  return client;
+}
+
+Deno.test({
+  name:
+    "fleet: a key binds its id fleet-wide — another key is refused (4003) on another instance, and the owner keeps its session",
+  ignore: skip !== undefined,
+  async fn() {
+    const fleet = await TestFleet.start(2);
+    const [one, two] = fleet.instances;
+    const rightful = await Identity.generate();
+    const attacker = await Identity.generate();
+    const owner = await keyedAt(one.port, "bound", rightful);
+    try {
+      assert.equal((await owner.next()).type, "registered");
+      const thief = await keyedAt(two.port, "bound", attacker);
+      const closed = await within(thief.closed, 5000, "refusal");
+      assert.equal(closed.code, CloseCode.KEY_REFUSED);
+      const keyless = new TestClient(`ws://127.0.0.1:${two.port}/ws/register/bound`);
+      assert.equal((await within(keyless.closed, 5000, "refusal")).code, CloseCode.KEY_REFUSED);
+      owner.send({ type: "echo_request", payload: "mine" });
+      assert.equal(
+        (await until(owner, (m) => m.type === "echo_response", "echo")).original_payload,
+        "mine",
+      );
+      for (const r of [one, two]) {
+        assert.equal((await listWorkers(r.http)).workers.bound?.key, rightful.publicKey);
+      }
+      // The same key moves freely between instances (a worker reconnecting elsewhere).
+      const moved = await keyedAt(two.port, "bound", rightful);
+      assert.equal(
+        (await until(moved, (m) => m.type === "registered", "registered")).type,
+        "registered",
+      );
+      assert.equal((await within(owner.closed, 5000, "replaced")).code, CloseCode.SESSION_REPLACED);
+      await moved.close();
+    } finally {
+      await owner.close().catch(() => {});
+      await fleet.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "fleet: an instance that drains (SIGTERM) removes its workers from the fleet at once",
+  ignore: skip !== undefined,
+  async fn() {
+    const fleet = await TestFleet.start(2);
+    const [one, two] = fleet.instances;
+    const watcher = await TestClient.connect(`ws://127.0.0.1:${one.port}/ws/register/watcher`);
+    const leaving = await TestClient.connect(`ws://127.0.0.1:${two.port}/ws/register/leaving`);
+    try {
+      await waitFor(
+        async () => "leaving" in (await listWorkers(one.http)).workers,
+        "leaving listed",
+      );
+      watcher.send({ type: "list_peers", watch: true });
+      await until(watcher, (m) => m.type === "peers", "peers");
+      const started = Date.now();
+      await two.proc.stop("SIGTERM");
+      const left = await until(watcher, (m) => m.type === "peer_left", "peer_left", 5000);
+      assert.equal(left.peer_id, "leaving");
+      const after = Date.now() - started;
+      console.log(`drained instance's worker left the fleet ${after} ms after SIGTERM`);
+      assert.ok(after < 2000, "before the TTL (2 s) could have reaped it");
+      assert.deepEqual(Object.keys((await listWorkers(one.http)).workers), ["watcher"]);
+    } finally {
+      await watcher.close().catch(() => {});
+      await leaving.close().catch(() => {});
       await fleet.close();
     }
   },

@@ -395,20 +395,56 @@ export class NetLab {
 
   /**
    * The public services: a rendezvous (port 8080, STUN 3478) and a second
-   * STUN server (3479) on the public segment. Returns the rendezvous.
+   * STUN server (3479) on the public segment. Returns the rendezvous. With
+   * `fleet`, a redis-server on the public host too and a second rendezvous
+   * instance on 8081 sharing it (`REDIS_URL`), in `fleetInstances`.
    */
-  async startServices(): Promise<Proc> {
+  async startServices(options: { fleet?: boolean } = {}): Promise<Proc> {
+    const fleetEnv: Record<string, string> = {};
+    if (options.fleet) {
+      const redis = new Proc("ip", [
+        "netns",
+        "exec",
+        this.pub,
+        "redis-server",
+        "--port",
+        "6379",
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+      ], {});
+      this.#procs.push(redis);
+      await redis.waitForStdout(/Ready to accept connections/, 10_000);
+      Object.assign(fleetEnv, { REDIS_URL: "redis://127.0.0.1:6379", FLEET_TTL_SEC: "3" });
+    }
     const rendezvous = this.deno(this.pub, ["run", "--allow-net", "--allow-env", "rendezvous.ts"], {
       PORT: "8080",
       STUN_PORT: "3478",
+      ...fleetEnv,
     });
     const stun = this.deno(this.pub, ["run", "--allow-net", "--allow-env", "stun.ts"], {
       STUN_PORT: "3479",
     });
     await rendezvous.waitForLog("stun server listening", () => true, 20_000);
     await stun.waitForLog("stun server listening", () => true, 20_000);
+    this.fleetInstances = [rendezvous];
+    if (options.fleet) {
+      await rendezvous.waitForLog("fleet synced", () => true, 20_000);
+      const second = this.deno(this.pub, ["run", "--allow-net", "--allow-env", "rendezvous.ts"], {
+        PORT: "8081",
+        ...fleetEnv,
+      });
+      await second.waitForLog("fleet synced", () => true, 20_000);
+      this.fleetInstances.push(second);
+    }
     return rendezvous;
   }
+
+  /** The rendezvous instances `startServices` started (two with `fleet`: ports 8080, 8081). */
+  fleetInstances: Proc[] = [];
 
   /** A worker on `host`, registered with the lab's services. */
   worker(host: LabHost, id: string, env: Record<string, string> = {}): Proc {

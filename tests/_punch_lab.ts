@@ -8,7 +8,7 @@
  */
 
 import { type Proc, waitFor } from "./_helpers.ts";
-import { type LabHost, type NatKind, NetLab } from "./_netlab.ts";
+import { type LabHost, type NatKind, NetLab, PUBLIC_IP } from "./_netlab.ts";
 
 /** Routers that drop unsolicited input, routers that do not, or both (alternating). */
 export type RouterKind = "filtering" | "non-filtering" | "mixed";
@@ -107,6 +107,8 @@ export async function runPunchLab(
   routers: RouterKind = "filtering",
   env: Record<string, string> = {},
   only?: string[],
+  /** Two rendezvous instances over one Redis: workers alternate between them. */
+  fleet = false,
 ): Promise<LabRun> {
   const WORKERS = only ? LAB_WORKERS.filter((w) => only.includes(w.id)) : LAB_WORKERS;
   const lab = await NetLab.create();
@@ -146,7 +148,7 @@ export async function runPunchLab(
       })
     ) hosts.set(id, host);
 
-    const rendezvous = await lab.startServices();
+    const rendezvous = await lab.startServices({ fleet });
     // With a transfer, each host runs a hashing TCP service on 9000 that its
     // worker exposes, and forwards 9100 + i to peer i's 9000.
     const forwardPort = (peer: string) => 9100 + WORKERS.findIndex((w) => w.id === peer);
@@ -170,6 +172,9 @@ export async function runPunchLab(
         lab.worker(hosts.get(id)!, id, {
           PEER_AUTOCONNECT: "true",
           PEER_HELLO_SEC: "0.5",
+          ...(fleet
+            ? { RENDEZVOUS_SERVICE_URL: `http://${PUBLIC_IP}:${8080 + (procs.size % 2)}` }
+            : {}),
           ...env,
           ...(transferBytes > 0 ? { PEER_EXPOSE: "9000", PEER_FORWARD: forwards } : {}),
         }),
@@ -177,7 +182,11 @@ export async function runPunchLab(
     }
     // Everyone registered, then the lab runs for `seconds`.
     for (const [id] of procs) {
-      await rendezvous.waitForLog("worker registered", (l) => l.worker_id === id, 20_000);
+      await Promise.any(
+        lab.fleetInstances.map((r) =>
+          r.waitForLog("worker registered", (l) => l.worker_id === id, 20_000)
+        ),
+      );
     }
     // Until every pair got where it can (three messages each way, the last
     // on the expected path) or the time is up; the caller judges the rest.

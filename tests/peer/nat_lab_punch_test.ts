@@ -130,6 +130,32 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "NAT lab with two rendezvous instances over Redis: workers on different instances are introduced, relayed and punched",
+  ignore: skip !== undefined,
+  async fn() {
+    const only = ["eim-1", "edm-1", "cone-1", "public-1", "shared-1", "blocked-1"];
+    const { results, seconds, rendezvousTrouble } = await runPunchLab(
+      40,
+      0,
+      64 * 1024, // and a stream each way through PEER_FORWARD: QUIC over the relay across instances for blocked-1
+      "filtering",
+      {},
+      only,
+      true, // workers alternate between the instances on 8080 and 8081
+    );
+    console.log(`lab ran ${seconds.toFixed(1)} s`);
+    const show = (r: PairResult) =>
+      `${r.from} ← ${r.to}: ${r.path} (expected ${r.expected}), ${r.messages} msgs, ${r.directMs} ms`;
+    for (const r of results) {
+      assert.ok(r.messages >= 3, `delivered: ${show(r)}\n${rendezvousTrouble.join("\n")}`);
+      assert.equal(r.path, r.expected, `${show(r)}\n    ${r.events.join("\n    ")}`);
+      assert.ok(r.transfer?.ok, `${r.from} → ${r.to} (${r.path}): ${JSON.stringify(r.transfer)}`);
+    }
+  },
+});
+
 // In this file, not its own: two NAT labs at once overload the two cores.
 Deno.test({
   name:

@@ -12,16 +12,18 @@
  *   round trips — echo at a fixed offered rate across many workers
  *   relay       — relayed frames per second between two workers
  *   stun        — bench/stun_bench.ts (ours next to coturn)
+ *   redis       — bench/fleet_bench.ts: four instances over Redis, behind haproxy
  *
  * Flags: `--workers N` (19000), `--idle S` (60), `--storm N` (10000),
  * `--loadgens N` (4), `--quick` (small numbers, for a smoke test), `--only a,b` (scenarios:
- * cold,memory,fleet,rates,storm,rtt,relay,stun). Prints a table; writes
+ * cold,memory,fleet,rates,storm,rtt,relay,stun,redis). Prints a table; writes
  * bench/results/bench-*.json.
  *
  * @module
  */
 
 import { numberFlag } from "./_common.ts";
+import { LoadGen } from "./_loadgens.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const args = Deno.args;
@@ -128,61 +130,6 @@ async function stop(server: Server): Promise<void> {
     // Gone.
   }
   await server.child.status;
-}
-
-class LoadGen {
-  child: Deno.ChildProcess;
-  messages: Record<string, unknown>[] = [];
-  #writer: WritableStreamDefaultWriter<Uint8Array>;
-  #reading: Promise<void>;
-
-  constructor(options: Record<string, unknown>) {
-    this.child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-net", "bench/_loadgen.ts", JSON.stringify(options)],
-      cwd: ROOT.pathname,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "inherit",
-    }).spawn();
-    this.#writer = this.child.stdin.getWriter();
-    const stdout = this.child.stdout;
-    this.#reading = (async () => {
-      let buffer = "";
-      for await (const chunk of stdout.pipeThrough(new TextDecoderStream())) {
-        buffer += chunk;
-        let i;
-        while ((i = buffer.indexOf("\n")) >= 0) {
-          this.messages.push(JSON.parse(buffer.slice(0, i)));
-          buffer = buffer.slice(i + 1);
-        }
-      }
-    })();
-  }
-
-  async command(text: string): Promise<void> {
-    await this.#writer.write(new TextEncoder().encode(text + "\n"));
-  }
-
-  last(type: string): Record<string, unknown> | undefined {
-    return this.messages.findLast((m) => m.type === type);
-  }
-
-  async next(type: string, timeoutMs = 60_000): Promise<Record<string, unknown>> {
-    const from = this.messages.length;
-    const start = performance.now();
-    while (performance.now() - start < timeoutMs) {
-      const found = this.messages.slice(from).find((m) => m.type === type);
-      if (found) return found;
-      await sleep(20);
-    }
-    throw new Error(`load generator: no ${type} message`);
-  }
-
-  async stop(): Promise<void> {
-    await this.command("stop").catch(() => {});
-    await this.child.status;
-    await this.#reading.catch(() => {});
-  }
 }
 
 function loadgens(
@@ -517,6 +464,23 @@ if (!quick && run("stun")) {
     scenario: "stun",
     metric: "see table above (ours next to coturn)",
     value: "bench/stun_bench.ts",
+  });
+}
+
+// ---- fleet over Redis ---------------------------------------------------------------
+
+if (!quick && run("redis")) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["task", "bench:fleet"],
+    cwd: ROOT.pathname,
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  console.error(new TextDecoder().decode(out.stdout));
+  record({
+    scenario: "redis fleet",
+    metric: "see table above (4 instances, redis, haproxy)",
+    value: "bench/fleet_bench.ts",
   });
 }
 

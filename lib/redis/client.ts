@@ -163,6 +163,9 @@ export class RedisConnection {
     return this.#closed.promise;
   }
 
+  /** When bytes last arrived (`performance.now()`), or when the connection opened. */
+  lastReadAt = performance.now();
+
   /** Replies not yet received. */
   get inFlight(): number {
     return this.#pending.length;
@@ -213,6 +216,7 @@ export class RedisConnection {
       while (true) {
         const n = await this.#conn.read(buffer);
         if (n === null) return this.#end(new RedisUnavailableError("Redis closed the connection"));
+        this.lastReadAt = performance.now();
         this.#parser.push(buffer.subarray(0, n));
         let value: RespValue | undefined;
         while ((value = this.#parser.next()) !== undefined) this.#dispatch(value);
@@ -404,19 +408,21 @@ export class Redis {
     }
   }
 
-  /** PINGs the command connection; resolves with an error once one goes unanswered. */
+  /**
+   * Watches the command connection: a PING when it is idle, and an error
+   * once replies are owed and nothing has arrived for two periods. A busy
+   * connection (replies streaming in behind a long pipeline) is alive.
+   */
   async #watch(connection: RedisConnection, signal: AbortSignal): Promise<Error | undefined> {
     const every = this.#o.pingMs ?? 2000;
     while (!signal.aborted) {
       await delay(every, { signal, clock: this.#clock }).catch(() => {});
       if (signal.aborted) return undefined;
-      const timeout = new AbortController();
-      const answered = await Promise.race([
-        connection.command(["PING"]).then(() => true, () => false),
-        delay(every, { signal: timeout.signal, clock: this.#clock }).then(() => false, () => false),
-      ]);
-      timeout.abort();
-      if (!answered) return new Error(`Redis did not answer a PING in ${every} ms`);
+      const silentMs = performance.now() - connection.lastReadAt;
+      if (connection.inFlight > 0 && silentMs > 2 * every) {
+        return new Error(`Redis sent nothing for ${Math.round(silentMs)} ms with replies owed`);
+      }
+      if (connection.inFlight === 0) connection.command(["PING"]).catch(() => {});
     }
     return undefined;
   }

@@ -278,3 +278,38 @@ Deno.test({
     }
   },
 });
+
+Deno.test("Redis: a server that goes silent (a partition) is noticed: replies owed, nothing for two PING periods", async () => {
+  // A "Redis" that accepts and reads, and never answers.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      held.push(conn);
+      (async () => {
+        const buffer = new Uint8Array(1024);
+        while ((await conn.read(buffer).catch(() => null)) !== null) { /* swallow */ }
+      })();
+    }
+  })();
+  const up = Promise.withResolvers<void>();
+  const down = Promise.withResolvers<Error | undefined>();
+  const redis = new Redis({
+    url: `redis://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    logger: new Logger({ sink: () => {} }),
+    pingMs: 100,
+    onUp: () => up.resolve(),
+    onDown: (error) => down.resolve(error),
+  });
+  try {
+    redis.start();
+    await within(up.promise, 2000, "connected (no AUTH, nothing to wait for)");
+    const error = await within(down.promise, 2000, "silence noticed");
+    assert.match(String(error?.message), /sent nothing/);
+  } finally {
+    await redis.close();
+    listener.close();
+    for (const conn of held) conn.close();
+    await accepting.catch(() => {});
+  }
+});

@@ -428,6 +428,22 @@ export class Fleet {
     this.#soft(() => this.#eval(RELEASE_KEY, [this.#key("key", workerId)], [key, now, holdMs]));
   }
 
+  /**
+   * Claims the introduction of `pair` for `windowMs` across the fleet;
+   * false when another instance has. While Redis is away, true (each
+   * instance then deduplicates its own).
+   */
+  async claimIntroduction(pair: string, sessionId: string, windowMs: number): Promise<boolean> {
+    if (!this.up) return true;
+    try {
+      const key = this.#key("intro", pair.replace("\n", "|"));
+      return (await this.#redis.command("SET", key, sessionId, "NX", "PX", windowMs)) !== null;
+    } catch (error) {
+      this.#failed(error);
+      return true;
+    }
+  }
+
   // ---- messages ------------------------------------------------------------
 
   /** Sends a server message to a worker on `instance`. */

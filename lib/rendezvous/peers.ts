@@ -83,6 +83,12 @@ export interface PeerDirectoryOptions {
   sessionOf: (workerId: string) => PeerSession | undefined;
   clock: Clock;
   logger: Logger;
+  /**
+   * Claims the introduction of a pair fleet-wide (instances of a fleet);
+   * false when another instance introduced it within the dedup window.
+   * Without it, each instance deduplicates its own.
+   */
+  claimIntroduction?: (pair: string, sessionId: string, windowMs: number) => Promise<boolean>;
 }
 
 /** Groups, watchers, introductions and the relay. */
@@ -208,6 +214,10 @@ export class PeerDirectory {
     // other side (handled in its own session's queue) sees it.
     const sessionId = randomHex(8);
     this.#introductions.set(pair, { at: now, sessionId });
+    // Two instances of a fleet may each take one side's `connect`: only one
+    // introduction may go out, or each side could end on a different session.
+    const claim = this.#o.claimIntroduction;
+    if (claim && !(await claim(pair, sessionId, INTRODUCTION_DEDUP_MS))) return;
     const [own, other] = await Promise.all([
       this.#o.registry.get(session.workerId),
       this.#o.registry.get(peerId),

@@ -402,6 +402,12 @@ export class Rendezvous {
       sessionOf: (id) => this.#byWorker.get(id) ?? this.#remotePeer(id),
       clock: this.#clock,
       logger: this.#log,
+      ...(options.fleet
+        ? {
+          claimIntroduction: (pair: string, sessionId: string, windowMs: number) =>
+            options.fleet!.claimIntroduction(pair, sessionId, windowMs),
+        }
+        : {}),
     });
     this.#fleet?.start({
       deliver: (workerId, group, message) => {

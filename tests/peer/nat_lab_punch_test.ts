@@ -147,7 +147,8 @@ Deno.test({
     );
     console.log(`lab ran ${seconds.toFixed(1)} s`);
     const show = (r: PairResult) =>
-      `${r.from} ← ${r.to}: ${r.path} (expected ${r.expected}), ${r.messages} msgs, ${r.directMs} ms`;
+      `${r.from} ← ${r.to}: ${r.path} (expected ${r.expected}), ${r.messages} msgs, ${r.directMs} ms, transfer ${r.transfer?.ms} ms`;
+    for (const r of results) console.log("  " + show(r));
     for (const r of results) {
       assert.ok(r.messages >= 3, `delivered: ${show(r)}\n${rendezvousTrouble.join("\n")}`);
       assert.equal(r.path, r.expected, `${show(r)}\n    ${r.events.join("\n    ")}`);

@@ -137,6 +137,43 @@ Deno.test({
 });
 
 Deno.test({
+  name: "fleet: two sides asking to connect at once on two instances get one introduction",
+  ignore: skip !== undefined,
+  async fn() {
+    const fleet = await TestFleet.start(2);
+    const [one, two] = fleet.instances;
+    const a = await TestClient.connect(`ws://127.0.0.1:${one.port}/ws/register/sa`);
+    const b = await TestClient.connect(`ws://127.0.0.1:${two.port}/ws/register/sb`);
+    try {
+      for (const r of [one, two]) {
+        await waitFor(
+          async () => (await listWorkers(r.http)).connected_workers_count === 2,
+          "both",
+        );
+      }
+      a.send({ type: "connect", peer_id: "sb" });
+      b.send({ type: "connect", peer_id: "sa" });
+      // An echo behind each connect: once answered, that connect was handled.
+      a.send({ type: "echo_request", payload: 1 });
+      b.send({ type: "echo_request", payload: 2 });
+      const pa = await until(a, (m) => m.type === "punch", "punch at a");
+      const pb = await until(b, (m) => m.type === "punch", "punch at b");
+      assert.equal(pa.session_id, pb.session_id, "one session for both sides");
+      await until(a, (m) => m.type === "echo_response", "echo at a");
+      await until(b, (m) => m.type === "echo_response", "echo at b");
+      const introductions = await Promise.all(
+        [one, two].map(async (r) => (await stats(r.http)).peers.introductions as number),
+      );
+      assert.equal(introductions[0] + introductions[1], 1, `introductions: ${introductions}`);
+    } finally {
+      await a.close();
+      await b.close();
+      await fleet.close();
+    }
+  },
+});
+
+Deno.test({
   name:
     "fleet: the same id on two instances — the newer session wins, the older is closed with 4000",
   ignore: skip !== undefined,

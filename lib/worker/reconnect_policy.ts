@@ -8,6 +8,11 @@
  *   a short full-jitter window (`restartWindowMs`) for `restartGraceMs`, so
  *   a fleet returns as soon as the new server listens instead of drifting
  *   into long exponential waits during a restart of a few seconds.
+ * - After an abnormal close (the connection dropped: 1006, 1005, 1011,
+ *   1014, or Deno's 0) of a session that had been healthy (lasted
+ *   `stableSessionMs`), the rendezvous most likely crashed: retry within the
+ *   same short windows for `restartGraceMs`, but never at once (a fleet
+ *   cut at the same instant would come back as one herd), then back off.
  * - Otherwise exponential backoff with full jitter ({@linkcode Backoff}).
  *
  * @module
@@ -15,6 +20,13 @@
 
 import { Backoff } from "../core/backoff.ts";
 import { reconnectsImmediately } from "../protocol/close_codes.ts";
+
+/**
+ * Close codes that say the connection dropped rather than that the server
+ * closed it on purpose: 1005 (no status), 1006 (abnormal), 1011 (server
+ * error), 1014 (bad gateway), and 0 (what Deno reports for an abnormal close).
+ */
+const ABNORMAL_CLOSES = new Set([0, 1005, 1006, 1011, 1014]);
 
 /** How a connection attempt ended. */
 export interface AttemptOutcome {
@@ -71,6 +83,7 @@ export class ReconnectPolicy {
     if (outcome.opened && outcome.durationMs >= this.#stableMs) {
       this.backoff.reset();
       this.#lastImmediate = false;
+      if (ABNORMAL_CLOSES.has(outcome.code)) this.#restartUntil = now + this.#graceMs;
     }
     if (outcome.opened && reconnectsImmediately(outcome.code)) {
       this.#restartUntil = now + this.#graceMs;

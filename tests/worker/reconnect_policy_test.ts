@@ -41,7 +41,7 @@ Deno.test("ReconnectPolicy never reconnects at once twice in a row", () => {
 Deno.test("ReconnectPolicy resets the backoff after a stable session", () => {
   const p = policy();
   for (let i = 0; i < 5; i++) p.next(refused, 0);
-  assert.equal(p.next({ opened: true, code: 1006, durationMs: 10_000 }, 0), 50);
+  assert.equal(p.next({ opened: true, code: 1008, durationMs: 10_000 }, 0), 50);
 });
 
 Deno.test("ReconnectPolicy treats 1012 like 1001, and other codes as failures", () => {
@@ -50,4 +50,35 @@ Deno.test("ReconnectPolicy treats 1012 like 1001, and other codes as failures", 
   const q = policy();
   assert.equal(q.next({ opened: true, code: 4000, durationMs: 1 }, 0), 50);
   assert.equal(q.next({ opened: true, code: 1008, durationMs: 1 }, 0), 100);
+});
+
+Deno.test("ReconnectPolicy, after a healthy session drops abnormally (a crashed rendezvous): short jittered windows first, never at once, then backoff", () => {
+  for (const code of [1006, 0, 1011]) {
+    const p = policy();
+    for (let i = 0; i < 5; i++) p.next(refused, 0); // an earlier bad patch: the backoff had grown
+    assert.equal(p.next({ opened: true, code, durationMs: 60_000 }, 0), 500, `code ${code}`);
+    assert.deepEqual([1, 2, 3, 9].map((s) => p.next(refused, s * 1000)), [500, 500, 500, 500]);
+    assert.equal(p.next(refused, 10_001), 50, "after the grace, the (reset) backoff");
+  }
+  // Spread, not a herd: the first retry is uniform over the window.
+  const spread = new Set(
+    [0, 0.25, 0.5, 0.99].map((r) =>
+      new ReconnectPolicy({ random: () => r }).next({
+        opened: true,
+        code: 1006,
+        durationMs: 60_000,
+      }, 0)
+    ),
+  );
+  assert.deepEqual([...spread], [0, 250, 500, 990]);
+});
+
+Deno.test("ReconnectPolicy: a short session that drops, or a deliberate close, gets the backoff, not the windows", () => {
+  const short = policy();
+  assert.equal(short.next({ opened: true, code: 1006, durationMs: 2_000 }, 0), 50);
+  assert.equal(short.next(refused, 1000), 100);
+  for (const code of [4000, 1008, 4003]) {
+    const p = policy();
+    assert.equal(p.next({ opened: true, code, durationMs: 60_000 }, 0), 50, `code ${code}`);
+  }
 });

@@ -32,6 +32,14 @@ export interface RendezvousConfig {
   trustProxyHops: number;
   /** Sessions at once; more are refused with 503 (`MAX_CONNECTIONS`). */
   maxConnections: number;
+  /** Sessions one client IP may hold (`MAX_SESSIONS_PER_IP`). */
+  maxSessionsPerIp: number;
+  /** Registered sessions one worker key may hold (`MAX_SESSIONS_PER_KEY`). */
+  maxSessionsPerKey: number;
+  /** Handshakes per second, instance-wide (`HANDSHAKE_RATE_PER_SEC`). */
+  handshakeRatePerSec: number;
+  /** Handshakes in a burst above that (`HANDSHAKE_BURST`). */
+  handshakeBurst: number;
   /** Largest message a worker may send (`MAX_MESSAGE_BYTES`). */
   maxMessageBytes: number;
   /** Server pings drop a peer silent this long (`IDLE_TIMEOUT_SEC`). */
@@ -93,6 +101,26 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     meaning: "take the client IP from X-Forwarded-For: true (1 hop, Cloud Run) or a hop count",
   },
   { name: "MAX_CONNECTIONS", fallback: "10000", meaning: "sessions held at once; more get 503" },
+  {
+    name: "MAX_SESSIONS_PER_IP",
+    fallback: "MAX_CONNECTIONS / 2",
+    meaning: "sessions one client IP (after TRUST_PROXY) may hold; more get 429",
+  },
+  {
+    name: "MAX_SESSIONS_PER_KEY",
+    fallback: "MAX_CONNECTIONS / 2",
+    meaning: "registered sessions one worker key may hold (a fleet may share a key); more get 429",
+  },
+  {
+    name: "HANDSHAKE_RATE_PER_SEC",
+    fallback: "4000",
+    meaning: "WebSocket handshakes per second, instance-wide; more get 503",
+  },
+  {
+    name: "HANDSHAKE_BURST",
+    fallback: "10000",
+    meaning: "handshakes above that rate in a burst (a fleet coming back at once)",
+  },
   {
     name: "MAX_MESSAGE_BYTES",
     fallback: "65536",
@@ -246,6 +274,7 @@ function publicHosts(env: Env): string[] | undefined {
 export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousConfig {
   const token = stringVar(env, "RENDEZVOUS_TOKEN");
   const hostname = stringVar(env, "HOST", "0.0.0.0");
+  const maxConnections = numberVar(env, "MAX_CONNECTIONS", 10_000, { min: 1, integer: true });
   return {
     port: portVar(env, "PORT", 8080),
     hostname,
@@ -253,7 +282,17 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
     fleet: fleetConfig(env),
     token,
     trustProxyHops: trustProxyHops(env),
-    maxConnections: numberVar(env, "MAX_CONNECTIONS", 10_000, { min: 1, integer: true }),
+    maxConnections,
+    maxSessionsPerIp: numberVar(env, "MAX_SESSIONS_PER_IP", Math.ceil(maxConnections / 2), {
+      min: 1,
+      integer: true,
+    }),
+    maxSessionsPerKey: numberVar(env, "MAX_SESSIONS_PER_KEY", Math.ceil(maxConnections / 2), {
+      min: 1,
+      integer: true,
+    }),
+    handshakeRatePerSec: numberVar(env, "HANDSHAKE_RATE_PER_SEC", 4000, { min: 1 }),
+    handshakeBurst: numberVar(env, "HANDSHAKE_BURST", 10_000, { min: 1, integer: true }),
     maxMessageBytes: numberVar(env, "MAX_MESSAGE_BYTES", 65_536, {
       min: 256,
       max: 16 * 1024 * 1024,

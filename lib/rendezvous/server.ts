@@ -59,6 +59,20 @@ export interface RendezvousOptions {
   trustProxyHops?: number;
   /** Sessions held at once (each is one Cloud Run request). @default {10000} */
   maxConnections?: number;
+  /**
+   * Sessions one client IP (after `trustProxyHops`) may hold; more are
+   * refused with 429. @default {half of maxConnections}
+   */
+  maxSessionsPerIp?: number;
+  /**
+   * Registered sessions one worker key may hold (a fleet may share one key);
+   * more are refused with 429. @default {half of maxConnections}
+   */
+  maxSessionsPerKey?: number;
+  /** WebSocket handshakes per second for the whole instance; more get 503. @default {4000} */
+  handshakeRatePerSec?: number;
+  /** Handshakes above that rate in a burst (a fleet coming back at once). @default {10000} */
+  handshakeBurst?: number;
   /** Largest accepted text frame, in UTF-8 bytes. @default {65536} */
   maxMessageBytes?: number;
   /**
@@ -140,6 +154,12 @@ const encoder = new TextEncoder();
 const NO_PEER_PATHS: Readonly<Record<string, never>> = Object.freeze({});
 
 const JSON_HEADERS = { "content-type": "application/json; charset=utf-8" };
+
+function decrement(counts: Map<string, number>, key: string): void {
+  const n = (counts.get(key) ?? 0) - 1;
+  if (n <= 0) counts.delete(key);
+  else counts.set(key, n);
+}
 
 function json(body: unknown, status = 200, headers: HeadersInit = {}): Response {
   return new Response(JSON.stringify(body), {
@@ -339,6 +359,13 @@ export class Rendezvous {
   #closing?: Promise<void>;
   #peers: PeerDirectory;
   #fleet?: Fleet;
+  /** Sessions per client IP, and registered sessions per key. */
+  #perIp = new Map<string, number>();
+  #perKey = new Map<string, number>();
+  #handshakes?: TokenBucket;
+  /** Refused connection attempts, by why; and when each kind was last logged. */
+  readonly refused = { at_capacity: 0, per_ip: 0, per_key: 0, handshake_rate: 0 };
+  #refusalLoggedAt = new Map<string, { at: number; suppressed: number }>();
   #relayLimit: { rate: number; burst: number };
   /** Sessions whose close is still being cleaned up. */
   #cleaning = 0;
@@ -376,6 +403,12 @@ export class Rendezvous {
       token: options.token,
       trustProxyHops: options.trustProxyHops ?? 0,
       maxConnections: options.maxConnections ?? 10_000,
+      maxSessionsPerIp: options.maxSessionsPerIp ??
+        Math.ceil((options.maxConnections ?? 10_000) / 2),
+      maxSessionsPerKey: options.maxSessionsPerKey ??
+        Math.ceil((options.maxConnections ?? 10_000) / 2),
+      handshakeRatePerSec: options.handshakeRatePerSec ?? 4000,
+      handshakeBurst: options.handshakeBurst ?? 10_000,
       maxMessageBytes: options.maxMessageBytes ?? 65_536,
       idleTimeoutSec: options.idleTimeoutSec ?? 30,
       messageRatePerSec: options.messageRatePerSec ?? 50,
@@ -530,6 +563,7 @@ export class Rendezvous {
       sessions: this.#sessions.size,
       registered: await this.registry.size(),
       peers: this.#peers.stats,
+      refused: this.refused,
       ...(this.#fleet
         ? {
           fleet: {
@@ -643,14 +677,6 @@ export class Rendezvous {
         upgrade: "websocket",
       });
     }
-    if (this.#sessions.size >= this.#options.maxConnections) {
-      this.#log.warn("connection refused: at capacity", {
-        worker_id: workerId,
-        max_connections: this.#options.maxConnections,
-      });
-      return problem(503, "Rendezvous is at capacity", { "retry-after": "5" });
-    }
-
     let observedIp: string | null = null;
     let observedPort: number | null = null;
     if (this.#options.trustProxyHops > 0) {
@@ -668,6 +694,41 @@ export class Rendezvous {
       }
     }
 
+    // Limits, cheapest first; each refusal says when to come back.
+    const now = this.#clock.now();
+    this.#handshakes ??= new TokenBucket(
+      this.#options.handshakeRatePerSec,
+      this.#options.handshakeBurst,
+      now,
+    );
+    if (!this.#handshakes.take(now)) {
+      return this.#refuse("handshake_rate", 503, "Too many handshakes at once; retry shortly", 1, {
+        worker_id: workerId,
+        handshake_rate_per_sec: this.#options.handshakeRatePerSec,
+      });
+    }
+    if (this.#sessions.size >= this.#options.maxConnections) {
+      return this.#refuse("at_capacity", 503, "Rendezvous is at capacity", 5, {
+        worker_id: workerId,
+        max_connections: this.#options.maxConnections,
+      });
+    }
+    if (
+      observedIp !== null && (this.#perIp.get(observedIp) ?? 0) >= this.#options.maxSessionsPerIp
+    ) {
+      return this.#refuse("per_ip", 429, "Too many sessions from this address", 10, {
+        worker_id: workerId,
+        observed_ip: observedIp,
+        max_sessions_per_ip: this.#options.maxSessionsPerIp,
+      });
+    }
+    if (key !== null && (this.#perKey.get(key) ?? 0) >= this.#options.maxSessionsPerKey) {
+      return this.#refuse("per_key", 429, "Too many sessions with this key", 10, {
+        worker_id: workerId,
+        max_sessions_per_key: this.#options.maxSessionsPerKey,
+      });
+    }
+
     // Headers cannot be read once the request is upgraded.
     const authority = (req.headers.get("host") ?? "").toLowerCase();
     let socket: WebSocket;
@@ -679,7 +740,6 @@ export class Rendezvous {
     } catch (error) {
       return problem(400, `Cannot upgrade to WebSocket: ${(error as Error).message}`);
     }
-    const now = this.#clock.now();
     const session = new Session({
       workerId,
       group,
@@ -694,6 +754,7 @@ export class Rendezvous {
       relayBytes: this.#options.relayBytesPerSec,
     });
     this.#sessions.set(socket, session);
+    if (observedIp !== null) this.#perIp.set(observedIp, (this.#perIp.get(observedIp) ?? 0) + 1);
     this.#log.info("worker connecting", {
       worker_id: workerId,
       observed_ip: observedIp,
@@ -706,6 +767,33 @@ export class Rendezvous {
     socket.onclose = this.#socketClose;
     // No error listener: the close event that follows an error does the work.
     return response;
+  }
+
+  /**
+   * A refused connection attempt: counted, logged at most once a second per
+   * kind (with how many went unlogged), answered with `Retry-After`.
+   */
+  #refuse(
+    kind: keyof Rendezvous["refused"],
+    status: number,
+    message: string,
+    retryAfterSec: number,
+    fields: Record<string, unknown>,
+  ): Response {
+    this.refused[kind]++;
+    const now = this.#clock.now();
+    const last = this.#refusalLoggedAt.get(kind);
+    if (!last || now - last.at >= 1000) {
+      this.#log.warn(`connection refused: ${kind.replaceAll("_", " ")}`, {
+        ...fields,
+        status,
+        suppressed_since_last: last?.suppressed ?? 0,
+      });
+      this.#refusalLoggedAt.set(kind, { at: now, suppressed: 0 });
+    } else {
+      last.suppressed++;
+    }
+    return problem(status, message, { "retry-after": String(retryAfterSec) });
   }
 
   #enqueue(session: Session, work: () => Promise<void>): void {
@@ -798,6 +886,7 @@ export class Rendezvous {
     };
     const previous = await this.registry.put(record);
     session.registered = true;
+    if (key !== null) this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1);
     const before = this.#byWorker.get(session.workerId);
     const replaced = previous && before?.id === previous.session_id ? before : undefined;
     this.#byWorker.set(session.workerId, session);
@@ -1032,6 +1121,8 @@ export class Rendezvous {
 
   #onClose(session: Session, event: CloseEvent): void {
     this.#sessions.delete(session.socket);
+    if (session.observedIp !== null) decrement(this.#perIp, session.observedIp);
+    if (session.registered && session.key !== null) decrement(this.#perKey, session.key);
     session.proof?.resolve(null);
     this.#cleaning++;
     this.#log.info("worker disconnected", {

@@ -151,3 +151,4 @@ export {
 } from "./core/log.ts";
 export type { Clock, TimerId } from "./core/clock.ts";
 export type { Env, LogConfig, VariableDoc } from "./core/env.ts";
+export { Counter, Histogram, type Labels, Metrics, METRICS_CONTENT_TYPE } from "./core/metrics.ts";

@@ -100,6 +100,8 @@ export class PeerManager {
   #transport?: PeerTransport;
   /** Transport packets from addresses no link's direct path names: dropped. */
   strayPackets = 0;
+  /** Transport bytes (without the envelope byte) by path and direction. */
+  readonly pathBytes = { direct: { sent: 0, received: 0 }, relay: { sent: 0, received: 0 } };
 
   /** @ignore A worker makes its own; see `startWorker()`. */
   constructor(options: PeerManagerOptions) {
@@ -132,9 +134,14 @@ export class PeerManager {
     const direct = this.#links.get(peerId)?.direct;
     if (direct) {
       const socket = this.#socket(direct.via, direct.to);
-      if (socket) return socket.send(packet, direct.to).catch(() => {});
+      if (socket) {
+        this.pathBytes.direct.sent += packet.length - 1;
+        return socket.send(packet, direct.to).catch(() => {});
+      }
     }
-    this.#o.sendRelayPacket?.(peerId, packet.subarray(1));
+    if (this.#o.sendRelayPacket?.(peerId, packet.subarray(1))) {
+      this.pathBytes.relay.sent += packet.length - 1;
+    }
   }
 
   #onTransport(bytes: Uint8Array, from: UdpAddress, via: number): Promise<unknown> | undefined {
@@ -143,6 +150,7 @@ export class PeerManager {
       this.strayPackets++;
       return undefined;
     }
+    this.pathBytes.direct.received += bytes.length - 1;
     return this.#transport.receive(link.peerId, bytes.subarray(1));
   }
 

@@ -95,7 +95,7 @@ export interface PeerDirectoryOptions {
 export class PeerDirectory {
   #o: PeerDirectoryOptions;
   #watchers = new Map<string, Set<PeerSession>>();
-  #introductions = new Map<string, { at: number; sessionId: string }>();
+  #introductions = new Map<string, { at: number; sessionId: string; direct?: boolean }>();
   /** Counters for logs and the listing. */
   readonly stats = {
     introductions: 0,
@@ -104,6 +104,8 @@ export class PeerDirectory {
     /** Binary transport packets carried, and dropped (over budget, full buffer, no peer). */
     packetsRelayed: 0,
     packetsDropped: 0,
+    /** Bytes relayed: JSON `relay` payloads (base64, as sent) and binary transport packets. */
+    relayBytes: 0,
   };
 
   constructor(options: PeerDirectoryOptions) {
@@ -135,6 +137,18 @@ export class PeerDirectory {
         peer_id: session.workerId,
       });
     }
+  }
+
+  /**
+   * When `a` and `b` were last introduced by this instance, the first time a
+   * direct path is reported for that introduction; undefined otherwise (for
+   * time to direct: each introduction counts once).
+   */
+  firstDirectSince(a: string, b: string): number | undefined {
+    const entry = this.#introductions.get([a, b].sort().join("\n"));
+    if (!entry || entry.direct) return undefined;
+    entry.direct = true;
+    return entry.at;
   }
 
   /** A worker on another instance of the fleet registered (or moved there). */
@@ -273,6 +287,7 @@ export class PeerDirectory {
       return;
     }
     this.stats.packetsRelayed++;
+    this.stats.relayBytes += frame.packet.length;
   }
 
   #relay(session: PeerSession, to: string, data: string): void {
@@ -284,6 +299,7 @@ export class PeerDirectory {
     const peer = this.#peer(session, to);
     if (!peer) return;
     this.stats.relayed++;
+    this.stats.relayBytes += data.length;
     peer.send({ type: "relayed", from: session.workerId, data });
   }
 }

@@ -22,6 +22,8 @@ import {
   type WorkerListingEntry,
 } from "../protocol/messages.ts";
 import { TokenBucket } from "../core/rate_limit.ts";
+import { type Counter, type Histogram, Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
+import type { StunServerStats } from "../stun/server.ts";
 import { parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
 import {
   fingerprint,
@@ -73,6 +75,8 @@ export interface RendezvousOptions {
   handshakeRatePerSec?: number;
   /** Handshakes above that rate in a burst (a fleet coming back at once). @default {10000} */
   handshakeBurst?: number;
+  /** The STUN server beside this rendezvous, for `/metrics`. */
+  stunStats?: () => StunServerStats;
   /** Largest accepted text frame, in UTF-8 bytes. @default {65536} */
   maxMessageBytes?: number;
   /**
@@ -343,7 +347,9 @@ export class Rendezvous {
   /** Where the sessions' records live. */
   readonly registry: Registry;
   #options:
-    & Required<Omit<RendezvousOptions, "registry" | "fleet" | "token" | "publicHosts">>
+    & Required<
+      Omit<RendezvousOptions, "registry" | "fleet" | "token" | "publicHosts" | "stunStats">
+    >
     & { token?: string; publicHosts?: readonly string[] };
   #log: Logger;
   #clock: Clock;
@@ -366,6 +372,18 @@ export class Rendezvous {
   /** Refused connection attempts, by why; and when each kind was last logged. */
   readonly refused = { at_capacity: 0, per_ip: 0, per_key: 0, handshake_rate: 0 };
   #refusalLoggedAt = new Map<string, { at: number; suppressed: number }>();
+  /** What `/metrics` serves. */
+  readonly metrics: Metrics = new Metrics();
+  #m!: {
+    registrations: Counter;
+    reconnects: Counter;
+    disconnections: Counter;
+    workerRtt: Histogram;
+    pathReports: Counter;
+    timeToDirect: Histogram;
+  };
+  /** When each worker id's last session here ended (for reconnects), pruned. */
+  #endedAt = new Map<string, number>();
   #relayLimit: { rate: number; burst: number };
   /** Sessions whose close is still being cleaned up. */
   #cleaning = 0;
@@ -442,6 +460,7 @@ export class Rendezvous {
         }
         : {}),
     });
+    this.#defineMetrics(options.stunStats);
     this.#fleet?.start({
       deliver: (workerId, group, message) => {
         const session = this.#byWorker.get(workerId);
@@ -468,6 +487,99 @@ export class Rendezvous {
       localRecords: () => (this.registry as FleetRegistry).local.list(),
       rttOf: (workerId) => this.#byWorker.get(workerId)?.rttMs ?? null,
     });
+  }
+
+  #defineMetrics(stunStats?: () => StunServerStats): void {
+    const m = this.metrics;
+    const ns = "holepunch_rendezvous";
+    m.gauge(`${ns}_sessions`, "WebSocket sessions this instance holds.", () => this.#sessions.size);
+    m.gauge(
+      `${ns}_workers`,
+      "Workers registered in the fleet (this instance's and, with Redis, everyone else's).",
+      () => this.#byWorker.size + (this.#fleet?.remoteCount ?? 0),
+    );
+    const ms = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000].map((x) => x / 1000);
+    const sec = [0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60];
+    this.#m = {
+      registrations: m.counter(`${ns}_registrations_total`, "Sessions registered."),
+      reconnects: m.counter(
+        `${ns}_reconnects_total`,
+        "Registrations of a worker whose previous session here ended less than 60 s before.",
+      ),
+      disconnections: m.counter(`${ns}_disconnections_total`, "Sessions ended, by close code."),
+      workerRtt: m.histogram(
+        `${ns}_worker_rtt_seconds`,
+        "Round trip to the rendezvous as workers report it (their echo heartbeat).",
+        ms,
+      ),
+      pathReports: m.counter(
+        `${ns}_path_reports_total`,
+        "Paths workers report to their peers (direct or relay), by the pair's NAT mappings.",
+      ),
+      timeToDirect: m.histogram(
+        `${ns}_time_to_direct_seconds`,
+        "From an introduction to the first direct path reported for it, by NAT pair.",
+        sec,
+      ),
+    };
+    const stats = this.#peers.stats;
+    m.counterFrom(
+      `${ns}_refused_total`,
+      "Connection attempts refused, by reason.",
+      () => Object.entries(this.refused).map(([reason, n]) => [{ reason }, n]),
+    );
+    m.counterFrom(
+      `${ns}_introductions_total`,
+      "Pairs introduced (punch sent to both).",
+      () => stats.introductions,
+    );
+    m.counterFrom(
+      `${ns}_relay_messages_total`,
+      "Relayed JSON messages and transport packets.",
+      () => [
+        [{ kind: "message" }, stats.relayed],
+        [{ kind: "packet" }, stats.packetsRelayed],
+      ],
+    );
+    m.counterFrom(
+      `${ns}_relay_bytes_total`,
+      "Bytes relayed (base64 text and packets).",
+      () => stats.relayBytes,
+    );
+    m.counterFrom(`${ns}_relay_refused_total`, "Relay frames refused or dropped.", () => [
+      [{ reason: "rate_limited" }, stats.relayRejected],
+      [{ reason: "packet_dropped" }, stats.packetsDropped],
+    ]);
+    if (stunStats) {
+      m.counterFrom(
+        "holepunch_stun_answered_total",
+        "STUN Binding requests answered.",
+        () => stunStats().answered,
+      );
+      m.counterFrom(
+        "holepunch_stun_dropped_total",
+        "STUN datagrams dropped, by reason.",
+        () => Object.entries(stunStats().dropped).map(([reason, n]) => [{ reason }, n]),
+      );
+    }
+    const fleet = this.#fleet;
+    if (fleet) {
+      m.gauge(
+        "holepunch_fleet_redis_up",
+        "1 while Redis is reachable and this instance synced.",
+        () => fleet.up ? 1 : 0,
+      );
+      m.counterFrom(
+        "holepunch_fleet_redis_outages_total",
+        "Times the Redis connection was lost.",
+        () => fleet.stats.redis_outages,
+      );
+      m.gauge(
+        "holepunch_fleet_remote_workers",
+        "Workers other instances hold.",
+        () => fleet.remoteCount,
+      );
+    }
   }
 
   /** A worker registered on another instance, as a peer session that sends through the fleet. */
@@ -536,6 +648,12 @@ export class Rendezvous {
         return this.#authorized(req) ? this.#listWorkers() : this.#unauthorized();
       case "/debug/stats":
         return this.#authorized(req) ? this.#stats() : this.#unauthorized();
+      case "/metrics":
+        return this.#authorized(req)
+          ? new Response(this.metrics.render(), {
+            headers: { "content-type": METRICS_CONTENT_TYPE },
+          })
+          : this.#unauthorized();
       default:
         return problem(404, `Cannot find ${path}`);
     }
@@ -887,6 +1005,9 @@ export class Rendezvous {
     const previous = await this.registry.put(record);
     session.registered = true;
     if (key !== null) this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1);
+    this.#m.registrations.inc();
+    const ended = this.#endedAt.get(session.workerId);
+    if (ended !== undefined && this.#clock.now() - ended < 60_000) this.#m.reconnects.inc();
     const before = this.#byWorker.get(session.workerId);
     const replaced = previous && before?.id === previous.session_id ? before : undefined;
     this.#byWorker.set(session.workerId, session);
@@ -1020,7 +1141,10 @@ export class Rendezvous {
           nat_mapping: message.nat.mapping,
           updated_at: new Date(this.#clock.now()).toISOString(),
         };
-        if (message.rtt_ms !== null && message.rtt_ms !== undefined) session.rttMs = message.rtt_ms;
+        if (message.rtt_ms !== null && message.rtt_ms !== undefined) {
+          session.rttMs = message.rtt_ms;
+          this.#m.workerRtt.observe(message.rtt_ms / 1000);
+        }
         const stored = await this.registry.update(session.workerId, session.id, {
           udp_endpoint: udp,
         });
@@ -1051,6 +1175,16 @@ export class Rendezvous {
           updated_at: new Date(this.#clock.now()).toISOString(),
         };
         await this.registry.update(session.workerId, session.id, { peer_paths: paths });
+        const peer = await this.registry.get(message.peer_id);
+        const natPair = [record, peer].map((r) => r?.udp_endpoint?.nat_mapping ?? "unknown").sort()
+          .join("/");
+        this.#m.pathReports.inc({ nat_pair: natPair, path: message.path });
+        if (message.path === "direct") {
+          const at = this.#peers.firstDirectSince(session.workerId, message.peer_id);
+          if (at !== undefined) {
+            this.#m.timeToDirect.observe((this.#clock.now() - at) / 1000, { nat_pair: natPair });
+          }
+        }
         this.#log.info("peer path changed", {
           worker_id: session.workerId,
           peer_id: message.peer_id,
@@ -1123,6 +1257,11 @@ export class Rendezvous {
     this.#sessions.delete(session.socket);
     if (session.observedIp !== null) decrement(this.#perIp, session.observedIp);
     if (session.registered && session.key !== null) decrement(this.#perKey, session.key);
+    this.#m.disconnections.inc({ code: String(event.code) });
+    if (session.registered) {
+      if (this.#endedAt.size >= 100_000) this.#endedAt.clear(); // bounded: a reconnect may go uncounted
+      this.#endedAt.set(session.workerId, this.#clock.now());
+    }
     session.proof?.resolve(null);
     this.#cleaning++;
     this.#log.info("worker disconnected", {

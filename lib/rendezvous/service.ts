@@ -63,6 +63,7 @@ export class RendezvousService {
       maxSessionsPerKey: config.maxSessionsPerKey,
       handshakeRatePerSec: config.handshakeRatePerSec,
       handshakeBurst: config.handshakeBurst,
+      ...(this.stun ? { stunStats: () => this.stun!.stats } : {}),
       maxMessageBytes: config.maxMessageBytes,
       idleTimeoutSec: config.idleTimeoutSec,
       messageRatePerSec: config.messageRatePerSec,

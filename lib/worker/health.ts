@@ -5,6 +5,7 @@
  * @module
  */
 
+import { type Labels, Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
 import type { UdpEndpointReport } from "../stun/discovery.ts";
 import type { ClientSnapshot } from "./client.ts";
 import type { ForwardStats } from "./forward.ts";
@@ -29,12 +30,108 @@ export interface WorkerStatus {
   exposes: Record<string, ForwardStats>;
 }
 
+/** Transport bytes by path and direction (`PeerManager.pathBytes`). */
+export interface PathBytes {
+  direct: { sent: number; received: number };
+  relay: { sent: number; received: number };
+}
+
+/**
+ * The worker's Prometheus metrics, from its status: its rendezvous session,
+ * its peers' paths and RTTs and message counts, transport bytes per path,
+ * and each forward's and expose's connections and bytes.
+ */
+export function workerMetrics(status: WorkerStatus, bytes: PathBytes): string {
+  const m = new Metrics();
+  const ns = "holepunch_worker";
+  m.gauge(
+    `${ns}_rendezvous_connected`,
+    "1 while registered with the rendezvous.",
+    () => status.rendezvous.status === "connected" ? 1 : 0,
+  );
+  m.counterFrom(
+    `${ns}_rendezvous_sessions_total`,
+    "Rendezvous sessions opened.",
+    () => status.rendezvous.sessions,
+  );
+  const links = Object.entries(status.peers) as [string, Record<string, unknown>][];
+  m.gauge(
+    `${ns}_peers`,
+    "Peer links, by current path.",
+    () =>
+      (["direct", "relay"] as const).map((path) => [
+        { path },
+        links.filter(([, l]) => l.path === path).length,
+      ]),
+  );
+  m.gauge(
+    `${ns}_peer_rtt_seconds`,
+    "Round trip of each direct path.",
+    () =>
+      links.filter(([, l]) => typeof l.rtt_ms === "number").map((
+        [peer, l],
+      ) => [{ peer }, (l.rtt_ms as number) / 1000]),
+  );
+  m.counterFrom(
+    `${ns}_peer_messages_total`,
+    "Peer-link messages by peer, path and direction.",
+    () =>
+      links.flatMap(([peer, l]) =>
+        (["sent", "received"] as const).flatMap((direction) =>
+          (["direct", "relay"] as const).map((path): [Labels, number] => [
+            { peer, path, direction },
+            ((l[direction] as Record<string, number> | undefined)?.[path]) ?? 0,
+          ])
+        )
+      ),
+  );
+  m.counterFrom(
+    `${ns}_transport_bytes_total`,
+    "Encrypted transport bytes by path and direction.",
+    () =>
+      (["direct", "relay"] as const).flatMap((path) =>
+        (["sent", "received"] as const).map((direction): [Labels, number] => [
+          { path, direction },
+          bytes[path][direction],
+        ])
+      ),
+  );
+  const forwards = [
+    ...Object.entries(status.forwards).map(([spec, s]) => ["forward", spec, s] as const),
+    ...Object.entries(status.exposes).map(([spec, s]) => ["expose", spec, s] as const),
+  ];
+  m.counterFrom(
+    `${ns}_forward_connections_total`,
+    "TCP connections carried, by forward or expose.",
+    () => forwards.map(([kind, spec, s]) => [{ kind, spec }, s.connections]),
+  );
+  m.counterFrom(
+    `${ns}_forward_refused_total`,
+    "TCP connections refused, by forward or expose.",
+    () => forwards.map(([kind, spec, s]) => [{ kind, spec }, s.refused]),
+  );
+  m.counterFrom(
+    `${ns}_forward_bytes_total`,
+    "TCP bytes carried, by forward or expose and direction.",
+    () =>
+      forwards.flatMap(([kind, spec, s]) => [
+        [{ kind, spec, direction: "out" }, s.bytes_out] as [Labels, number],
+        [{ kind, spec, direction: "in" }, s.bytes_in] as [Labels, number],
+      ]),
+  );
+  return m.render();
+}
+
 /**
  * A `Deno.serve` handler: `GET /health` → 200 "OK" (the worker process is
  * alive, whether or not the rendezvous is reachable, so Cloud Run does not
- * restart it for a rendezvous outage); `GET /` → 200 with a JSON status.
+ * restart it for a rendezvous outage); `GET /` → 200 with a JSON status;
+ * `GET /metrics` → Prometheus text, when `metrics` is given.
  */
-export function workerHealthHandler(status: () => WorkerStatus): (req: Request) => Response {
+export function workerHealthHandler(
+  status: () => WorkerStatus,
+  metrics?: () => string,
+): (req: Request) => Response {
   return (req) => {
     if (req.method !== "GET" && req.method !== "HEAD") {
       return new Response("Method Not Allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
@@ -45,6 +142,9 @@ export function workerHealthHandler(status: () => WorkerStatus): (req: Request) 
     }
     if (pathname === "/") {
       return Response.json(status());
+    }
+    if (pathname === "/metrics" && metrics) {
+      return new Response(metrics(), { headers: { "content-type": METRICS_CONTENT_TYPE } });
     }
     return new Response("Not Found\n", { status: 404 });
   };

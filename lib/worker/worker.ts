@@ -18,7 +18,7 @@ import { Forwarder } from "./forward.ts";
 import type { PathKind, TransportCredentials } from "../protocol/messages.ts";
 import { type ClientEvent, RendezvousClient } from "./client.ts";
 import { registrationUrl, type WorkerConfig } from "./config.ts";
-import { workerHealthHandler, type WorkerStatus } from "./health.ts";
+import { workerHealthHandler, workerMetrics, type WorkerStatus } from "./health.ts";
 import { describeHello, sendHello, startHello } from "./hello.ts";
 import { loadIdentity } from "./key_file.ts";
 import { fetchPublicIp } from "./public_ip.ts";
@@ -133,7 +133,10 @@ export class Worker {
         peers.onRegistered();
       },
       onPeerMessage: (message) => peers.handle(message),
-      onRelayPacket: (peerId, packet) => void transport.receive(peerId, packet),
+      onRelayPacket: (peerId, packet) => {
+        peers.pathBytes.relay.received += packet.length;
+        void transport.receive(peerId, packet);
+      },
     });
     const udp = config.stunServers.length === 0 ? undefined : startWorkerUdp({
       hostname: config.udpHost,
@@ -212,7 +215,10 @@ export class Worker {
             listening.resolve(addr);
           },
         },
-        workerHealthHandler(() => this.status()),
+        workerHealthHandler(
+          () => this.status(),
+          () => workerMetrics(this.status(), this.peers.pathBytes),
+        ),
       );
     } else {
       listening.resolve(null);

@@ -14,6 +14,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   peer: ["core", "protocol", "stun"],
   rendezvous: ["core", "protocol", "stun", "redis"],
   worker: ["core", "protocol", "stun", "peer"],
+  netcheck: ["core", "protocol", "stun", "peer"],
   demo: ["core", "protocol", "redis", "stun", "peer", "rendezvous", "worker"],
 };
 /** Files outside `lib/` that `lib/` may read. */

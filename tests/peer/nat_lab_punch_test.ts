@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { LINK_TIMING } from "../../lib/peer/link.ts";
-import { NetLab, netlabUnavailable } from "../_netlab.ts";
+import { NetLab, netlabUnavailable, PUBLIC_IP } from "../_netlab.ts";
 import { within } from "../_helpers.ts";
 import { type PairResult, runPunchLab, TEST_WORKERS } from "../_punch_lab.ts";
 
@@ -153,6 +153,49 @@ Deno.test({
       assert.ok(r.messages >= 3, `delivered: ${show(r)}\n${rendezvousTrouble.join("\n")}`);
       assert.equal(r.path, r.expected, `${show(r)}\n    ${r.events.join("\n    ")}`);
       assert.ok(r.transfer?.ok, `${r.from} → ${r.to} (${r.path}): ${JSON.stringify(r.transfer)}`);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "NAT lab: netcheck tells an endpoint-independent NAT from an endpoint-dependent one, and sees UDP blocked",
+  ignore: skip !== undefined,
+  async fn() {
+    const lab = await NetLab.create();
+    try {
+      const [eim] = await lab.addNatted("eim", 1, { filtering: true });
+      const [edm] = await lab.addNatted("edm", 1, { filtering: true });
+      const [blocked] = await lab.addNatted("block-udp", 1, { filtering: true });
+      await lab.startServices();
+      const check = async (ns: string) => {
+        const proc = lab.deno(ns, [
+          "run",
+          "--allow-net",
+          "--allow-env",
+          "--allow-sys=networkInterfaces",
+          "lib/netcheck/main.ts",
+          "--json",
+          "--stun",
+          `${PUBLIC_IP}:3478,${PUBLIC_IP}:3479`,
+          "--rendezvous",
+          `http://${PUBLIC_IP}:8080`,
+        ]);
+        const status = await within(proc.status, 30_000, "netcheck");
+        assert.equal(status.code, 0, proc.dump());
+        return JSON.parse(proc.stdout);
+      };
+      const [a, b, c] = [await check(eim.ns), await check(edm.ns), await check(blocked.ns)];
+      assert.equal(a.mapping, "endpoint-independent");
+      assert.equal(a.public_ip, eim.publicIp);
+      assert.equal(b.mapping, "endpoint-dependent");
+      assert.equal(c.mapping, "no-udp");
+      assert.equal(c.direct.likely, false);
+      for (const r of [a, b, c]) {
+        assert.ok(r.rendezvous.median_ms >= 0, JSON.stringify(r.rendezvous));
+      }
+    } finally {
+      await lab.destroy();
     }
   },
 });

@@ -224,6 +224,20 @@ export class Proc {
     for (const listener of this.#listeners) listener();
   }
 
+  /** Waits for a stderr line matching `where` (any message), for tools that do not log JSON. */
+  waitForLine(where: (line: LogLine) => boolean, timeoutMs = 10_000): Promise<LogLine> {
+    const find = () => this.lines.find(where);
+    const found = find();
+    if (found) return Promise.resolve(found);
+    const { promise, resolve } = Promise.withResolvers<LogLine>();
+    const listener = () => {
+      const line = find();
+      if (line) resolve(line);
+    };
+    this.#listeners.add(listener);
+    return within(promise, timeoutMs, "a line").finally(() => this.#listeners.delete(listener));
+  }
+
   /** Waits for a log line with `message` (and matching `where`), after index `from`. */
   waitForLog(
     message: string,

@@ -7,7 +7,7 @@
  */
 
 import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
-import { type Clock, delay, systemClock } from "../core/clock.ts";
+import { type Clock, delay, systemClock, type TimerId } from "../core/clock.ts";
 import { normalizeIp } from "../protocol/ip.ts";
 import { type Logger, silentLogger } from "../core/log.ts";
 import {
@@ -24,6 +24,13 @@ import {
 import { TokenBucket } from "../core/rate_limit.ts";
 import { type Counter, type Histogram, Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
 import type { StunServerStats } from "../stun/server.ts";
+import {
+  DashboardHub,
+  dashboardPages,
+  dashboardWorker,
+  hasSession,
+  sessionCookie,
+} from "./dashboard.ts";
 import { parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
 import {
   fingerprint,
@@ -370,7 +377,7 @@ export class Rendezvous {
   #perKey = new Map<string, number>();
   #handshakes?: TokenBucket;
   /** Refused connection attempts, by why; and when each kind was last logged. */
-  readonly refused = { at_capacity: 0, per_ip: 0, per_key: 0, handshake_rate: 0 };
+  readonly refused = { at_capacity: 0, per_ip: 0, per_key: 0, handshake_rate: 0, sign_in: 0 };
   #refusalLoggedAt = new Map<string, { at: number; suppressed: number }>();
   /** What `/metrics` serves. */
   readonly metrics: Metrics = new Metrics();
@@ -382,6 +389,8 @@ export class Rendezvous {
     pathReports: Counter;
     timeToDirect: Histogram;
   };
+  #dashboard = new DashboardHub();
+  #dashboardTimer?: TimerId;
   /** When each worker id's last session here ended (for reconnects), pruned. */
   #endedAt = new Map<string, number>();
   #relayLimit: { rate: number; burst: number };
@@ -481,9 +490,18 @@ export class Rendezvous {
         });
         session.close(CloseCode.SESSION_REPLACED, CloseReason.REPLACED);
       },
-      joined: (record) => this.#peers.remoteJoined(record),
-      updated: (record) => this.#peers.remoteUpdated(record),
-      left: (workerId, group) => this.#peers.remoteLeft(workerId, group),
+      joined: (record) => {
+        this.#peers.remoteJoined(record);
+        this.#dashboard.worker(record);
+      },
+      updated: (record) => {
+        this.#peers.remoteUpdated(record);
+        this.#dashboard.worker(record);
+      },
+      left: (workerId, group) => {
+        this.#peers.remoteLeft(workerId, group);
+        this.#dashboard.left(workerId);
+      },
       localRecords: () => (this.registry as FleetRegistry).local.list(),
       rttOf: (workerId) => this.#byWorker.get(workerId)?.rttMs ?? null,
     });
@@ -582,6 +600,102 @@ export class Rendezvous {
     }
   }
 
+  /** Bearer token, or (dashboard paths) the sign-in cookie; always, without a token. */
+  async #dashboardAuthorized(req: Request): Promise<boolean> {
+    const token = this.#options.token;
+    return token === undefined || this.#authorized(req) ||
+      await hasSession(req, token, this.#clock.now());
+  }
+
+  async #dashboardPage(req: Request): Promise<Response> {
+    const pages = await dashboardPages();
+    const headers = {
+      "content-type": "text/html; charset=utf-8",
+      "content-security-policy": pages.csp,
+      "x-content-type-options": "nosniff",
+      "referrer-policy": "no-referrer",
+      "cache-control": "no-store",
+    };
+    if (!(await this.#dashboardAuthorized(req))) {
+      return new Response(pages.signIn(), { status: 401, headers });
+    }
+    return new Response(pages.page, { headers });
+  }
+
+  /** The sign-in form's POST: the token, checked, for a cookie; then back to the page. */
+  async #signIn(req: Request, url: URL): Promise<Response> {
+    const token = this.#options.token;
+    if (token === undefined) return Response.redirect(new URL("/dashboard", url), 303);
+    let given = "";
+    try {
+      const text = await req.text();
+      if (text.length > 4096) throw new Error("too long");
+      given = new URLSearchParams(text).get("token") ?? "";
+    } catch {
+      given = "";
+    }
+    const pages = await dashboardPages();
+    if (!constantTimeEqual(given, token)) {
+      // Counted and logged like any refusal (at most once a second), answered with the form.
+      await this.#refuse("sign_in", 401, "Wrong token", 1, { path: "/dashboard/login" }).body
+        ?.cancel();
+      return new Response(pages.signIn("That is not the token."), {
+        status: 401,
+        headers: {
+          "content-type": "text/html; charset=utf-8",
+          "content-security-policy": pages.csp,
+        },
+      });
+    }
+    const secure = url.protocol === "https:" ||
+      req.headers.get("x-forwarded-proto")?.split(",")[0].trim() === "https";
+    return new Response(null, {
+      status: 303,
+      headers: {
+        location: "/dashboard",
+        "set-cookie": await sessionCookie(token, this.#clock.now(), secure),
+      },
+    });
+  }
+
+  async #dashboardEvents(req: Request): Promise<Response> {
+    if (!(await this.#dashboardAuthorized(req))) return this.#unauthorized();
+    const stream = this.#dashboard.open(async () =>
+      (await this.registry.list()).map(dashboardWorker)
+    );
+    this.#dashboardTick();
+    return new Response(stream, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-store",
+        "x-accel-buffering": "no",
+      },
+    });
+  }
+
+  /** Counters to open dashboards once a second, while any is open. */
+  #dashboardTick(): void {
+    if (this.#dashboardTimer !== undefined) return;
+    const tick = () => {
+      this.#dashboardTimer = undefined;
+      if (this.#dashboard.clients === 0 || this.#state === "closed") return;
+      const outcomes: Record<string, Record<string, number>> = {};
+      for (const { labels, value } of this.#m.pathReports.samples()) {
+        (outcomes[labels.nat_pair] ??= {})[labels.path] = value;
+      }
+      this.#dashboard.stats({
+        at: this.#clock.now(),
+        workers: this.#byWorker.size + (this.#fleet?.remoteCount ?? 0),
+        registrations: this.#m.registrations.get(),
+        introductions: this.#peers.stats.introductions,
+        relay_bytes: this.#peers.stats.relayBytes,
+        outcomes,
+      });
+      this.#dashboardTimer = this.#clock.setTimeout(tick, 1000);
+    };
+    this.#dashboardTimer = this.#clock.setTimeout(tick, 0);
+  }
+
   /** A worker registered on another instance, as a peer session that sends through the fleet. */
   #remotePeer(workerId: string): PeerSession | undefined {
     const fleet = this.#fleet;
@@ -620,6 +734,7 @@ export class Rendezvous {
     const url = new URL(req.url);
     const path = url.pathname;
     if (path.startsWith(REGISTER_PATH_PREFIX)) return this.#register(req, url, info);
+    if (path === "/dashboard/login" && req.method === "POST") return this.#signIn(req, url);
     if (req.method !== "GET" && req.method !== "HEAD") {
       return problem(405, `Method ${req.method} is not allowed`, { allow: "GET, HEAD" });
     }
@@ -648,6 +763,10 @@ export class Rendezvous {
         return this.#authorized(req) ? this.#listWorkers() : this.#unauthorized();
       case "/debug/stats":
         return this.#authorized(req) ? this.#stats() : this.#unauthorized();
+      case "/dashboard":
+        return this.#dashboardPage(req);
+      case "/dashboard/events":
+        return this.#dashboardEvents(req);
       case "/metrics":
         return this.#authorized(req)
           ? new Response(this.metrics.render(), {
@@ -1034,6 +1153,7 @@ export class Rendezvous {
       protocol_version: PROTOCOL_VERSION,
     });
     this.#peers.joined(session, record);
+    this.#dashboard.worker(record);
   }
 
   #onMessage(session: Session, event: MessageEvent): void {
@@ -1150,7 +1270,10 @@ export class Rendezvous {
         });
         if (!stored) return;
         const record = await this.registry.get(session.workerId);
-        if (record) this.#peers.updated(session, record);
+        if (record) {
+          this.#peers.updated(session, record);
+          this.#dashboard.worker(record);
+        }
         this.#log.info("worker reported udp endpoint", {
           worker_id: session.workerId,
           udp_public: message.public ? `${message.public.ip}:${message.public.port}` : null,
@@ -1175,6 +1298,8 @@ export class Rendezvous {
           updated_at: new Date(this.#clock.now()).toISOString(),
         };
         await this.registry.update(session.workerId, session.id, { peer_paths: paths });
+        const updated = await this.registry.get(session.workerId);
+        if (updated) this.#dashboard.worker(updated);
         const peer = await this.registry.get(message.peer_id);
         const natPair = [record, peer].map((r) => r?.udp_endpoint?.nat_mapping ?? "unknown").sort()
           .join("/");
@@ -1217,7 +1342,10 @@ export class Rendezvous {
         const stored = await this.registry.update(session.workerId, session.id, { transport });
         if (!stored) return;
         const record = await this.registry.get(session.workerId);
-        if (record) this.#peers.updated(session, record);
+        if (record) {
+          this.#peers.updated(session, record);
+          this.#dashboard.worker(record);
+        }
         this.#log.info("worker published its transport certificate", {
           worker_id: session.workerId,
         });
@@ -1276,6 +1404,7 @@ export class Rendezvous {
       const removed = session.registered &&
         await this.registry.remove(session.workerId, session.id);
       this.#peers.left(session, removed);
+      if (removed) this.#dashboard.left(session.workerId);
       if (removed && session.key !== null) {
         await this.registry.releaseKey(session.workerId, session.key, this.#clock.now());
       }
@@ -1326,6 +1455,8 @@ export class Rendezvous {
     await Promise.race([this.#drained.promise, wait(left)]);
     abort.abort();
     this.#state = "closed";
+    this.#dashboard.close();
+    if (this.#dashboardTimer !== undefined) this.#clock.clearTimeout(this.#dashboardTimer);
     this.#log.info("rendezvous closed", { remaining: this.#sessions.size });
   }
 }

@@ -161,7 +161,13 @@ Deno.test("the instance-wide handshake rate refuses with 503 and Retry-After, lo
     );
     assert.equal(rv.rendezvous.refused.handshake_rate, 6);
     const stats = await (await fetch(`${rv.http}/debug/stats`)).json();
-    assert.deepEqual(stats.refused, { at_capacity: 0, per_ip: 0, per_key: 0, handshake_rate: 6 });
+    assert.deepEqual(stats.refused, {
+      at_capacity: 0,
+      per_ip: 0,
+      per_key: 0,
+      handshake_rate: 6,
+      sign_in: 0,
+    });
   } finally {
     await Promise.all(clients.map((c) => c.close().catch(() => {})));
     await rv.close();

@@ -1,0 +1,215 @@
+/**
+ * The dashboard in a real browser (Debian's chromium, headless, over the
+ * DevTools protocol): sign-in with the token through the form (a cookie,
+ * never the URL), workers appearing, punching and leaving live, the path
+ * matrix with text for its colours, 5,000 workers paged, the strict CSP
+ * (the page's own script runs, nothing else loads), and a screenshot kept
+ * as an artifact.
+ */
+
+import assert from "node:assert/strict";
+import { MemoryRegistry, type WorkerRecord } from "../../lib/rendezvous/registry.ts";
+import { startRendezvous, TestClient, waitFor } from "../_helpers.ts";
+import { Browser, chromiumUnavailable, type Page } from "../_chromium.ts";
+
+const skip = await chromiumUnavailable();
+if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
+  throw new Error(`dashboard tests cannot run: ${skip}`);
+}
+if (skip) console.log(`dashboard tests skipped: ${skip}`);
+
+/** Where screenshots go (HOLEPUNCH_ARTIFACTS, else a temporary directory). */
+async function artifact(name: string, bytes: Uint8Array): Promise<string> {
+  const dir = Deno.env.get("HOLEPUNCH_ARTIFACTS") ??
+    await Deno.makeTempDir({ prefix: "holepunch-artifacts-" });
+  await Deno.mkdir(dir, { recursive: true });
+  const path = `${dir}/${name}`;
+  await Deno.writeFile(path, bytes);
+  return path;
+}
+
+const text = (page: Page, selector: string) =>
+  page.evaluate<string>(`document.querySelector(${JSON.stringify(selector)})?.innerText ?? ""`);
+
+Deno.test({
+  name:
+    "dashboard: sign in with the token, then workers join, punch and leave live; matrix, CSP, screenshot",
+  ignore: skip !== undefined,
+  async fn() {
+    const rv = await startRendezvous({ token: "s3cret" });
+    const browser = await Browser.launch();
+    const auth = { authorization: "Bearer s3cret" };
+    const clients: TestClient[] = [];
+    try {
+      const page = await browser.open(`${rv.http}/dashboard`);
+      // Signed out: the form, not the dashboard.
+      await waitFor(
+        async () => (await text(page, "h1")).includes("holepunch fleet"),
+        "the form",
+        10_000,
+        50,
+      );
+      assert.equal(await page.evaluate("document.querySelector('#workers')"), null);
+      await page.evaluate(`(() => {
+        document.querySelector('input[name=token]').value = 's3cret';
+        document.querySelector('form').submit();
+      })()`);
+      await waitFor(
+        async () => (await text(page, "#status")) === "live",
+        "the live dashboard",
+        10_000,
+        50,
+      );
+      assert.equal(
+        await page.evaluate("location.href"),
+        `${rv.http}/dashboard`,
+        "no token in the URL",
+      );
+      assert.equal(await page.evaluate("document.cookie"), "", "the cookie is HttpOnly");
+
+      // Workers join...
+      for (const id of ["w1", "w2", "w3"]) {
+        clients.push(await TestClient.connect(`${rv.ws}/ws/register/${id}?group=g`, auth));
+      }
+      await waitFor(
+        async () => (await text(page, "#count")) === "3",
+        "three workers shown",
+        10_000,
+        50,
+      );
+      const rows = await page.evaluate<string[]>(
+        "[...document.querySelectorAll('#workers tbody tr')].map((r) => r.dataset.id)",
+      );
+      assert.deepEqual(rows, ["w1", "w2", "w3"]);
+      // ...report their NATs, are introduced and punch.
+      const [w1, w2] = clients;
+      for (
+        const [client, port, nat] of [[w1, 4001, "endpoint-independent"], [
+          w2,
+          4002,
+          "endpoint-dependent",
+        ]] as const
+      ) {
+        client.send({
+          type: "register_udp_endpoint",
+          public: { ip: "203.0.113.9", port },
+          local: [],
+          nat: { mapping: nat },
+          rtt_ms: 10,
+        });
+      }
+      w1.send({ type: "connect", peer_id: "w2" });
+      w1.send({ type: "path_update", peer_id: "w2", path: "direct", rtt_ms: 4 });
+      w2.send({ type: "path_update", peer_id: "w1", path: "relay", rtt_ms: null });
+      await page.evaluate(
+        "document.querySelector('#group').value = 'g'; document.querySelector('#group').dispatchEvent(new Event('change'))",
+      );
+      await waitFor(
+        async () => (await text(page, "#matrix")).includes("direct 4 ms"),
+        "the direct path in the matrix",
+        10_000,
+        50,
+      );
+      const matrix = await page.evaluate<{ text: string; cls: string }[][]>(
+        "[...document.querySelectorAll('#matrix tbody tr')].map((r) => [...r.querySelectorAll('td')].map((c) => ({ text: c.textContent, cls: c.className })))",
+      );
+      assert.deepEqual(matrix[0], [
+        { text: "·", cls: "self" },
+        { text: "direct 4 ms", cls: "direct" },
+        { text: "none", cls: "none" },
+      ]);
+      assert.deepEqual(matrix[1][0], { text: "relay", cls: "relay" });
+      const w1Row = await text(page, "#workers tbody tr[data-id=w1]");
+      assert.match(w1Row, /203\.0\.113\.9:4001/);
+      assert.match(w1Row, /endpoint-independent/);
+      await waitFor(
+        async () =>
+          (await text(page, "#outcomes")).includes("endpoint-dependent/endpoint-independent"),
+        "path reports by NAT pair",
+        10_000,
+        50,
+      );
+
+      // One leaves.
+      await clients[2].close();
+      await waitFor(async () => (await text(page, "#count")) === "2", "w3 gone", 10_000, 50);
+      assert.ok(!(await text(page, "#workers")).includes("w3"));
+
+      // Only the page's own script and style ran: no CSP violation, no error.
+      // (The sign-in page's own 401 is logged as a failed load; that one is expected.)
+      assert.deepEqual(
+        browser.console.filter((l) => /Content Security Policy|exceptionDetails|Uncaught/i.test(l)),
+        [],
+      );
+      const csp = (await fetch(`${rv.http}/dashboard`, { headers: auth })).headers.get(
+        "content-security-policy",
+      )!;
+      assert.match(
+        csp,
+        /default-src 'none'; script-src 'sha256-[^']+'; style-src 'sha256-[^']+'; connect-src 'self'/,
+      );
+
+      const path = await artifact("dashboard.png", await page.screenshot());
+      console.log(`screenshot: ${path}`);
+    } finally {
+      await Promise.all(clients.map((c) => c.close().catch(() => {})));
+      await browser.close();
+      await rv.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "dashboard: 5,000 workers arrive in one snapshot, paged 100 at a time, and stay filterable",
+  ignore: skip !== undefined,
+  async fn() {
+    const registry = new MemoryRegistry();
+    for (let i = 0; i < 5000; i++) {
+      await registry.put(
+        {
+          worker_id: `bulk-${String(i).padStart(4, "0")}`,
+          session_id: `s${i}`,
+          observed_ip: `198.51.100.${i % 250}`,
+          observed_port: 40000 + i,
+          http_reported_public_ip: null,
+          connected_at: Date.now(),
+          udp_endpoint: null,
+          group: `g${i % 10}`,
+          peer_paths: {},
+          key: null,
+          key_fingerprint: null,
+          transport: null,
+        } satisfies WorkerRecord,
+      );
+    }
+    const rv = await startRendezvous({ registry });
+    const browser = await Browser.launch();
+    try {
+      const page = await browser.open(`${rv.http}/dashboard`);
+      const started = performance.now();
+      await waitFor(async () => (await text(page, "#count")) === "5000", "5,000 shown", 20_000, 50);
+      console.log(
+        `5,000 workers rendered ${Math.round(performance.now() - started)} ms after navigation`,
+      );
+      assert.equal(await text(page, "#page"), "page 1 of 50 (5000 shown)");
+      assert.equal(
+        await page.evaluate("document.querySelectorAll('#workers tbody tr').length"),
+        100,
+      );
+      await page.evaluate(
+        "document.querySelector('#filter').value = 'bulk-4999'; document.querySelector('#filter').dispatchEvent(new Event('input'))",
+      );
+      await waitFor(
+        async () => (await text(page, "#page")) === "page 1 of 1 (1 shown)",
+        "the filter",
+        10_000,
+        50,
+      );
+      // The matrix is for one group, and bounded.
+      assert.match(await text(page, "#matrix caption"), /first 30 of 500 workers/);
+    } finally {
+      await browser.close();
+      await rv.close();
+    }
+  },
+});

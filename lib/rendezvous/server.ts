@@ -626,11 +626,30 @@ export class Rendezvous {
   async #signIn(req: Request, url: URL): Promise<Response> {
     const token = this.#options.token;
     if (token === undefined) return Response.redirect(new URL("/dashboard", url), 303);
+    // The form is small: read at most 4 KiB of it, whatever the client claims.
     let given = "";
+    const reader = req.body?.getReader();
+    const chunks: Uint8Array[] = [];
+    let size = 0;
     try {
-      const text = await req.text();
-      if (text.length > 4096) throw new Error("too long");
-      given = new URLSearchParams(text).get("token") ?? "";
+      while (reader) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        size += value.length;
+        if (size > 4096) {
+          await reader.cancel();
+          return problem(413, "Cannot read a sign-in form larger than 4 KiB");
+        }
+        chunks.push(value);
+      }
+      const bytes = new Uint8Array(size);
+      let at = 0;
+      for (const chunk of chunks) {
+        bytes.set(chunk, at);
+        at += chunk.length;
+      }
+      const body = new TextDecoder().decode(bytes);
+      given = new URLSearchParams(body).get("token") ?? "";
     } catch {
       given = "";
     }

@@ -213,3 +213,41 @@ Deno.test({
     }
   },
 });
+
+Deno.test("dashboard sign-in: a wrong token gets the form again (401, counted), a huge form 413, events 401 without the cookie", async () => {
+  const rv = await startRendezvous({ token: "s3cret" });
+  try {
+    const post = (body: BodyInit) =>
+      fetch(`${rv.http}/dashboard/login`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        body,
+        redirect: "manual",
+      });
+    const wrong = await post("token=nope");
+    assert.equal(wrong.status, 401);
+    assert.match(await wrong.text(), /That is not the token/);
+    assert.equal(wrong.headers.get("set-cookie"), null);
+    assert.equal(rv.rendezvous.refused.sign_in, 1);
+    const huge = await post("token=" + "x".repeat(100_000));
+    assert.equal(huge.status, 413);
+    await huge.body?.cancel();
+    const events = await fetch(`${rv.http}/dashboard/events`);
+    assert.equal(events.status, 401);
+    await events.body?.cancel();
+    const forged = await fetch(`${rv.http}/dashboard/events`, {
+      headers: { cookie: `hp_dashboard=${Date.now() + 3600_000}.${"A".repeat(43)}` },
+    });
+    assert.equal(forged.status, 401, "a cookie not made with the token is refused");
+    await forged.body?.cancel();
+    const right = await post("token=s3cret");
+    assert.equal(right.status, 303);
+    const cookie = right.headers.get("set-cookie")!;
+    assert.match(cookie, /HttpOnly; SameSite=Strict/);
+    const page = await fetch(`${rv.http}/dashboard`, { headers: { cookie: cookie.split(";")[0] } });
+    assert.equal(page.status, 200);
+    await page.body?.cancel();
+  } finally {
+    await rv.close();
+  }
+});

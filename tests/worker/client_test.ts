@@ -265,11 +265,39 @@ Deno.test("RendezvousClient widens the backoff while the rendezvous is down and 
     await t.clock.tick(1000);
     t.last().receive({ type: "echo_response", original_payload: null });
   }
-  t.last().serverClose(1006);
+  // Closed on purpose (1008): the backoff, reset by the 10 s session. (Dropped
+  // abnormally instead, it would retry within the crash windows: see
+  // reconnect_policy_test.ts.)
+  t.last().serverClose(1008);
   await flush();
   assert.equal(delays().at(-1), 50, "a 10 s session reset the backoff");
   await t.clock.tick(50);
   t.last().open();
+  await stop(t);
+});
+
+Deno.test("RendezvousClient retries within the crash windows after a healthy session drops (a crashed rendezvous)", async () => {
+  const t = setup();
+  const delays = () =>
+    t.events.filter((e) => e.type === "reconnect_scheduled").map((e) =>
+      (e as { delay_ms: number }).delay_ms
+    );
+  await flush();
+  t.last().open();
+  for (let i = 0; i < 10; i++) {
+    await t.clock.tick(1000);
+    t.last().receive({ type: "echo_response", original_payload: null });
+  }
+  t.last().serverClose(1006);
+  await flush();
+  // Not at once (no herd), within the 1 s window; refused retries stay in it.
+  for (let i = 0; i < 3; i++) {
+    const wait = delays().at(-1)!;
+    assert.ok(wait > 0 && wait < 1000, `attempt ${i}: ${wait} ms`);
+    await t.clock.tick(wait);
+    t.last().serverClose(1006); // still down
+    await flush();
+  }
   await stop(t);
 });
 

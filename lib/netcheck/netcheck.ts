@@ -37,6 +37,8 @@ export interface NetcheckReport {
   hairpinning: boolean | null;
   /** The host's global IPv6 addresses (candidates for peers with IPv6). */
   ipv6: string[];
+  /** IPv6 UDP: the endpoint the first STUN server with an IPv6 address saw; null when none answered over IPv6. */
+  ipv6_udp: string | null;
   /** Round trips of WebSocket echoes to the rendezvous; null when none was given. */
   rendezvous: { url: string; rtt_ms: number[]; median_ms: number | null; error?: string } | null;
   /** Whether a direct path to a typical peer is likely, and with whom. */
@@ -130,6 +132,7 @@ export async function runNetcheck(options: NetcheckOptions): Promise<NetcheckRep
       answered,
     );
     const hairpinning = mapping === "no-nat" || !first ? null : await testHairpin(udp, first);
+    const ipv6Udp = await testIpv6(options.stunServers);
     const ipv6 = interfaces.filter((i) => i.family === "IPv6")
       .map((i) => normalizeIp(i.address))
       .filter((ip): ip is string =>
@@ -149,6 +152,7 @@ export async function runNetcheck(options: NetcheckOptions): Promise<NetcheckRep
       filtering_server: filteringServer,
       hairpinning,
       ipv6,
+      ipv6_udp: ipv6Udp,
       rendezvous: await rendezvous,
       direct: directVerdict(mapping, filtering, ipv6.length > 0),
     };
@@ -181,6 +185,28 @@ async function testFiltering(
     ? "address-dependent"
     : "address-and-port-dependent";
   return { filtering, server: servers[index] };
+}
+
+/** A Binding over an IPv6 socket to every server that has an IPv6 address; the first answer. */
+async function testIpv6(servers: readonly string[]): Promise<string | null> {
+  let udp: UdpEndpoint;
+  try {
+    udp = UdpEndpoint.bind({ hostname: "::", port: 0 });
+  } catch {
+    return null; // no IPv6 here at all
+  }
+  const stun = new StunClient((bytes, to) => udp.send(bytes, to), { ...SCHEDULE, family: 6 });
+  udp.onStun = (bytes, from) => void stun.handle(bytes, from);
+  try {
+    const answers = await Promise.all(
+      servers.map((server) =>
+        stun.binding(server).then((r) => formatAddress(r.mapped), () => null)
+      ),
+    );
+    return answers.find((a) => a !== null) ?? null;
+  } finally {
+    await udp.close();
+  }
 }
 
 /** A datagram from a second socket to our own public endpoint: does the NAT loop it back? */
@@ -278,6 +304,7 @@ export function formatReport(r: NetcheckReport): string {
   );
   row("Hairpinning", r.hairpinning === null ? "not tested" : r.hairpinning ? "yes" : "no");
   row("IPv6", r.ipv6.length ? r.ipv6.join(", ") : "no global address");
+  row("IPv6 UDP", r.ipv6_udp ? `yes, seen as ${r.ipv6_udp}` : "no STUN server answered over IPv6");
   if (r.rendezvous) {
     row(
       "Rendezvous",

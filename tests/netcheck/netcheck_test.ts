@@ -72,6 +72,24 @@ Deno.test("netcheck with our STUN servers (RFC 5780 on 127.0.0.1 and 127.0.0.2) 
   }
 });
 
+Deno.test("netcheck sees IPv6 UDP through a STUN server with an IPv6 address", async () => {
+  let server: StunServer;
+  try {
+    server = StunServer.listen({ hostname: "::1", port: 0 });
+  } catch (error) {
+    console.log(`IPv6 loopback unavailable here: ${(error as Error).message}`);
+    return;
+  }
+  try {
+    const report = await runNetcheck({ stunServers: [`[::1]:${server.addresses[0].port}`] });
+    assert.equal(report.udp, false, "no IPv4 answer from an IPv6-only server");
+    assert.match(report.ipv6_udp ?? "", /^\[::1\]:\d+$/);
+    assert.match(formatReport(report), /IPv6 UDP\s+yes, seen as \[::1\]/);
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("netcheck where nothing answers: no UDP, relay only, and a refused rendezvous said plainly", async () => {
   const rv = await startRendezvous({ token: "s3cret" });
   try {

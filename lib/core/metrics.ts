@@ -141,16 +141,7 @@ export class Metrics {
 
   /** A gauge read when rendered: one value, or a value per label set. */
   gauge(name: string, help: string, read: () => number | [Labels, number][]): void {
-    this.#add({
-      name,
-      help,
-      type: "gauge",
-      render: (out) => {
-        const value = read();
-        const samples: [Labels, number][] = typeof value === "number" ? [[{}, value]] : value;
-        for (const [labels, v] of samples) out.push(`${name}${labelText(labels)} ${number(v)}`);
-      },
-    });
+    this.#read(name, help, "gauge", read);
   }
 
   /**
@@ -158,10 +149,19 @@ export class Metrics {
    * object keeps): one value, or a value per label set.
    */
   counterFrom(name: string, help: string, read: () => number | [Labels, number][]): void {
+    this.#read(name, help, "counter", read);
+  }
+
+  #read(
+    name: string,
+    help: string,
+    type: "gauge" | "counter",
+    read: () => number | [Labels, number][],
+  ): void {
     this.#add({
       name,
       help,
-      type: "counter",
+      type,
       render: (out) => {
         const value = read();
         const samples: [Labels, number][] = typeof value === "number" ? [[{}, value]] : value;

@@ -307,6 +307,11 @@ export class Redis {
     return this.#commands !== undefined && this.#subscriber !== undefined;
   }
 
+  /** Commands sent and not answered yet (0 while Redis is away). */
+  get inFlight(): number {
+    return this.#commands?.inFlight ?? 0;
+  }
+
   /** Starts connecting (and reconnecting until `close`). */
   start(): void {
     this.#running ??= this.#run();
@@ -398,7 +403,9 @@ export class Redis {
       const ended = await Promise.race([
         pair[0].closed,
         pair[1].closed,
+        // Both: a subscriber that went silent would lose messages unseen.
         this.#watch(pair[0], signal),
+        this.#watch(pair[1], signal),
       ]);
       this.#commands = this.#subscriber = undefined;
       pair.forEach((c) => c.close());

@@ -189,6 +189,12 @@ return 1`;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
+/**
+ * Relayed packets Redis may owe replies for before more are dropped: about
+ * 10 MB of 1,200-byte packets, a few hundred milliseconds at the rates
+ * measured (bench:fleet), bounding what a flood can queue on the sender.
+ */
+const MAX_PUBLISHES_IN_FLIGHT = 8192;
 
 function randomId(): string {
   return [...crypto.getRandomValues(new Uint8Array(6))]
@@ -455,7 +461,8 @@ export class Fleet {
 
   /** Sends a relay frame to a worker on `instance`; false when Redis is away (dropped). */
   sendBinary(instance: string, workerId: string, group: string, bytes: Uint8Array): boolean {
-    if (!this.#redis.up) return false;
+    // Redis that falls behind a flood sheds packets here, not memory.
+    if (!this.#redis.up || this.#redis.inFlight >= MAX_PUBLISHES_IN_FLIGHT) return false;
     this.#soft(() => this.#send(instance, Kind.Binary, workerId, group, bytes));
     return true;
   }

@@ -243,7 +243,7 @@ Deno.test({
       const direct = await workerA.waitForLog(
         "peer path direct",
         () => true,
-        LINK_TIMING.upgradeRetryMs + 15_000,
+        LINK_TIMING.upgradeRetryMs + 30_000, // the re-introduction, with room for a loaded machine
         workerA.lines.indexOf(opened),
       );
       await moving();
@@ -261,7 +261,7 @@ Deno.test({
       await workerA.waitForLog(
         "peer path direct",
         () => true,
-        LINK_TIMING.upgradeRetryMs + 15_000,
+        LINK_TIMING.upgradeRetryMs + 30_000, // the re-introduction, with room for a loaded machine
         workerA.lines.indexOf(lost) + 1,
       );
       await moving();

@@ -42,7 +42,7 @@ import {
 } from "../protocol/identity.ts";
 import { PeerDirectory, type PeerSession } from "./peers.ts";
 import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
-import { type Fleet, FleetRegistry } from "./fleet.ts";
+import { type Fleet, FleetRegistry, type RemoteWorker } from "./fleet.ts";
 
 /** Lifecycle of a {@linkcode Rendezvous}. */
 export type RendezvousState = "starting" | "running" | "closing" | "closed";
@@ -656,8 +656,7 @@ export class Rendezvous {
     const pages = await dashboardPages();
     if (!constantTimeEqual(given, token)) {
       // Counted and logged like any refusal (at most once a second), answered with the form.
-      await this.#refuse("sign_in", 401, "Wrong token", 1, { path: "/dashboard/login" }).body
-        ?.cancel();
+      this.#noteRefusal("sign_in", 401, { path: "/dashboard/login" });
       return new Response(pages.signIn("That is not the token."), {
         status: 401,
         headers: {
@@ -715,12 +714,25 @@ export class Rendezvous {
     this.#dashboardTimer = this.#clock.setTimeout(tick, 0);
   }
 
-  /** A worker registered on another instance, as a peer session that sends through the fleet. */
+  /**
+   * A worker registered on another instance, as a peer session that sends
+   * through the fleet. Made once per remote record (relayed packets look it
+   * up one by one); a changed record is a new object, so the cache follows.
+   */
   #remotePeer(workerId: string): PeerSession | undefined {
     const fleet = this.#fleet;
     const worker = fleet?.remote(workerId);
     if (!fleet || !worker) return undefined;
+    let peer = this.#remotePeers.get(worker);
+    if (!peer) this.#remotePeers.set(worker, peer = this.#makeRemotePeer(fleet, worker));
+    return peer;
+  }
+
+  #remotePeers = new WeakMap<RemoteWorker, PeerSession>();
+
+  #makeRemotePeer(fleet: Fleet, worker: RemoteWorker): PeerSession {
     const { instance, record } = worker;
+    const workerId = record.worker_id;
     return {
       workerId,
       group: record.group,
@@ -1025,10 +1037,7 @@ export class Rendezvous {
     return response;
   }
 
-  /**
-   * A refused connection attempt: counted, logged at most once a second per
-   * kind (with how many went unlogged), answered with `Retry-After`.
-   */
+  /** A refused connection attempt: noted (below), answered with `Retry-After`. */
   #refuse(
     kind: keyof Rendezvous["refused"],
     status: number,
@@ -1036,6 +1045,16 @@ export class Rendezvous {
     retryAfterSec: number,
     fields: Record<string, unknown>,
   ): Response {
+    this.#noteRefusal(kind, status, fields);
+    return problem(status, message, { "retry-after": String(retryAfterSec) });
+  }
+
+  /** Counts a refusal and logs it at most once a second per kind, with how many went unlogged. */
+  #noteRefusal(
+    kind: keyof Rendezvous["refused"],
+    status: number,
+    fields: Record<string, unknown>,
+  ): void {
     this.refused[kind]++;
     const now = this.#clock.now();
     const last = this.#refusalLoggedAt.get(kind);
@@ -1049,7 +1068,6 @@ export class Rendezvous {
     } else {
       last.suppressed++;
     }
-    return problem(status, message, { "retry-after": String(retryAfterSec) });
   }
 
   #enqueue(session: Session, work: () => Promise<void>): void {
@@ -1317,8 +1335,7 @@ export class Rendezvous {
           updated_at: new Date(this.#clock.now()).toISOString(),
         };
         await this.registry.update(session.workerId, session.id, { peer_paths: paths });
-        const updated = await this.registry.get(session.workerId);
-        if (updated) this.#dashboard.worker(updated);
+        this.#dashboard.worker({ ...record, peer_paths: paths });
         const peer = await this.registry.get(message.peer_id);
         const natPair = [record, peer].map((r) => r?.udp_endpoint?.nat_mapping ?? "unknown").sort()
           .join("/");

@@ -3,20 +3,11 @@
  * from the test itself (a WebSocket; no npm package).
  */
 
-import { Proc, within } from "./_helpers.ts";
+import { Proc, toolMissing, within } from "./_helpers.ts";
 
 /** Why chromium cannot run here, or undefined. */
-export async function chromiumUnavailable(): Promise<string | undefined> {
-  try {
-    const { success } = await new Deno.Command("chromium", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return success ? undefined : "chromium does not run";
-  } catch {
-    return "chromium is not installed (Debian: apt-get install chromium)";
-  }
+export function chromiumUnavailable(): Promise<string | undefined> {
+  return toolMissing("chromium", ["--version"], "chromium");
 }
 
 type Message = {

@@ -5,20 +5,12 @@
  * rotation while `/ready` fails).
  */
 
-import { Proc, spawnRendezvous, waitFor } from "./_helpers.ts";
+import { Proc, spawnRendezvous, toolMissing, waitFor } from "./_helpers.ts";
 import { freeTcpPort, RedisServer, redisUnavailable } from "./_redis.ts";
 
 /** Why a fleet cannot run here, or undefined. */
 export async function fleetUnavailable(): Promise<string | undefined> {
-  const redis = await redisUnavailable();
-  if (redis) return redis;
-  try {
-    const { success } = await new Deno.Command("haproxy", { args: ["-v"], stdout: "null" })
-      .output();
-    return success ? undefined : "haproxy does not run";
-  } catch {
-    return "haproxy is not installed (Debian: apt-get install haproxy)";
-  }
+  return await redisUnavailable() ?? await toolMissing("haproxy", ["-v"], "haproxy");
 }
 
 export interface FleetInstance {

@@ -159,6 +159,35 @@ export async function listWorkers(
   return await response.json();
 }
 
+/**
+ * Why `command args` cannot run here — not installed, or failing — naming
+ * the Debian package to install; undefined when it runs.
+ */
+export async function toolMissing(
+  command: string,
+  args: string[],
+  debianPackage: string,
+): Promise<string | undefined> {
+  try {
+    const { success } = await new Deno.Command(command, { args, stdout: "null", stderr: "null" })
+      .output();
+    return success ? undefined : `${command} does not run`;
+  } catch {
+    return `${command} is not installed (Debian: apt-get install ${debianPackage})`;
+  }
+}
+
+/**
+ * For a test file that needs something (`why` says what is missing): under
+ * `HOLEPUNCH_REQUIRE_ALL` (CI) a missing piece fails the file; elsewhere the
+ * tests are skipped with the reason printed. Returns `why`, for `ignore`.
+ */
+export function requireOrSkip(why: string | undefined, what: string): string | undefined {
+  if (why && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) throw new Error(`${what} cannot run: ${why}`);
+  if (why) console.log(`${what} skipped: ${why}`);
+  return why;
+}
+
 /** One structured log line from a subprocess. */
 export type LogLine = Record<string, unknown> & { message: string; severity: string };
 

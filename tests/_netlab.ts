@@ -25,6 +25,7 @@
  */
 
 import { DENO, Proc } from "./_helpers.ts";
+import { redisServerArgs } from "./_redis.ts";
 
 /** NAT behaviours the lab can build. */
 export type NatKind =
@@ -407,14 +408,7 @@ export class NetLab {
         "exec",
         this.pub,
         "redis-server",
-        "--port",
-        "6379",
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
+        ...redisServerArgs(6379),
       ], {});
       this.#procs.push(redis);
       await redis.waitForStdout(/Ready to accept connections/, 10_000);

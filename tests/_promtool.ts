@@ -3,18 +3,11 @@
  * package), for the tests of `/metrics`.
  */
 
+import { toolMissing } from "./_helpers.ts";
+
 /** Why promtool cannot run here, or undefined. */
-export async function promtoolUnavailable(): Promise<string | undefined> {
-  try {
-    const { success } = await new Deno.Command("promtool", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return success ? undefined : "promtool does not run";
-  } catch {
-    return "promtool is not installed (Debian: apt-get install prometheus)";
-  }
+export function promtoolUnavailable(): Promise<string | undefined> {
+  return toolMissing("promtool", ["--version"], "prometheus");
 }
 
 /** `promtool check metrics` on `text`: its complaints, empty when clean. */

@@ -6,24 +6,17 @@
  */
 
 import { parseRedisUrl, RedisConnection } from "../lib/redis/client.ts";
-import { Proc } from "./_helpers.ts";
+import { Proc, toolMissing } from "./_helpers.ts";
 
 /** Why redis-server cannot run here, or undefined when it can. */
 export async function redisUnavailable(): Promise<string | undefined> {
-  for (const [tool, args] of [["redis-server", ["--version"]], ["openssl", ["version"]]] as const) {
-    try {
-      const { success } = await new Deno.Command(tool, {
-        args: [...args],
-        stdout: "null",
-        stderr: "null",
-      })
-        .output();
-      if (!success) return `${tool} does not run`;
-    } catch {
-      return `${tool} is not installed (Debian: apt-get install redis-server openssl)`;
-    }
-  }
-  return undefined;
+  return await toolMissing("redis-server", ["--version"], "redis-server") ??
+    await toolMissing("openssl", ["version"], "openssl");
+}
+
+/** A redis-server on 127.0.0.1:`port` that keeps nothing on disk (restarts come back empty). */
+export function redisServerArgs(port: number): string[] {
+  return ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"];
 }
 
 /** A TCP port free on 127.0.0.1 right now. */
@@ -115,12 +108,8 @@ export class RedisServer {
   async restart(): Promise<void> {
     const o = this.#options;
     const args = [
-      "--bind",
-      "127.0.0.1",
-      "--save",
-      "",
-      "--appendonly",
-      "no",
+      // TLS only: the plain port closed, the TLS one on `port`.
+      ...redisServerArgs(o.tls ? 0 : this.port),
       "--dir",
       this.#dir,
       "--loglevel",
@@ -128,8 +117,6 @@ export class RedisServer {
       ...(o.password ? ["--requirepass", o.password] : []),
       ...(o.tls
         ? [
-          "--port",
-          "0",
           "--tls-port",
           String(this.port),
           "--tls-cert-file",
@@ -139,7 +126,7 @@ export class RedisServer {
           "--tls-auth-clients",
           "no",
         ]
-        : ["--port", String(this.port)]),
+        : []),
     ];
     const proc = new Proc("redis-server", args, {});
     this.#proc = proc;

@@ -7,21 +7,21 @@
 import assert from "node:assert/strict";
 import { directVerdict, formatReport, runNetcheck } from "../../lib/netcheck/netcheck.ts";
 import { StunServer } from "../../lib/stun/server.ts";
-import { listWorkers, Proc, startRendezvous, waitFor, within } from "../_helpers.ts";
+import {
+  listWorkers,
+  Proc,
+  requireOrSkip,
+  startRendezvous,
+  toolMissing,
+  waitFor,
+  within,
+} from "../_helpers.ts";
 import { freeTurnPort, turnserverArgs } from "../_coturn.ts";
 
-const coturn = await new Deno.Command("turnserver", {
-  args: ["--help"],
-  stdout: "null",
-  stderr: "null",
-})
-  .output().then(() => true, () => false);
-if (!coturn && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
-  throw new Error("netcheck tests: coturn is not installed");
-}
-if (!coturn) {
-  console.log("netcheck against coturn skipped: coturn is not installed (apt-get install coturn)");
-}
+const noCoturn = requireOrSkip(
+  await toolMissing("turnserver", ["-h"], "coturn"),
+  "netcheck against coturn",
+);
 
 Deno.test("netcheck with our STUN servers (RFC 5780 on 127.0.0.1 and 127.0.0.2) and a rendezvous", async () => {
   const rfc5780 = StunServer.listen({
@@ -111,7 +111,7 @@ Deno.test("netcheck where nothing answers: no UDP, relay only, and a refused ren
 
 Deno.test({
   name: "netcheck against coturn's turnserver",
-  ignore: !coturn,
+  ignore: noCoturn !== undefined,
   async fn() {
     for (let attempt = 0; attempt < 3; attempt++) {
       const port = freeTurnPort();
@@ -141,11 +141,8 @@ Deno.test("deno task netcheck --json prints the report as JSON", async () => {
   const server = StunServer.listen({ hostname: "127.0.0.1", port: 0 });
   try {
     const proc = Proc.deno([
-      "run",
-      "--allow-net",
-      "--allow-env",
-      "--allow-sys=networkInterfaces",
-      "lib/netcheck/main.ts",
+      "task",
+      "netcheck",
       "--json",
       "--stun",
       `127.0.0.1:${server.addresses[0].port}`,

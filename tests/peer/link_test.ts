@@ -27,6 +27,7 @@ import type {
   UdpAddress,
 } from "../../lib/protocol/messages.ts";
 import { FakeClock } from "../_fake_clock.ts";
+import { LinkSim } from "../_link_sim.ts";
 
 const A: UdpAddress = { ip: "203.0.113.1", port: 1000 };
 const B: UdpAddress = { ip: "203.0.113.2", port: 2000 };
@@ -45,14 +46,12 @@ interface Side {
   closed: number[];
 }
 
-class Net {
-  clock = new FakeClock(0);
-  udpUp = true;
-  pending: Promise<unknown>[] = [];
+class Net extends LinkSim {
   a: Side;
   b: Side;
 
   constructor(opening: { a?: boolean; b?: boolean } = {}) {
+    super();
     this.a = this.#side("b", A, opening.a ?? false);
     this.b = this.#side("a", B, opening.b ?? false);
   }
@@ -104,24 +103,6 @@ class Net {
       trace: (event) => side.events.push(event),
     });
     return side;
-  }
-
-  /** Lets every pending delivery (and the sends it causes) finish. */
-  async settle(): Promise<void> {
-    for (let idle = 0; idle < 3;) {
-      const batch = this.pending.splice(0);
-      await Promise.all(batch);
-      // WebCrypto resolves off the microtask queue: give it a turn.
-      await new Promise((r) => setTimeout(r, 0));
-      idle = batch.length === 0 && this.pending.length === 0 ? idle + 1 : 0;
-    }
-  }
-
-  async tick(ms: number, step = 10): Promise<void> {
-    for (let t = 0; t < ms; t += step) {
-      await this.clock.tick(Math.min(step, ms - t));
-      await this.settle();
-    }
   }
 
   async punch(

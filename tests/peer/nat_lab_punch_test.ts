@@ -170,11 +170,8 @@ Deno.test({
       await lab.startServices();
       const check = async (ns: string) => {
         const proc = lab.deno(ns, [
-          "run",
-          "--allow-net",
-          "--allow-env",
-          "--allow-sys=networkInterfaces",
-          "lib/netcheck/main.ts",
+          "task",
+          "netcheck",
           "--json",
           "--stun",
           `${PUBLIC_IP}:3478,${PUBLIC_IP}:3479`,

@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { importSessionKey, sealFrame, toBase64 } from "../../lib/peer/frame.ts";
 import { LINK_TIMING, type LinkEvent, PeerLink } from "../../lib/peer/link.ts";
 import type { Candidate, PunchMessage, UdpAddress } from "../../lib/protocol/messages.ts";
-import { FakeClock } from "../_fake_clock.ts";
+import { LinkSim } from "../_link_sim.ts";
 
 const KEY = toBase64(crypto.getRandomValues(new Uint8Array(32)));
 const SESSION = "00000000000000c3";
@@ -35,17 +35,14 @@ interface Side {
   relayed: Uint8Array[];
 }
 
-class NatNet {
-  clock = new FakeClock(0);
-  pending: Promise<unknown>[] = [];
+class NatNet extends LinkSim {
   /** Opening packets in the order they left: side and socket. */
   openings: { side: "a" | "b"; via: number }[] = [];
-  /** Drop every UDP packet (a path no round can punch). */
-  udpUp = true;
   a: Side;
   b: Side;
 
   constructor(options: { rerolls?: { a?: boolean; b?: boolean } } = {}) {
+    super();
     this.a = this.#side("a", "198.51.100.1", options.rerolls?.a ?? true);
     this.b = this.#side("b", "198.51.100.2", options.rerolls?.b ?? true);
   }
@@ -122,20 +119,8 @@ class NatNet {
     return side;
   }
 
-  async settle(): Promise<void> {
-    for (let idle = 0; idle < 3;) {
-      const batch = this.pending.splice(0);
-      await Promise.all(batch);
-      await new Promise((r) => setTimeout(r, 0));
-      idle = batch.length === 0 && this.pending.length === 0 ? idle + 1 : 0;
-    }
-  }
-
-  async tick(ms: number, step = 50): Promise<void> {
-    for (let t = 0; t < ms; t += step) {
-      await this.clock.tick(Math.min(step, ms - t));
-      await this.settle();
-    }
+  override tick(ms: number, step = 50): Promise<void> {
+    return super.tick(ms, step);
   }
 
   /**

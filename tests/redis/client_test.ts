@@ -16,14 +16,10 @@ import {
 } from "../../lib/redis/client.ts";
 import { encodeCommand, RespParser, RespProtocolError } from "../../lib/redis/resp.ts";
 import { RedisServer, redisUnavailable } from "../_redis.ts";
-import { within } from "../_helpers.ts";
+import { requireOrSkip, within } from "../_helpers.ts";
 
 const enc = new TextEncoder();
-const skip = await redisUnavailable();
-if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
-  throw new Error(`Redis tests cannot run: ${skip}`);
-}
-if (skip) console.log(`Redis tests skipped: ${skip}`);
+const skip = requireOrSkip(await redisUnavailable(), "Redis tests");
 
 Deno.test("RESP: commands encode as arrays of bulk strings, bytes kept as they are", () => {
   const bytes = encodeCommand(["SET", "k", Uint8Array.of(0, 13, 10, 255), 42]);

@@ -9,14 +9,10 @@
 
 import assert from "node:assert/strict";
 import { MemoryRegistry, type WorkerRecord } from "../../lib/rendezvous/registry.ts";
-import { startRendezvous, TestClient, waitFor } from "../_helpers.ts";
+import { requireOrSkip, startRendezvous, TestClient, waitFor } from "../_helpers.ts";
 import { Browser, chromiumUnavailable, type Page } from "../_chromium.ts";
 
-const skip = await chromiumUnavailable();
-if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
-  throw new Error(`dashboard tests cannot run: ${skip}`);
-}
-if (skip) console.log(`dashboard tests skipped: ${skip}`);
+const skip = requireOrSkip(await chromiumUnavailable(), "dashboard tests");
 
 /** Where screenshots go (HOLEPUNCH_ARTIFACTS, else a temporary directory). */
 async function artifact(name: string, bytes: Uint8Array): Promise<string> {

@@ -10,14 +10,17 @@ import assert from "node:assert/strict";
 import { CloseCode } from "../../lib/protocol/close_codes.ts";
 import { Identity } from "../../lib/protocol/identity.ts";
 import { encodeRelayFrame, parseRelayFrame } from "../../lib/protocol/relay_frame.ts";
-import { listWorkers, spawnWorker, TestClient, waitFor, within } from "../_helpers.ts";
+import {
+  listWorkers,
+  requireOrSkip,
+  spawnWorker,
+  TestClient,
+  waitFor,
+  within,
+} from "../_helpers.ts";
 import { fleetUnavailable, TestFleet } from "../_fleet.ts";
 
-const skip = await fleetUnavailable();
-if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
-  throw new Error(`fleet tests cannot run: ${skip}`);
-}
-if (skip) console.log(`fleet tests skipped: ${skip}`);
+const skip = requireOrSkip(await fleetUnavailable(), "fleet tests");
 
 type Message = Record<string, unknown>;
 

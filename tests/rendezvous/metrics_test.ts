@@ -6,14 +6,10 @@
 
 import assert from "node:assert/strict";
 import { Metrics } from "../../lib/core/metrics.ts";
-import { startRendezvous, TestClient, waitFor } from "../_helpers.ts";
+import { requireOrSkip, startRendezvous, TestClient, waitFor } from "../_helpers.ts";
 import { promtoolCheck as promtool, promtoolUnavailable, sample } from "../_promtool.ts";
 
-const skip = await promtoolUnavailable();
-if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
-  throw new Error(`metrics tests cannot run: ${skip}`);
-}
-if (skip) console.log(`promtool checks skipped: ${skip}`);
+const skip = requireOrSkip(await promtoolUnavailable(), "promtool checks");
 
 Deno.test("Metrics renders counters, gauges and histograms in the text format, labels escaped", async () => {
   const m = new Metrics();

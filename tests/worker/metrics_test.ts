@@ -7,14 +7,10 @@ import assert from "node:assert/strict";
 import { loadWorkerConfig } from "../../lib/worker/config.ts";
 import { startWorker, type Worker } from "../../lib/worker/worker.ts";
 import type { PeerConnection } from "../../lib/peer/connection.ts";
-import { startRendezvous, type TestRendezvous } from "../_helpers.ts";
+import { requireOrSkip, startRendezvous, type TestRendezvous } from "../_helpers.ts";
 import { promtoolCheck, promtoolUnavailable, sample } from "../_promtool.ts";
 
-const skip = await promtoolUnavailable();
-if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
-  throw new Error(`worker metrics test cannot run: ${skip}`);
-}
-if (skip) console.log(`promtool checks skipped: ${skip}`);
+const skip = requireOrSkip(await promtoolUnavailable(), "promtool checks");
 
 function worker(rv: TestRendezvous, id: string, onConnection?: (c: PeerConnection) => void) {
   return startWorker(

@@ -32,3 +32,29 @@ export function machineState(started = new Date()) {
     deno: Deno.version.deno,
   };
 }
+
+/** The `p` quantile (0–1) of `xs`, nearest rank; NaN for none. */
+export function percentile(xs: number[], p: number): number {
+  const s = xs.slice().sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : NaN;
+}
+
+/** One line of a benchmark's results, against its target where it has one. */
+export interface BenchRow {
+  scenario?: string;
+  metric: string;
+  value: number | string;
+  target?: string;
+  met?: boolean;
+}
+
+/** Keeps `row` in `rows` and prints it at once (stderr), ✓/✗ against its target. */
+export function recordRow(rows: BenchRow[], row: BenchRow): void {
+  rows.push(row);
+  const mark = row.met === undefined ? "" : row.met ? "  ✓" : "  ✗";
+  console.error(
+    `${row.scenario ? `${row.scenario}: ` : ""}${row.metric} = ${row.value}${
+      row.target ? ` (target ${row.target})` : ""
+    }${mark}`,
+  );
+}

@@ -19,7 +19,7 @@
  * @module
  */
 
-import { machineState, numberFlag } from "./_common.ts";
+import { type BenchRow, machineState, numberFlag, percentile, recordRow } from "./_common.ts";
 import { LoadGen } from "./_loadgens.ts";
 import { fleetUnavailable, TestFleet } from "../tests/_fleet.ts";
 import { parseRedisUrl, RedisConnection, text } from "../lib/redis/client.ts";
@@ -38,24 +38,9 @@ if (why) {
   Deno.exit(1);
 }
 
-interface Row {
-  metric: string;
-  value: number | string;
-  target?: string;
-  met?: boolean;
-}
-const rows: Row[] = [];
-const record = (row: Row) => {
-  rows.push(row);
-  const mark = row.met === undefined ? "" : row.met ? "  ✓" : "  ✗";
-  console.error(
-    `${row.metric} = ${row.value}${row.target ? ` (target ${row.target})` : ""}${mark}`,
-  );
-};
-const pct = (xs: number[], p: number) => {
-  const s = xs.slice().sort((a, b) => a - b);
-  return s.length ? Number(s[Math.min(s.length - 1, Math.floor(p * s.length))].toFixed(1)) : NaN;
-};
+const rows: BenchRow[] = [];
+const record = (row: BenchRow) => recordRow(rows, row);
+const pct = (xs: number[], p: number) => Number(percentile(xs, p).toFixed(1));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function until(check: () => Promise<boolean>, timeoutMs: number): Promise<number> {
   const start = performance.now();

@@ -24,7 +24,7 @@
  * @module
  */
 
-import { numberFlag } from "./_common.ts";
+import { type BenchRow, numberFlag, percentile, recordRow } from "./_common.ts";
 import { LoadGen } from "./_loadgens.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -44,29 +44,12 @@ const LOADGENS = quick ? 2 : Number(flag("--loadgens", 4));
 const REGISTRATION_RATE = 2000;
 const ADDRESSES = 4;
 
-interface Row {
-  scenario: string;
-  metric: string;
-  value: number | string;
-  target?: string;
-  met?: boolean;
-}
+type Row = BenchRow & { scenario: string };
 const rows: Row[] = [];
-const record = (row: Row) => {
-  rows.push(row);
-  const mark = row.met === undefined ? "" : row.met ? "  ✓" : "  ✗";
-  console.error(
-    `${row.scenario}: ${row.metric} = ${row.value}${
-      row.target ? ` (target ${row.target})` : ""
-    }${mark}`,
-  );
-};
+const record = (row: Row) => recordRow(rows, row);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const pct = (xs: number[], p: number) => {
-  const s = xs.slice().sort((a, b) => a - b);
-  return s.length ? Number(s[Math.min(s.length - 1, Math.floor(p * s.length))].toFixed(2)) : NaN;
-};
+const pct = (xs: number[], p: number) => Number(percentile(xs, p).toFixed(2));
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -489,38 +472,35 @@ if (run("relay")) {
   await stop(server);
 }
 
-// ---- STUN ------------------------------------------------------------------------
+// ---- benchmarks of their own: STUN, and the fleet over Redis -------------------------
 
-if (!quick && run("stun")) {
+/** Runs `deno task <task>`, prints its table, and records where the figures are. */
+async function subBench(task: string, scenario: string, metric: string, file: string) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "bench:stun"],
+    args: ["task", task],
     cwd: ROOT.pathname,
     stdout: "piped",
     stderr: "inherit",
   }).output();
   console.error(new TextDecoder().decode(out.stdout));
-  record({
-    scenario: "stun",
-    metric: "see table above (ours next to coturn)",
-    value: "bench/stun_bench.ts",
-  });
+  record({ scenario, metric, value: file });
 }
 
-// ---- fleet over Redis ---------------------------------------------------------------
-
+if (!quick && run("stun")) {
+  await subBench(
+    "bench:stun",
+    "stun",
+    "see table above (ours next to coturn)",
+    "bench/stun_bench.ts",
+  );
+}
 if (!quick && run("redis")) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "bench:fleet"],
-    cwd: ROOT.pathname,
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  console.error(new TextDecoder().decode(out.stdout));
-  record({
-    scenario: "redis fleet",
-    metric: "see table above (4 instances, redis, haproxy)",
-    value: "bench/fleet_bench.ts",
-  });
+  await subBench(
+    "bench:fleet",
+    "redis fleet",
+    "see table above (4 instances, redis, haproxy)",
+    "bench/fleet_bench.ts",
+  );
 }
 
 // ---- report ----------------------------------------------------------------------

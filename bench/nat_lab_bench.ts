@@ -13,13 +13,12 @@
  * @module
  */
 
+import { numberFlag, percentile, stringFlag } from "./_common.ts";
 import { netlabUnavailable } from "../tests/_netlab.ts";
 import { LAB_WORKERS, type RouterKind, runPunchLab } from "../tests/_punch_lab.ts";
 
-const runsFlag = Deno.args.indexOf("--runs");
-const runs = runsFlag >= 0 ? Number(Deno.args[runsFlag + 1]) : 5;
-const routersFlag = Deno.args.indexOf("--routers");
-const routerArg = routersFlag >= 0 ? Deno.args[routersFlag + 1] : "both";
+const runs = numberFlag("--runs", 5);
+const routerArg = stringFlag("--routers", "both");
 const kinds: RouterKind[] = routerArg === "both"
   ? ["filtering", "non-filtering"]
   : [routerArg as RouterKind];
@@ -56,10 +55,7 @@ const misses = new Map<string, { segment: number; elsewhere: string[] }>();
 /** Time to direct of EIM ↔ EDM pairs (birthday) without a worker of the shared segment. */
 const edmPairMs = new Map<string, number[]>();
 const onSegment = (id: string) => id === "eim-2" || id === "eim-3";
-const pct = (p: number, xs: number[]) => {
-  const s = xs.slice().sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] : NaN;
-};
+const pct = (p: number, xs: number[]) => percentile(xs, p / 100);
 
 for (const routers of kinds) {
   for (let run = 1; run <= runs; run++) {

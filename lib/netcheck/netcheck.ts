@@ -11,7 +11,7 @@
 import type { NatMapping } from "../protocol/messages.ts";
 import { UdpEndpoint } from "../peer/udp_endpoint.ts";
 import { type BindingResult, formatAddress, StunClient } from "../stun/client.ts";
-import { classifyMapping, hostInterfaces } from "../stun/discovery.ts";
+import { classifyMapping, DISCOVERY_SCHEDULE, hostInterfaces } from "../stun/discovery.ts";
 import { normalizeIp } from "../protocol/ip.ts";
 
 /** RFC 4787 filtering, as RFC 5780 §4.4 tells it. */
@@ -59,8 +59,6 @@ export interface NetcheckOptions {
   hostname?: string;
 }
 
-const SCHEDULE = { rtoMs: 250, maxSends: 4, finalWaitFactor: 4 } as const;
-
 /**
  * The verdict on direct paths from the NAT's behaviour (the strategies of
  * the peer layer; see README, Punching).
@@ -103,7 +101,7 @@ export function directVerdict(
 /** Runs every check; never throws for what the network does. */
 export async function runNetcheck(options: NetcheckOptions): Promise<NetcheckReport> {
   const udp = UdpEndpoint.bind({ hostname: options.hostname ?? "0.0.0.0", port: 0 });
-  const stun = new StunClient((bytes, to) => udp.send(bytes, to), SCHEDULE);
+  const stun = new StunClient((bytes, to) => udp.send(bytes, to), DISCOVERY_SCHEDULE);
   udp.onStun = (bytes, from) => void stun.handle(bytes, from);
   const rendezvous = options.rendezvousUrl
     ? rendezvousRoundTrips(options.rendezvousUrl, options.token, options.echoes ?? 5)
@@ -123,7 +121,6 @@ export async function runNetcheck(options: NetcheckOptions): Promise<NetcheckRep
     const ownIps = new Set(
       interfaces.map((i) => normalizeIp(i.address)).filter((ip): ip is string => ip !== null),
     );
-    ownIps.add("127.0.0.1");
     const mapping = classifyMapping(ownIps, udp.local.port, answered);
     const first = answered.find((r): r is BindingResult => r !== undefined);
     const { filtering, server: filteringServer } = await testFiltering(
@@ -195,7 +192,10 @@ async function testIpv6(servers: readonly string[]): Promise<string | null> {
   } catch {
     return null; // no IPv6 here at all
   }
-  const stun = new StunClient((bytes, to) => udp.send(bytes, to), { ...SCHEDULE, family: 6 });
+  const stun = new StunClient((bytes, to) => udp.send(bytes, to), {
+    ...DISCOVERY_SCHEDULE,
+    family: 6,
+  });
   udp.onStun = (bytes, from) => void stun.handle(bytes, from);
   try {
     const answers = await Promise.all(

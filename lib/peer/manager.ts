@@ -11,7 +11,7 @@ import type { Logger } from "../core/log.ts";
 import { frameSessionId, fromBase64, isPeerFrame, toBase64 } from "./frame.ts";
 import { type LinkEvent, PeerLink } from "./link.ts";
 import { StunClient } from "../stun/client.ts";
-import { hostInterfaces, localCandidates } from "../stun/discovery.ts";
+import { DISCOVERY_SCHEDULE, hostInterfaces, localCandidates } from "../stun/discovery.ts";
 import type {
   Candidate,
   ClientMessage,
@@ -117,7 +117,9 @@ export class PeerManager {
   /** The socket `via` names for a packet to `to` (0: the main one of `to`'s family). */
   #socket(via: number, to: UdpAddress): UdpEndpoint | undefined {
     if (via !== 0) return this.#sockets.get(via);
-    return to.ip.includes(":") ? this.#o.udp6 ?? this.#o.udp : this.#o.udp;
+    // Only a dual-stack worker looks at the address (this runs per packet).
+    const udp6 = this.#o.udp6;
+    return udp6 && to.ip.includes(":") ? udp6 : this.#o.udp;
   }
 
   /** @ignore Attaches the transport that rides this manager's paths; the worker does. */
@@ -348,9 +350,7 @@ export class PeerManager {
     if (via === undefined || !socket) return null;
     const stun = new StunClient((bytes, to) => socket.send(bytes, to), {
       family: socket.local.family,
-      rtoMs: 250,
-      maxSends: 4,
-      finalWaitFactor: 4,
+      ...DISCOVERY_SCHEDULE,
       clock: this.#clock,
     });
     socket.onStun = (bytes, from) => void stun.handle(bytes, from);

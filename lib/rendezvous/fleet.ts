@@ -216,7 +216,6 @@ export class Fleet {
   #synced = false;
   /** Counters for `/debug/stats`. */
   readonly stats = {
-    redis_up: false,
     redis_outages: 0,
     events_received: 0,
     messages_sent: 0,
@@ -245,7 +244,6 @@ export class Fleet {
       pingMs: Math.max(250, Math.min(2000, this.#o.ttlMs / 4)),
       onUp: () => void this.#onUp(),
       onDown: () => {
-        this.stats.redis_up = false;
         this.stats.redis_outages++;
         this.#synced = false;
       },
@@ -577,7 +575,6 @@ export class Fleet {
       await this.#publishEvent({ t: "sync", i: this.instance, ids: local.map((r) => r.worker_id) });
       await this.#resync();
       this.#synced = true;
-      this.stats.redis_up = true;
       this.#o.logger.info("fleet synced", {
         instance: this.instance,
         local: local.length,
@@ -632,21 +629,31 @@ export class Fleet {
     for (const value of dead) {
       const instance = text(value)!;
       if (instance === this.instance) continue;
-      const gone = await this.#eval(
-        REAP,
-        [this.#key("alive"), this.#key("workers"), this.#key("inst", ""), this.#key("synced")],
-        [instance, this.#o.ttlMs],
-      ) as RespValue[];
-      if (gone.length === 0) continue;
+      const workers = await this.#reap(instance, this.#o.ttlMs);
+      if (workers === 0) continue;
       this.stats.instances_reaped++;
-      this.stats.workers_reaped += gone.length / 3;
-      this.#o.logger.warn("fleet instance reaped", { instance, workers: gone.length / 3 });
-      for (let i = 0; i + 2 < gone.length; i += 3) {
-        const [id, sid, g] = [text(gone[i])!, text(gone[i + 1])!, text(gone[i + 2])!];
-        await this.#publishEvent({ t: "del", i: instance, id, sid, g });
-        this.#applyDel(id, sid, g);
-      }
+      this.stats.workers_reaped += workers;
+      this.#o.logger.warn("fleet instance reaped", { instance, workers });
     }
+  }
+
+  /**
+   * Removes `instance` and its workers from the fleet if it has been silent
+   * for `silentMs` (the script checks, so only one instance does it), and
+   * tells everyone; returns how many workers left.
+   */
+  async #reap(instance: string, silentMs: number): Promise<number> {
+    const gone = await this.#eval(
+      REAP,
+      [this.#key("alive"), this.#key("workers"), this.#key("inst", ""), this.#key("synced")],
+      [instance, silentMs],
+    ) as RespValue[];
+    for (let i = 0; i + 2 < gone.length; i += 3) {
+      const [id, sid, g] = [text(gone[i])!, text(gone[i + 1])!, text(gone[i + 2])!];
+      await this.#publishEvent({ t: "del", i: instance, id, sid, g });
+      this.#applyDel(id, sid, g);
+    }
+    return gone.length / 3;
   }
 
   async #heartbeatLoop(): Promise<void> {
@@ -669,20 +676,7 @@ export class Fleet {
     await Promise.all(this.#loops);
     if (this.#redis.up) {
       await this.#redis.command("ZADD", this.#key("alive"), 0, this.instance).catch(() => {});
-      const gone = await this.#eval(
-        REAP,
-        [this.#key("alive"), this.#key("workers"), this.#key("inst", ""), this.#key("synced")],
-        [this.instance, 0],
-      ).catch(() => []) as RespValue[];
-      for (let i = 0; i + 2 < gone.length; i += 3) {
-        await this.#publishEvent({
-          t: "del",
-          i: this.instance,
-          id: text(gone[i])!,
-          sid: text(gone[i + 1])!,
-          g: text(gone[i + 2])!,
-        }).catch(() => {});
-      }
+      await this.#reap(this.instance, 0).catch(() => {});
     }
     await this.#redis.close();
   }

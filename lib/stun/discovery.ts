@@ -20,6 +20,15 @@ import { formatAddress } from "./client.ts";
 /** What discovery concluded. */
 export type UdpEndpointReport = Omit<RegisterUdpEndpointMessage, "type">;
 
+/**
+ * Discovery is latency-sensitive (peers wait for it), so the worker — for
+ * its endpoint, a reroll's fresh socket, and netcheck — uses a shorter
+ * schedule than RFC 8489's 39.5 s default, as Tailscale's netcheck does:
+ * sends at 0, 250, 750, 1750 and 3750 ms, verdict at 4.75 s. A lost answer
+ * costs little: the keepalive asks again every STUN_KEEPALIVE_SEC.
+ */
+export const DISCOVERY_SCHEDULE = { rtoMs: 250, maxSends: 5, finalWaitFactor: 4 } as const;
+
 /** Keepalive every 20 s: Cloud NAT drops idle UDP mappings after 30 s. */
 export const DEFAULT_KEEPALIVE_MS = 20_000;
 

@@ -10,19 +10,12 @@ import type { Logger } from "../core/log.ts";
 import { StunClient } from "../stun/client.ts";
 import { UdpEndpoint } from "../peer/udp_endpoint.ts";
 import {
+  DISCOVERY_SCHEDULE,
   hostInterfaces,
   localCandidates,
   type UdpEndpointReport,
   UdpPresence,
 } from "../stun/discovery.ts";
-
-/**
- * Discovery is latency-sensitive (peers wait for it), so the worker uses a
- * shorter schedule than RFC 8489's 39.5 s default, as Tailscale's netcheck
- * does: sends at 0, 250, 750, 1750 and 3750 ms, verdict at 4.75 s. A lost
- * answer costs little: the keepalive asks again every STUN_KEEPALIVE_SEC.
- */
-export const DISCOVERY_SCHEDULE = { rtoMs: 250, maxSends: 5, finalWaitFactor: 4 } as const;
 
 /** Options for {@linkcode startWorkerUdp}. */
 export interface WorkerUdpOptions {

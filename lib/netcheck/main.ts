@@ -6,9 +6,9 @@
  * @module
  */
 
+import { DEFAULT_STUN_SERVERS } from "../stun/config.ts";
 import { formatReport, runNetcheck } from "./netcheck.ts";
 
-const DEFAULT_STUN = "stun.l.google.com:19302,stun.cloudflare.com:3478";
 const args = Deno.args;
 const flag = (name: string) => {
   const i = args.indexOf(name);
@@ -20,7 +20,7 @@ if (args.includes("--help") || args.includes("-h")) {
 
   deno task netcheck [--json] [--stun host:port,...] [--rendezvous URL]
 
-  --stun        STUN servers (default: STUN_SERVERS, else ${DEFAULT_STUN});
+  --stun        STUN servers (default: STUN_SERVERS, else ${DEFAULT_STUN_SERVERS});
                 two or more tell the NAT's mapping, one with a second address
                 (RFC 5780: holepunch's STUN_ALT_HOST, coturn) its filtering
   --rendezvous  a rendezvous to time WebSocket echoes to (default: RENDEZVOUS_SERVICE_URL;
@@ -29,7 +29,7 @@ if (args.includes("--help") || args.includes("-h")) {
   Deno.exit(0);
 }
 
-const stunText = flag("--stun") ?? Deno.env.get("STUN_SERVERS") ?? DEFAULT_STUN;
+const stunText = flag("--stun") ?? Deno.env.get("STUN_SERVERS") ?? DEFAULT_STUN_SERVERS;
 const stunServers = stunText.split(",").map((s) => s.trim()).filter((s) => s && s !== "off");
 const report = await runNetcheck({
   stunServers,

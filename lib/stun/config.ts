@@ -11,6 +11,9 @@ import { flushLogs, type Logger } from "../core/log.ts";
 import { formatAddress } from "./client.ts";
 import { StunServer, type StunServerOptions } from "./server.ts";
 
+/** Public STUN servers a worker (and netcheck) asks by default: two, to tell the NAT's mapping. */
+export const DEFAULT_STUN_SERVERS = "stun.l.google.com:19302,stun.cloudflare.com:3478";
+
 /** The STUN variables. */
 export const STUN_VARIABLES: readonly VariableDoc[] = [
   {

@@ -20,6 +20,7 @@ import {
 import { normalizeIp } from "../protocol/ip.ts";
 import { isValidWorkerId, REGISTER_PATH_PREFIX } from "../protocol/messages.ts";
 import { parseServerSpec } from "../stun/client.ts";
+import { DEFAULT_STUN_SERVERS } from "../stun/config.ts";
 import { type ForwardSpec, parseExposes, parseForwards } from "./forward.ts";
 import type { CongestionControl } from "../peer/transport.ts";
 import { DEFAULT_OPENING_TTL } from "../peer/manager.ts";
@@ -134,7 +135,7 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
   { name: "UDP_HOST", fallback: "0.0.0.0", meaning: "UDP address (:: for IPv6)" },
   {
     name: "STUN_SERVERS",
-    fallback: "stun.l.google.com:19302,stun.cloudflare.com:3478",
+    fallback: DEFAULT_STUN_SERVERS,
     meaning: "comma-separated host:port list, two or more to classify the NAT; off to skip UDP",
   },
   {
@@ -348,11 +349,7 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
       })`,
     );
   }
-  const stunText = stringVar(
-    env,
-    "STUN_SERVERS",
-    "stun.l.google.com:19302,stun.cloudflare.com:3478",
-  );
+  const stunText = stringVar(env, "STUN_SERVERS", DEFAULT_STUN_SERVERS);
   const stunServers = stunText.toLowerCase() === "off"
     ? []
     : stunText.split(",").map((s) => s.trim()).filter((s) => s !== "");

@@ -89,7 +89,7 @@ interface Pending {
 
 /**
  * One connection: commands in order, replies matched in order. In
- * subscriber mode, `message` pushes go to {@linkcode RedisConnection.onPush}.
+ * subscriber mode, `message` pushes go to {@linkcode RedisConnection.onMessage}.
  */
 export class RedisConnection {
   #conn: Deno.Conn;
@@ -100,8 +100,8 @@ export class RedisConnection {
   #flushQueued = false;
   #closed = Promise.withResolvers<Error | undefined>();
   #ended = false;
-  /** Pub/sub messages: `[kind, channel, payload]` arrays. */
-  onPush?: (push: RespValue[]) => void;
+  /** Pub/sub messages, by channel. */
+  onMessage?: (channel: string, payload: Uint8Array) => void;
 
   private constructor(conn: Deno.Conn) {
     this.#conn = conn;
@@ -227,9 +227,15 @@ export class RedisConnection {
   }
 
   #dispatch(value: RespValue): void {
-    if (Array.isArray(value) && this.onPush) {
-      const kind = value[0] instanceof Uint8Array ? text(value[0]) : null;
-      if (kind === "message" || kind === "pmessage") return this.onPush(value);
+    // A pub/sub message: ["message", channel, payload] (no command waits for it).
+    if (this.onMessage && Array.isArray(value) && value.length === 3) {
+      const [kind, channel, payload] = value;
+      if (
+        kind instanceof Uint8Array && text(kind) === "message" && channel instanceof Uint8Array &&
+        payload instanceof Uint8Array
+      ) {
+        return this.onMessage(text(channel)!, payload);
+      }
     }
     const pending = this.#pending.shift();
     if (!pending) throw new RespProtocolError("Cannot match a reply to any command");
@@ -356,12 +362,7 @@ export class Redis {
       commands.close();
       throw error;
     }
-    subscriber.onPush = (push) => {
-      const [kind, channel, payload] = kind0(push);
-      if (kind === "message" && payload instanceof Uint8Array) {
-        this.#handlers.get(channel)?.(payload);
-      }
-    };
+    subscriber.onMessage = (channel, payload) => this.#handlers.get(channel)?.(payload);
     try {
       await Promise.all(
         [...this.#handlers.keys()].map((c) => subscriber.command(["SUBSCRIBE", c])),
@@ -441,10 +442,4 @@ export class Redis {
     this.#subscriber?.close();
     await this.#running;
   }
-}
-
-function kind0(push: RespValue[]): [string | null, string, RespValue] {
-  const kind = push[0] instanceof Uint8Array ? text(push[0]) : null;
-  const channel = push[1] instanceof Uint8Array ? text(push[1]) ?? "" : "";
-  return [kind, channel, push[2]];
 }

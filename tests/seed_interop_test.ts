@@ -14,6 +14,7 @@ import assert from "node:assert/strict";
 import {
   listWorkers,
   Proc,
+  requireOrSkip,
   ROOT,
   spawnRendezvous,
   spawnWorker,
@@ -45,11 +46,7 @@ async function missing(): Promise<string | undefined> {
   return undefined;
 }
 
-const skip = await missing();
-if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
-  throw new Error(`seed interop tests cannot run: ${skip}`);
-}
-if (skip) console.log(`seed interop tests skipped: ${skip}`);
+const skip = requireOrSkip(await missing(), "seed interop tests");
 
 /** The Python code block that follows `heading` in the seed document. */
 function seedBlock(doc: string, heading: string): string {

@@ -9,12 +9,10 @@
 import assert from "node:assert/strict";
 import { LINK_TIMING } from "../../lib/peer/link.ts";
 import { NetLab, netlabUnavailable, PUBLIC_IP } from "../_netlab.ts";
-import { within } from "../_helpers.ts";
+import { requireOrSkip, within } from "../_helpers.ts";
 import { type PairResult, runPunchLab, TEST_WORKERS } from "../_punch_lab.ts";
 
-const skip = await netlabUnavailable();
-if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) throw new Error(`NAT lab cannot run: ${skip}`);
-if (skip) console.log(`NAT lab tests skipped: ${skip}`);
+const skip = requireOrSkip(await netlabUnavailable(), "NAT lab tests");
 
 function median(values: number[]): number {
   const sorted = values.slice().sort((a, b) => a - b);

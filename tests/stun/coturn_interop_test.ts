@@ -9,7 +9,7 @@ import { StunClient } from "../../lib/stun/client.ts";
 import { StunServer } from "../../lib/stun/server.ts";
 import { UdpEndpoint } from "../../lib/peer/udp_endpoint.ts";
 import { freeTurnPort, turnserverArgs } from "../_coturn.ts";
-import { Proc, waitFor, within } from "../_helpers.ts";
+import { Proc, requireOrSkip, waitFor, within } from "../_helpers.ts";
 
 async function available(): Promise<string | undefined> {
   for (const tool of ["turnserver", "turnutils_stunclient", "turnutils_natdiscovery"]) {
@@ -22,11 +22,7 @@ async function available(): Promise<string | undefined> {
   return undefined;
 }
 
-const skip = await available();
-if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) {
-  throw new Error(`coturn interop cannot run: ${skip}`);
-}
-if (skip) console.log(`coturn interop tests skipped: ${skip}`);
+const skip = requireOrSkip(await available(), "coturn interop tests");
 
 Deno.test({
   name: "our STUN client learns its mapped address from coturn's turnserver",

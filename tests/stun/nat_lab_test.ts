@@ -3,12 +3,11 @@
  * endpoint through STUN and classifies the mapping correctly.
  */
 
+import { requireOrSkip } from "../_helpers.ts";
 import assert from "node:assert/strict";
 import { NetLab, netlabUnavailable } from "../_netlab.ts";
 
-const skip = await netlabUnavailable();
-if (skip && Deno.env.get("HOLEPUNCH_REQUIRE_ALL")) throw new Error(`NAT lab cannot run: ${skip}`);
-if (skip) console.log(`NAT lab tests skipped: ${skip}`);
+const skip = requireOrSkip(await netlabUnavailable(), "NAT lab tests");
 
 Deno.test({
   name: "NAT lab: workers behind real NATs report their public UDP endpoint and mapping",

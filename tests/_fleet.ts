@@ -5,7 +5,9 @@
  * rotation while `/ready` fails).
  */
 
-import { Proc, spawnRendezvous, toolMissing, waitFor } from "./_helpers.ts";
+import assert from "node:assert/strict";
+import type { Identity } from "../lib/protocol/identity.ts";
+import { Proc, spawnRendezvous, TestClient, toolMissing, waitFor, within } from "./_helpers.ts";
 import { freeTcpPort, RedisServer, redisUnavailable } from "./_redis.ts";
 
 /** Why a fleet cannot run here, or undefined. */
@@ -122,4 +124,41 @@ export class TestFleet {
     await this.redis.close();
     await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
   }
+}
+
+export type Message = Record<string, unknown>;
+
+/** Reads messages until one matches (others are skipped). */
+export async function until(
+  client: TestClient,
+  match: (m: Message) => boolean,
+  what: string,
+  timeoutMs = 5000,
+): Promise<Message> {
+  const deadline = Date.now() + timeoutMs;
+  while (true) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`no ${what} within ${timeoutMs} ms`);
+    const message = await client.next(left).catch(() => {
+      throw new Error(`no ${what} within ${timeoutMs} ms`);
+    });
+    if (match(message)) return message;
+  }
+}
+
+/** Opens a keyed session at `port` and answers its challenge with `identity`. */
+export async function keyedAt(port: number, id: string, identity: Identity): Promise<TestClient> {
+  const client = new TestClient(
+    `ws://127.0.0.1:${port}/ws/register/${id}?key=${identity.publicKey}`,
+  );
+  await within(client.opened, 5000, "open");
+  const challenge = await client.next();
+  assert.equal(challenge.type, "challenge");
+  const signature = await identity.proveRegistration(
+    `127.0.0.1:${port}`,
+    id,
+    challenge.nonce as string,
+  );
+  client.send({ type: "prove_key", signature });
+  return client;
 }

@@ -16,8 +16,10 @@
  * - `{prefix}:alive`: sorted set, instance → its last heartbeat (Redis's own
  *   clock, so instances' clocks never matter);
  * - `{prefix}:key:{worker id}`: the key an id is bound to (`KEY_HOLD_SEC`
- *   as the key's TTL once idle).
- * Channels: `{prefix}:events` (records put and removed, JSON) and
+ *   as the key's TTL once its session ends, or its instance is reaped).
+ * Channels: `{prefix}:events` (records put and removed, JSON, published by
+ * the scripts that write them, so every instance hears them in Redis's
+ * order) and
  * `{prefix}:to:{instance}` (messages for a worker on that instance: server
  * messages, relayed transport packets, "your session was replaced").
  *
@@ -79,6 +81,8 @@ export interface FleetHost {
   localRecords(): Promise<WorkerRecord[]>;
   /** The round trip a worker of ours reported, for introductions elsewhere. */
   rttOf(workerId: string): number | null;
+  /** `KEY_HOLD_SEC` in ms: how long a key stays bound to an id after its session ends. */
+  readonly keyHoldMs: number;
 }
 
 /** A worker registered on another instance. */
@@ -110,27 +114,34 @@ const enum Kind {
 }
 
 // Lua, run atomically by Redis. Key names are built from the prefix (no
-// Redis Cluster: see README, Limits).
+// Redis Cluster: see README, Limits). The scripts that change a record
+// publish its event themselves: every instance then hears the puts and
+// removals of one id in the order Redis made them (two publishes after two
+// scripts could cross, and an instance kept the older session for ever).
 const PUT = `
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   local o = cjson.decode(old)
-  if o.i ~= ARGV[2] and tonumber(o.r.connected_at) > tonumber(ARGV[4]) then
+  local at = tonumber(o.r.connected_at)
+  if o.i ~= ARGV[2] and (at > tonumber(ARGV[4]) or (at == tonumber(ARGV[4]) and o.r.session_id > ARGV[5])) then
     return {'newer', o.i, o.r.session_id}
   end
   if o.i ~= ARGV[2] then redis.call('SREM', KEYS[2] .. o.i, ARGV[1]) end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
   redis.call('SADD', KEYS[2] .. ARGV[2], ARGV[1])
+  redis.call('PUBLISH', KEYS[3], ARGV[6])
   return {'replaced', o.i, o.r.session_id}
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('SADD', KEYS[2] .. ARGV[2], ARGV[1])
+redis.call('PUBLISH', KEYS[3], ARGV[6])
 return {'new'}`;
 
 const UPDATE = `
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old or cjson.decode(old).r.session_id ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[4])
 return 1`;
 
 const REMOVE = `
@@ -138,6 +149,7 @@ local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old or cjson.decode(old).r.session_id ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2] .. ARGV[3], ARGV[1])
+redis.call('PUBLISH', KEYS[3], ARGV[4])
 return 1`;
 
 const HEARTBEAT = `
@@ -159,6 +171,14 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[3] .. ARGV[1])) do
     local o = cjson.decode(v)
     if o.i == ARGV[1] then
       redis.call('HDEL', KEYS[2], id)
+      -- The reaped session ended: its key binding is held KEY_HOLD_SEC from now, as after any end.
+      local b = redis.call('GET', KEYS[5] .. id)
+      if b then
+        local k = cjson.decode(b)
+        if not k.s then
+          redis.call('SET', KEYS[5] .. id, cjson.encode({k = k.k, s = tonumber(ARGV[3])}), 'PX', math.max(1, tonumber(ARGV[4])))
+        end
+      end
       table.insert(gone, id)
       table.insert(gone, o.r.session_id)
       table.insert(gone, o.r.group)
@@ -196,6 +216,20 @@ const decoder = new TextDecoder();
  */
 const MAX_PUBLISHES_IN_FLIGHT = 8192;
 
+/**
+ * Whether session `a` of a worker id is newer than `b`: registered later,
+ * or at the same millisecond with the greater session id. The PUT script
+ * orders sessions the same way, so Redis and every instance's memory agree
+ * on which of two sessions of one id is the current one.
+ */
+function newer(
+  a: Pick<WorkerRecord, "connected_at" | "session_id">,
+  b: Pick<WorkerRecord, "connected_at" | "session_id">,
+): boolean {
+  return a.connected_at > b.connected_at ||
+    (a.connected_at === b.connected_at && a.session_id > b.session_id);
+}
+
 function randomId(): string {
   return [...crypto.getRandomValues(new Uint8Array(6))]
     .map((b) => b.toString(16).padStart(2, "0")).join("");
@@ -209,6 +243,12 @@ export class Fleet {
   readonly #redis: Redis;
   #host?: FleetHost;
   #remote = new Map<string, RemoteWorker>();
+  /**
+   * Our own sessions, by worker id: an event about an older session of one
+   * of them (it reached us after our own registration) is stale, never a
+   * remote worker.
+   */
+  #local = new Map<string, Pick<WorkerRecord, "connected_at" | "session_id">>();
   /** Removals Redis missed while it was away: written once it is back. */
   #missedRemovals = new Map<string, { sessionId: string; group: string }>();
   #stop = new AbortController();
@@ -321,19 +361,38 @@ export class Fleet {
 
   /** One of our sessions registered (or re-registered) `record`. */
   put(record: WorkerRecord): void {
+    this.#local.set(record.worker_id, {
+      connected_at: record.connected_at,
+      session_id: record.session_id,
+    });
     this.#remote.delete(record.worker_id);
     this.#missedRemovals.delete(record.worker_id);
     this.#soft(() => this.#put(record));
   }
 
+  #putEvent(record: WorkerRecord): string {
+    const event: FleetEvent = {
+      t: "put",
+      i: this.instance,
+      r: record,
+      rtt: this.#host?.rttOf(record.worker_id) ?? null,
+    };
+    return JSON.stringify(event);
+  }
+
   async #put(record: WorkerRecord): Promise<void> {
-    const value = this.#value(record);
-    const result = await this.#eval(PUT, [this.#key("workers"), this.#key("inst", "")], [
-      record.worker_id,
-      this.instance,
-      value,
-      record.connected_at,
-    ]) as RespValue[];
+    const result = await this.#eval(
+      PUT,
+      [this.#key("workers"), this.#key("inst", ""), this.#key("events")],
+      [
+        record.worker_id,
+        this.instance,
+        this.#value(record),
+        record.connected_at,
+        record.session_id,
+        this.#putEvent(record),
+      ],
+    ) as RespValue[];
     const outcome = text(result[0]);
     if (outcome === "newer") {
       // Another instance holds a newer session of this id (both registered
@@ -341,12 +400,6 @@ export class Fleet {
       this.#host?.replaced(record.worker_id, record.session_id);
       return;
     }
-    await this.#publishEvent({
-      t: "put",
-      i: this.instance,
-      r: record,
-      rtt: this.#host?.rttOf(record.worker_id) ?? null,
-    });
     if (outcome === "replaced") {
       const [instance, sessionId] = [text(result[1])!, text(result[2])!];
       if (instance !== this.instance) {
@@ -358,19 +411,12 @@ export class Fleet {
   /** One of our sessions changed its record. */
   update(record: WorkerRecord): void {
     this.#soft(async () => {
-      const stored = await this.#eval(UPDATE, [this.#key("workers")], [
+      await this.#eval(UPDATE, [this.#key("workers"), this.#key("events")], [
         record.worker_id,
         record.session_id,
         this.#value(record),
+        this.#putEvent(record),
       ]);
-      if (stored === 1) {
-        await this.#publishEvent({
-          t: "put",
-          i: this.instance,
-          r: record,
-          rtt: this.#host?.rttOf(record.worker_id) ?? null,
-        });
-      }
     });
   }
 
@@ -380,30 +426,34 @@ export class Fleet {
    * now, and no one should hear `peer_left`).
    */
   remove(workerId: string, sessionId: string, group: string): boolean {
-    if (this.#remote.has(workerId)) return false;
+    if (this.#local.get(workerId)?.session_id === sessionId) this.#local.delete(workerId);
+    // Redis removes the record only if it is still this session's (the
+    // script checks), so the removal goes there even when the worker has
+    // moved: skipping it on a stale copy of an older session left the
+    // record in Redis, and on every instance, for ever.
     if (!this.#redis.up) this.#missedRemovals.set(workerId, { sessionId, group });
     this.#soft(() => this.#remove(workerId, sessionId, group));
-    return true;
+    return !this.#remote.has(workerId);
   }
 
   /** `missed`: the removal happened while Redis was away (which may have come back empty). */
   async #remove(workerId: string, sessionId: string, group: string, missed = false): Promise<void> {
-    const removed = await this.#eval(REMOVE, [this.#key("workers"), this.#key("inst", "")], [
-      workerId,
-      sessionId,
-      this.instance,
-    ]);
+    const event: FleetEvent = {
+      t: "del",
+      i: this.instance,
+      id: workerId,
+      sid: sessionId,
+      g: group,
+    };
+    const removed = await this.#eval(
+      REMOVE,
+      [this.#key("workers"), this.#key("inst", ""), this.#key("events")],
+      [workerId, sessionId, this.instance, JSON.stringify(event)],
+    );
     this.#missedRemovals.delete(workerId);
-    // Others may still hold the record in memory: they drop it only if the session matches.
-    if (removed === 1 || missed) {
-      await this.#publishEvent({
-        t: "del",
-        i: this.instance,
-        id: workerId,
-        sid: sessionId,
-        g: group,
-      });
-    }
+    // Others may still hold the record in memory (Redis may have come back
+    // empty): they drop it only if the session matches.
+    if (removed !== 1 && missed) await this.#publishEvent(event);
   }
 
   // ---- keys ----------------------------------------------------------------
@@ -543,7 +593,14 @@ export class Fleet {
   }
 
   #applyPut(instance: string, record: WorkerRecord, rttMs: number | null): void {
+    // Events from different instances arrive in any order: one about an
+    // older session than the one we hold (ours or another instance's) is stale.
+    const mine = this.#local.get(record.worker_id);
+    if (mine && !newer(record, mine)) return;
     const before = this.#remote.get(record.worker_id);
+    if (before && before.record.session_id !== record.session_id && newer(before.record, record)) {
+      return;
+    }
     this.#remote.set(record.worker_id, { instance, record, rttMs });
     if (before?.record.session_id === record.session_id) this.#host?.updated(record);
     else this.#host?.joined(record);
@@ -645,8 +702,14 @@ export class Fleet {
   async #reap(instance: string, silentMs: number): Promise<number> {
     const gone = await this.#eval(
       REAP,
-      [this.#key("alive"), this.#key("workers"), this.#key("inst", ""), this.#key("synced")],
-      [instance, silentMs],
+      [
+        this.#key("alive"),
+        this.#key("workers"),
+        this.#key("inst", ""),
+        this.#key("synced"),
+        this.#key("key", ""),
+      ],
+      [instance, silentMs, this.#o.clock.now(), this.#host?.keyHoldMs ?? 0],
     ) as RespValue[];
     for (let i = 0; i + 2 < gone.length; i += 3) {
       const [id, sid, g] = [text(gone[i])!, text(gone[i + 1])!, text(gone[i + 2])!];

@@ -504,6 +504,7 @@ export class Rendezvous {
       },
       localRecords: () => (this.registry as FleetRegistry).local.list(),
       rttOf: (workerId) => this.#byWorker.get(workerId)?.rttMs ?? null,
+      keyHoldMs: this.#options.keyHoldSec * 1000,
     });
   }
 

@@ -18,29 +18,9 @@ import {
   waitFor,
   within,
 } from "../_helpers.ts";
-import { fleetUnavailable, TestFleet } from "../_fleet.ts";
+import { fleetUnavailable, keyedAt, type Message, TestFleet, until } from "../_fleet.ts";
 
 const skip = requireOrSkip(await fleetUnavailable(), "fleet tests");
-
-type Message = Record<string, unknown>;
-
-/** Reads messages until one matches (others are skipped). */
-async function until(
-  client: TestClient,
-  match: (m: Message) => boolean,
-  what: string,
-  timeoutMs = 5000,
-): Promise<Message> {
-  const deadline = Date.now() + timeoutMs;
-  while (true) {
-    const left = deadline - Date.now();
-    if (left <= 0) throw new Error(`no ${what} within ${timeoutMs} ms`);
-    const message = await client.next(left).catch(() => {
-      throw new Error(`no ${what} within ${timeoutMs} ms`);
-    });
-    if (match(message)) return message;
-  }
-}
 
 const stats = async (http: string) => await (await fetch(`${http}/debug/stats`)).json();
 
@@ -354,23 +334,6 @@ Deno.test({
     }
   },
 });
-
-/** Opens a keyed session at `port` and answers its challenge with `identity`. */
-async function keyedAt(port: number, id: string, identity: Identity): Promise<TestClient> {
-  const client = new TestClient(
-    `ws://127.0.0.1:${port}/ws/register/${id}?key=${identity.publicKey}`,
-  );
-  await within(client.opened, 5000, "open");
-  const challenge = await client.next();
-  assert.equal(challenge.type, "challenge");
-  const signature = await identity.proveRegistration(
-    `127.0.0.1:${port}`,
-    id,
-    challenge.nonce as string,
-  );
-  client.send({ type: "prove_key", signature });
-  return client;
-}
 
 Deno.test({
   name:

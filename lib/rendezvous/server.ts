@@ -43,6 +43,7 @@ import {
 import { PeerDirectory, type PeerSession } from "./peers.ts";
 import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
 import { type Fleet, FleetRegistry, type RemoteWorker } from "./fleet.ts";
+import { MAX_PEER_PATHS, PathReports } from "./path_reports.ts";
 
 /** Lifecycle of a {@linkcode Rendezvous}. */
 export type RendezvousState = "starting" | "running" | "closing" | "closed";
@@ -156,9 +157,6 @@ const LIST_SLICE = 250;
  * rendezvous little memory and the senders' QUIC sees loss, not delay.
  */
 const MAX_BUFFERED_RELAY = 1 << 20;
-
-/** Peer paths kept per worker in the listing. */
-const MAX_PEER_PATHS = 256;
 
 const encoder = new TextEncoder();
 /** Shared by every record that has no peer paths yet (most of a fleet). */
@@ -390,6 +388,8 @@ export class Rendezvous {
     timeToDirect: Histogram;
   };
   #dashboard = new DashboardHub();
+  /** Which sessions' records name which peers, pruned when a peer leaves. */
+  #pathReports = new PathReports<Session>();
   #dashboardTimer?: TimerId;
   /** When each worker id's last session here ended (for reconnects), pruned. */
   #endedAt = new Map<string, number>();
@@ -501,6 +501,7 @@ export class Rendezvous {
       left: (workerId, group) => {
         this.#peers.remoteLeft(workerId, group);
         this.#dashboard.left(workerId);
+        this.#prunePathsTo(workerId);
       },
       localRecords: () => (this.registry as FleetRegistry).local.list(),
       rttOf: (workerId) => this.#byWorker.get(workerId)?.rttMs ?? null,
@@ -1328,6 +1329,9 @@ export class Rendezvous {
       case "path_update": {
         const record = await this.registry.get(session.workerId);
         if (!record || record.session_id !== session.id) return;
+        // A report about a worker that is not (or no longer) in the group is not kept.
+        const peer = await this.registry.get(message.peer_id);
+        if (!peer || peer.group !== record.group || peer.worker_id === record.worker_id) return;
         const paths = { ...record.peer_paths };
         if (!(message.peer_id in paths) && Object.keys(paths).length >= MAX_PEER_PATHS) return;
         paths[message.peer_id] = {
@@ -1335,9 +1339,11 @@ export class Rendezvous {
           rtt_ms: message.rtt_ms,
           updated_at: new Date(this.#clock.now()).toISOString(),
         };
-        await this.registry.update(session.workerId, session.id, { peer_paths: paths });
+        if (!(await this.registry.update(session.workerId, session.id, { peer_paths: paths }))) {
+          return;
+        }
+        this.#pathReports.reported(session, message.peer_id);
         this.#dashboard.worker({ ...record, peer_paths: paths });
-        const peer = await this.registry.get(message.peer_id);
         const natPair = [record, peer].map((r) => r?.udp_endpoint?.nat_mapping ?? "unknown").sort()
           .join("/");
         this.#m.pathReports.inc({ nat_pair: natPair, path: message.path });
@@ -1440,8 +1446,12 @@ export class Rendezvous {
       if (this.#byWorker.get(session.workerId) === session) this.#byWorker.delete(session.workerId);
       const removed = session.registered &&
         await this.registry.remove(session.workerId, session.id);
+      this.#pathReports.forget(session);
       this.#peers.left(session, removed);
-      if (removed) this.#dashboard.left(session.workerId);
+      if (removed) {
+        this.#dashboard.left(session.workerId);
+        this.#prunePathsTo(session.workerId);
+      }
       if (removed && session.key !== null) {
         await this.registry.releaseKey(session.workerId, session.key, this.#clock.now());
       }
@@ -1456,6 +1466,24 @@ export class Rendezvous {
       this.#cleaning--;
       if (this.#sessions.size === 0 && this.#cleaning === 0) this.#drained?.resolve();
     });
+  }
+
+  /**
+   * `peerId` left the fleet: every record of ours that reports a path to it
+   * drops that entry (in each reporter's own order of writes).
+   */
+  #prunePathsTo(peerId: string): void {
+    for (const session of this.#pathReports.left(peerId)) {
+      this.#enqueue(session, async () => {
+        const record = await this.registry.get(session.workerId);
+        if (record?.session_id !== session.id || !(peerId in record.peer_paths)) return;
+        const { [peerId]: _gone, ...rest } = record.peer_paths;
+        const paths = Object.keys(rest).length === 0 ? NO_PEER_PATHS : rest;
+        if (await this.registry.update(session.workerId, session.id, { peer_paths: paths })) {
+          this.#dashboard.worker({ ...record, peer_paths: paths });
+        }
+      });
+    }
   }
 
   /**

@@ -149,3 +149,41 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "fleet churn: a peer on another instance that leaves is pruned from the path reports every instance lists",
+  ignore: skip !== undefined,
+  async fn() {
+    const fleet = await TestFleet.start(2);
+    const [one, two] = fleet.instances;
+    const at = (r: { port: number }, id: string) => `ws://127.0.0.1:${r.port}/ws/register/${id}`;
+    const reporter = await TestClient.connect(at(one, "reporter"));
+    const peer = await TestClient.connect(at(two, "far"));
+    try {
+      await waitFor(async () => "far" in (await listWorkers(one.http)).workers, "far listed");
+      reporter.send({ type: "path_update", peer_id: "far", path: "direct", rtt_ms: 3 });
+      for (const r of [one, two]) {
+        await waitFor(
+          async () => (await listWorkers(r.http)).workers.reporter?.peer_paths.far,
+          "the path listed on both instances",
+        );
+      }
+      await peer.close();
+      for (const r of [one, two]) {
+        await waitFor(
+          async () => {
+            const workers = (await listWorkers(r.http)).workers;
+            return !("far" in workers) &&
+              Object.keys(workers.reporter?.peer_paths ?? { x: 1 }).length === 0;
+          },
+          "the departed peer pruned from the listing on both instances",
+        );
+      }
+    } finally {
+      await reporter.close().catch(() => {});
+      await peer.close().catch(() => {});
+      await fleet.close();
+    }
+  },
+});

@@ -152,6 +152,7 @@ Deno.test("path_update shows each peer's path in the listing", async () => {
   const rv = await startRendezvous();
   try {
     const a = await TestClient.connect(`${rv.ws}/ws/register/a`);
+    const b = await TestClient.connect(`${rv.ws}/ws/register/b`);
     a.send({ type: "path_update", peer_id: "b", path: "relay", rtt_ms: null });
     a.send({ type: "path_update", peer_id: "b", path: "direct", rtt_ms: 1.234 });
     a.send({ type: "path_update", peer_id: "b", path: "sideways", rtt_ms: 1 });
@@ -162,7 +163,63 @@ Deno.test("path_update shows each peer's path in the listing", async () => {
     }, "path in listing");
     assert.equal(entry.peer_paths.b.rtt_ms, 1.2);
     await a.close();
+    await b.close();
   } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("path reports name only the group's current workers: a peer that leaves is pruned, so departed peers never fill the 256 kept", async () => {
+  const rv = await startRendezvous({ messageRatePerSec: 1000, messageBurst: 1000 });
+  const clients: TestClient[] = [];
+  try {
+    const a = await TestClient.connect(`${rv.ws}/ws/register/a?group=g`);
+    clients.push(a);
+    const pathsOfA = async () => (await listWorkers(rv.http)).workers.a.peer_paths;
+    // Reports about a worker never registered, one of another group, or itself are not kept.
+    const stranger = await TestClient.connect(`${rv.ws}/ws/register/s?group=other`);
+    clients.push(stranger);
+    for (const peer of ["nobody", "s", "a"]) {
+      a.send({ type: "path_update", peer_id: peer, path: "direct", rtt_ms: 1 });
+    }
+    // 256 peers come, are reported, and go — more than the listing keeps.
+    for (let round = 0; round < 4; round++) {
+      const batch = await Promise.all(
+        Array.from(
+          { length: 64 },
+          (_, i) => TestClient.connect(`${rv.ws}/ws/register/p${round}-${i}?group=g`),
+        ),
+      );
+      for (let i = 0; i < batch.length; i++) {
+        a.send({ type: "path_update", peer_id: `p${round}-${i}`, path: "relay", rtt_ms: null });
+      }
+      await waitFor(
+        async () => Object.keys(await pathsOfA()).length === 64,
+        `round ${round}: 64 paths listed`,
+      );
+      await Promise.all(batch.map((c) => c.close()));
+      await waitFor(
+        async () => Object.keys(await pathsOfA()).length === 0,
+        `round ${round}: the departed peers pruned`,
+      );
+    }
+    // A newcomer after all of them is still reported.
+    const late = await TestClient.connect(`${rv.ws}/ws/register/late?group=g`);
+    clients.push(late);
+    a.send({ type: "path_update", peer_id: "late", path: "direct", rtt_ms: 2 });
+    const paths = await waitFor(async () => {
+      const p = await pathsOfA();
+      return p.late && p;
+    }, "the newcomer's path listed");
+    assert.deepEqual(Object.keys(paths), ["late"]);
+    // Its leaving prunes it too, and a report that arrives after it left is not kept.
+    await late.close();
+    a.send({ type: "path_update", peer_id: "late", path: "direct", rtt_ms: 2 });
+    a.send({ type: "echo_request", payload: "after" });
+    while ((await a.next()).type !== "echo_response");
+    assert.deepEqual(await pathsOfA(), {});
+  } finally {
+    await Promise.all(clients.map((c) => c.close().catch(() => {})));
     await rv.close();
   }
 });

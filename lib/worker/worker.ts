@@ -321,13 +321,25 @@ export async function startWorker(
 ): Promise<Worker> {
   const logger = options.logger ?? silentLogger;
   const identity = options.identity ?? await loadIdentity(config.keyFile, logger);
-  // The callbacks below run only once packets or connections flow, after `late.worker` is set.
+  // The transport's callbacks run only once packets or connections flow, after `late.worker` is set.
   const late: { worker?: Worker } = {};
+  // A local connection accepted while the worker is still starting waits for it (within the
+  // forward's own wait), as it would for an unreachable peer.
+  const started = Promise.withResolvers<Worker>();
+  started.promise.catch(() => {}); // a failed start is thrown below; no forward waits on it then
   // Listeners first: a forward port that is taken fails the start before anything runs.
   const forwarder = new Forwarder({
     forwards: config.peerForward,
     exposes: config.peerExpose,
-    connect: (peerId, timeoutMs) => late.worker!.connect(peerId, { timeoutMs }),
+    connect: async (peerId, timeoutMs) => {
+      const startedAt = Date.now();
+      if (!late.worker) await settleWithin(started.promise, timeoutMs);
+      const worker = late.worker;
+      if (!worker) throw new Error(`the worker did not start within ${timeoutMs} ms`);
+      return await worker.connect(peerId, {
+        timeoutMs: Math.max(0, timeoutMs - (Date.now() - startedAt)),
+      });
+    },
     waitMs: config.peerForwardWaitMs,
     logger,
   });
@@ -345,9 +357,11 @@ export async function startWorker(
       ? undefined
       : { name: config.group, secret: await importGroupSecret(config.groupSecret) },
   }).catch(async (error) => {
+    started.reject(error);
     await forwarder.close();
     throw error;
   });
   late.worker = new Worker(config, identity, { transport, forwarder }, options);
+  started.resolve(late.worker);
   return late.worker;
 }

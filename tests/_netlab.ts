@@ -387,6 +387,23 @@ export class NetLab {
     return service;
   }
 
+  /**
+   * A host on its own with two working IPv4 addresses besides loopback: a
+   * veth pair whose two ends both live in it (192.0.2.1 and 192.0.2.2).
+   * Nothing is routed outside it: services and workers all run on it, as
+   * several workers on one machine do.
+   */
+  async addIsolatedHost(): Promise<LabHost> {
+    const ns = `${this.prefix}-solo${++this.#next}`;
+    await this.#addNamespace(ns);
+    await this.#sh("ip", "-n", ns, "link", "add", "va", "type", "veth", "peer", "name", "vb");
+    for (const [dev, cidr] of [["va", "192.0.2.1/24"], ["vb", "192.0.2.2/24"]]) {
+      await this.#sh("ip", "-n", ns, "addr", "add", cidr, "dev", dev);
+      await this.#sh("ip", "-n", ns, "link", "set", dev, "up");
+    }
+    return { ns, ip: "192.0.2.1", publicIp: "127.0.0.1" };
+  }
+
   /** Runs `deno <args>` inside `ns`; the lab stops it on destroy. */
   deno(ns: string, args: string[], env: Record<string, string> = {}): Proc {
     const proc = new Proc("ip", ["netns", "exec", ns, DENO, ...args], env);

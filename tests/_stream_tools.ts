@@ -16,8 +16,12 @@
  *     never past the byte count written in ALLOWFILE (read again whenever
  *     the sender reaches it); logs `{"message":"progress","bytes":…}` every
  *     16 MiB, then half-closes, reads the answer and logs "sent" as `send`.
+ *   deno run -A tests/_stream_tools.ts requests PORT COUNT INTERVAL_MS
+ *     COUNT requests one after another, one every INTERVAL_MS: 1 KiB, a
+ *     half-close, the answer; logs `{"message":"request","ok":…,"ms":…}` for
+ *     each (a failed connect counts as not ok), then `{"message":"requests done"}`.
  *
- * Both log JSON lines on stderr, as the programs under test do.
+ * They log JSON lines on stderr, as the programs under test do.
  */
 import { createHash } from "node:crypto";
 
@@ -85,6 +89,26 @@ if (mode === "hash-server") {
     }
   }
   log("transfers done");
+} else if (mode === "requests") {
+  const count = Number(stopFile);
+  const intervalMs = Number(Deno.args[3]);
+  const body = new Uint8Array(1024).map((_, i) => i & 0xff);
+  const expected = `${body.length} ${createHash("sha256").update(body).digest("hex")}`;
+  for (let i = 0; i < count; i++) {
+    const started = performance.now();
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      let written = 0;
+      while (written < body.length) written += await conn.write(body.subarray(written));
+      const answer = await finish(conn);
+      log("request", { i, ok: answer === expected, answer, ms: performance.now() - started });
+    } catch (error) {
+      log("request", { i, ok: false, error: String(error), ms: performance.now() - started });
+    }
+    const left = intervalMs - (performance.now() - started);
+    if (left > 0) await new Promise((r) => setTimeout(r, left)); // paced requests, not a wait
+  }
+  log("requests done");
 } else if (mode === "send-gated") {
   const total = Number(stopFile);
   const allowFile = Deno.args[3];

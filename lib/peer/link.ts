@@ -45,6 +45,7 @@
  */
 
 import type { Clock, TimerId } from "../core/clock.ts";
+import { clearlyFaster, pathKey, ValidatedPaths } from "./paths.ts";
 import {
   type Frame,
   FrameError,
@@ -109,6 +110,16 @@ export const LINK_TIMING = {
   keepaliveMs: 5000,
   /** A keepalive unanswered this long means the path is gone. */
   lostAfterMs: 3000,
+  /**
+   * A direct path that answers stays, whatever address the peer's frames
+   * come from (it may send by another of its working paths: those frames
+   * are taken all the same). Only a path unheard this long — a keepalive
+   * round and its grace, as long as losing it takes — lets an authenticated
+   * frame from elsewhere move it (the peer's NAT rebound). Two hosts with
+   * several working addresses flapped between them every few seconds, and
+   * a QUIC handshake took 13.9 s, when any such frame moved the path.
+   */
+  roamQuietMs: 8000,
   /**
    * Rounds after the introduction's, each between fresh sockets (hyperdht
    * rerolls up to 3 times too); then the introduction is asked for again.
@@ -177,6 +188,8 @@ export interface PeerLinkDeps {
   onMessage(payload: Uint8Array, path: PathKind): void;
   /** The path changed. */
   onPath(path: PathKind, rttMs: number | null): void;
+  /** The validated paths ({@linkcode PeerLink.validatedPaths}) changed. */
+  onPaths?(): void;
   /** Events in order, for logs and tests. */
   trace?(event: LinkEvent): void;
   /** @default {Math.random} */
@@ -204,6 +217,8 @@ export type LinkEvent =
     nominated?: boolean;
     /** The round that found it (0: the introduction's). */
     round?: number;
+    /** Why the path moved from another direct one: a clearly faster check, or the old one went quiet. */
+    moved?: "faster" | "roamed";
   }
   | {
     type: "punch_failed";
@@ -328,6 +343,10 @@ export class PeerLink {
   #session?: Session;
   #previous?: Session;
   #path: Path = { kind: "relay" };
+  /** Every path the peer's authenticated frames came by; the path above is one of them. */
+  #paths = new ValidatedPaths();
+  /** When the path in use last carried an authenticated frame of the peer's. */
+  #pathHeardAt = 0;
   #probing?: Probing;
   #closed = false;
   /** Extra sockets this link opened and has not closed. */
@@ -343,6 +362,12 @@ export class PeerLink {
   #peerReroll?: { session: string; round: number; candidates: Candidate[] };
   /** The peer (the hard side) nominated our path: its choice holds. */
   #following = false;
+  /**
+   * We are the hard side and keep one socket: every keepalive nominates
+   * the path we kept, so the easy side sends there, not to a mapping of a
+   * socket we closed (even when we kept the main one).
+   */
+  #nominating = false;
   // Path upkeep.
   #keepaliveTimer?: TimerId;
   #lostTimer?: TimerId;
@@ -388,6 +413,19 @@ export class PeerLink {
     return path.kind === "direct" ? { to: path.to, via: path.via } : null;
   }
 
+  /**
+   * Every validated path (`via|ip|port`): transport packets from any of
+   * them are the peer's, though the link sends on {@linkcode PeerLink.direct} only.
+   */
+  get validatedPaths(): string[] {
+    const keys = this.#paths.keys();
+    const path = this.#path;
+    if (path.kind === "direct" && !this.#paths.get(path.to, path.via)) {
+      keys.push(pathKey(path.to, path.via));
+    }
+    return keys;
+  }
+
   /** Where the direct path goes, if there is one. */
   get directTo(): string | null {
     return this.#path.kind === "direct" ? show(this.#path.to) : null;
@@ -425,6 +463,7 @@ export class PeerLink {
     if (this.#session?.id !== message.session_id) {
       this.#previous = this.#session;
       this.#following = false;
+      this.#nominating = false;
     }
     this.#session = {
       id: message.session_id,
@@ -778,6 +817,7 @@ export class PeerLink {
   }
 
   #closeSockets(vias: number[]): void {
+    if (this.#paths.dropSockets(vias.filter((v) => v !== 0))) this.#d.onPaths?.();
     for (const v of vias) if (v !== 0) this.#primaries.delete(v);
     const open = vias.filter((v) => this.#extras.delete(v));
     if (open.length) this.#d.closeSockets(open);
@@ -805,18 +845,15 @@ export class PeerLink {
         current.rttMs = current.rttMs === null ? rttMs : 0.8 * current.rttMs + 0.2 * rttMs;
         return;
       }
-      // The peer nominated the path it keeps: our own checks do not move it.
-      if (this.#following) return;
-      // A path through an extra socket (the hard side's) stays: the peer
-      // aims at that socket's mapping, and the others are about to close.
-      if (!this.#primaries.has(current.via)) return;
-      // The best path wins: switch only for a clearly faster one (20 % and
-      // 2 ms), so jitter between near-equal paths causes no flapping.
-      if (current.rttMs === null) return;
-      if (rttMs > current.rttMs * 0.8 || current.rttMs - rttMs < 2) return;
+      // The first working path carries traffic at once; the round's fastest
+      // is chosen once, when it settles (#chooseFastest), never on each
+      // sample: early samples are noisy (crypto, a loaded machine), and
+      // every move sends the peer's replies another way.
+      return;
     }
     const probing = this.#probing;
     this.#path = { kind: "direct", to, via, rttMs };
+    this.#pathHeardAt = this.#d.clock.now();
     this.stats.directAt ??= this.#d.clock.now();
     this.#trace({
       type: "direct",
@@ -830,14 +867,49 @@ export class PeerLink {
     if (probing && !probing.done) {
       probing.timers.push(this.#timer(() => {
         if (this.#path.kind !== "direct") return;
+        // The easy side does not choose among the hard side's sockets: that
+        // side keeps one and nominates it.
+        if (probing.strategy !== "easy-side") this.#chooseFastest();
         this.#stopProbing(this.#path.via);
         // The hard side keeps one socket of many: nominate it at once.
-        if (!this.#primaries.has(this.#path.via)) this.#keepalive();
+        if (!this.#primaries.has(this.#path.via) || probing.strategy === "hard-side") {
+          this.#nominating = true;
+          this.#keepalive();
+        }
       }, LINK_TIMING.settleMs));
     }
     this.#clearUpgrade();
     this.#retransmitAll();
     this.#armKeepalive();
+  }
+
+  /**
+   * The round settled: move once to its fastest checked path, if that is
+   * clearly faster than the one in use (20 % and 2 ms), as Tailscale's
+   * `betterAddr` does; near-equal paths (two addresses of one host) never
+   * move it.
+   */
+  #chooseFastest(): void {
+    const path = this.#path;
+    // The peer nominated the path it keeps: our own checks do not move it.
+    // A path through an extra socket (the hard side's) stays: the peer aims
+    // at that socket's mapping, and the others are about to close.
+    if (path.kind !== "direct" || this.#following || !this.#primaries.has(path.via)) return;
+    const current = this.#paths.get(path.to, path.via)?.bestRttMs ?? null;
+    if (current === null) return;
+    const best = this.#paths.fastest((p) => this.#isOpen(p.via));
+    if (!best || !clearlyFaster(best.bestRttMs!, current)) return;
+    this.#path = { kind: "direct", to: best.to, via: best.via, rttMs: best.bestRttMs };
+    this.#pathHeardAt = best.heardAt;
+    this.#trace({
+      type: "direct",
+      to: show(best.to),
+      via: best.via,
+      rtt_ms: best.bestRttMs,
+      probes: this.#probing?.probes ?? 0,
+      moved: "faster",
+    });
+    this.#retransmitAll();
   }
 
   #clearUpgrade(): void {
@@ -859,8 +931,8 @@ export class PeerLink {
     if (path.kind !== "direct" || !session) return;
     const nonce = newNonce();
     this.#keepaliveNonce = nonce;
-    // From an extra socket (the hard side's), every keepalive nominates.
-    const type = this.#primaries.has(path.via) ? "probe" : "nominate";
+    // From the hard side (an extra socket, or the main one it kept), every keepalive nominates.
+    const type = this.#nominating || !this.#primaries.has(path.via) ? "nominate" : "probe";
     this.#sendUdp(
       { type, sessionId: session.id, nonce, time: this.#d.clock.now() },
       path.to,
@@ -877,6 +949,26 @@ export class PeerLink {
     const path = this.#path;
     if (path.kind !== "direct") return;
     this.#trace({ type: "path_lost", to: show(path.to) });
+    if (this.#paths.drop(path.to, path.via)) this.#d.onPaths?.();
+    // Another path the peer was heard on lately (its NAT rebound, say)
+    // takes over before the relay does; a keepalive confirms it at once.
+    const since = this.#d.clock.now() - LINK_TIMING.lostAfterMs;
+    const alive = this.#paths.latest(since, (p) => p.via === 0 || p.via === path.via);
+    if (alive && this.#isOpen(alive.via)) {
+      this.#path = { kind: "direct", to: alive.to, via: alive.via, rttMs: path.rttMs };
+      this.#pathHeardAt = alive.heardAt;
+      this.#trace({
+        type: "direct",
+        to: show(alive.to),
+        via: alive.via,
+        rtt_ms: path.rttMs,
+        probes: 0,
+        moved: "roamed",
+      });
+      this.#retransmitAll();
+      this.#keepalive();
+      return;
+    }
     if (this.#keepaliveTimer !== undefined) this.#d.clock.clearTimeout(this.#keepaliveTimer);
     this.#keepaliveTimer = undefined;
     this.#closeSockets([path.via, ...(this.#probing?.extra.splice(0) ?? [])]);
@@ -909,6 +1001,7 @@ export class PeerLink {
     }
     if (frame === undefined) return; // unauthenticated or stale: dropped
     const pathKind: PathKind = from ? "direct" : "relay";
+    if (from && frame.type !== "opened" && frame.type !== "reroll") this.#validate(from, via);
     switch (frame.type) {
       case "opened": {
         // The peer's opening packets of this TTL are out: our next stage may go.
@@ -973,12 +1066,6 @@ export class PeerLink {
         // After a nomination only data and nominations move the path: a
         // probe may be a late one from a socket the peer has closed since.
         if (!this.#following) this.#roam(from, via);
-        if (
-          this.#path.kind === "direct" && this.#path.to.ip === from.ip &&
-          this.#path.to.port === from.port
-        ) {
-          this.#heard();
-        }
         return;
       case "ack": {
         if (!from) return;
@@ -994,15 +1081,13 @@ export class PeerLink {
         }
         const sent = this.#probing?.sent.get(frame.nonce);
         if (!sent) return; // not our nonce: replayed or stale
+        if (this.#isOpen(via)) this.#paths.heard(from, via, this.#d.clock.now(), rtt);
         this.#select(from, via, rtt);
         return;
       }
       case "data": {
         this.stats.received[pathKind]++;
-        if (from) {
-          this.#roam(from, via);
-          this.#heard();
-        }
+        if (from) this.#roam(from, via);
         this.#accept(frame.seq, frame.payload, pathKind);
         const ack: Frame = { type: "data_ack", sessionId: frame.sessionId, seq: this.#expected };
         if (from) this.#sendUdp(ack, from, via);
@@ -1010,7 +1095,6 @@ export class PeerLink {
         return;
       }
       case "data_ack":
-        if (from) this.#heard();
         for (const seq of this.#unacked.keys()) if (seq < frame.seq) this.#unacked.delete(seq);
         return;
     }
@@ -1026,8 +1110,25 @@ export class PeerLink {
     if (path.kind !== "direct" || !this.#isOpen(via)) return;
     if (path.to.ip === from.ip && path.to.port === from.port && path.via === via) return;
     if (this.#probing && !this.#probing.done) return; // still choosing: acks decide
+    // A path that answers stays: the peer may send by another of its paths.
+    if (this.#d.clock.now() - this.#pathHeardAt < LINK_TIMING.roamQuietMs) return;
     this.#path = { kind: "direct", to: from, via, rttMs: path.rttMs };
-    this.#trace({ type: "direct", to: show(from), via, rtt_ms: path.rttMs, probes: 0 });
+    this.#pathHeardAt = this.#d.clock.now();
+    this.#trace({
+      type: "direct",
+      to: show(from),
+      via,
+      rtt_ms: path.rttMs,
+      probes: 0,
+      moved: "roamed",
+    });
+  }
+
+  /** An authenticated frame came by `from`/`via`: a validated path, and proof of the one in use. */
+  #validate(from: UdpAddress, via: number): void {
+    if (!this.#isOpen(via)) return;
+    if (this.#paths.heard(from, via, this.#d.clock.now())) this.#d.onPaths?.();
+    if (this.#isPathTo(from, via)) this.#heard();
   }
 
   /**
@@ -1069,6 +1170,7 @@ export class PeerLink {
   }
 
   #heard(): void {
+    this.#pathHeardAt = this.#d.clock.now();
     if (this.#lostTimer !== undefined) this.#d.clock.clearTimeout(this.#lostTimer);
     this.#lostTimer = undefined;
   }
@@ -1194,6 +1296,7 @@ export class PeerLink {
       direct_to: this.directTo,
       rtt_ms: this.rttMs === null ? null : Math.round(this.rttMs * 10) / 10,
       in_flight: this.#unacked.size,
+      validated_paths: this.#paths.size,
       ...this.stats,
     };
   }

@@ -94,11 +94,15 @@ export class PeerManager {
   #connectAt = new Map<string, number>();
   /** Peers to introduce once both endpoints are known and a session is open. */
   #wanted = new Set<string>();
-  /** Links by their direct path (`via|ip|port`), for transport packets. */
+  /**
+   * Links by every path they validated (`via|ip|port`), for transport
+   * packets: a peer's packet that comes by another of its working paths
+   * than the one we send on is its own all the same.
+   */
   #byAddress = new Map<string, PeerLink>();
-  #addressOf = new Map<PeerLink, string>();
+  #addressesOf = new Map<PeerLink, readonly string[]>();
   #transport?: PeerTransport;
-  /** Transport packets from addresses no link's direct path names: dropped. */
+  /** Transport packets from addresses no link validated: dropped. */
   strayPackets = 0;
   /** Transport bytes (without the envelope byte) by path and direction. */
   readonly pathBytes = { direct: { sent: 0, received: 0 }, relay: { sent: 0, received: 0 } };
@@ -156,20 +160,17 @@ export class PeerManager {
     return this.#transport.receive(link.peerId, bytes.subarray(1));
   }
 
-  /** Keeps {@linkcode PeerManager.#byAddress} in step with a link's path. */
-  #indexPath(link: PeerLink): void {
-    const before = this.#addressOf.get(link);
-    const direct = link.direct;
-    const now = direct ? `${direct.via}|${direct.to.ip}|${direct.to.port}` : undefined;
-    if (before === now) return;
-    if (before !== undefined && this.#byAddress.get(before) === link) {
-      this.#byAddress.delete(before);
+  /** Keeps {@linkcode PeerManager.#byAddress} in step with a link's validated paths. */
+  #indexPaths(link: PeerLink, closing = false): void {
+    const before = this.#addressesOf.get(link) ?? [];
+    const now = closing ? [] : link.validatedPaths;
+    if (before.length === now.length && before.every((key, i) => key === now[i])) return;
+    for (const key of before) {
+      if (!now.includes(key) && this.#byAddress.get(key) === link) this.#byAddress.delete(key);
     }
-    if (now === undefined) this.#addressOf.delete(link);
-    else {
-      this.#addressOf.set(link, now);
-      this.#byAddress.set(now, link);
-    }
+    for (const key of now) this.#byAddress.set(key, link);
+    if (now.length === 0) this.#addressesOf.delete(link);
+    else this.#addressesOf.set(link, now);
   }
 
   /** Peers the rendezvous told us about. */
@@ -261,8 +262,9 @@ export class PeerManager {
         this.#o.sendToRendezvous({ type: "path_update", peer_id: peerId, path, rtt_ms: rttMs });
         this.#o.onPath?.(peerId, path, rttMs);
       },
+      onPaths: () => this.#indexPaths(link!),
       trace: (event) => {
-        this.#indexPath(link!);
+        this.#indexPaths(link!);
         this.#logLink(log, link!, event);
         if (event.type === "punch_failed" && event.suspect) {
           // Its mapping toward that peer failed: others from the same socket may too.
@@ -401,9 +403,7 @@ export class PeerManager {
           link.close();
           for (const id of link.sessionIds) this.#bySession.delete(id);
           this.#links.delete(message.peer_id);
-          const address = this.#addressOf.get(link);
-          if (address !== undefined) this.#byAddress.delete(address);
-          this.#addressOf.delete(link);
+          this.#indexPaths(link, true);
         }
         this.#transport?.forget(message.peer_id);
         this.#o.logger.info("peer left", { peer_id: message.peer_id });

@@ -5,13 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  type Frame,
-  importSessionKey,
-  openFrame,
-  sealFrame,
-  toBase64,
-} from "../../lib/peer/frame.ts";
+import { importSessionKey, sealFrame, toBase64 } from "../../lib/peer/frame.ts";
 import {
   LINK_TIMING,
   type LinkEvent,
@@ -27,11 +21,10 @@ import type {
   UdpAddress,
 } from "../../lib/protocol/messages.ts";
 import { FakeClock } from "../_fake_clock.ts";
-import { LinkSim } from "../_link_sim.ts";
+import { KEY, LinkSim, lone } from "../_link_sim.ts";
 
 const A: UdpAddress = { ip: "203.0.113.1", port: 1000 };
 const B: UdpAddress = { ip: "203.0.113.2", port: 2000 };
-const KEY = toBase64(crypto.getRandomValues(new Uint8Array(32)));
 
 interface Side {
   link: PeerLink;
@@ -362,64 +355,6 @@ Deno.test("PeerLink picks its strategy from both NATs and bounds each", async ()
     both.close();
   }
 });
-
-/** One link driven by hand: every frame it sends is opened and kept. */
-async function lone(
-  own: NatMapping,
-  peer: NatMapping,
-  peerPublic: UdpAddress,
-): Promise<{
-  link: PeerLink;
-  clock: FakeClock;
-  sent: { frame: Frame; to: UdpAddress; via: number }[];
-  closed: number[];
-  events: LinkEvent[];
-  seal: (frame: Frame) => Promise<Uint8Array>;
-  settle: () => Promise<void>;
-}> {
-  const clock = new FakeClock(0);
-  const key = await importSessionKey(KEY);
-  const sent: { frame: Frame; to: UdpAddress; via: number }[] = [];
-  const closed: number[] = [];
-  const events: LinkEvent[] = [];
-  const pending: Promise<unknown>[] = [];
-  let nextVia = 1;
-  const link = new PeerLink("peer", {
-    clock,
-    sendUdp: (bytes, to, via) =>
-      pending.push(openFrame(bytes, key).then((frame) => sent.push({ frame, to, via }))),
-    sendRelay: () => {},
-    openSockets: (count) => Array.from({ length: Math.min(count, 4) }, () => nextVia++),
-    closeSockets: (vias) => closed.push(...vias),
-    requestConnect: () => {},
-    onMessage: () => {},
-    onPath: () => {},
-    trace: (event) => events.push(event),
-    random: () => 0.5,
-  });
-  await link.punch({
-    type: "punch",
-    peer_id: "peer",
-    session_id: "00000000000000a1",
-    key: KEY,
-    candidates: [{ ...peerPublic, kind: "public" }],
-    peer_nat: peer,
-    own_nat: own,
-    role: "initiator",
-    delay_ms: 0,
-  });
-  const settle = async () => {
-    for (let idle = 0; idle < 3;) {
-      const batch = pending.splice(0);
-      await Promise.all(batch);
-      await new Promise((r) => setTimeout(r, 0));
-      idle = batch.length === 0 && pending.length === 0 ? idle + 1 : 0;
-    }
-  };
-  await clock.tick(0);
-  await settle();
-  return { link, clock, sent, closed, events, seal: (f) => sealFrame(f, key), settle };
-}
 
 const SESSION = "00000000000000a1";
 

@@ -251,6 +251,8 @@ export class Fleet {
   #local = new Map<string, Pick<WorkerRecord, "connected_at" | "session_id">>();
   /** Removals Redis missed while it was away: written once it is back. */
   #missedRemovals = new Map<string, { sessionId: string; group: string }>();
+  /** Key releases Redis missed while it was away (the hold counts from the session's end). */
+  #missedReleases = new Map<string, { key: string; at: number; holdMs: number }>();
   #stop = new AbortController();
   #loops: Promise<void>[] = [];
   #synced = false;
@@ -367,6 +369,7 @@ export class Fleet {
     });
     this.#remote.delete(record.worker_id);
     this.#missedRemovals.delete(record.worker_id);
+    this.#missedReleases.delete(record.worker_id); // bound again, by this session
     this.#soft(() => this.#put(record));
   }
 
@@ -479,7 +482,15 @@ export class Fleet {
 
   /** {@linkcode Registry.releaseKey} across the fleet (best effort). */
   releaseKey(workerId: string, key: string, now: number, holdMs: number): void {
-    this.#soft(() => this.#eval(RELEASE_KEY, [this.#key("key", workerId)], [key, now, holdMs]));
+    // Missed while Redis is away, the binding would never expire: released again once it is back.
+    if (!this.#redis.up) this.#missedReleases.set(workerId, { key, at: now, holdMs });
+    this.#soft(() => this.#release(workerId, key, now, holdMs));
+  }
+
+  async #release(workerId: string, key: string, at: number, holdMs: number): Promise<void> {
+    const left = Math.max(1, holdMs - (this.#o.clock.now() - at));
+    await this.#eval(RELEASE_KEY, [this.#key("key", workerId)], [key, at, left]);
+    if (this.#missedReleases.get(workerId)?.at === at) this.#missedReleases.delete(workerId);
   }
 
   /**
@@ -624,7 +635,18 @@ export class Fleet {
       for (const [workerId, { sessionId, group }] of [...this.#missedRemovals]) {
         await this.#remove(workerId, sessionId, group, true);
       }
+      for (const [workerId, { key, at, holdMs }] of [...this.#missedReleases]) {
+        await this.#release(workerId, key, at, holdMs);
+      }
       const local = await host.localRecords();
+      // A Redis that came back empty lost our sessions' key bindings too: bind them again
+      // (a no-op where they are still there), so no other key can take a connected id.
+      const now = this.#o.clock.now();
+      await Promise.all(
+        local.filter((record) => record.key !== null).map((record) =>
+          this.claimKey(record.worker_id, record.key, now, host.keyHoldMs)
+        ),
+      );
       await Promise.all(local.map((record) => this.#put(record)));
       // Ours are all in Redis again: others may trust its snapshot of us,
       // and drop what they hold of ours that is not in this list.

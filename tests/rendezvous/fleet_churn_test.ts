@@ -187,3 +187,70 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "fleet churn: a keyed worker that leaves while Redis is unreachable has its binding count down once Redis answers again",
+  ignore: skip !== undefined,
+  async fn() {
+    const holdMs = 3000;
+    const fleet = await TestFleet.start(1, { KEY_HOLD_SEC: String(holdMs / 1000) });
+    const [only] = fleet.instances;
+    const redis = await RedisConnection.open({ url: parseRedisUrl(fleet.redis.url()) });
+    const info = text(await redis.command(["INFO", "server"]))!;
+    const pid = Number(/process_id:(\d+)/.exec(info)![1]);
+    const ready = async () => (await (await fetch(`${only.http}/ready`)).json()).status;
+    let stopped = false;
+    try {
+      const client = await keyedAt(only.port, "paused", await Identity.generate());
+      await until(client, (m) => m.type === "registered", "registered");
+      // Redis stops answering (its data kept), the worker leaves, Redis answers again.
+      Deno.kill(pid, "SIGSTOP");
+      stopped = true;
+      await waitFor(async () => (await ready()) === "degraded", "/ready to say degraded");
+      await client.close();
+      Deno.kill(pid, "SIGCONT");
+      stopped = false;
+      await waitFor(async () => (await ready()) === "ready", "/ready again", 15_000);
+      const ttl = await waitFor(async () => {
+        const t = await redis.command(["PTTL", "holepunch:key:paused"]) as number;
+        return t !== -1 && t;
+      }, "the binding to count down");
+      assert.ok(ttl > 0 && ttl <= holdMs, `PTTL ${ttl}`);
+    } finally {
+      if (stopped) Deno.kill(pid, "SIGCONT");
+      redis.close();
+      await fleet.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "fleet churn: after Redis comes back empty, a connected worker's key still binds its id fleet-wide",
+  ignore: skip !== undefined,
+  async fn() {
+    const fleet = await TestFleet.start(2);
+    const [one, two] = fleet.instances;
+    const ready = async (http: string) => (await (await fetch(`${http}/ready`)).json()).status;
+    const owner = await keyedAt(one.port, "kept", await Identity.generate());
+    try {
+      await until(owner, (m) => m.type === "registered", "registered");
+      await fleet.redis.stop();
+      await fleet.redis.restart(); // empty
+      for (const r of [one, two]) {
+        await waitFor(async () => (await ready(r.http)) === "ready", "ready again", 15_000);
+      }
+      const thief = await keyedAt(two.port, "kept", await Identity.generate());
+      assert.equal((await within(thief.closed, 5000, "refusal")).code, CloseCode.KEY_REFUSED);
+      owner.send({ type: "echo_request", payload: "still mine" });
+      assert.equal(
+        (await until(owner, (m) => m.type === "echo_response", "echo")).original_payload,
+        "still mine",
+      );
+    } finally {
+      await owner.close().catch(() => {});
+      await fleet.close();
+    }
+  },
+});

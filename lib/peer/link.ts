@@ -90,6 +90,14 @@ export const LINK_TIMING = {
   maxProbes: 200,
   /** After the first working path, listen this long for a faster one. */
   settleMs: 300,
+  /**
+   * A round whose time is up while the peer's checks are reaching one of its
+   * sockets (in the last this long) gets this long once more: our answers
+   * are on their way, and on a loaded machine a round trip can pass 250 ms.
+   * Without it the hard side closed the very socket the easy side had just
+   * found, and the easy side held a dead path (seen in the lab under load).
+   */
+  answerGraceMs: 1000,
   /** Sockets the endpoint-dependent side opens (Tailscale uses 256). */
   hardSockets: 256,
   /** Each hard-side socket probes once per round... */
@@ -296,6 +304,8 @@ interface Probing {
   extra: number[];
   done: boolean;
   startedAt: number;
+  /** Set when the round's time was extended (once) for answers in flight: until when. */
+  gracedUntil?: number;
 }
 
 const show = (a: UdpAddress) => (a.ip.includes(":") ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`);
@@ -687,6 +697,22 @@ export class PeerLink {
 
   #punchFailed(probing: Probing, cause: FailCause = "timeout"): void {
     if (probing.done || this.#probing !== probing || this.#path.kind === "direct") return;
+    if (cause === "timeout") {
+      const now = this.#d.clock.now();
+      // Every strategy's end schedules this: while the round is graced, only the grace's end counts.
+      if (probing.gracedUntil !== undefined && now < probing.gracedUntil) return;
+      const ours = (via: number) => via === probing.via || probing.extra.includes(via);
+      if (
+        probing.gracedUntil === undefined &&
+        this.#paths.latest(now - LINK_TIMING.answerGraceMs, (p) => ours(p.via))
+      ) {
+        probing.gracedUntil = now + LINK_TIMING.answerGraceMs;
+        probing.timers.push(
+          this.#timer(() => this.#punchFailed(probing), LINK_TIMING.answerGraceMs),
+        );
+        return;
+      }
+    }
     this.#endRound(probing, cause);
     if (this.#canReroll(probing)) void this.#reroll(probing.session, probing.round + 1);
     else this.#scheduleUpgrade();

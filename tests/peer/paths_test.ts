@@ -292,3 +292,43 @@ Deno.test("the peer manager takes a peer's transport packets from every path its
     await manager.close();
   }
 });
+
+Deno.test("a round whose time is up while the peer's checks reach one of its sockets waits once for the answers in flight", async () => {
+  const easy: UdpAddress = { ip: "198.51.100.1", port: 5000 };
+  for (const answered of [true, false]) {
+    const h = await lone("endpoint-dependent", "endpoint-independent", easy);
+    try {
+      // The hard side gives up 1 s after its longest strategy (15 rounds of 1 s).
+      const giveUp = LINK_TIMING.hardRounds * LINK_TIMING.hardRoundMs + 1000;
+      await h.clock.tick(giveUp - 200);
+      await h.settle();
+      // The easy side's spray reaches extra socket 3 just now: it is acked, and checked back.
+      h.sent.length = 0;
+      const probe = {
+        type: "probe",
+        sessionId: SESSION,
+        nonce: "00000000000000f1",
+        time: 0,
+      } as const;
+      await h.link.receive(await h.seal(probe), easy, 3);
+      await h.settle();
+      const triggered = h.sent.find((s) => s.frame.type === "probe" && s.via === 3)?.frame;
+      assert.ok(triggered?.type === "probe", "a triggered check from socket 3");
+      await h.clock.tick(400); // past the give-up time
+      await h.settle();
+      assert.ok(!h.events.some((e) => e.type === "punch_failed"), "the round waits");
+      if (answered) {
+        await h.link.receive(await ack(h, triggered, 600), easy, 3);
+        assert.equal(h.link.path, "direct");
+        assert.equal(h.link.directTo, "198.51.100.1:5000");
+      } else {
+        await h.clock.tick(LINK_TIMING.answerGraceMs);
+        await h.settle();
+        assert.equal(h.events.filter((e) => e.type === "punch_failed").length, 1, "once only");
+        assert.equal(h.link.path, "relay");
+      }
+    } finally {
+      h.link.close();
+    }
+  }
+});

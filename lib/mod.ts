@@ -74,7 +74,13 @@ export {
   FleetRegistry,
   type RemoteWorker,
 } from "./rendezvous/fleet.ts";
-export { Rendezvous, type RendezvousOptions, type RendezvousState } from "./rendezvous/server.ts";
+export { Rendezvous, type RendezvousState } from "./rendezvous/server.ts";
+export {
+  defaultPerClient,
+  RENDEZVOUS_DEFAULTS,
+  type RendezvousOptions,
+  type ResolvedOptions,
+} from "./rendezvous/options.ts";
 export {
   type KeyClaim,
   MemoryRegistry,

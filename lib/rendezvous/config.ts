@@ -19,6 +19,7 @@ import {
 import { parseRedisUrl } from "../redis/client.ts";
 import { loadStunConfig, STUN_VARIABLES } from "../stun/config.ts";
 import type { StunServerOptions } from "../stun/server.ts";
+import { defaultPerClient, RENDEZVOUS_DEFAULTS as D } from "./options.ts";
 
 /** Everything `rendezvous.ts` needs to start. */
 export interface RendezvousConfig {
@@ -100,7 +101,11 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     fallback: "false",
     meaning: "take the client IP from X-Forwarded-For: true (1 hop, Cloud Run) or a hop count",
   },
-  { name: "MAX_CONNECTIONS", fallback: "10000", meaning: "sessions held at once; more get 503" },
+  {
+    name: "MAX_CONNECTIONS",
+    fallback: String(D.maxConnections),
+    meaning: "sessions held at once; more get 503",
+  },
   {
     name: "MAX_SESSIONS_PER_IP",
     fallback: "MAX_CONNECTIONS / 2",
@@ -113,54 +118,62 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
   },
   {
     name: "HANDSHAKE_RATE_PER_SEC",
-    fallback: "4000",
+    fallback: String(D.handshakeRatePerSec),
     meaning: "WebSocket handshakes per second, instance-wide; more get 503",
   },
   {
     name: "HANDSHAKE_BURST",
-    fallback: "10000",
+    fallback: String(D.handshakeBurst),
     meaning: "handshakes above that rate in a burst (a fleet coming back at once)",
   },
   {
     name: "MAX_MESSAGE_BYTES",
-    fallback: "65536",
+    fallback: String(D.maxMessageBytes),
     meaning: "largest text frame; larger closes with 1009",
   },
   {
     name: "IDLE_TIMEOUT_SEC",
-    fallback: "30",
+    fallback: String(D.idleTimeoutSec),
     meaning: "ping a silent worker after half of this, drop it after all of it",
   },
   {
     name: "MESSAGE_RATE_PER_SEC",
-    fallback: "50",
+    fallback: String(D.messageRatePerSec),
     meaning: "average messages per second per worker; more closes with 1008",
   },
-  { name: "MESSAGE_BURST", fallback: "100", meaning: "messages a worker may send in a burst" },
+  {
+    name: "MESSAGE_BURST",
+    fallback: String(D.messageBurst),
+    meaning: "messages a worker may send in a burst",
+  },
   {
     name: "SHUTDOWN_TIMEOUT_SEC",
-    fallback: "5",
+    fallback: String(D.shutdownTimeoutSec),
     meaning: "how long shutdown waits for sockets to close (Cloud Run allows 10)",
   },
   {
     name: "RELAY_RATE_PER_SEC",
-    fallback: "500",
+    fallback: String(D.relayRatePerSec),
     meaning: "relayed frames per second per worker; more are refused with an error",
   },
-  { name: "RELAY_BURST", fallback: "1000", meaning: "relayed frames a worker may send in a burst" },
+  {
+    name: "RELAY_BURST",
+    fallback: String(D.relayBurst),
+    meaning: "relayed frames a worker may send in a burst",
+  },
   {
     name: "RELAY_BYTES_PER_SEC",
-    fallback: "33554432",
+    fallback: String(D.relayBytesPerSec),
     meaning: "transport packets a worker may relay, in bytes/s (burst a quarter); over it, dropped",
   },
   {
     name: "REQUIRE_WORKER_KEYS",
-    fallback: "false",
+    fallback: String(D.requireWorkerKeys),
     meaning: "refuse workers that do not register with a key (the seed's worker has none)",
   },
   {
     name: "KEY_HOLD_SEC",
-    fallback: "300",
+    fallback: String(D.keyHoldSec),
     meaning: "an id stays bound to its key this long after its last session",
   },
   {
@@ -185,7 +198,7 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
   },
   {
     name: "FLEET_TTL_SEC",
-    fallback: "5",
+    fallback: String(D.fleetTtlSec),
     meaning: "an instance silent this long is dropped from the fleet with its workers",
   },
   ...STUN_VARIABLES,
@@ -220,7 +233,7 @@ function fleetConfig(env: Env): FleetConfig | undefined {
     url,
     ...(caCert ? { caCert } : {}),
     prefix,
-    ttlSec: numberVar(env, "FLEET_TTL_SEC", 5, { min: 1, max: 300 }),
+    ttlSec: numberVar(env, "FLEET_TTL_SEC", D.fleetTtlSec, { min: 1, max: 300 }),
   };
 }
 
@@ -274,7 +287,10 @@ function publicHosts(env: Env): string[] | undefined {
 export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousConfig {
   const token = stringVar(env, "RENDEZVOUS_TOKEN");
   const hostname = stringVar(env, "HOST", "0.0.0.0");
-  const maxConnections = numberVar(env, "MAX_CONNECTIONS", 10_000, { min: 1, integer: true });
+  const maxConnections = numberVar(env, "MAX_CONNECTIONS", D.maxConnections, {
+    min: 1,
+    integer: true,
+  });
   return {
     port: portVar(env, "PORT", 8080),
     hostname,
@@ -283,33 +299,42 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
     token,
     trustProxyHops: trustProxyHops(env),
     maxConnections,
-    maxSessionsPerIp: numberVar(env, "MAX_SESSIONS_PER_IP", Math.ceil(maxConnections / 2), {
+    maxSessionsPerIp: numberVar(env, "MAX_SESSIONS_PER_IP", defaultPerClient(maxConnections), {
       min: 1,
       integer: true,
     }),
-    maxSessionsPerKey: numberVar(env, "MAX_SESSIONS_PER_KEY", Math.ceil(maxConnections / 2), {
+    maxSessionsPerKey: numberVar(env, "MAX_SESSIONS_PER_KEY", defaultPerClient(maxConnections), {
       min: 1,
       integer: true,
     }),
-    handshakeRatePerSec: numberVar(env, "HANDSHAKE_RATE_PER_SEC", 4000, { min: 1 }),
-    handshakeBurst: numberVar(env, "HANDSHAKE_BURST", 10_000, { min: 1, integer: true }),
-    maxMessageBytes: numberVar(env, "MAX_MESSAGE_BYTES", 65_536, {
+    handshakeRatePerSec: numberVar(env, "HANDSHAKE_RATE_PER_SEC", D.handshakeRatePerSec, {
+      min: 1,
+    }),
+    handshakeBurst: numberVar(env, "HANDSHAKE_BURST", D.handshakeBurst, { min: 1, integer: true }),
+    maxMessageBytes: numberVar(env, "MAX_MESSAGE_BYTES", D.maxMessageBytes, {
       min: 256,
       max: 16 * 1024 * 1024,
       integer: true,
     }),
-    idleTimeoutSec: numberVar(env, "IDLE_TIMEOUT_SEC", 30, { min: 1, max: 3600, integer: true }),
-    messageRatePerSec: numberVar(env, "MESSAGE_RATE_PER_SEC", 50, { min: 0.1 }),
-    messageBurst: numberVar(env, "MESSAGE_BURST", 100, { min: 1, integer: true }),
-    relayRatePerSec: numberVar(env, "RELAY_RATE_PER_SEC", 500, { min: 0.1 }),
-    relayBurst: numberVar(env, "RELAY_BURST", 1000, { min: 1, integer: true }),
-    shutdownTimeoutSec: numberVar(env, "SHUTDOWN_TIMEOUT_SEC", 5, { min: 0, max: 60 }),
-    relayBytesPerSec: numberVar(env, "RELAY_BYTES_PER_SEC", 32 * 1024 * 1024, {
+    idleTimeoutSec: numberVar(env, "IDLE_TIMEOUT_SEC", D.idleTimeoutSec, {
+      min: 1,
+      max: 3600,
+      integer: true,
+    }),
+    messageRatePerSec: numberVar(env, "MESSAGE_RATE_PER_SEC", D.messageRatePerSec, { min: 0.1 }),
+    messageBurst: numberVar(env, "MESSAGE_BURST", D.messageBurst, { min: 1, integer: true }),
+    relayRatePerSec: numberVar(env, "RELAY_RATE_PER_SEC", D.relayRatePerSec, { min: 0.1 }),
+    relayBurst: numberVar(env, "RELAY_BURST", D.relayBurst, { min: 1, integer: true }),
+    shutdownTimeoutSec: numberVar(env, "SHUTDOWN_TIMEOUT_SEC", D.shutdownTimeoutSec, {
+      min: 0,
+      max: 60,
+    }),
+    relayBytesPerSec: numberVar(env, "RELAY_BYTES_PER_SEC", D.relayBytesPerSec, {
       min: 65_536,
       integer: true,
     }),
-    requireWorkerKeys: boolVar(env, "REQUIRE_WORKER_KEYS", false),
-    keyHoldSec: numberVar(env, "KEY_HOLD_SEC", 300, { min: 0, max: 30 * 86_400 }),
+    requireWorkerKeys: boolVar(env, "REQUIRE_WORKER_KEYS", D.requireWorkerKeys),
+    keyHoldSec: numberVar(env, "KEY_HOLD_SEC", D.keyHoldSec, { min: 0, max: 30 * 86_400 }),
     publicHosts: publicHosts(env),
     log: logConfig(env, isTerminal),
   };

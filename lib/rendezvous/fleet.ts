@@ -44,6 +44,7 @@ import {
 } from "../redis/client.ts";
 import type { ServerMessage } from "../protocol/messages.ts";
 import type { KeyClaim, MemoryRegistry, Registry, WorkerPatch, WorkerRecord } from "./registry.ts";
+import { RENDEZVOUS_DEFAULTS } from "./options.ts";
 
 /** Options for {@linkcode Fleet}. */
 export interface FleetOptions {
@@ -274,7 +275,7 @@ export class Fleet {
       url: options.url,
       caCerts: options.caCerts,
       prefix: options.prefix ?? "holepunch",
-      ttlMs: options.ttlMs ?? 5000,
+      ttlMs: options.ttlMs ?? RENDEZVOUS_DEFAULTS.fleetTtlSec * 1000,
       logger: options.logger,
       clock: options.clock ?? systemClock,
     };

@@ -44,106 +44,17 @@ import { PeerDirectory, type PeerSession } from "./peers.ts";
 import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
 import { type Fleet, FleetRegistry, type RemoteWorker } from "./fleet.ts";
 import { MAX_PEER_PATHS, PathReports } from "./path_reports.ts";
+import {
+  RENDEZVOUS_DEFAULTS,
+  type RendezvousOptions,
+  type ResolvedOptions,
+  resolveOptions,
+} from "./options.ts";
+
+export type { RendezvousOptions } from "./options.ts";
 
 /** Lifecycle of a {@linkcode Rendezvous}. */
 export type RendezvousState = "starting" | "running" | "closing" | "closed";
-
-/** Options for {@linkcode Rendezvous}; every one has a production default. */
-export interface RendezvousOptions {
-  /** Where registrations live. @default {new MemoryRegistry()} */
-  registry?: Registry;
-  /**
-   * The fleet this instance is part of (`REDIS_URL`): the registry becomes
-   * this instance's sessions plus everyone else's, and peer services reach
-   * workers on other instances. Started here; the caller closes it after
-   * {@linkcode Rendezvous.close}.
-   */
-  fleet?: Fleet;
-  /** Bearer token required of workers and of the debug list; unset = open. */
-  token?: string;
-  /**
-   * How many proxies in front of us to trust for `X-Forwarded-For`; 0 takes
-   * the address from the connection. Cloud Run's front end is one hop.
-   * @default {0}
-   */
-  trustProxyHops?: number;
-  /** Sessions held at once (each is one Cloud Run request). @default {10000} */
-  maxConnections?: number;
-  /**
-   * Sessions one client IP (after `trustProxyHops`) may hold; more are
-   * refused with 429. @default {half of maxConnections}
-   */
-  maxSessionsPerIp?: number;
-  /**
-   * Registered sessions one worker key may hold (a fleet may share one key);
-   * more are refused with 429. @default {half of maxConnections}
-   */
-  maxSessionsPerKey?: number;
-  /** WebSocket handshakes per second for the whole instance; more get 503. @default {4000} */
-  handshakeRatePerSec?: number;
-  /** Handshakes above that rate in a burst (a fleet coming back at once). @default {10000} */
-  handshakeBurst?: number;
-  /** The STUN server beside this rendezvous, for `/metrics`. */
-  stunStats?: () => StunServerStats;
-  /** Largest accepted text frame, in UTF-8 bytes. @default {65536} */
-  maxMessageBytes?: number;
-  /**
-   * Seconds of silence after which the server pings, then drops a worker that
-   * still says nothing: a dead worker is gone within this bound.
-   * @default {30}
-   */
-  idleTimeoutSec?: number;
-  /** Messages per second a session may send on average. @default {50} */
-  messageRatePerSec?: number;
-  /** Messages a session may send in a burst. @default {100} */
-  messageBurst?: number;
-  /** Relayed frames per second a session may send on average. @default {500} */
-  relayRatePerSec?: number;
-  /** Relayed frames a session may send in a burst. @default {1000} */
-  relayBurst?: number;
-  /**
-   * Bytes of binary transport packets a session may relay per second on
-   * average (a burst of a quarter of it); beyond it packets are dropped.
-   * @default {33554432}
-   */
-  relayBytesPerSec?: number;
-  /**
-   * On shutdown, how long workers have between the `going_away` notice and
-   * the 1001 close, to stop sending (a frame that crosses the close frame
-   * makes Deno drop the connection without one).
-   * @default {200}
-   */
-  closeNoticeMs?: number;
-  /**
-   * Refuse workers that do not register with a key (`?key=`), with 401
-   * before the upgrade. Off, keyless workers (the seed's) register, but never
-   * take an id bound to a key.
-   * @default {false}
-   */
-  requireWorkerKeys?: boolean;
-  /**
-   * How long an id stays bound to its key after its last session ended; a
-   * session with another key (or none) is refused until then.
-   * @default {600}
-   */
-  keyHoldSec?: number;
-  /**
-   * The authorities (`host[:port]`, as workers dial them) that registration
-   * proofs may name. Unset: the request's `Host` header, which is what the
-   * worker dialed when nothing rewrites it (Cloud Run and haproxy keep it).
-   */
-  publicHosts?: readonly string[];
-  /** How long a keyed worker has to answer the challenge. @default {10000} */
-  keyProofTimeoutMs?: number;
-  /** Where the service logs. @default {silentLogger} */
-  logger?: Logger;
-  /** Time source, for tests. @default {systemClock} */
-  clock?: Clock;
-  /** Reported by `GET /`. */
-  name?: string;
-  /** Reported by `GET /`. */
-  version?: string;
-}
 
 /** Connection info as `Deno.serve` passes it. */
 export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
@@ -351,11 +262,7 @@ class Session implements PeerSession {
 export class Rendezvous {
   /** Where the sessions' records live. */
   readonly registry: Registry;
-  #options:
-    & Required<
-      Omit<RendezvousOptions, "registry" | "fleet" | "token" | "publicHosts" | "stunStats">
-    >
-    & { token?: string; publicHosts?: readonly string[] };
+  #options: ResolvedOptions;
   #log: Logger;
   #clock: Clock;
   #state: RendezvousState = "starting";
@@ -422,37 +329,15 @@ export class Rendezvous {
   constructor(options: RendezvousOptions = {}) {
     this.#fleet = options.fleet;
     this.registry = options.fleet
-      ? new FleetRegistry(new MemoryRegistry(), options.fleet, (options.keyHoldSec ?? 600) * 1000)
+      ? new FleetRegistry(
+        new MemoryRegistry(),
+        options.fleet,
+        (options.keyHoldSec ?? RENDEZVOUS_DEFAULTS.keyHoldSec) * 1000,
+      )
       : options.registry ?? new MemoryRegistry();
     this.#log = options.logger ?? silentLogger;
     this.#clock = options.clock ?? systemClock;
-    this.#options = {
-      token: options.token,
-      trustProxyHops: options.trustProxyHops ?? 0,
-      maxConnections: options.maxConnections ?? 10_000,
-      maxSessionsPerIp: options.maxSessionsPerIp ??
-        Math.ceil((options.maxConnections ?? 10_000) / 2),
-      maxSessionsPerKey: options.maxSessionsPerKey ??
-        Math.ceil((options.maxConnections ?? 10_000) / 2),
-      handshakeRatePerSec: options.handshakeRatePerSec ?? 4000,
-      handshakeBurst: options.handshakeBurst ?? 10_000,
-      maxMessageBytes: options.maxMessageBytes ?? 65_536,
-      idleTimeoutSec: options.idleTimeoutSec ?? 30,
-      messageRatePerSec: options.messageRatePerSec ?? 50,
-      messageBurst: options.messageBurst ?? 100,
-      relayRatePerSec: options.relayRatePerSec ?? 500,
-      relayBurst: options.relayBurst ?? 1000,
-      relayBytesPerSec: options.relayBytesPerSec ?? 32 * 1024 * 1024,
-      closeNoticeMs: options.closeNoticeMs ?? 200,
-      requireWorkerKeys: options.requireWorkerKeys ?? false,
-      keyHoldSec: options.keyHoldSec ?? 600,
-      publicHosts: options.publicHosts?.map((h) => h.toLowerCase()),
-      keyProofTimeoutMs: options.keyProofTimeoutMs ?? 10_000,
-      logger: this.#log,
-      clock: this.#clock,
-      name: options.name ?? "holepunch-rendezvous",
-      version: options.version ?? "0.0.0",
-    };
+    this.#options = resolveOptions(options, this.#log, this.#clock);
     this.#relayLimit = {
       rate: this.#options.relayRatePerSec,
       burst: this.#options.relayBurst,
@@ -745,6 +630,12 @@ export class Rendezvous {
       send: (message) => fleet.send(instance, workerId, record.group, message),
       sendBinary: (bytes) => fleet.sendBinary(instance, workerId, record.group, bytes),
     };
+  }
+
+  /** The options in force, every default filled in (`RENDEZVOUS_DEFAULTS`). */
+  get settings(): Readonly<Omit<ResolvedOptions, "logger" | "clock" | "token">> {
+    const { logger: _logger, clock: _clock, token: _token, ...settings } = this.#options;
+    return settings;
   }
 
   /** Where the service is in its life. */

@@ -18,12 +18,10 @@ import {
   PROTOCOL_VERSION,
   ProtocolError,
   REGISTER_PATH_PREFIX,
-  type ServerMessage,
   type WorkerListingEntry,
 } from "../protocol/messages.ts";
 import { TokenBucket } from "../core/rate_limit.ts";
-import { type Counter, type Histogram, Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
-import type { StunServerStats } from "../stun/server.ts";
+import { Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
 import {
   DashboardHub,
   dashboardPages,
@@ -32,15 +30,24 @@ import {
   sessionCookie,
 } from "./dashboard.ts";
 import { parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
-import {
-  fingerprint,
-  importPublicKey,
-  newNonce,
-  parsePublicKey,
-  registrationPayload,
-  verifySignature,
-} from "../protocol/identity.ts";
+import { fingerprint, parsePublicKey } from "../protocol/identity.ts";
 import { PeerDirectory, type PeerSession } from "./peers.ts";
+import {
+  bearerAuthorized,
+  constantTimeEqual,
+  forwardedClientIp,
+  json,
+  JSON_HEADERS,
+  problem,
+  unauthorized,
+  utf8LengthExceeds,
+} from "./http.ts";
+import { Session } from "./session.ts";
+import { Admission, type Refused } from "./admission.ts";
+import { proveKey } from "./key_proof.ts";
+import { defineRendezvousMetrics, type RendezvousMetrics } from "./metrics.ts";
+
+export { forwardedClientIp } from "./http.ts";
 import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
 import { type Fleet, FleetRegistry, type RemoteWorker } from "./fleet.ts";
 import { MAX_PEER_PATHS, PathReports } from "./path_reports.ts";
@@ -62,189 +69,9 @@ export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
 /** Workers serialized per turn of the event loop by the listing. */
 const LIST_SLICE = 250;
 
-/**
- * Bytes waiting in a session's send buffer beyond which relayed packets to
- * it are dropped: about 10 ms at 100 MB/s, so a slow receiver costs the
- * rendezvous little memory and the senders' QUIC sees loss, not delay.
- */
-const MAX_BUFFERED_RELAY = 1 << 20;
-
 const encoder = new TextEncoder();
 /** Shared by every record that has no peer paths yet (most of a fleet). */
 const NO_PEER_PATHS: Readonly<Record<string, never>> = Object.freeze({});
-
-const JSON_HEADERS = { "content-type": "application/json; charset=utf-8" };
-
-function decrement(counts: Map<string, number>, key: string): void {
-  const n = (counts.get(key) ?? 0) - 1;
-  if (n <= 0) counts.delete(key);
-  else counts.set(key, n);
-}
-
-function json(body: unknown, status = 200, headers: HeadersInit = {}): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { ...JSON_HEADERS, ...headers },
-  });
-}
-
-function problem(status: number, error: string, headers: HeadersInit = {}): Response {
-  return json({ error }, status, headers);
-}
-
-/** UTF-8 length of `text`, stopping early once it passes `limit`. */
-function utf8LengthExceeds(text: string, limit: number): boolean {
-  // Every UTF-16 unit is at least one UTF-8 byte and at most three.
-  if (text.length > limit) return true;
-  if (text.length * 3 <= limit) return false;
-  let bytes = 0;
-  for (let i = 0; i < text.length; i++) {
-    const unit = text.charCodeAt(i);
-    if (unit < 0x80) bytes += 1;
-    else if (unit < 0x800) bytes += 2;
-    else if (unit >= 0xd800 && unit <= 0xdbff) {
-      bytes += 4; // A surrogate pair: one four-byte sequence.
-      i++;
-    } else bytes += 3;
-    if (bytes > limit) return true;
-  }
-  return false;
-}
-
-/** Compares secrets in time independent of where they first differ. */
-function constantTimeEqual(a: string, b: string): boolean {
-  const x = encoder.encode(a);
-  const y = encoder.encode(b);
-  if (x.length !== y.length) return false;
-  let diff = 0;
-  for (let i = 0; i < x.length; i++) diff |= x[i] ^ y[i];
-  return diff === 0;
-}
-
-/**
- * The client address from `X-Forwarded-For`, trusting `hops` proxies: each
- * proxy appends the address it saw, so the entry `hops` from the right is the
- * last one a trusted proxy wrote. Entries left of it are the client's to
- * forge and are never used.
- */
-export function forwardedClientIp(header: string | null, hops: number): string | null {
-  if (header === null || hops < 1) return null;
-  const entries = header.split(",").map((e) => e.trim()).filter((e) => e !== "");
-  const entry = entries[entries.length - hops];
-  if (entry === undefined) return null;
-  // Some proxies write "[v6]:port" or "v4:port".
-  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(entry);
-  if (bracketed) return normalizeIp(bracketed[1]);
-  const v4WithPort = /^(\d+\.\d+\.\d+\.\d+):\d+$/.exec(entry);
-  return normalizeIp(v4WithPort ? v4WithPort[1] : entry);
-}
-
-/** Per-process prefix of session ids, so ids stay unique in a shared registry. */
-const INSTANCE = [...crypto.getRandomValues(new Uint8Array(4))]
-  .map((b) => b.toString(16).padStart(2, "0")).join("");
-let sessionCounter = 0;
-const SETTLED: Promise<unknown> = Promise.resolve();
-
-interface SessionInit {
-  relayBytes: number;
-  workerId: string;
-  group: string;
-  key: string | null;
-  authority: string;
-  socket: WebSocket;
-  observedIp: string | null;
-  observedPort: number | null;
-  now: number;
-  bucket: TokenBucket;
-  relayLimit: { rate: number; burst: number };
-}
-
-/**
- * One WebSocket session. Kept small: a fleet holds tens of thousands, and
- * what each costs beyond Deno's own WebSocket is what the product costs.
- */
-class Session implements PeerSession {
-  readonly id = `${INSTANCE}.${(sessionCounter++).toString(36)}`;
-  readonly workerId: string;
-  readonly group: string;
-  /** The key the worker registered with (`?key=`), proven before it is registered. */
-  readonly key: string | null;
-  /** The `Host` the worker dialed, for its key proof. */
-  readonly authority: string;
-  /** Resolves with the `prove_key` signature, or null when the socket closes first. */
-  proof?: PromiseWithResolvers<string | null>;
-  readonly socket: WebSocket;
-  readonly observedIp: string | null;
-  readonly observedPort: number | null;
-  readonly connectedAt: number;
-  readonly bucket: TokenBucket;
-  #relayLimit: { rate: number; burst: number };
-  #relayBucket?: TokenBucket;
-  #relayBytes: number;
-  #relayBytesBucket?: TokenBucket;
-  lastSeen: number;
-  rttMs: number | null = null;
-  watching = false;
-  /** Serializes this session's registry work so its writes land in order. */
-  tail: Promise<unknown> = SETTLED;
-  registered = false;
-
-  constructor(init: SessionInit) {
-    this.workerId = init.workerId;
-    this.group = init.group;
-    this.key = init.key;
-    this.authority = init.authority;
-    this.socket = init.socket;
-    this.observedIp = init.observedIp;
-    this.observedPort = init.observedPort;
-    this.connectedAt = init.now;
-    this.lastSeen = init.now;
-    this.bucket = init.bucket;
-    this.#relayLimit = init.relayLimit;
-    this.#relayBytes = init.relayBytes;
-  }
-
-  takeRelayBytes(now: number, bytes: number): boolean {
-    this.#relayBytesBucket ??= new TokenBucket(this.#relayBytes, this.#relayBytes / 4, now);
-    return this.#relayBytesBucket.take(now, bytes);
-  }
-
-  sendBinary(bytes: Uint8Array): boolean {
-    const socket = this.socket;
-    if (socket.readyState !== WebSocket.OPEN || socket.bufferedAmount > MAX_BUFFERED_RELAY) {
-      return false;
-    }
-    try {
-      socket.send(bytes);
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
-  /** Spends a relay token; the bucket exists only for sessions that relay. */
-  takeRelay(now: number): boolean {
-    this.#relayBucket ??= new TokenBucket(this.#relayLimit.rate, this.#relayLimit.burst, now);
-    return this.#relayBucket.take(now);
-  }
-
-  send(message: ServerMessage): void {
-    if (this.socket.readyState !== WebSocket.OPEN) return;
-    try {
-      this.socket.send(encodeMessage(message));
-    } catch {
-      // The socket closed under us; its close handler cleans up.
-    }
-  }
-
-  close(code: number, reason: string): void {
-    try {
-      this.socket.close(code, reason);
-    } catch {
-      // Already closing or closed.
-    }
-  }
-}
 
 /**
  * The rendezvous service.
@@ -278,22 +105,14 @@ export class Rendezvous {
   #peers: PeerDirectory;
   #fleet?: Fleet;
   /** Sessions per client IP, and registered sessions per key. */
-  #perIp = new Map<string, number>();
-  #perKey = new Map<string, number>();
-  #handshakes?: TokenBucket;
+  #admission: Admission;
   /** Refused connection attempts, by why; and when each kind was last logged. */
-  readonly refused = { at_capacity: 0, per_ip: 0, per_key: 0, handshake_rate: 0, sign_in: 0 };
-  #refusalLoggedAt = new Map<string, { at: number; suppressed: number }>();
+  get refused(): Readonly<Refused> {
+    return this.#admission.refused;
+  }
   /** What `/metrics` serves. */
   readonly metrics: Metrics = new Metrics();
-  #m!: {
-    registrations: Counter;
-    reconnects: Counter;
-    disconnections: Counter;
-    workerRtt: Histogram;
-    pathReports: Counter;
-    timeToDirect: Histogram;
-  };
+  #m!: RendezvousMetrics;
   #dashboard = new DashboardHub();
   /** Which sessions' records name which peers, pruned when a peer leaves. */
   #pathReports = new PathReports<Session>();
@@ -338,6 +157,7 @@ export class Rendezvous {
     this.#log = options.logger ?? silentLogger;
     this.#clock = options.clock ?? systemClock;
     this.#options = resolveOptions(options, this.#log, this.#clock);
+    this.#admission = new Admission(this.#options, this.#log, this.#clock);
     this.#relayLimit = {
       rate: this.#options.relayRatePerSec,
       burst: this.#options.relayBurst,
@@ -354,7 +174,14 @@ export class Rendezvous {
         }
         : {}),
     });
-    this.#defineMetrics(options.stunStats);
+    this.#m = defineRendezvousMetrics(this.metrics, {
+      sessions: () => this.#sessions.size,
+      workers: () => this.#byWorker.size + (this.#fleet?.remoteCount ?? 0),
+      refused: () => this.refused,
+      peers: this.#peers.stats,
+      stun: options.stunStats,
+      fleet: this.#fleet,
+    });
     this.#fleet?.start({
       deliver: (workerId, group, message) => {
         const session = this.#byWorker.get(workerId);
@@ -392,99 +219,6 @@ export class Rendezvous {
       rttOf: (workerId) => this.#byWorker.get(workerId)?.rttMs ?? null,
       keyHoldMs: this.#options.keyHoldSec * 1000,
     });
-  }
-
-  #defineMetrics(stunStats?: () => StunServerStats): void {
-    const m = this.metrics;
-    const ns = "holepunch_rendezvous";
-    m.gauge(`${ns}_sessions`, "WebSocket sessions this instance holds.", () => this.#sessions.size);
-    m.gauge(
-      `${ns}_workers`,
-      "Workers registered in the fleet (this instance's and, with Redis, everyone else's).",
-      () => this.#byWorker.size + (this.#fleet?.remoteCount ?? 0),
-    );
-    const ms = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000].map((x) => x / 1000);
-    const sec = [0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60];
-    this.#m = {
-      registrations: m.counter(`${ns}_registrations_total`, "Sessions registered."),
-      reconnects: m.counter(
-        `${ns}_reconnects_total`,
-        "Registrations of a worker whose previous session here ended less than 60 s before.",
-      ),
-      disconnections: m.counter(`${ns}_disconnections_total`, "Sessions ended, by close code."),
-      workerRtt: m.histogram(
-        `${ns}_worker_rtt_seconds`,
-        "Round trip to the rendezvous as workers report it (their echo heartbeat).",
-        ms,
-      ),
-      pathReports: m.counter(
-        `${ns}_path_reports_total`,
-        "Paths workers report to their peers (direct or relay), by the pair's NAT mappings.",
-      ),
-      timeToDirect: m.histogram(
-        `${ns}_time_to_direct_seconds`,
-        "From an introduction to the first direct path reported for it, by NAT pair.",
-        sec,
-      ),
-    };
-    const stats = this.#peers.stats;
-    m.counterFrom(
-      `${ns}_refused_total`,
-      "Connection attempts refused, by reason.",
-      () => Object.entries(this.refused).map(([reason, n]) => [{ reason }, n]),
-    );
-    m.counterFrom(
-      `${ns}_introductions_total`,
-      "Pairs introduced (punch sent to both).",
-      () => stats.introductions,
-    );
-    m.counterFrom(
-      `${ns}_relay_messages_total`,
-      "Relayed JSON messages and transport packets.",
-      () => [
-        [{ kind: "message" }, stats.relayed],
-        [{ kind: "packet" }, stats.packetsRelayed],
-      ],
-    );
-    m.counterFrom(
-      `${ns}_relay_bytes_total`,
-      "Bytes relayed (base64 text and packets).",
-      () => stats.relayBytes,
-    );
-    m.counterFrom(`${ns}_relay_refused_total`, "Relay frames refused or dropped.", () => [
-      [{ reason: "rate_limited" }, stats.relayRejected],
-      [{ reason: "packet_dropped" }, stats.packetsDropped],
-    ]);
-    if (stunStats) {
-      m.counterFrom(
-        "holepunch_stun_answered_total",
-        "STUN Binding requests answered.",
-        () => stunStats().answered,
-      );
-      m.counterFrom(
-        "holepunch_stun_dropped_total",
-        "STUN datagrams dropped, by reason.",
-        () => Object.entries(stunStats().dropped).map(([reason, n]) => [{ reason }, n]),
-      );
-    }
-    const fleet = this.#fleet;
-    if (fleet) {
-      m.gauge(
-        "holepunch_fleet_redis_up",
-        "1 while Redis is reachable and this instance synced.",
-        () => fleet.up ? 1 : 0,
-      );
-      m.counterFrom(
-        "holepunch_fleet_redis_outages_total",
-        "Times the Redis connection was lost.",
-        () => fleet.stats.redis_outages,
-      );
-      m.gauge(
-        "holepunch_fleet_remote_workers",
-        "Workers other instances hold.",
-        () => fleet.remoteCount,
-      );
-    }
   }
 
   /** Bearer token, or (dashboard paths) the sign-in cookie; always, without a token. */
@@ -543,7 +277,7 @@ export class Rendezvous {
     const pages = await dashboardPages();
     if (!constantTimeEqual(given, token)) {
       // Counted and logged like any refusal (at most once a second), answered with the form.
-      this.#noteRefusal("sign_in", 401, { path: "/dashboard/login" });
+      this.#admission.note("sign_in", 401, { path: "/dashboard/login" });
       return new Response(pages.signIn("That is not the token."), {
         status: 401,
         headers: {
@@ -564,7 +298,7 @@ export class Rendezvous {
   }
 
   async #dashboardEvents(req: Request): Promise<Response> {
-    if (!(await this.#dashboardAuthorized(req))) return this.#unauthorized();
+    if (!(await this.#dashboardAuthorized(req))) return unauthorized();
     const stream = this.#dashboard.open(async () =>
       (await this.registry.list()).map(dashboardWorker)
     );
@@ -684,9 +418,9 @@ export class Rendezvous {
           ...(this.#fleet ? { redis: "up", instance: this.#fleet.instance } : {}),
         });
       case "/debug/list_workers":
-        return this.#authorized(req) ? this.#listWorkers() : this.#unauthorized();
+        return this.#authorized(req) ? this.#listWorkers() : unauthorized();
       case "/debug/stats":
-        return this.#authorized(req) ? this.#stats() : this.#unauthorized();
+        return this.#authorized(req) ? this.#stats() : unauthorized();
       case "/dashboard":
         return this.#dashboardPage(req);
       case "/dashboard/events":
@@ -696,24 +430,14 @@ export class Rendezvous {
           ? new Response(this.metrics.render(), {
             headers: { "content-type": METRICS_CONTENT_TYPE },
           })
-          : this.#unauthorized();
+          : unauthorized();
       default:
         return problem(404, `Cannot find ${path}`);
     }
   };
 
   #authorized(req: Request): boolean {
-    const token = this.#options.token;
-    if (token === undefined) return true;
-    const header = req.headers.get("authorization") ?? "";
-    const match = /^Bearer\s+(.+)$/i.exec(header);
-    return match !== null && constantTimeEqual(match[1].trim(), token);
-  }
-
-  #unauthorized(): Response {
-    return problem(401, "Missing or invalid bearer token", {
-      "www-authenticate": 'Bearer realm="holepunch"',
-    });
+    return bearerAuthorized(req, this.#options.token);
   }
 
   /** Counts without listing anyone: cheap enough to poll during a storm. */
@@ -817,7 +541,7 @@ export class Rendezvous {
     if (!isValidWorkerId(group)) {
       return problem(400, "Cannot register: group must be 1-128 characters of [A-Za-z0-9._-]");
     }
-    if (!this.#authorized(req)) return this.#unauthorized();
+    if (!this.#authorized(req)) return unauthorized();
     const keyParam = url.searchParams.get("key");
     let key: string | null = null;
     if (keyParam !== null) {
@@ -856,39 +580,9 @@ export class Rendezvous {
     }
 
     // Limits, cheapest first; each refusal says when to come back.
+    const refusal = this.#admission.check(this.#sessions.size, observedIp, key, workerId);
+    if (refusal) return refusal;
     const now = this.#clock.now();
-    this.#handshakes ??= new TokenBucket(
-      this.#options.handshakeRatePerSec,
-      this.#options.handshakeBurst,
-      now,
-    );
-    if (!this.#handshakes.take(now)) {
-      return this.#refuse("handshake_rate", 503, "Too many handshakes at once; retry shortly", 1, {
-        worker_id: workerId,
-        handshake_rate_per_sec: this.#options.handshakeRatePerSec,
-      });
-    }
-    if (this.#sessions.size >= this.#options.maxConnections) {
-      return this.#refuse("at_capacity", 503, "Rendezvous is at capacity", 5, {
-        worker_id: workerId,
-        max_connections: this.#options.maxConnections,
-      });
-    }
-    if (
-      observedIp !== null && (this.#perIp.get(observedIp) ?? 0) >= this.#options.maxSessionsPerIp
-    ) {
-      return this.#refuse("per_ip", 429, "Too many sessions from this address", 10, {
-        worker_id: workerId,
-        observed_ip: observedIp,
-        max_sessions_per_ip: this.#options.maxSessionsPerIp,
-      });
-    }
-    if (key !== null && (this.#perKey.get(key) ?? 0) >= this.#options.maxSessionsPerKey) {
-      return this.#refuse("per_key", 429, "Too many sessions with this key", 10, {
-        worker_id: workerId,
-        max_sessions_per_key: this.#options.maxSessionsPerKey,
-      });
-    }
 
     // Headers cannot be read once the request is upgraded.
     const authority = (req.headers.get("host") ?? "").toLowerCase();
@@ -915,7 +609,7 @@ export class Rendezvous {
       relayBytes: this.#options.relayBytesPerSec,
     });
     this.#sessions.set(socket, session);
-    if (observedIp !== null) this.#perIp.set(observedIp, (this.#perIp.get(observedIp) ?? 0) + 1);
+    this.#admission.opened(observedIp);
     this.#log.info("worker connecting", {
       worker_id: workerId,
       observed_ip: observedIp,
@@ -930,39 +624,6 @@ export class Rendezvous {
     return response;
   }
 
-  /** A refused connection attempt: noted (below), answered with `Retry-After`. */
-  #refuse(
-    kind: keyof Rendezvous["refused"],
-    status: number,
-    message: string,
-    retryAfterSec: number,
-    fields: Record<string, unknown>,
-  ): Response {
-    this.#noteRefusal(kind, status, fields);
-    return problem(status, message, { "retry-after": String(retryAfterSec) });
-  }
-
-  /** Counts a refusal and logs it at most once a second per kind, with how many went unlogged. */
-  #noteRefusal(
-    kind: keyof Rendezvous["refused"],
-    status: number,
-    fields: Record<string, unknown>,
-  ): void {
-    this.refused[kind]++;
-    const now = this.#clock.now();
-    const last = this.#refusalLoggedAt.get(kind);
-    if (!last || now - last.at >= 1000) {
-      this.#log.warn(`connection refused: ${kind.replaceAll("_", " ")}`, {
-        ...fields,
-        status,
-        suppressed_since_last: last?.suppressed ?? 0,
-      });
-      this.#refusalLoggedAt.set(kind, { at: now, suppressed: 0 });
-    } else {
-      last.suppressed++;
-    }
-  }
-
   #enqueue(session: Session, work: () => Promise<void>): void {
     session.tail = session.tail.then(work).catch((error) => {
       this.#log.error("session task failed", {
@@ -973,50 +634,10 @@ export class Rendezvous {
     });
   }
 
-  /**
-   * Challenges a keyed session and checks its answer; true when the key is
-   * proven. On failure the session is closed with 4004 and logged.
-   */
-  async #proveKey(session: Session, key: string): Promise<boolean> {
-    const nonce = newNonce();
-    session.proof = Promise.withResolvers<string | null>();
-    session.send({ type: "challenge", nonce });
-    const timeout = new AbortController();
-    const signature = await Promise.race([
-      session.proof.promise,
-      delay(this.#options.keyProofTimeoutMs, { signal: timeout.signal, clock: this.#clock })
-        .then(() => undefined, () => undefined),
-    ]);
-    timeout.abort();
-    session.proof = undefined;
-    if (signature === null) return false; // The socket closed.
-    const fields = {
-      worker_id: session.workerId,
-      key_fingerprint: await fingerprint(key),
-      observed_ip: session.observedIp,
-    };
-    if (signature === undefined) {
-      this.#log.warn("worker refused: key proof timed out", fields);
-      session.close(CloseCode.KEY_PROOF_FAILED, CloseReason.KEY_PROOF_TIMEOUT);
-      return false;
-    }
-    const verifier = await importPublicKey(key);
-    for (const authority of this.#options.publicHosts ?? [session.authority]) {
-      const payload = registrationPayload(authority, session.workerId, nonce);
-      if (await verifySignature(verifier, payload, signature)) return true;
-    }
-    this.#log.warn("worker refused: key proof failed", {
-      ...fields,
-      authorities: this.#options.publicHosts ?? [session.authority],
-    });
-    session.close(CloseCode.KEY_PROOF_FAILED, CloseReason.KEY_PROOF_FAILED);
-    return false;
-  }
-
   async #onOpen(session: Session): Promise<void> {
     if (session.socket.readyState !== WebSocket.OPEN) return;
     const { key } = session;
-    if (key !== null && !(await this.#proveKey(session, key))) return;
+    if (key !== null && !(await proveKey(session, key, this.#options))) return;
     if (session.socket.readyState !== WebSocket.OPEN) return;
     const claim = await this.registry.claimKey(
       session.workerId,
@@ -1053,7 +674,7 @@ export class Rendezvous {
     };
     const previous = await this.registry.put(record);
     session.registered = true;
-    if (key !== null) this.#perKey.set(key, (this.#perKey.get(key) ?? 0) + 1);
+    this.#admission.registered(key);
     this.#m.registrations.inc();
     const ended = this.#endedAt.get(session.workerId);
     if (ended !== undefined && this.#clock.now() - ended < 60_000) this.#m.reconnects.inc();
@@ -1317,8 +938,7 @@ export class Rendezvous {
 
   #onClose(session: Session, event: CloseEvent): void {
     this.#sessions.delete(session.socket);
-    if (session.observedIp !== null) decrement(this.#perIp, session.observedIp);
-    if (session.registered && session.key !== null) decrement(this.#perKey, session.key);
+    this.#admission.closed(session.observedIp, session.key, session.registered);
     this.#m.disconnections.inc({ code: String(event.code) });
     if (session.registered) {
       if (this.#endedAt.size >= 100_000) this.#endedAt.clear(); // bounded: a reconnect may go uncounted

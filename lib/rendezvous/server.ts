@@ -7,7 +7,7 @@
  */
 
 import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
-import { type Clock, delay, systemClock, type TimerId } from "../core/clock.ts";
+import { type Clock, delay, systemClock } from "../core/clock.ts";
 import { normalizeIp } from "../protocol/ip.ts";
 import { type Logger, silentLogger } from "../core/log.ts";
 import {
@@ -22,19 +22,12 @@ import {
 } from "../protocol/messages.ts";
 import { TokenBucket } from "../core/rate_limit.ts";
 import { Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
-import {
-  DashboardHub,
-  dashboardPages,
-  dashboardWorker,
-  hasSession,
-  sessionCookie,
-} from "./dashboard.ts";
+import { Dashboard } from "./dashboard_routes.ts";
 import { parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
 import { fingerprint, parsePublicKey } from "../protocol/identity.ts";
 import { PeerDirectory, type PeerSession } from "./peers.ts";
 import {
   bearerAuthorized,
-  constantTimeEqual,
   forwardedClientIp,
   json,
   JSON_HEADERS,
@@ -113,10 +106,9 @@ export class Rendezvous {
   /** What `/metrics` serves. */
   readonly metrics: Metrics = new Metrics();
   #m!: RendezvousMetrics;
-  #dashboard = new DashboardHub();
+  #dashboard: Dashboard;
   /** Which sessions' records name which peers, pruned when a peer leaves. */
   #pathReports = new PathReports<Session>();
-  #dashboardTimer?: TimerId;
   /** When each worker id's last session here ended (for reconnects), pruned. */
   #endedAt = new Map<string, number>();
   #relayLimit: { rate: number; burst: number };
@@ -158,6 +150,13 @@ export class Rendezvous {
     this.#clock = options.clock ?? systemClock;
     this.#options = resolveOptions(options, this.#log, this.#clock);
     this.#admission = new Admission(this.#options, this.#log, this.#clock);
+    this.#dashboard = new Dashboard({
+      token: this.#options.token,
+      clock: this.#clock,
+      workers: () => this.registry.list(),
+      stats: () => this.#dashboardStats(),
+      refused: (fields) => this.#admission.note("sign_in", 401, fields),
+    });
     this.#relayLimit = {
       rate: this.#options.relayRatePerSec,
       burst: this.#options.relayBurst,
@@ -221,118 +220,20 @@ export class Rendezvous {
     });
   }
 
-  /** Bearer token, or (dashboard paths) the sign-in cookie; always, without a token. */
-  async #dashboardAuthorized(req: Request): Promise<boolean> {
-    const token = this.#options.token;
-    return token === undefined || this.#authorized(req) ||
-      await hasSession(req, token, this.#clock.now());
-  }
-
-  async #dashboardPage(req: Request): Promise<Response> {
-    const pages = await dashboardPages();
-    const headers = {
-      "content-type": "text/html; charset=utf-8",
-      "content-security-policy": pages.csp,
-      "x-content-type-options": "nosniff",
-      "referrer-policy": "no-referrer",
-      "cache-control": "no-store",
+  /** The counters open dashboards get once a second. */
+  #dashboardStats(): unknown {
+    const outcomes: Record<string, Record<string, number>> = {};
+    for (const { labels, value } of this.#m.pathReports.samples()) {
+      (outcomes[labels.nat_pair] ??= {})[labels.path] = value;
+    }
+    return {
+      at: this.#clock.now(),
+      workers: this.#byWorker.size + (this.#fleet?.remoteCount ?? 0),
+      registrations: this.#m.registrations.get(),
+      introductions: this.#peers.stats.introductions,
+      relay_bytes: this.#peers.stats.relayBytes,
+      outcomes,
     };
-    if (!(await this.#dashboardAuthorized(req))) {
-      return new Response(pages.signIn(), { status: 401, headers });
-    }
-    return new Response(pages.page, { headers });
-  }
-
-  /** The sign-in form's POST: the token, checked, for a cookie; then back to the page. */
-  async #signIn(req: Request, url: URL): Promise<Response> {
-    const token = this.#options.token;
-    if (token === undefined) return Response.redirect(new URL("/dashboard", url), 303);
-    // The form is small: read at most 4 KiB of it, whatever the client claims.
-    let given = "";
-    const reader = req.body?.getReader();
-    const chunks: Uint8Array[] = [];
-    let size = 0;
-    try {
-      while (reader) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        size += value.length;
-        if (size > 4096) {
-          await reader.cancel();
-          return problem(413, "Cannot read a sign-in form larger than 4 KiB");
-        }
-        chunks.push(value);
-      }
-      const bytes = new Uint8Array(size);
-      let at = 0;
-      for (const chunk of chunks) {
-        bytes.set(chunk, at);
-        at += chunk.length;
-      }
-      const body = new TextDecoder().decode(bytes);
-      given = new URLSearchParams(body).get("token") ?? "";
-    } catch {
-      given = "";
-    }
-    const pages = await dashboardPages();
-    if (!constantTimeEqual(given, token)) {
-      // Counted and logged like any refusal (at most once a second), answered with the form.
-      this.#admission.note("sign_in", 401, { path: "/dashboard/login" });
-      return new Response(pages.signIn("That is not the token."), {
-        status: 401,
-        headers: {
-          "content-type": "text/html; charset=utf-8",
-          "content-security-policy": pages.csp,
-        },
-      });
-    }
-    const secure = url.protocol === "https:" ||
-      req.headers.get("x-forwarded-proto")?.split(",")[0].trim() === "https";
-    return new Response(null, {
-      status: 303,
-      headers: {
-        location: "/dashboard",
-        "set-cookie": await sessionCookie(token, this.#clock.now(), secure),
-      },
-    });
-  }
-
-  async #dashboardEvents(req: Request): Promise<Response> {
-    if (!(await this.#dashboardAuthorized(req))) return unauthorized();
-    const stream = this.#dashboard.open(async () =>
-      (await this.registry.list()).map(dashboardWorker)
-    );
-    this.#dashboardTick();
-    return new Response(stream, {
-      headers: {
-        "content-type": "text/event-stream; charset=utf-8",
-        "cache-control": "no-store",
-        "x-accel-buffering": "no",
-      },
-    });
-  }
-
-  /** Counters to open dashboards once a second, while any is open. */
-  #dashboardTick(): void {
-    if (this.#dashboardTimer !== undefined) return;
-    const tick = () => {
-      this.#dashboardTimer = undefined;
-      if (this.#dashboard.clients === 0 || this.#state === "closed") return;
-      const outcomes: Record<string, Record<string, number>> = {};
-      for (const { labels, value } of this.#m.pathReports.samples()) {
-        (outcomes[labels.nat_pair] ??= {})[labels.path] = value;
-      }
-      this.#dashboard.stats({
-        at: this.#clock.now(),
-        workers: this.#byWorker.size + (this.#fleet?.remoteCount ?? 0),
-        registrations: this.#m.registrations.get(),
-        introductions: this.#peers.stats.introductions,
-        relay_bytes: this.#peers.stats.relayBytes,
-        outcomes,
-      });
-      this.#dashboardTimer = this.#clock.setTimeout(tick, 1000);
-    };
-    this.#dashboardTimer = this.#clock.setTimeout(tick, 0);
   }
 
   /**
@@ -392,7 +293,9 @@ export class Rendezvous {
     const url = new URL(req.url);
     const path = url.pathname;
     if (path.startsWith(REGISTER_PATH_PREFIX)) return this.#register(req, url, info);
-    if (path === "/dashboard/login" && req.method === "POST") return this.#signIn(req, url);
+    if (path === "/dashboard/login" && req.method === "POST") {
+      return this.#dashboard.signIn(req, url);
+    }
     if (req.method !== "GET" && req.method !== "HEAD") {
       return problem(405, `Method ${req.method} is not allowed`, { allow: "GET, HEAD" });
     }
@@ -422,9 +325,9 @@ export class Rendezvous {
       case "/debug/stats":
         return this.#authorized(req) ? this.#stats() : unauthorized();
       case "/dashboard":
-        return this.#dashboardPage(req);
+        return this.#dashboard.page(req);
       case "/dashboard/events":
-        return this.#dashboardEvents(req);
+        return this.#dashboard.events(req);
       case "/metrics":
         return this.#authorized(req)
           ? new Response(this.metrics.render(), {
@@ -1032,7 +935,6 @@ export class Rendezvous {
     abort.abort();
     this.#state = "closed";
     this.#dashboard.close();
-    if (this.#dashboardTimer !== undefined) this.#clock.clearTimeout(this.#dashboardTimer);
     this.#log.info("rendezvous closed", { remaining: this.#sessions.size });
   }
 }

@@ -1,0 +1,165 @@
+/**
+ * The dashboard's HTTP side: the page (or its sign-in form), the sign-in
+ * POST that sets the cookie, the event stream, and the once-a-second
+ * counters while any dashboard is open. The page itself and the hub that
+ * pushes worker changes live in `dashboard.ts`.
+ *
+ * @module
+ */
+
+import type { Clock, TimerId } from "../core/clock.ts";
+import type { WorkerRecord } from "./registry.ts";
+import {
+  DashboardHub,
+  dashboardPages,
+  dashboardWorker,
+  hasSession,
+  sessionCookie,
+} from "./dashboard.ts";
+import { bearerAuthorized, constantTimeEqual, problem, unauthorized } from "./http.ts";
+
+/** What the dashboard needs of the rendezvous. */
+export interface DashboardDeps {
+  /** The bearer token (unset: open). */
+  token?: string;
+  clock: Clock;
+  /** Every worker of the fleet, for a new dashboard's first view. */
+  workers: () => Promise<WorkerRecord[]>;
+  /** The counters pushed once a second. */
+  stats: () => unknown;
+  /** A wrong token was signed in with: count and log it as a refusal. */
+  refused: (fields: Record<string, unknown>) => void;
+}
+
+/** The live dashboard (`/dashboard`, `/dashboard/login`, `/dashboard/events`). */
+export class Dashboard {
+  #o: DashboardDeps;
+  #hub = new DashboardHub();
+  #timer?: TimerId;
+  #closed = false;
+
+  /** A dashboard over `deps`. */
+  constructor(deps: DashboardDeps) {
+    this.#o = deps;
+  }
+
+  /** A worker joined or changed: open dashboards hear it. */
+  worker(record: WorkerRecord): void {
+    this.#hub.worker(record);
+  }
+
+  /** A worker left the fleet. */
+  left(workerId: string): void {
+    this.#hub.left(workerId);
+  }
+
+  /** Bearer token, or (dashboard paths) the sign-in cookie; always, without a token. */
+  async #authorized(req: Request): Promise<boolean> {
+    const token = this.#o.token;
+    return token === undefined || bearerAuthorized(req, token) ||
+      await hasSession(req, token, this.#o.clock.now());
+  }
+
+  /** `GET /dashboard`: the page, or the sign-in form. */
+  async page(req: Request): Promise<Response> {
+    const pages = await dashboardPages();
+    const headers = {
+      "content-type": "text/html; charset=utf-8",
+      "content-security-policy": pages.csp,
+      "x-content-type-options": "nosniff",
+      "referrer-policy": "no-referrer",
+      "cache-control": "no-store",
+    };
+    if (!(await this.#authorized(req))) {
+      return new Response(pages.signIn(), { status: 401, headers });
+    }
+    return new Response(pages.page, { headers });
+  }
+
+  /** The sign-in form's POST: the token, checked, for a cookie; then back to the page. */
+  async signIn(req: Request, url: URL): Promise<Response> {
+    const token = this.#o.token;
+    if (token === undefined) return Response.redirect(new URL("/dashboard", url), 303);
+    // The form is small: read at most 4 KiB of it, whatever the client claims.
+    let given = "";
+    const reader = req.body?.getReader();
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    try {
+      while (reader) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        size += value.length;
+        if (size > 4096) {
+          await reader.cancel();
+          return problem(413, "Cannot read a sign-in form larger than 4 KiB");
+        }
+        chunks.push(value);
+      }
+      const bytes = new Uint8Array(size);
+      let at = 0;
+      for (const chunk of chunks) {
+        bytes.set(chunk, at);
+        at += chunk.length;
+      }
+      const body = new TextDecoder().decode(bytes);
+      given = new URLSearchParams(body).get("token") ?? "";
+    } catch {
+      given = "";
+    }
+    const pages = await dashboardPages();
+    if (!constantTimeEqual(given, token)) {
+      // Counted and logged like any refusal (at most once a second), answered with the form.
+      this.#o.refused({ path: "/dashboard/login" });
+      return new Response(pages.signIn("That is not the token."), {
+        status: 401,
+        headers: {
+          "content-type": "text/html; charset=utf-8",
+          "content-security-policy": pages.csp,
+        },
+      });
+    }
+    const secure = url.protocol === "https:" ||
+      req.headers.get("x-forwarded-proto")?.split(",")[0].trim() === "https";
+    return new Response(null, {
+      status: 303,
+      headers: {
+        location: "/dashboard",
+        "set-cookie": await sessionCookie(token, this.#o.clock.now(), secure),
+      },
+    });
+  }
+
+  /** `GET /dashboard/events`: the Server-Sent Events stream. */
+  async events(req: Request): Promise<Response> {
+    if (!(await this.#authorized(req))) return unauthorized();
+    const stream = this.#hub.open(async () => (await this.#o.workers()).map(dashboardWorker));
+    this.#tick();
+    return new Response(stream, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-store",
+        "x-accel-buffering": "no",
+      },
+    });
+  }
+
+  /** Counters to open dashboards once a second, while any is open. */
+  #tick(): void {
+    if (this.#timer !== undefined) return;
+    const tick = () => {
+      this.#timer = undefined;
+      if (this.#hub.clients === 0 || this.#closed) return;
+      this.#hub.stats(this.#o.stats());
+      this.#timer = this.#o.clock.setTimeout(tick, 1000);
+    };
+    this.#timer = this.#o.clock.setTimeout(tick, 0);
+  }
+
+  /** Ends every event stream and the ticker. */
+  close(): void {
+    this.#closed = true;
+    this.#hub.close();
+    if (this.#timer !== undefined) this.#o.clock.clearTimeout(this.#timer);
+  }
+}

@@ -12,7 +12,6 @@ import { normalizeIp } from "../protocol/ip.ts";
 import { type Logger, silentLogger } from "../core/log.ts";
 import {
   type ClientMessage,
-  encodeMessage,
   isValidWorkerId,
   parseClientMessage,
   PROTOCOL_VERSION,
@@ -43,7 +42,8 @@ import { defineRendezvousMetrics, type RendezvousMetrics } from "./metrics.ts";
 export { forwardedClientIp } from "./http.ts";
 import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
 import { type Fleet, FleetRegistry, type RemoteWorker } from "./fleet.ts";
-import { MAX_PEER_PATHS, PathReports } from "./path_reports.ts";
+import { PathReports } from "./path_reports.ts";
+import { Handlers, NO_PEER_PATHS } from "./handlers.ts";
 import {
   RENDEZVOUS_DEFAULTS,
   type RendezvousOptions,
@@ -63,8 +63,6 @@ export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
 const LIST_SLICE = 250;
 
 const encoder = new TextEncoder();
-/** Shared by every record that has no peer paths yet (most of a fleet). */
-const NO_PEER_PATHS: Readonly<Record<string, never>> = Object.freeze({});
 
 /**
  * The rendezvous service.
@@ -109,6 +107,7 @@ export class Rendezvous {
   #dashboard: Dashboard;
   /** Which sessions' records name which peers, pruned when a peer leaves. */
   #pathReports = new PathReports<Session>();
+  #handlers!: Handlers;
   /** When each worker id's last session here ended (for reconnects), pruned. */
   #endedAt = new Map<string, number>();
   #relayLimit: { rate: number; burst: number };
@@ -181,6 +180,16 @@ export class Rendezvous {
       stun: options.stunStats,
       fleet: this.#fleet,
     });
+    this.#handlers = new Handlers({
+      registry: this.registry,
+      peers: this.#peers,
+      dashboard: this.#dashboard,
+      metrics: this.#m,
+      pathReports: this.#pathReports,
+      logger: this.#log,
+      clock: this.#clock,
+      enqueue: (session, work) => this.#enqueue(session, work),
+    });
     this.#fleet?.start({
       deliver: (workerId, group, message) => {
         const session = this.#byWorker.get(workerId);
@@ -212,7 +221,7 @@ export class Rendezvous {
       left: (workerId, group) => {
         this.#peers.remoteLeft(workerId, group);
         this.#dashboard.left(workerId);
-        this.#prunePathsTo(workerId);
+        this.#handlers.prunePathsTo(workerId);
       },
       localRecords: () => (this.registry as FleetRegistry).local.list(),
       rttOf: (workerId) => this.#byWorker.get(workerId)?.rttMs ?? null,
@@ -654,7 +663,7 @@ export class Rendezvous {
       }
       return;
     }
-    this.#enqueue(session, () => this.#handle(session, message));
+    this.#enqueue(session, () => this.#handlers.handle(session, message));
   }
 
   /**
@@ -693,152 +702,6 @@ export class Rendezvous {
     return false;
   }
 
-  async #handle(session: Session, message: ClientMessage): Promise<void> {
-    if (await this.#peers.handle(session, message)) return;
-    switch (message.type) {
-      case "register_public_ip": {
-        const stored = await this.registry.update(session.workerId, session.id, {
-          http_reported_public_ip: message.ip,
-        });
-        if (!stored) return; // Replaced or gone meanwhile: not ours to change.
-        this.#log.info("worker reported public ip", {
-          worker_id: session.workerId,
-          http_reported_public_ip: message.ip,
-        });
-        session.send({ type: "public_ip_registered", ip: message.ip });
-        return;
-      }
-      case "register_udp_endpoint": {
-        const udp = {
-          public: message.public,
-          local: message.local,
-          nat_mapping: message.nat.mapping,
-          updated_at: new Date(this.#clock.now()).toISOString(),
-        };
-        if (message.rtt_ms !== null && message.rtt_ms !== undefined) {
-          session.rttMs = message.rtt_ms;
-          this.#m.workerRtt.observe(message.rtt_ms / 1000);
-        }
-        const stored = await this.registry.update(session.workerId, session.id, {
-          udp_endpoint: udp,
-        });
-        if (!stored) return;
-        const record = await this.registry.get(session.workerId);
-        if (record) {
-          this.#peers.updated(session, record);
-          this.#dashboard.worker(record);
-        }
-        this.#log.info("worker reported udp endpoint", {
-          worker_id: session.workerId,
-          udp_public: message.public ? `${message.public.ip}:${message.public.port}` : null,
-          nat_mapping: message.nat.mapping,
-          local_candidates: message.local.length,
-        });
-        session.send({
-          type: "udp_endpoint_registered",
-          public: message.public,
-          mapping: message.nat.mapping,
-        });
-        return;
-      }
-      case "path_update": {
-        const record = await this.registry.get(session.workerId);
-        if (!record || record.session_id !== session.id) return;
-        // A report about a worker that is not (or no longer) in the group is not kept.
-        const peer = await this.registry.get(message.peer_id);
-        if (!peer || peer.group !== record.group || peer.worker_id === record.worker_id) return;
-        const paths = { ...record.peer_paths };
-        if (!(message.peer_id in paths) && Object.keys(paths).length >= MAX_PEER_PATHS) return;
-        paths[message.peer_id] = {
-          path: message.path,
-          rtt_ms: message.rtt_ms,
-          updated_at: new Date(this.#clock.now()).toISOString(),
-        };
-        if (!(await this.registry.update(session.workerId, session.id, { peer_paths: paths }))) {
-          return;
-        }
-        this.#pathReports.reported(session, message.peer_id);
-        this.#dashboard.worker({ ...record, peer_paths: paths });
-        const natPair = [record, peer].map((r) => r?.udp_endpoint?.nat_mapping ?? "unknown").sort()
-          .join("/");
-        this.#m.pathReports.inc({ nat_pair: natPair, path: message.path });
-        if (message.path === "direct") {
-          const at = this.#peers.firstDirectSince(session.workerId, message.peer_id);
-          if (at !== undefined) {
-            this.#m.timeToDirect.observe((this.#clock.now() - at) / 1000, { nat_pair: natPair });
-          }
-        }
-        this.#log.info("peer path changed", {
-          worker_id: session.workerId,
-          peer_id: message.peer_id,
-          path: message.path,
-          rtt_ms: message.rtt_ms,
-        });
-        return;
-      }
-      case "list_peers":
-      case "connect":
-      case "relay":
-        return; // handled by the peer directory above
-      case "prove_key":
-        return; // handled on arrival, see #onMessage
-      case "register_transport": {
-        // Only a key can vouch for a certificate; peers check the signature themselves.
-        if (session.key === null) {
-          session.send({
-            type: "error",
-            code: "invalid_message",
-            message: "Cannot register_transport: register with a key first",
-          });
-          return;
-        }
-        const transport = {
-          cert_hash: message.cert_hash,
-          signature: message.signature,
-          ...(message.vouch === undefined ? {} : { vouch: message.vouch }),
-        };
-        const stored = await this.registry.update(session.workerId, session.id, { transport });
-        if (!stored) return;
-        const record = await this.registry.get(session.workerId);
-        if (record) {
-          this.#peers.updated(session, record);
-          this.#dashboard.worker(record);
-        }
-        this.#log.info("worker published its transport certificate", {
-          worker_id: session.workerId,
-        });
-        return;
-      }
-      case "echo_request": {
-        let text: string;
-        try {
-          text = encodeMessage({
-            type: "echo_response",
-            original_payload: message.payload,
-            processed_by_rendezvous: `Rendezvous processed echo for worker ${session.workerId}`,
-          });
-        } catch {
-          // JSON.stringify recurses; a payload nested deep enough exhausts the stack.
-          session.send({
-            type: "error",
-            code: "invalid_message",
-            message: "Cannot echo payload: it is nested too deeply",
-          });
-          return;
-        }
-        if (session.socket.readyState === WebSocket.OPEN) session.socket.send(text);
-        if (this.#log.enabled("debug")) {
-          this.#log.debug("echo answered", { worker_id: session.workerId });
-        }
-        return;
-      }
-      default: {
-        const unreachable: never = message;
-        throw new Error(`Unhandled message ${JSON.stringify(unreachable)}`);
-      }
-    }
-  }
-
   #onClose(session: Session, event: CloseEvent): void {
     this.#sessions.delete(session.socket);
     this.#admission.closed(session.observedIp, session.key, session.registered);
@@ -864,7 +727,7 @@ export class Rendezvous {
       this.#peers.left(session, removed);
       if (removed) {
         this.#dashboard.left(session.workerId);
-        this.#prunePathsTo(session.workerId);
+        this.#handlers.prunePathsTo(session.workerId);
       }
       if (removed && session.key !== null) {
         await this.registry.releaseKey(session.workerId, session.key, this.#clock.now());
@@ -880,24 +743,6 @@ export class Rendezvous {
       this.#cleaning--;
       if (this.#sessions.size === 0 && this.#cleaning === 0) this.#drained?.resolve();
     });
-  }
-
-  /**
-   * `peerId` left the fleet: every record of ours that reports a path to it
-   * drops that entry (in each reporter's own order of writes).
-   */
-  #prunePathsTo(peerId: string): void {
-    for (const session of this.#pathReports.left(peerId)) {
-      this.#enqueue(session, async () => {
-        const record = await this.registry.get(session.workerId);
-        if (record?.session_id !== session.id || !(peerId in record.peer_paths)) return;
-        const { [peerId]: _gone, ...rest } = record.peer_paths;
-        const paths = Object.keys(rest).length === 0 ? NO_PEER_PATHS : rest;
-        if (await this.registry.update(session.workerId, session.id, { peer_paths: paths })) {
-          this.#dashboard.worker({ ...record, peer_paths: paths });
-        }
-      });
-    }
   }
 
   /**

@@ -6,63 +6,42 @@
  * @module
  */
 
-import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
 import { type Clock, delay, systemClock } from "../core/clock.ts";
-import { normalizeIp } from "../protocol/ip.ts";
 import { type Logger, silentLogger } from "../core/log.ts";
+import { Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
+import { TokenBucket } from "../core/rate_limit.ts";
+import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
+import { fingerprint } from "../protocol/identity.ts";
 import {
   type ClientMessage,
-  isValidWorkerId,
   parseClientMessage,
   PROTOCOL_VERSION,
   ProtocolError,
   REGISTER_PATH_PREFIX,
-  type WorkerListingEntry,
 } from "../protocol/messages.ts";
-import { TokenBucket } from "../core/rate_limit.ts";
-import { Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
-import { Dashboard } from "./dashboard_routes.ts";
 import { parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
-import { fingerprint, parsePublicKey } from "../protocol/identity.ts";
-import { PeerDirectory, type PeerSession } from "./peers.ts";
-import {
-  bearerAuthorized,
-  forwardedClientIp,
-  json,
-  JSON_HEADERS,
-  problem,
-  unauthorized,
-  utf8LengthExceeds,
-} from "./http.ts";
-import { Session } from "./session.ts";
 import { Admission, type Refused } from "./admission.ts";
+import { Dashboard } from "./dashboard_routes.ts";
+import { type Fleet, FleetRegistry } from "./fleet.ts";
+import { fleetHost, RemotePeers } from "./fleet_host.ts";
+import { Handlers, NO_PEER_PATHS } from "./handlers.ts";
+import { bearerAuthorized, json, problem, unauthorized, utf8LengthExceeds } from "./http.ts";
 import { proveKey } from "./key_proof.ts";
+import { listingResponse } from "./listing.ts";
 import { defineRendezvousMetrics, type RendezvousMetrics } from "./metrics.ts";
+import { type RendezvousOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
+import { PathReports } from "./path_reports.ts";
+import { PeerDirectory } from "./peers.ts";
+import { parseRegistration, type ServeInfo } from "./registration.ts";
+import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
+import { Session } from "./session.ts";
 
 export { forwardedClientIp } from "./http.ts";
-import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
-import { type Fleet, FleetRegistry, type RemoteWorker } from "./fleet.ts";
-import { PathReports } from "./path_reports.ts";
-import { Handlers, NO_PEER_PATHS } from "./handlers.ts";
-import {
-  RENDEZVOUS_DEFAULTS,
-  type RendezvousOptions,
-  type ResolvedOptions,
-  resolveOptions,
-} from "./options.ts";
-
 export type { RendezvousOptions } from "./options.ts";
+export type { ServeInfo } from "./registration.ts";
 
 /** Lifecycle of a {@linkcode Rendezvous}. */
 export type RendezvousState = "starting" | "running" | "closing" | "closed";
-
-/** Connection info as `Deno.serve` passes it. */
-export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
-
-/** Workers serialized per turn of the event loop by the listing. */
-const LIST_SLICE = 250;
-
-const encoder = new TextEncoder();
 
 /**
  * The rendezvous service.
@@ -138,16 +117,15 @@ export class Rendezvous {
   /** A rendezvous with the given limits; serve {@linkcode Rendezvous.handler}. */
   constructor(options: RendezvousOptions = {}) {
     this.#fleet = options.fleet;
-    this.registry = options.fleet
-      ? new FleetRegistry(
-        new MemoryRegistry(),
-        options.fleet,
-        (options.keyHoldSec ?? RENDEZVOUS_DEFAULTS.keyHoldSec) * 1000,
-      )
-      : options.registry ?? new MemoryRegistry();
     this.#log = options.logger ?? silentLogger;
     this.#clock = options.clock ?? systemClock;
     this.#options = resolveOptions(options, this.#log, this.#clock);
+    // In a fleet, this instance's own sessions stay in memory and the registry spans the fleet.
+    const local = options.fleet ? new MemoryRegistry() : undefined;
+    this.registry = options.fleet && local
+      ? new FleetRegistry(local, options.fleet, this.#options.keyHoldSec * 1000)
+      : options.registry ?? new MemoryRegistry();
+    const remotePeers = new RemotePeers(options.fleet);
     this.#admission = new Admission(this.#options, this.#log, this.#clock);
     this.#dashboard = new Dashboard({
       token: this.#options.token,
@@ -162,7 +140,7 @@ export class Rendezvous {
     };
     this.#peers = new PeerDirectory({
       registry: this.registry,
-      sessionOf: (id) => this.#byWorker.get(id) ?? this.#remotePeer(id),
+      sessionOf: (id) => this.#byWorker.get(id) ?? remotePeers.get(id),
       clock: this.#clock,
       logger: this.#log,
       ...(options.fleet
@@ -190,43 +168,17 @@ export class Rendezvous {
       clock: this.#clock,
       enqueue: (session, work) => this.#enqueue(session, work),
     });
-    this.#fleet?.start({
-      deliver: (workerId, group, message) => {
-        const session = this.#byWorker.get(workerId);
-        if (session?.group === group) session.send(message);
-      },
-      deliverBinary: (workerId, group, bytes) => {
-        const session = this.#byWorker.get(workerId);
-        if (session?.group !== group || !session.sendBinary(bytes)) {
-          this.#peers.stats.packetsDropped++;
-        }
-      },
-      replaced: (workerId, sessionId) => {
-        const session = this.#byWorker.get(workerId);
-        if (session?.id !== sessionId) return;
-        this.#log.info("worker session replaced on another instance", {
-          worker_id: workerId,
-          old_observed_ip: session.observedIp,
-        });
-        session.close(CloseCode.SESSION_REPLACED, CloseReason.REPLACED);
-      },
-      joined: (record) => {
-        this.#peers.remoteJoined(record);
-        this.#dashboard.worker(record);
-      },
-      updated: (record) => {
-        this.#peers.remoteUpdated(record);
-        this.#dashboard.worker(record);
-      },
-      left: (workerId, group) => {
-        this.#peers.remoteLeft(workerId, group);
-        this.#dashboard.left(workerId);
-        this.#handlers.prunePathsTo(workerId);
-      },
-      localRecords: () => (this.registry as FleetRegistry).local.list(),
-      rttOf: (workerId) => this.#byWorker.get(workerId)?.rttMs ?? null,
-      keyHoldMs: this.#options.keyHoldSec * 1000,
-    });
+    if (this.#fleet && local) {
+      this.#fleet.start(fleetHost({
+        sessions: this.#byWorker,
+        local,
+        peers: this.#peers,
+        dashboard: this.#dashboard,
+        handlers: this.#handlers,
+        logger: this.#log,
+        keyHoldMs: this.#options.keyHoldSec * 1000,
+      }));
+    }
   }
 
   /** The counters open dashboards get once a second. */
@@ -242,37 +194,6 @@ export class Rendezvous {
       introductions: this.#peers.stats.introductions,
       relay_bytes: this.#peers.stats.relayBytes,
       outcomes,
-    };
-  }
-
-  /**
-   * A worker registered on another instance, as a peer session that sends
-   * through the fleet. Made once per remote record (relayed packets look it
-   * up one by one); a changed record is a new object, so the cache follows.
-   */
-  #remotePeer(workerId: string): PeerSession | undefined {
-    const fleet = this.#fleet;
-    const worker = fleet?.remote(workerId);
-    if (!fleet || !worker) return undefined;
-    let peer = this.#remotePeers.get(worker);
-    if (!peer) this.#remotePeers.set(worker, peer = this.#makeRemotePeer(fleet, worker));
-    return peer;
-  }
-
-  #remotePeers = new WeakMap<RemoteWorker, PeerSession>();
-
-  #makeRemotePeer(fleet: Fleet, worker: RemoteWorker): PeerSession {
-    const { instance, record } = worker;
-    const workerId = record.worker_id;
-    return {
-      workerId,
-      group: record.group,
-      rttMs: worker.rttMs,
-      watching: false,
-      takeRelay: () => true,
-      takeRelayBytes: () => true,
-      send: (message) => fleet.send(instance, workerId, record.group, message),
-      sendBinary: (bytes) => fleet.sendBinary(instance, workerId, record.group, bytes),
     };
   }
 
@@ -375,121 +296,21 @@ export class Rendezvous {
     });
   }
 
-  #listEntry(record: WorkerRecord): WorkerListingEntry {
-    const session = this.#byWorker.get(record.worker_id);
-    const local = session?.id === record.session_id ? session : undefined;
-    return {
-      websocket_observed_ip: record.observed_ip,
-      websocket_observed_port: record.observed_port,
-      http_reported_public_ip: record.http_reported_public_ip,
-      // A record lives only while its session does; a local one can say more.
-      websocket_connected: local ? local.socket.readyState === WebSocket.OPEN : true,
-      connected_at: new Date(record.connected_at).toISOString(),
-      last_seen: local ? new Date(local.lastSeen).toISOString() : null,
-      udp_endpoint: record.udp_endpoint,
-      group: record.group,
-      peer_paths: record.peer_paths,
-      key: record.key,
-      key_fingerprint: record.key_fingerprint,
-    };
-  }
-
-  /**
-   * The seed's listing, streamed: a snapshot of the registry is serialized
-   * in slices of {@linkcode LIST_SLICE} workers with a turn of the event loop
-   * between them, so a listing of a whole fleet never stalls the sessions.
-   */
+  /** The seed's listing of the fleet, streamed (`listing.ts`). */
   async #listWorkers(): Promise<Response> {
-    const records = await this.registry.list();
-    let index = 0;
-    const body = new ReadableStream<Uint8Array>({
-      start: (controller) => {
-        controller.enqueue(
-          encoder.encode(`{"connected_workers_count":${records.length},"workers":{`),
-        );
-      },
-      // Each slice is pulled after the previous one was written to the
-      // socket, an I/O turn in between: other sessions run meanwhile.
-      pull: (controller) => {
-        const end = Math.min(records.length, index + LIST_SLICE);
-        let chunk = "";
-        for (; index < end; index++) {
-          const record = records[index];
-          chunk += `${index === 0 ? "" : ","}${JSON.stringify(record.worker_id)}:${
-            JSON.stringify(this.#listEntry(record))
-          }`;
-        }
-        if (index >= records.length) {
-          controller.enqueue(encoder.encode(chunk + "}}"));
-          controller.close();
-        } else {
-          controller.enqueue(encoder.encode(chunk));
-        }
-      },
+    return listingResponse(await this.registry.list(), (record) => {
+      const session = this.#byWorker.get(record.worker_id);
+      return session?.id === record.session_id ? session : undefined;
     });
-    return new Response(body, { headers: JSON_HEADERS });
   }
 
   #register(req: Request, url: URL, info: ServeInfo): Response {
     if (this.#state !== "running") {
       return problem(503, `Rendezvous is ${this.#state}`, { "retry-after": "1" });
     }
-    // A plain slice, not URLPattern: this runs once per registration, and
-    // URLPattern's matcher was a measurable share of it.
-    const segment = url.pathname.slice(REGISTER_PATH_PREFIX.length);
-    let workerId: string | undefined;
-    try {
-      workerId = segment.includes("/") ? undefined : decodeURIComponent(segment);
-    } catch {
-      workerId = undefined;
-    }
-    if (workerId === undefined || !isValidWorkerId(workerId)) {
-      return problem(
-        400,
-        "Cannot register: worker_id must be 1-128 characters of [A-Za-z0-9._-]",
-      );
-    }
-    const group = url.searchParams.get("group") ?? "default";
-    if (!isValidWorkerId(group)) {
-      return problem(400, "Cannot register: group must be 1-128 characters of [A-Za-z0-9._-]");
-    }
-    if (!this.#authorized(req)) return unauthorized();
-    const keyParam = url.searchParams.get("key");
-    let key: string | null = null;
-    if (keyParam !== null) {
-      try {
-        key = parsePublicKey(keyParam);
-      } catch (error) {
-        return problem(400, `Cannot register: ${(error as Error).message}`);
-      }
-    } else if (this.#options.requireWorkerKeys) {
-      this.#log.warn("worker refused: no key", { worker_id: workerId });
-      return problem(
-        401,
-        "Cannot register: this rendezvous requires a worker key (?key=, proven by signature)",
-      );
-    }
-    if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
-      return problem(426, "Cannot register: this endpoint needs a WebSocket upgrade", {
-        upgrade: "websocket",
-      });
-    }
-    let observedIp: string | null = null;
-    let observedPort: number | null = null;
-    if (this.#options.trustProxyHops > 0) {
-      observedIp = forwardedClientIp(
-        req.headers.get("x-forwarded-for"),
-        this.#options.trustProxyHops,
-      );
-    } else {
-      try {
-        // Throws "Request closed" when the client is already gone.
-        observedIp = normalizeIp(info.remoteAddr.hostname);
-        observedPort = info.remoteAddr.port;
-      } catch {
-        return problem(400, "Client went away");
-      }
-    }
+    const request = parseRegistration(req, url, info, this.#options);
+    if (request instanceof Response) return request;
+    const { workerId, group, key, observedIp, observedPort } = request;
 
     // Limits, cheapest first; each refusal says when to come back.
     const refusal = this.#admission.check(this.#sessions.size, observedIp, key, workerId);

@@ -14,11 +14,8 @@ import type { Dashboard } from "./dashboard_routes.ts";
 import type { RendezvousMetrics } from "./metrics.ts";
 import { MAX_PEER_PATHS, type PathReports } from "./path_reports.ts";
 import type { PeerDirectory } from "./peers.ts";
-import type { Registry } from "./registry.ts";
+import { NO_PEER_PATHS, type Registry } from "./registry.ts";
 import type { Session } from "./session.ts";
-
-/** Shared by every record that has no peer paths yet (most of a fleet). */
-export const NO_PEER_PATHS: Readonly<Record<string, never>> = Object.freeze({});
 
 /** What the handlers work with. */
 export interface HandlerDeps {

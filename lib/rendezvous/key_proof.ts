@@ -1,7 +1,8 @@
 /**
  * The key proof of a keyed registration: a fresh nonce as a `challenge`,
  * and the worker's Ed25519 signature over the authority it dialed, its id
- * and the nonce, within a deadline.
+ * and the nonce, within a deadline; then the claim of the id's binding to
+ * that key (or to none), which another key's recent session refuses.
  *
  * @module
  */
@@ -16,10 +17,13 @@ import {
   registrationPayload,
   verifySignature,
 } from "../protocol/identity.ts";
+import type { Registry } from "./registry.ts";
 import type { Session } from "./session.ts";
 
-/** What {@linkcode proveKey} needs. */
+/** What {@linkcode proveKey} and {@linkcode admitKey} need. */
 export interface KeyProofOptions {
+  /** `KEY_HOLD_SEC`: how long an id stays bound to its key after its last session. */
+  keyHoldSec: number;
   /** How long the worker has to answer. */
   keyProofTimeoutMs: number;
   /** Authorities the proof may name; unset: the `Host` the session dialed. */
@@ -69,5 +73,39 @@ export async function proveKey(
     authorities: options.publicHosts ?? [session.authority],
   });
   session.close(CloseCode.KEY_PROOF_FAILED, CloseReason.KEY_PROOF_FAILED);
+  return false;
+}
+
+/**
+ * The key gate of a registration: the proof of the session's key (if it
+ * has one), then the claim of its id for that key. True when the session
+ * may register; otherwise it is closed (4004 or 4003) and the refusal logged.
+ */
+export async function admitKey(
+  session: Session,
+  registry: Registry,
+  options: KeyProofOptions,
+): Promise<boolean> {
+  if (session.socket.readyState !== WebSocket.OPEN) return false;
+  const { key } = session;
+  if (key !== null && !(await proveKey(session, key, options))) return false;
+  if (session.socket.readyState !== WebSocket.OPEN) return false;
+  const claim = await registry.claimKey(
+    session.workerId,
+    key,
+    options.clock.now(),
+    options.keyHoldSec * 1000,
+  );
+  if (claim.ok) return true;
+  options.logger.warn("worker refused: id bound to another key", {
+    worker_id: session.workerId,
+    key_fingerprint: key === null ? null : await fingerprint(key),
+    bound_fingerprint: await fingerprint(claim.bound),
+    observed_ip: session.observedIp,
+  });
+  session.close(
+    CloseCode.KEY_REFUSED,
+    key === null ? CloseReason.KEY_REQUIRED : CloseReason.KEY_BOUND,
+  );
   return false;
 }

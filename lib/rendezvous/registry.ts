@@ -16,6 +16,9 @@ import type {
   UdpEndpointRecord,
 } from "../protocol/messages.ts";
 
+/** Shared by every record that has no peer paths yet (most of a fleet). */
+export const NO_PEER_PATHS: Readonly<Record<string, never>> = Object.freeze({});
+
 /** What the registry holds for one worker. */
 export interface WorkerRecord {
   /** The id the worker registered with. */

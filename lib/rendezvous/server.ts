@@ -8,32 +8,27 @@
 
 import { type Clock, delay, systemClock } from "../core/clock.ts";
 import { type Logger, silentLogger } from "../core/log.ts";
-import { Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
+import { Metrics } from "../core/metrics.ts";
 import { TokenBucket } from "../core/rate_limit.ts";
 import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
 import { fingerprint } from "../protocol/identity.ts";
-import {
-  type ClientMessage,
-  parseClientMessage,
-  PROTOCOL_VERSION,
-  ProtocolError,
-  REGISTER_PATH_PREFIX,
-} from "../protocol/messages.ts";
-import { parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
+import { PROTOCOL_VERSION } from "../protocol/messages.ts";
 import { Admission, type Refused } from "./admission.ts";
 import { Dashboard } from "./dashboard_routes.ts";
 import { type Fleet, FleetRegistry } from "./fleet.ts";
 import { fleetHost, RemotePeers } from "./fleet_host.ts";
-import { Handlers, NO_PEER_PATHS } from "./handlers.ts";
-import { bearerAuthorized, json, problem, unauthorized, utf8LengthExceeds } from "./http.ts";
-import { proveKey } from "./key_proof.ts";
+import { Handlers } from "./handlers.ts";
+import { bearerAuthorized, json, problem } from "./http.ts";
+import { admitKey } from "./key_proof.ts";
+import { answerChallenge, readBinary, readText } from "./intake.ts";
 import { listingResponse } from "./listing.ts";
 import { defineRendezvousMetrics, type RendezvousMetrics } from "./metrics.ts";
 import { type RendezvousOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
 import { PathReports } from "./path_reports.ts";
 import { PeerDirectory } from "./peers.ts";
 import { parseRegistration, type ServeInfo } from "./registration.ts";
-import { MemoryRegistry, type Registry, type WorkerRecord } from "./registry.ts";
+import { route, type RouteTarget } from "./routes.ts";
+import { MemoryRegistry, type Registry } from "./registry.ts";
 import { Session } from "./session.ts";
 
 export { forwardedClientIp } from "./http.ts";
@@ -219,58 +214,29 @@ export class Rendezvous {
   }
 
   /** Handles one HTTP request; pass it to `Deno.serve`. */
-  handler = (req: Request, info: ServeInfo): Response | Promise<Response> => {
-    const url = new URL(req.url);
-    const path = url.pathname;
-    if (path.startsWith(REGISTER_PATH_PREFIX)) return this.#register(req, url, info);
-    if (path === "/dashboard/login" && req.method === "POST") {
-      return this.#dashboard.signIn(req, url);
-    }
-    if (req.method !== "GET" && req.method !== "HEAD") {
-      return problem(405, `Method ${req.method} is not allowed`, { allow: "GET, HEAD" });
-    }
-    switch (path) {
-      case "/":
-        return json({
-          message:
-            "Rendezvous Service is running. Connect via WebSocket at /ws/register/{worker_id}",
-          name: this.#options.name,
-          version: this.#options.version,
-        });
-      case "/health":
-        return json({ status: "ok" });
-      case "/ready":
-        // An instance whose Redis is away still serves what it holds: it
-        // says so, and stays in rotation (taking it out would cut everyone).
-        if (this.#state !== "running") return json({ status: this.#state }, 503);
-        if (this.#fleet && !this.#fleet.up) {
-          return json({ status: "degraded", redis: "unavailable", instance: this.#fleet.instance });
-        }
-        return json({
-          status: "ready",
-          ...(this.#fleet ? { redis: "up", instance: this.#fleet.instance } : {}),
-        });
-      case "/debug/list_workers":
-        return this.#authorized(req) ? this.#listWorkers() : unauthorized();
-      case "/debug/stats":
-        return this.#authorized(req) ? this.#stats() : unauthorized();
-      case "/dashboard":
-        return this.#dashboard.page(req);
-      case "/dashboard/events":
-        return this.#dashboard.events(req);
-      case "/metrics":
-        return this.#authorized(req)
-          ? new Response(this.metrics.render(), {
-            headers: { "content-type": METRICS_CONTENT_TYPE },
-          })
-          : unauthorized();
-      default:
-        return problem(404, `Cannot find ${path}`);
-    }
+  handler = (req: Request, info: ServeInfo): Response | Promise<Response> =>
+    route(req, info, this.#routes);
+
+  /** What the routes (`routes.ts`) reach. */
+  #routes: RouteTarget = {
+    register: (req, url, info) => this.#register(req, url, info),
+    ready: () => this.#ready(),
+    about: () => ({ name: this.#options.name, version: this.#options.version }),
+    authorized: (req) => bearerAuthorized(req, this.#options.token),
+    listWorkers: () => this.#listWorkers(),
+    stats: () => this.#stats(),
+    metrics: () => this.metrics.render(),
+    dashboard: () => this.#dashboard,
   };
 
-  #authorized(req: Request): boolean {
-    return bearerAuthorized(req, this.#options.token);
+  /** `/ready`: an instance whose Redis is away still serves what it holds, and says so. */
+  #ready(): Response {
+    if (this.#state !== "running") return json({ status: this.#state }, 503);
+    const fleet = this.#fleet;
+    if (fleet && !fleet.up) {
+      return json({ status: "degraded", redis: "unavailable", instance: fleet.instance });
+    }
+    return json({ status: "ready", ...(fleet ? { redis: "up", instance: fleet.instance } : {}) });
   }
 
   /** Counts without listing anyone: cheap enough to poll during a storm. */
@@ -369,42 +335,9 @@ export class Rendezvous {
 
   async #onOpen(session: Session): Promise<void> {
     if (session.socket.readyState !== WebSocket.OPEN) return;
+    if (!(await admitKey(session, this.registry, this.#options))) return;
     const { key } = session;
-    if (key !== null && !(await proveKey(session, key, this.#options))) return;
-    if (session.socket.readyState !== WebSocket.OPEN) return;
-    const claim = await this.registry.claimKey(
-      session.workerId,
-      key,
-      this.#clock.now(),
-      this.#options.keyHoldSec * 1000,
-    );
-    if (!claim.ok) {
-      this.#log.warn("worker refused: id bound to another key", {
-        worker_id: session.workerId,
-        key_fingerprint: key === null ? null : await fingerprint(key),
-        bound_fingerprint: await fingerprint(claim.bound),
-        observed_ip: session.observedIp,
-      });
-      session.close(
-        CloseCode.KEY_REFUSED,
-        key === null ? CloseReason.KEY_REQUIRED : CloseReason.KEY_BOUND,
-      );
-      return;
-    }
-    const record: WorkerRecord = {
-      worker_id: session.workerId,
-      session_id: session.id,
-      observed_ip: session.observedIp,
-      observed_port: session.observedPort,
-      http_reported_public_ip: null,
-      connected_at: session.connectedAt,
-      udp_endpoint: null,
-      group: session.group,
-      peer_paths: NO_PEER_PATHS,
-      key,
-      key_fingerprint: key === null ? null : await fingerprint(key),
-      transport: null,
-    };
+    const record = session.record(key === null ? null : await fingerprint(key));
     const previous = await this.registry.put(record);
     session.registered = true;
     this.#admission.registered(key);
@@ -444,83 +377,21 @@ export class Rendezvous {
     const now = this.#clock.now();
     session.lastSeen = now;
     const data = event.data;
-    if (typeof data !== "string") return this.#onBinary(session, data);
-    if (utf8LengthExceeds(data, this.#options.maxMessageBytes)) {
-      this.#log.warn("worker sent an oversize message", {
-        worker_id: session.workerId,
-        length: data.length,
-        limit: this.#options.maxMessageBytes,
-      });
-      session.close(CloseCode.MESSAGE_TOO_BIG, CloseReason.TOO_BIG);
+    if (typeof data !== "string") {
+      const frame = readBinary(session, data, this.#log);
+      if (frame === undefined) return;
+      // A packet before the session is registered (a worker with live
+      // connections that just reconnected) is dropped, like any packet.
+      if (!session.registered) this.#peers.stats.packetsDropped++;
+      else this.#peers.relayPacket(session, frame);
       return;
     }
-    let message: ClientMessage;
-    try {
-      message = parseClientMessage(data);
-    } catch (error) {
-      if (!(error instanceof ProtocolError)) throw error;
-      if (!this.#withinRate(session, now)) return;
-      this.#log.info("worker sent an invalid message", {
-        worker_id: session.workerId,
-        code: error.code,
-        error: error.message,
-      });
-      session.send({ type: "error", code: error.code, message: error.message });
-      return;
-    }
-    // Relayed frames have their own budget (the peer directory's), so data
-    // cannot starve a worker's control messages, nor the reverse.
-    if (message.type !== "relay" && !this.#withinRate(session, now)) return;
+    const message = readText(session, data, now, this.#options);
+    if (message === undefined) return;
     // The proof answers the challenge #onOpen is waiting on, so it cannot
     // queue behind it; everything else does, and runs once registered.
-    if (message.type === "prove_key") {
-      if (session.proof) session.proof.resolve(message.signature);
-      else {
-        session.send({
-          type: "error",
-          code: "invalid_message",
-          message: "Cannot use prove_key: no challenge is pending",
-        });
-      }
-      return;
-    }
+    if (message.type === "prove_key") return answerChallenge(session, message.signature);
     this.#enqueue(session, () => this.#handlers.handle(session, message));
-  }
-
-  /**
-   * A binary frame: a transport packet to relay, from a registered session.
-   * Anything else binary is a protocol error (the seed's protocol is text).
-   */
-  #onBinary(session: Session, data: unknown): void {
-    let frame: RelayFrame | undefined;
-    if (data instanceof ArrayBuffer) {
-      try {
-        frame = parseRelayFrame(new Uint8Array(data));
-      } catch {
-        frame = undefined;
-      }
-    }
-    // A well-formed packet before the session is registered (a worker with
-    // live connections that just reconnected) is dropped, like any packet.
-    if (frame !== undefined && !session.registered) {
-      this.#peers.stats.packetsDropped++;
-      return;
-    }
-    if (frame === undefined) {
-      this.#log.warn("worker sent a binary frame that is not a relay frame", {
-        worker_id: session.workerId,
-      });
-      session.close(CloseCode.UNSUPPORTED_DATA, CloseReason.BINARY);
-      return;
-    }
-    this.#peers.relayPacket(session, frame);
-  }
-
-  #withinRate(session: Session, now: number): boolean {
-    if (session.bucket.take(now)) return true;
-    this.#log.warn("worker exceeded the message rate", { worker_id: session.workerId });
-    session.close(CloseCode.POLICY_VIOLATION, CloseReason.RATE_LIMITED);
-    return false;
   }
 
   #onClose(session: Session, event: CloseEvent): void {

@@ -9,6 +9,7 @@
 import { TokenBucket } from "../core/rate_limit.ts";
 import { encodeMessage, type ServerMessage } from "../protocol/messages.ts";
 import type { PeerSession } from "./peers.ts";
+import { NO_PEER_PATHS, type WorkerRecord } from "./registry.ts";
 
 /**
  * Bytes waiting in a session's send buffer beyond which relayed packets to
@@ -81,6 +82,24 @@ export class Session implements PeerSession {
     this.bucket = init.bucket;
     this.#relayLimit = init.relayLimit;
     this.#relayBytes = init.relayBytes;
+  }
+
+  /** The registry record of this session, as it registers (`keyFingerprint` of its key). */
+  record(keyFingerprint: string | null): WorkerRecord {
+    return {
+      worker_id: this.workerId,
+      session_id: this.id,
+      observed_ip: this.observedIp,
+      observed_port: this.observedPort,
+      http_reported_public_ip: null,
+      connected_at: this.connectedAt,
+      udp_endpoint: null,
+      group: this.group,
+      peer_paths: NO_PEER_PATHS,
+      key: this.key,
+      key_fingerprint: keyFingerprint,
+      transport: null,
+    };
   }
 
   takeRelayBytes(now: number, bytes: number): boolean {

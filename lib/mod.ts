@@ -67,6 +67,7 @@ export {
   RENDEZVOUS_VARIABLES,
   type RendezvousConfig,
 } from "./rendezvous/config.ts";
+export { type Refused } from "./rendezvous/admission.ts";
 export {
   Fleet,
   type FleetHost,

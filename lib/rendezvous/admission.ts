@@ -14,10 +14,15 @@ import { problem } from "./http.ts";
 
 /** Refusals by kind (`/debug/stats`, `/metrics`). */
 export interface Refused {
+  /** At `MAX_CONNECTIONS` (503). */
   at_capacity: number;
+  /** Over `MAX_SESSIONS_PER_IP` (429). */
   per_ip: number;
+  /** Over `MAX_SESSIONS_PER_KEY` (429). */
   per_key: number;
+  /** Over `HANDSHAKE_RATE_PER_SEC` (503). */
   handshake_rate: number;
+  /** A wrong token at the dashboard's sign-in (401). */
   sign_in: number;
 }
 

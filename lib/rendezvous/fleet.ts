@@ -43,8 +43,24 @@ import {
   text,
 } from "../redis/client.ts";
 import type { ServerMessage } from "../protocol/messages.ts";
-import type { KeyClaim, MemoryRegistry, Registry, WorkerPatch, WorkerRecord } from "./registry.ts";
+import type { WorkerRecord } from "./registry.ts";
 import { RENDEZVOUS_DEFAULTS } from "./options.ts";
+import { FleetKeys } from "./fleet_keys.ts";
+import { FleetView } from "./fleet_view.ts";
+import {
+  encodeEnvelope,
+  type FleetEvent,
+  HEARTBEAT,
+  Kind,
+  parseEnvelope,
+  PUT,
+  REAP,
+  REMOVE,
+  type Stored,
+  UPDATE,
+} from "./fleet_wire.ts";
+
+export { FleetRegistry } from "./fleet_registry.ts";
 
 /** Options for {@linkcode Fleet}. */
 export interface FleetOptions {
@@ -96,118 +112,6 @@ export interface RemoteWorker {
   rttMs: number | null;
 }
 
-interface Stored {
-  i: string;
-  r: WorkerRecord;
-  t: number | null;
-}
-
-type FleetEvent =
-  | { t: "put"; i: string; r: WorkerRecord; rtt: number | null }
-  | { t: "del"; i: string; id: string; sid: string; g: string }
-  /** Instance `i` has written all its sessions again (after Redis came back): these are all. */
-  | { t: "sync"; i: string; ids: string[] };
-
-const enum Kind {
-  Message = 1,
-  Binary = 2,
-  Replaced = 3,
-}
-
-// Lua, run atomically by Redis. Key names are built from the prefix (no
-// Redis Cluster: see README, Limits). The scripts that change a record
-// publish its event themselves: every instance then hears the puts and
-// removals of one id in the order Redis made them (two publishes after two
-// scripts could cross, and an instance kept the older session for ever).
-const PUT = `
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then
-  local o = cjson.decode(old)
-  local at = tonumber(o.r.connected_at)
-  if o.i ~= ARGV[2] and (at > tonumber(ARGV[4]) or (at == tonumber(ARGV[4]) and o.r.session_id > ARGV[5])) then
-    return {'newer', o.i, o.r.session_id}
-  end
-  if o.i ~= ARGV[2] then redis.call('SREM', KEYS[2] .. o.i, ARGV[1]) end
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-  redis.call('SADD', KEYS[2] .. ARGV[2], ARGV[1])
-  redis.call('PUBLISH', KEYS[3], ARGV[6])
-  return {'replaced', o.i, o.r.session_id}
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('SADD', KEYS[2] .. ARGV[2], ARGV[1])
-redis.call('PUBLISH', KEYS[3], ARGV[6])
-return {'new'}`;
-
-const UPDATE = `
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old or cjson.decode(old).r.session_id ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('PUBLISH', KEYS[2], ARGV[4])
-return 1`;
-
-const REMOVE = `
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old or cjson.decode(old).r.session_id ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[2] .. ARGV[3], ARGV[1])
-redis.call('PUBLISH', KEYS[3], ARGV[4])
-return 1`;
-
-const HEARTBEAT = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))`;
-
-const REAP = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > now - tonumber(ARGV[2]) then return {} end
-redis.call('ZREM', KEYS[1], ARGV[1])
-local gone = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[3] .. ARGV[1])) do
-  local v = redis.call('HGET', KEYS[2], id)
-  if v then
-    local o = cjson.decode(v)
-    if o.i == ARGV[1] then
-      redis.call('HDEL', KEYS[2], id)
-      -- The reaped session ended: its key binding is held KEY_HOLD_SEC from now, as after any end.
-      local b = redis.call('GET', KEYS[5] .. id)
-      if b then
-        local k = cjson.decode(b)
-        if not k.s then
-          redis.call('SET', KEYS[5] .. id, cjson.encode({k = k.k, s = tonumber(ARGV[3])}), 'PX', math.max(1, tonumber(ARGV[4])))
-        end
-      end
-      table.insert(gone, id)
-      table.insert(gone, o.r.session_id)
-      table.insert(gone, o.r.group)
-    end
-  end
-end
-redis.call('DEL', KEYS[3] .. ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-return gone`;
-
-const CLAIM_KEY = `
-local b = redis.call('GET', KEYS[1])
-if b then
-  local o = cjson.decode(b)
-  if o.k ~= ARGV[1] then
-    if not o.s or tonumber(ARGV[2]) - tonumber(o.s) < tonumber(ARGV[3]) then return o.k end
-    redis.call('DEL', KEYS[1])
-  end
-end
-if ARGV[1] ~= '' then redis.call('SET', KEYS[1], cjson.encode({k = ARGV[1]})) end
-return false`;
-
-const RELEASE_KEY = `
-local b = redis.call('GET', KEYS[1])
-if not b or cjson.decode(b).k ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], cjson.encode({k = ARGV[1], s = tonumber(ARGV[2])}), 'PX', math.max(1, tonumber(ARGV[3])))
-return 1`;
-
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 /**
@@ -216,20 +120,6 @@ const decoder = new TextDecoder();
  * measured (bench:fleet), bounding what a flood can queue on the sender.
  */
 const MAX_PUBLISHES_IN_FLIGHT = 8192;
-
-/**
- * Whether session `a` of a worker id is newer than `b`: registered later,
- * or at the same millisecond with the greater session id. The PUT script
- * orders sessions the same way, so Redis and every instance's memory agree
- * on which of two sessions of one id is the current one.
- */
-function newer(
-  a: Pick<WorkerRecord, "connected_at" | "session_id">,
-  b: Pick<WorkerRecord, "connected_at" | "session_id">,
-): boolean {
-  return a.connected_at > b.connected_at ||
-    (a.connected_at === b.connected_at && a.session_id > b.session_id);
-}
 
 function randomId(): string {
   return [...crypto.getRandomValues(new Uint8Array(6))]
@@ -243,17 +133,12 @@ export class Fleet {
   readonly #o: Required<Omit<FleetOptions, "caCerts" | "instance">> & { caCerts?: string[] };
   readonly #redis: Redis;
   #host?: FleetHost;
-  #remote = new Map<string, RemoteWorker>();
-  /**
-   * Our own sessions, by worker id: an event about an older session of one
-   * of them (it reached us after our own registration) is stale, never a
-   * remote worker.
-   */
-  #local = new Map<string, Pick<WorkerRecord, "connected_at" | "session_id">>();
+  /** What this instance knows of every worker: its own sessions, and the others' records. */
+  #view = new FleetView();
   /** Removals Redis missed while it was away: written once it is back. */
   #missedRemovals = new Map<string, { sessionId: string; group: string }>();
-  /** Key releases Redis missed while it was away (the hold counts from the session's end). */
-  #missedReleases = new Map<string, { key: string; at: number; holdMs: number }>();
+  /** @ignore Key bindings across the fleet; the fleet registry uses them. */
+  readonly keys: FleetKeys;
   #stop = new AbortController();
   #loops: Promise<void>[] = [];
   #synced = false;
@@ -291,6 +176,13 @@ export class Fleet {
         this.#synced = false;
       },
     });
+    this.keys = new FleetKeys({
+      eval: (script, keys, args) => this.#eval(script, keys, args),
+      key: (...parts) => this.#key(...parts),
+      redisUp: () => this.#redis.up,
+      soft: (work) => this.#soft(work),
+      clock: this.#o.clock,
+    });
   }
 
   #key(...parts: string[]): string {
@@ -318,17 +210,17 @@ export class Fleet {
 
   /** A worker registered on another instance, if any. */
   remote(workerId: string): RemoteWorker | undefined {
-    return this.#remote.get(workerId);
+    return this.#view.remote(workerId);
   }
 
   /** Every worker registered on another instance. */
   remoteWorkers(): IterableIterator<RemoteWorker> {
-    return this.#remote.values();
+    return this.#view.remoteWorkers();
   }
 
   /** How many workers other instances hold. */
   get remoteCount(): number {
-    return this.#remote.size;
+    return this.#view.remoteCount;
   }
 
   // ---- writes of our own sessions ------------------------------------------
@@ -364,13 +256,9 @@ export class Fleet {
 
   /** One of our sessions registered (or re-registered) `record`. */
   put(record: WorkerRecord): void {
-    this.#local.set(record.worker_id, {
-      connected_at: record.connected_at,
-      session_id: record.session_id,
-    });
-    this.#remote.delete(record.worker_id);
+    this.#view.ours(record);
     this.#missedRemovals.delete(record.worker_id);
-    this.#missedReleases.delete(record.worker_id); // bound again, by this session
+    this.keys.bound(record.worker_id);
     this.#soft(() => this.#put(record));
   }
 
@@ -430,14 +318,14 @@ export class Fleet {
    * now, and no one should hear `peer_left`).
    */
   remove(workerId: string, sessionId: string, group: string): boolean {
-    if (this.#local.get(workerId)?.session_id === sessionId) this.#local.delete(workerId);
+    this.#view.oursEnded(workerId, sessionId);
     // Redis removes the record only if it is still this session's (the
     // script checks), so the removal goes there even when the worker has
     // moved: skipping it on a stale copy of an older session left the
     // record in Redis, and on every instance, for ever.
     if (!this.#redis.up) this.#missedRemovals.set(workerId, { sessionId, group });
     this.#soft(() => this.#remove(workerId, sessionId, group));
-    return !this.#remote.has(workerId);
+    return this.#view.remote(workerId) === undefined;
   }
 
   /** `missed`: the removal happened while Redis was away (which may have come back empty). */
@@ -460,39 +348,7 @@ export class Fleet {
     if (removed !== 1 && missed) await this.#publishEvent(event);
   }
 
-  // ---- keys ----------------------------------------------------------------
-
-  /**
-   * {@linkcode Registry.claimKey} across the fleet.
-   *
-   * @throws {RedisUnavailableError} while Redis is away (the caller decides alone).
-   */
-  async claimKey(
-    workerId: string,
-    key: string | null,
-    now: number,
-    holdMs: number,
-  ): Promise<KeyClaim> {
-    const bound = await this.#eval(CLAIM_KEY, [this.#key("key", workerId)], [
-      key ?? "",
-      now,
-      holdMs,
-    ]);
-    return bound === null ? { ok: true } : { ok: false, bound: text(bound)! };
-  }
-
-  /** {@linkcode Registry.releaseKey} across the fleet (best effort). */
-  releaseKey(workerId: string, key: string, now: number, holdMs: number): void {
-    // Missed while Redis is away, the binding would never expire: released again once it is back.
-    if (!this.#redis.up) this.#missedReleases.set(workerId, { key, at: now, holdMs });
-    this.#soft(() => this.#release(workerId, key, now, holdMs));
-  }
-
-  async #release(workerId: string, key: string, at: number, holdMs: number): Promise<void> {
-    const left = Math.max(1, holdMs - (this.#o.clock.now() - at));
-    await this.#eval(RELEASE_KEY, [this.#key("key", workerId)], [key, at, left]);
-    if (this.#missedReleases.get(workerId)?.at === at) this.#missedReleases.delete(workerId);
-  }
+  // ---- introductions -------------------------------------------------------
 
   /**
    * Claims the introduction of `pair` for `windowMs` across the fleet;
@@ -534,33 +390,20 @@ export class Fleet {
     group: string,
     payload: Uint8Array,
   ): Promise<void> {
-    const to = encoder.encode(workerId);
-    const g = encoder.encode(group);
-    const envelope = new Uint8Array(3 + to.length + g.length + payload.length);
-    envelope[0] = kind;
-    envelope[1] = to.length;
-    envelope.set(to, 2);
-    envelope[2 + to.length] = g.length;
-    envelope.set(g, 3 + to.length);
-    envelope.set(payload, 3 + to.length + g.length);
     this.stats.messages_sent++;
-    await this.#redis.publish(this.#key("to", instance), envelope);
+    await this.#redis.publish(
+      this.#key("to", instance),
+      encodeEnvelope({ kind, workerId, group, payload }),
+    );
   }
 
-  #onMessage(envelope: Uint8Array): void {
+  #onMessage(bytes: Uint8Array): void {
     const host = this.#host;
-    if (!host || envelope.length < 3) return;
-    const toLength = envelope[1];
-    const gAt = 2 + toLength;
-    if (gAt >= envelope.length) return;
-    const gLength = envelope[gAt];
-    const payloadAt = gAt + 1 + gLength;
-    if (payloadAt > envelope.length) return;
-    const workerId = decoder.decode(envelope.subarray(2, gAt));
-    const group = decoder.decode(envelope.subarray(gAt + 1, payloadAt));
-    const payload = envelope.subarray(payloadAt);
+    const envelope = host ? parseEnvelope(bytes) : undefined;
+    if (!host || !envelope) return;
+    const { workerId, group, payload } = envelope;
     this.stats.messages_received++;
-    switch (envelope[0]) {
+    switch (envelope.kind) {
       case Kind.Message: {
         let message: ServerMessage;
         try {
@@ -592,37 +435,11 @@ export class Fleet {
     }
     if (event.i === this.instance) return;
     this.stats.events_received++;
-    if (event.t === "put") this.#applyPut(event.i, event.r, event.rtt);
-    else if (event.t === "del") this.#applyDel(event.id, event.sid, event.g);
-    else if (event.t === "sync") {
-      const ids = new Set(event.ids);
-      for (const [workerId, worker] of [...this.#remote]) {
-        if (worker.instance === event.i && !ids.has(workerId)) {
-          this.#applyDel(workerId, worker.record.session_id, worker.record.group);
-        }
-      }
-    }
-  }
-
-  #applyPut(instance: string, record: WorkerRecord, rttMs: number | null): void {
-    // Events from different instances arrive in any order: one about an
-    // older session than the one we hold (ours or another instance's) is stale.
-    const mine = this.#local.get(record.worker_id);
-    if (mine && !newer(record, mine)) return;
-    const before = this.#remote.get(record.worker_id);
-    if (before && before.record.session_id !== record.session_id && newer(before.record, record)) {
-      return;
-    }
-    this.#remote.set(record.worker_id, { instance, record, rttMs });
-    if (before?.record.session_id === record.session_id) this.#host?.updated(record);
-    else this.#host?.joined(record);
-  }
-
-  #applyDel(workerId: string, sessionId: string, group: string): void {
-    const before = this.#remote.get(workerId);
-    if (!before || before.record.session_id !== sessionId) return;
-    this.#remote.delete(workerId);
-    this.#host?.left(workerId, group);
+    const host = this.#host;
+    if (!host) return;
+    if (event.t === "put") this.#view.put(event.i, event.r, event.rtt, host);
+    else if (event.t === "del") this.#view.del(event.id, event.sid, event.g, host);
+    else if (event.t === "sync") this.#view.synced(event.i, new Set(event.ids), host);
   }
 
   // ---- liveness and recovery -------------------------------------------------
@@ -636,18 +453,8 @@ export class Fleet {
       for (const [workerId, { sessionId, group }] of [...this.#missedRemovals]) {
         await this.#remove(workerId, sessionId, group, true);
       }
-      for (const [workerId, { key, at, holdMs }] of [...this.#missedReleases]) {
-        await this.#release(workerId, key, at, holdMs);
-      }
       const local = await host.localRecords();
-      // A Redis that came back empty lost our sessions' key bindings too: bind them again
-      // (a no-op where they are still there), so no other key can take a connected id.
-      const now = this.#o.clock.now();
-      await Promise.all(
-        local.filter((record) => record.key !== null).map((record) =>
-          this.claimKey(record.worker_id, record.key, now, host.keyHoldMs)
-        ),
-      );
+      await this.keys.repair(local, host.keyHoldMs);
       await Promise.all(local.map((record) => this.#put(record)));
       // Ours are all in Redis again: others may trust its snapshot of us,
       // and drop what they hold of ours that is not in this list.
@@ -658,7 +465,7 @@ export class Fleet {
       this.#o.logger.info("fleet synced", {
         instance: this.instance,
         local: local.length,
-        remote: this.#remote.size,
+        remote: this.#view.remoteCount,
       });
     } catch (error) {
       this.#o.logger.warn("fleet sync failed", { error: (error as Error).message });
@@ -676,29 +483,22 @@ export class Fleet {
       this.#redis.command("ZRANGE", this.#key("alive"), 0, -1) as Promise<RespValue[]>,
       this.#redis.command("HKEYS", this.#key("synced")) as Promise<RespValue[]>,
     ]);
-    const liveInstances = new Set(alive.map((v) => text(v)!));
-    const syncedInstances = new Set(synced.map((v) => text(v)!));
-    const seen = new Set<string>();
+    const host = this.#host;
+    if (!host) return;
+    const stored: Stored[] = [];
     for (let i = 0; i + 1 < all.length; i += 2) {
-      let stored: Stored;
       try {
-        stored = JSON.parse(text(all[i + 1])!);
+        stored.push(JSON.parse(text(all[i + 1])!));
       } catch {
-        continue;
+        // Not ours to read: skipped.
       }
-      if (stored.i === this.instance) continue;
-      seen.add(stored.r.worker_id);
-      const before = this.#remote.get(stored.r.worker_id);
-      if (before?.record.session_id === stored.r.session_id && before.instance === stored.i) {
-        continue;
-      }
-      this.#applyPut(stored.i, stored.r, stored.t);
     }
-    for (const [workerId, worker] of [...this.#remote]) {
-      if (seen.has(workerId)) continue;
-      if (liveInstances.has(worker.instance) && !syncedInstances.has(worker.instance)) continue;
-      this.#applyDel(workerId, worker.record.session_id, worker.record.group);
-    }
+    this.#view.reload(
+      stored.filter((w) => w.i !== this.instance),
+      new Set(alive.map((v) => text(v)!)),
+      new Set(synced.map((v) => text(v)!)),
+      host,
+    );
   }
 
   async #heartbeat(): Promise<void> {
@@ -737,7 +537,7 @@ export class Fleet {
     for (let i = 0; i + 2 < gone.length; i += 3) {
       const [id, sid, g] = [text(gone[i])!, text(gone[i + 1])!, text(gone[i + 2])!];
       await this.#publishEvent({ t: "del", i: instance, id, sid, g });
-      this.#applyDel(id, sid, g);
+      if (this.#host) this.#view.del(id, sid, g, this.#host);
     }
     return gone.length / 3;
   }
@@ -765,90 +565,5 @@ export class Fleet {
       await this.#reap(this.instance, 0).catch(() => {});
     }
     await this.#redis.close();
-  }
-}
-
-/**
- * The registry of an instance in a fleet: its own sessions in memory (as
- * one instance keeps them), mirrored to the fleet; reads see the whole
- * fleet. Never waits on Redis but for key claims, and goes on alone while
- * Redis is away.
- */
-export class FleetRegistry implements Registry {
-  /** This instance's own sessions' records. */
-  readonly local: MemoryRegistry;
-  /** The rest of the fleet. */
-  readonly fleet: Fleet;
-  #holdMs: number;
-
-  /** `keyHoldMs`: `KEY_HOLD_SEC`, how long an idle key binding lasts in Redis. */
-  constructor(local: MemoryRegistry, fleet: Fleet, keyHoldMs: number) {
-    this.local = local;
-    this.fleet = fleet;
-    this.#holdMs = keyHoldMs;
-  }
-
-  async put(record: WorkerRecord): Promise<WorkerRecord | undefined> {
-    const previous = await this.local.put(record);
-    this.fleet.put(record);
-    return previous;
-  }
-
-  async update(workerId: string, sessionId: string, patch: WorkerPatch): Promise<boolean> {
-    if (!(await this.local.update(workerId, sessionId, patch))) return false;
-    const record = await this.local.get(workerId);
-    if (record) this.fleet.update(record);
-    return true;
-  }
-
-  /** True when the worker left the fleet (not when it moved to another instance). */
-  async remove(workerId: string, sessionId: string): Promise<boolean> {
-    const record = await this.local.get(workerId);
-    if (!record || !(await this.local.remove(workerId, sessionId))) return false;
-    return this.fleet.remove(workerId, sessionId, record.group);
-  }
-
-  async get(workerId: string): Promise<WorkerRecord | undefined> {
-    return (await this.local.get(workerId)) ?? this.fleet.remote(workerId)?.record;
-  }
-
-  /** Every worker of the fleet, oldest registration first. */
-  async list(): Promise<WorkerRecord[]> {
-    const mine = await this.local.list();
-    const ids = new Set(mine.map((r) => r.worker_id));
-    const all = mine.slice();
-    for (const worker of this.fleet.remoteWorkers()) {
-      if (!ids.has(worker.record.worker_id)) all.push(worker.record);
-    }
-    return all.sort((a, b) => a.connected_at - b.connected_at);
-  }
-
-  /** Workers in the fleet (one that is moving between instances may count twice for a moment). */
-  async size(): Promise<number> {
-    return (await this.local.size()) + this.fleet.remoteCount;
-  }
-
-  /** Fleet-wide while Redis is up; this instance's own bindings while it is away. */
-  async claimKey(
-    workerId: string,
-    key: string | null,
-    now: number,
-    holdMs: number,
-  ): Promise<KeyClaim> {
-    if (this.fleet.up) {
-      try {
-        const claim = await this.fleet.claimKey(workerId, key, now, holdMs);
-        if (claim.ok) await this.local.claimKey(workerId, key, now, 0);
-        return claim;
-      } catch (error) {
-        if (!(error instanceof RedisUnavailableError)) throw error;
-      }
-    }
-    return await this.local.claimKey(workerId, key, now, holdMs);
-  }
-
-  async releaseKey(workerId: string, key: string, now: number): Promise<void> {
-    await this.local.releaseKey(workerId, key, now);
-    this.fleet.releaseKey(workerId, key, now, this.#holdMs);
   }
 }

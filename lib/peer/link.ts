@@ -46,6 +46,7 @@
 
 import type { Clock, TimerId } from "../core/clock.ts";
 import { clearlyFaster, pathKey, ValidatedPaths } from "./paths.ts";
+import { planPunch, type Strategy } from "./strategy.ts";
 import {
   type Frame,
   FrameError,
@@ -293,7 +294,7 @@ interface Probing {
   round: number;
   /** Our socket for checks and sprays. */
   via: number;
-  strategy: string;
+  strategy: Strategy;
   /** Set while a reroll remains: the round gives up this long after it began. */
   limitMs?: number;
   /** Starts the full-TTL checks (and sprays); idempotent. */
@@ -499,27 +500,9 @@ export class PeerLink {
     const session = this.#session;
     if (!session || session.id !== sessionId) return;
     const { n, via, candidates } = round ?? { n: 0, via: 0, candidates: session.candidates };
+    const { strategy, checks, publics } = planPunch(session.ownNat, session.peerNat, candidates);
     const ownHard = session.ownNat === "endpoint-dependent";
     const peerHard = session.peerNat === "endpoint-dependent";
-    const noUdp = session.ownNat === "no-udp" || session.peerNat === "no-udp";
-    const locals = candidates.filter((c) => c.kind === "local");
-    const publics = candidates.filter((c) => c.kind === "public");
-    const checks = noUdp ? [] : ownHard && peerHard ? locals : [...locals, ...publics];
-    // A side without NAT takes any packet: the other side's checks reach it
-    // and its answers go back through whatever mapping they came from, so
-    // plain checks do; 256 sockets and a spray would only load it.
-    const noNat = session.ownNat === "no-nat" || session.peerNat === "no-nat";
-    const strategy = noUdp
-      ? "relay-only"
-      : ownHard && peerHard
-      ? "both-hard"
-      : noNat
-      ? "ice"
-      : ownHard && publics.length > 0
-      ? "hard-side"
-      : peerHard && publics.length > 0
-      ? "easy-side"
-      : "ice";
     const probing: Probing = {
       session: sessionId,
       round: n,

@@ -1,0 +1,59 @@
+/**
+ * How a round punches, from both NATs and the peer's candidates: a pure
+ * function, so the whole table can be tested without a socket.
+ *
+ * | situation                               | strategy     |
+ * | --------------------------------------- | ------------ |
+ * | either side without UDP                 | `relay-only` |
+ * | both endpoint-dependent                 | `both-hard`: local candidates only |
+ * | either side without NAT                 | `ice`        |
+ * | we are endpoint-dependent, the peer not | `hard-side`: 256 extra sockets |
+ * | the peer is endpoint-dependent, we not  | `easy-side`: a spray at random ports |
+ * | anything else                           | `ice`        |
+ *
+ * @module
+ */
+
+import type { Candidate, NatMapping } from "../protocol/messages.ts";
+
+/** A round's way of punching. */
+export type Strategy = "relay-only" | "both-hard" | "ice" | "hard-side" | "easy-side";
+
+/** What a round does: its strategy, the candidates it checks, and the peer's public ones. */
+export interface PunchPlan {
+  strategy: Strategy;
+  /** Checked one after another (local first, then public). */
+  checks: Candidate[];
+  /** The peer's public candidates (the hard side's and the spray's target). */
+  publics: Candidate[];
+}
+
+/** The plan for a round between our NAT `own` and the peer's `peer`, to `candidates`. */
+export function planPunch(
+  own: NatMapping | null,
+  peer: NatMapping | null,
+  candidates: readonly Candidate[],
+): PunchPlan {
+  const ownHard = own === "endpoint-dependent";
+  const peerHard = peer === "endpoint-dependent";
+  const noUdp = own === "no-udp" || peer === "no-udp";
+  const locals = candidates.filter((c) => c.kind === "local");
+  const publics = candidates.filter((c) => c.kind === "public");
+  const checks = noUdp ? [] : ownHard && peerHard ? locals : [...locals, ...publics];
+  // A side without NAT takes any packet: the other side's checks reach it
+  // and its answers go back through whatever mapping they came from, so
+  // plain checks do; 256 sockets and a spray would only load it.
+  const noNat = own === "no-nat" || peer === "no-nat";
+  const strategy: Strategy = noUdp
+    ? "relay-only"
+    : ownHard && peerHard
+    ? "both-hard"
+    : noNat
+    ? "ice"
+    : ownHard && publics.length > 0
+    ? "hard-side"
+    : peerHard && publics.length > 0
+    ? "easy-side"
+    : "ice";
+  return { strategy, checks, publics };
+}

@@ -1,0 +1,32 @@
+import assert from "node:assert/strict";
+import { planPunch, type Strategy } from "../../lib/peer/strategy.ts";
+import type { Candidate, NatMapping } from "../../lib/protocol/messages.ts";
+
+const local: Candidate = { ip: "192.168.1.2", port: 4000, kind: "local" };
+const pub: Candidate = { ip: "203.0.113.9", port: 40000, kind: "public" };
+
+Deno.test("planPunch() picks the strategy from both NATs and the candidates, the whole table", () => {
+  const EIM = "endpoint-independent";
+  const EDM = "endpoint-dependent";
+  const table: [NatMapping | null, NatMapping | null, Candidate[], Strategy, Candidate[]][] = [
+    // own, peer, candidates → strategy, checks
+    [EIM, EIM, [local, pub], "ice", [local, pub]],
+    [EDM, EIM, [local, pub], "hard-side", [local, pub]],
+    [EIM, EDM, [local, pub], "easy-side", [local, pub]],
+    [EDM, EDM, [local, pub], "both-hard", [local]],
+    [EDM, EIM, [local], "ice", [local]], // no public candidate to open sockets toward
+    [EIM, EDM, [local], "ice", [local]], // nor to spray at
+    ["no-nat", EDM, [pub], "ice", [pub]], // a host without NAT takes any packet
+    [EDM, "no-nat", [pub], "ice", [pub]],
+    ["no-udp", EIM, [local, pub], "relay-only", []],
+    [EIM, "no-udp", [local, pub], "relay-only", []],
+    [null, null, [pub], "ice", [pub]], // unknown NATs: plain checks
+    [EIM, EIM, [pub, local], "ice", [local, pub]], // local candidates first
+  ];
+  for (const [own, peer, candidates, strategy, checks] of table) {
+    const plan = planPunch(own, peer, candidates);
+    assert.equal(plan.strategy, strategy, `${own} ↔ ${peer} (${candidates.length} candidates)`);
+    assert.deepEqual(plan.checks, checks, `${own} ↔ ${peer} checks`);
+    assert.deepEqual(plan.publics, candidates.filter((c) => c.kind === "public"));
+  }
+});

@@ -47,6 +47,7 @@
 import type { Clock, TimerId } from "../core/clock.ts";
 import { clearlyFaster, pathKey, ValidatedPaths } from "./paths.ts";
 import { planPunch, type Strategy } from "./strategy.ts";
+import { MessageStream, STREAM_LIMITS } from "./message_stream.ts";
 import {
   type Frame,
   FrameError,
@@ -154,10 +155,6 @@ export const LINK_TIMING = {
   rtoMinMs: 200,
   /** The relay is a TCP stream; resend only after long silence (or a path change). */
   relayRtoMs: 3000,
-  /** Messages in flight per link before `send` refuses more. */
-  window: 4096,
-  /** Out-of-order messages held per link. */
-  reorderBuffer: 4096,
 } as const;
 
 /** What the link needs from its surroundings. */
@@ -385,11 +382,7 @@ export class PeerLink {
   #keepaliveNonce?: string;
   #upgradeTimer?: TimerId;
   // The stream.
-  #nextSeq = 0;
-  #unacked = new Map<number, { payload: Uint8Array; sentAt: number }>();
-  #expected = 0;
-  #reorder = new Map<number, Uint8Array>();
-  #rtoTimer?: TimerId;
+  #stream: MessageStream;
   #queued: Uint8Array[] = [];
   // While a session key is being imported: frames that arrive meanwhile
   // wait for it instead of being dropped as unauthenticated.
@@ -401,6 +394,13 @@ export class PeerLink {
     this.peerId = peerId;
     this.#d = deps;
     this.#random = deps.random ?? Math.random;
+    this.#stream = new MessageStream({
+      clock: deps.clock,
+      transmit: (seq, payload) => this.#transmit(seq, payload),
+      rto: () => this.#rto(),
+      deliver: (payload, path) => this.#d.onMessage(payload, path),
+      stats: this.stats,
+    });
   }
 
   /** The current path. */
@@ -1097,14 +1097,18 @@ export class PeerLink {
       case "data": {
         this.stats.received[pathKind]++;
         if (from) this.#roam(from, via);
-        this.#accept(frame.seq, frame.payload, pathKind);
-        const ack: Frame = { type: "data_ack", sessionId: frame.sessionId, seq: this.#expected };
+        this.#stream.accept(frame.seq, frame.payload, pathKind);
+        const ack: Frame = {
+          type: "data_ack",
+          sessionId: frame.sessionId,
+          seq: this.#stream.expected,
+        };
         if (from) this.#sendUdp(ack, from, via);
         else this.#sendRelayFrame(ack);
         return;
       }
       case "data_ack":
-        for (const seq of this.#unacked.keys()) if (seq < frame.seq) this.#unacked.delete(seq);
+        this.#stream.acked(frame.seq);
         return;
     }
   }
@@ -1184,22 +1188,6 @@ export class PeerLink {
     this.#lostTimer = undefined;
   }
 
-  #accept(seq: number, payload: Uint8Array, path: PathKind): void {
-    if (seq < this.#expected) return; // a duplicate (its ack was lost)
-    if (seq > this.#expected) {
-      if (this.#reorder.size < LINK_TIMING.reorderBuffer) this.#reorder.set(seq, payload);
-      return;
-    }
-    this.#d.onMessage(payload, path);
-    this.#expected++;
-    let next;
-    while ((next = this.#reorder.get(this.#expected)) !== undefined) {
-      this.#reorder.delete(this.#expected);
-      this.#d.onMessage(next, path);
-      this.#expected++;
-    }
-  }
-
   // ---- sending --------------------------------------------------------------
 
   /**
@@ -1214,20 +1202,14 @@ export class PeerLink {
       throw new RangeError(`Cannot send ${payload.length} bytes: at most ${MAX_FRAME_PAYLOAD}`);
     }
     if (!this.#session) {
-      if (this.#queued.length >= LINK_TIMING.window) {
+      if (this.#queued.length >= STREAM_LIMITS.window) {
         throw new RangeError("Cannot send: queue is full");
       }
       this.#queued.push(payload);
       if (this.#queued.length === 1) this.#d.requestConnect();
       return;
     }
-    if (this.#unacked.size >= LINK_TIMING.window) {
-      throw new RangeError("Cannot send: window is full");
-    }
-    const seq = this.#nextSeq++;
-    this.#unacked.set(seq, { payload, sentAt: this.#d.clock.now() });
-    this.#transmit(seq, payload);
-    this.#armRto();
+    this.#stream.send(payload);
   }
 
   #transmit(seq: number, payload: Uint8Array): void {
@@ -1247,37 +1229,14 @@ export class PeerLink {
   }
 
   #retransmitAll(): void {
-    if (!this.#session) return;
-    const now = this.#d.clock.now();
-    for (const [seq, entry] of this.#unacked) {
-      entry.sentAt = now;
-      this.stats.retransmits++;
-      this.#transmit(seq, entry.payload);
-    }
-    if (this.#unacked.size) this.#armRto();
+    if (this.#session) this.#stream.retransmitAll();
   }
 
+  /** The retransmission timeout: on the direct path 2×RTT (at least the minimum), else the relay's. */
   #rto(): number {
     return this.#path.kind === "direct"
       ? Math.max(LINK_TIMING.rtoMinMs, 2 * (this.#path.rttMs ?? 0)) // unmeasured: the minimum
       : LINK_TIMING.relayRtoMs;
-  }
-
-  #armRto(): void {
-    if (this.#rtoTimer !== undefined) return;
-    this.#rtoTimer = this.#timer(() => {
-      this.#rtoTimer = undefined;
-      const now = this.#d.clock.now();
-      const rto = this.#rto();
-      for (const [seq, entry] of this.#unacked) {
-        if (now - entry.sentAt >= rto) {
-          entry.sentAt = now;
-          this.stats.retransmits++;
-          this.#transmit(seq, entry.payload);
-        }
-      }
-      if (this.#unacked.size) this.#armRto();
-    }, this.#rto());
   }
 
   /** Seals and sends a frame; resolves once it is handed on (an opening one: sent). */
@@ -1304,7 +1263,7 @@ export class PeerLink {
       path: this.#path.kind,
       direct_to: this.directTo,
       rtt_ms: this.rttMs === null ? null : Math.round(this.rttMs * 10) / 10,
-      in_flight: this.#unacked.size,
+      in_flight: this.#stream.inFlight,
       validated_paths: this.#paths.size,
       ...this.stats,
     };
@@ -1316,7 +1275,8 @@ export class PeerLink {
     this.#cancelReroll();
     this.#closeSockets([...this.#extras]);
     this.#closed = true;
-    for (const t of [this.#keepaliveTimer, this.#lostTimer, this.#upgradeTimer, this.#rtoTimer]) {
+    this.#stream.close();
+    for (const t of [this.#keepaliveTimer, this.#lostTimer, this.#upgradeTimer]) {
       if (t !== undefined) this.#d.clock.clearTimeout(t);
     }
   }

@@ -46,7 +46,7 @@
 
 import type { Clock, TimerId } from "../core/clock.ts";
 import { clearlyFaster, pathKey, ValidatedPaths } from "./paths.ts";
-import { planPunch, type Strategy } from "./strategy.ts";
+import { planPunch } from "./strategy.ts";
 import { MessageStream, STREAM_LIMITS } from "./message_stream.ts";
 import {
   type Frame,
@@ -66,96 +66,9 @@ import type {
   UdpAddress,
 } from "../protocol/messages.ts";
 
-/**
- * The TTLs of a punch's opening stages: 2 (past the first router, our NAT)
- * up to `max` (past a carrier NAT behind it, with 3).
- */
-export function openingLadder(max: number): number[] {
-  const top = Math.max(1, Math.min(255, Math.floor(max)));
-  return Array.from({ length: Math.max(1, top - 1) }, (_, i) => Math.min(top, i + 2));
-}
-
-/** Every timing and bound of the link, with the reason for each. */
-export const LINK_TIMING = {
-  /**
-   * Opening packets (low TTL, see `PeerLinkDeps.sendOpening`) go first;
-   * each side says so through the relay (`opened`) once its own are out,
-   * and full-TTL checks and sprays toward a peer wait for its `opened`, so
-   * they reach its NAT only after its mapping toward us exists, whatever
-   * the load or the timing error between the two. A peer that sends no
-   * `opened` (an older version) is probed after this long anyway.
-   */
-  openedWaitMs: 2000,
-  /** RFC 8445 §14.2's Ta: one check every 50 ms. */
-  probeIntervalMs: 50,
-  /** 10 s of checks per punch. */
-  maxProbes: 200,
-  /** After the first working path, listen this long for a faster one. */
-  settleMs: 300,
-  /**
-   * A round whose time is up while the peer's checks are reaching one of its
-   * sockets (in the last this long) gets this long once more: our answers
-   * are on their way, and on a loaded machine a round trip can pass 250 ms.
-   * Without it the hard side closed the very socket the easy side had just
-   * found, and the easy side held a dead path (seen in the lab under load).
-   */
-  answerGraceMs: 1000,
-  /** Sockets the endpoint-dependent side opens (Tailscale uses 256). */
-  hardSockets: 256,
-  /** Each hard-side socket probes once per round... */
-  hardRoundMs: 1000,
-  /** ...for this many rounds. */
-  hardRounds: 15,
-  /** The easy side sprays one random-port probe this often... */
-  sprayIntervalMs: 2,
-  /**
-   * ...at most this many (10 s; each is a conntrack entry in our NAT, so the
-   * count stays bounded however fast). Every 5 ms put the p95 to direct at
-   * 5.1–5.4 s in the lab; every 3 ms, 3.0–3.6 s; every 2 ms, see README.
-   */
-  sprayMax: 5000,
-  /** Ports a NAT may pick (Linux: 1024–65535). */
-  sprayPortMin: 1024,
-  /** Keepalive on the direct path: well under Cloud NAT's 30 s UDP timeout. */
-  keepaliveMs: 5000,
-  /** A keepalive unanswered this long means the path is gone. */
-  lostAfterMs: 3000,
-  /**
-   * A direct path that answers stays, whatever address the peer's frames
-   * come from (it may send by another of its working paths: those frames
-   * are taken all the same). Only a path unheard this long — a keepalive
-   * round and its grace, as long as losing it takes — lets an authenticated
-   * frame from elsewhere move it (the peer's NAT rebound). Two hosts with
-   * several working addresses flapped between them every few seconds, and
-   * a QUIC handshake took 13.9 s, when any such frame moved the path.
-   */
-  roamQuietMs: 8000,
-  /**
-   * Rounds after the introduction's, each between fresh sockets (hyperdht
-   * rerolls up to 3 times too); then the introduction is asked for again.
-   */
-  rerolls: 3,
-  /**
-   * While a reroll remains, a round of plain checks gives up this long after
-   * it began (EIM ↔ EIM: p95 0.3 s in the lab, so a tenth of these rerolls
-   * would be needless)...
-   */
-  rerollIceMs: 3000,
-  /**
-   * ...and a birthday round (one side endpoint-dependent: p95 3.0 s, the
-   * slowest 3.7 s in the lab) this long. Shorter moves a pair whose
-   * mapping moved sooner, and rerolls more pairs that were about to succeed.
-   */
-  rerollBirthdayMs: 5000,
-  /** The peer's `reroll` must come this long after ours, else the link stays on the relay. */
-  rerollWaitMs: 3000,
-  /** After a failed punch or a lost path, ask for a new introduction this often. */
-  upgradeRetryMs: 30_000,
-  /** Retransmission timeout on the direct path: at least this, else 2×RTT. */
-  rtoMinMs: 200,
-  /** The relay is a TCP stream; resend only after long silence (or a path change). */
-  relayRtoMs: 3000,
-} as const;
+export { LINK_TIMING, openingLadder } from "./timing.ts";
+import { LINK_TIMING } from "./timing.ts";
+import { PunchRound, type RoundHost } from "./punch_round.ts";
 
 /** What the link needs from its surroundings. */
 export interface PeerLinkDeps {
@@ -286,26 +199,6 @@ interface Reroll {
   timer?: TimerId;
 }
 
-interface Probing {
-  session: string;
-  round: number;
-  /** Our socket for checks and sprays. */
-  via: number;
-  strategy: Strategy;
-  /** Set while a reroll remains: the round gives up this long after it began. */
-  limitMs?: number;
-  /** Starts the full-TTL checks (and sprays); idempotent. */
-  begin?: () => void;
-  sent: Map<string, { to: UdpAddress; via: number }>;
-  probes: number;
-  timers: TimerId[];
-  extra: number[];
-  done: boolean;
-  startedAt: number;
-  /** Set when the round's time was extended (once) for answers in flight: until when. */
-  gracedUntil?: number;
-}
-
 const show = (a: UdpAddress) => (a.ip.includes(":") ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`);
 
 /** Counters and timings, for the health endpoint and the lab. */
@@ -355,7 +248,8 @@ export class PeerLink {
   #paths = new ValidatedPaths();
   /** When the path in use last carried an authenticated frame of the peer's. */
   #pathHeardAt = 0;
-  #probing?: Probing;
+  #probing?: PunchRound;
+  #roundHost: RoundHost;
   #closed = false;
   /** Extra sockets this link opened and has not closed. */
   #extras = new Set<number>();
@@ -394,6 +288,24 @@ export class PeerLink {
     this.peerId = peerId;
     this.#d = deps;
     this.#random = deps.random ?? Math.random;
+    this.#roundHost = {
+      clock: deps.clock,
+      random: () => this.#random(),
+      timer: (fn, ms) => this.#timer(fn, ms),
+      opening: deps.sendOpening !== undefined,
+      openingTtl: deps.openingTtl ?? 3,
+      probe: (round, to, via, counted, ttl) => this.#probe(round, to, via, counted, ttl),
+      sendRelay: (frame) => this.#sendRelayFrame(frame),
+      openSockets: (count) => {
+        const vias = deps.openSockets(count);
+        for (const v of vias) this.#extras.add(v);
+        return vias;
+      },
+      maybeGiveUp: (round) => this.#maybeGiveUp(round),
+      sessionId: () => this.#session?.id,
+      peerOpened: () => this.#peerOpened,
+      trace: (event) => this.#trace(event),
+    };
     this.#stream = new MessageStream({
       clock: deps.clock,
       transmit: (seq, payload) => this.#transmit(seq, payload),
@@ -503,19 +415,7 @@ export class PeerLink {
     const { strategy, checks, publics } = planPunch(session.ownNat, session.peerNat, candidates);
     const ownHard = session.ownNat === "endpoint-dependent";
     const peerHard = session.peerNat === "endpoint-dependent";
-    const probing: Probing = {
-      session: sessionId,
-      round: n,
-      via,
-      strategy,
-      sent: new Map(),
-      probes: 0,
-      timers: [],
-      // A reroll's fresh socket goes with its round, unless the path keeps it.
-      extra: via === 0 ? [] : [via],
-      done: false,
-      startedAt: this.#d.clock.now(),
-    };
+    const probing = new PunchRound(this.#roundHost, sessionId, n, via, strategy);
     this.#probing = probing;
     if (n > 0) this.stats.rerolls++;
     this.#trace({
@@ -535,128 +435,11 @@ export class PeerLink {
       probing.timers.push(this.#timer(() => this.#punchFailed(probing), limit));
     }
 
-    // Opening packets first (see `PeerLinkDeps.sendOpening`): our mappings
-    // toward every candidate, in stages of rising TTL, before any full-TTL
-    // packet of ours can reach the peer's NAT.
-    const opening = this.#d.sendOpening !== undefined;
-    const ladder = opening ? openingLadder(this.#d.openingTtl ?? 3) : [];
-
-    let i = 0;
-    const check = () => {
-      if (probing.done || probing.probes >= LINK_TIMING.maxProbes) {
-        return this.#maybeGiveUp(probing);
-      }
-      const to = checks[i++ % checks.length];
-      this.#probe(probing, to, via);
-      probing.timers.push(this.#timer(check, LINK_TIMING.probeIntervalMs));
-    };
-    let spray: (() => void) | undefined;
-    let begun = false;
-    let openedMs: number | null = null;
-    const begin = (after: "peer_opened" | "timeout" | "no_opening") => {
-      if (begun || probing.done) return;
-      begun = true;
-      this.#trace({ type: "checks", after, opened_ms: openedMs });
-      check();
-      spray?.();
-    };
-
-    // The hard side's extra sockets: opened with each stage, then once a
-    // round at the top TTL. A peer without NAT has nothing to poison:
-    // full-TTL probes reach it at once. Else a full-TTL probe from each
-    // would reach the peer's NAT first and, on a router that does not filter
-    // its input, clash with the very mapping the peer opens toward that
-    // socket when its spray finds it; so they only ever open, and the easy
-    // side's sprays find one.
-    const full = !opening || session.peerNat === "no-nat";
-    let hardExtra: number[] = [];
-    if (strategy === "hard-side") {
-      hardExtra = this.#d.openSockets(LINK_TIMING.hardSockets);
-      probing.extra.push(...hardExtra);
-      for (const v of hardExtra) this.#extras.add(v);
-      let fired = 0;
-      const fire = () => {
-        if (probing.done || fired++ >= LINK_TIMING.hardRounds) return this.#maybeGiveUp(probing);
-        if (fired > 1 || full) {
-          for (const v of hardExtra) {
-            this.#probe(probing, publics[0], v, false, full ? 0 : ladder.at(-1)!);
-          }
-        }
-        probing.timers.push(this.#timer(fire, LINK_TIMING.hardRoundMs));
-      };
-      fire();
-    } else if (strategy === "easy-side") {
-      let sprayed = 0;
-      const span = 65536 - LINK_TIMING.sprayPortMin;
-      spray = () => {
-        if (probing.done || sprayed++ >= LINK_TIMING.sprayMax) return this.#maybeGiveUp(probing);
-        const port = LINK_TIMING.sprayPortMin + Math.floor(this.#random() * span);
-        this.#probe(probing, { ip: publics[0].ip, port }, via, false);
-        probing.timers.push(this.#timer(spray!, LINK_TIMING.sprayIntervalMs));
-      };
-    }
-
-    if (!opening) return begin("no_opening");
-    // Stage k sends at TTL ladder[k] and says so (`opened`, through the
-    // relay); stage k + 1 waits until the peer has said the same of a TTL at
-    // least ladder[k] (or that it is done): a packet of ours that reaches
-    // the peer's NAT then finds the peer's own mapping toward us there and
-    // is let in, not taken by the router. On a segment the NATs share, the
-    // second stage does just that. Full-TTL checks wait for the peer's last
-    // stage.
-    // There even the first stage reaches the other NAT, and a router that
-    // does not filter its input takes it if its own side has not sent yet.
-    // So rerolled rounds take turns to go first (round 1 the initiator,
-    // round 2 the responder, ...): with one such router of the two, the
-    // round where its side opens first works.
-    const second = n > 0 && (n % 2 === 1) === (session.role === "responder");
-    let stage = -1;
-    let sending = false;
-    const advance = () => {
-      if (probing.done || sending || this.#session?.id !== sessionId) return;
-      const peer = this.#peerOpened?.session === sessionId && this.#peerOpened.round === n
-        ? this.#peerOpened
-        : undefined;
-      if (stage === ladder.length - 1) {
-        if (peer?.last) begin("peer_opened");
-        return;
-      }
-      if (stage === -1 && second && !peer) return;
-      if (stage >= 0 && !(peer && (peer.last || peer.ttl >= ladder[stage]))) return;
-      stage++;
-      sending = true;
-      const ttl = ladder[stage];
-      const sends = checks.map((to) => this.#probe(probing, to, via, false, ttl));
-      // The extra sockets open once, at the top TTL, beside the stages and not
-      // waited for: their packets cannot reach the peer's NAT at any stage,
-      // and a spray that comes before a mapping exists is only a miss.
-      if (stage === 0 && strategy === "hard-side" && !full) {
-        for (const v of hardExtra) {
-          void this.#probe(probing, publics[0], v, false, ladder.at(-1)!);
-        }
-      }
-      void Promise.all(sends).then(() => {
-        sending = false;
-        if (probing.done || this.#session?.id !== sessionId) return;
-        if (stage === ladder.length - 1) openedMs = this.#d.clock.now() - probing.startedAt;
-        this.#sendRelayFrame({
-          type: "opened",
-          sessionId,
-          ttl,
-          last: stage === ladder.length - 1,
-          round: n,
-          time: this.#d.clock.now(),
-        });
-        advance();
-      });
-    };
-    probing.begin = advance;
-    advance();
-    probing.timers.push(this.#timer(() => begin("timeout"), LINK_TIMING.openedWaitMs));
+    probing.run({ checks, publics, role: session.role, peerNat: session.peerNat });
   }
 
   /** Gives up when every strategy of this attempt has run out. */
-  #maybeGiveUp(probing: Probing): void {
+  #maybeGiveUp(probing: PunchRound): void {
     if (probing.done) return;
     if (this.#path.kind === "direct") {
       // A round that ran out beside a direct path it did not replace (a new
@@ -678,7 +461,7 @@ export class PeerLink {
     probing.timers.push(this.#timer(() => this.#punchFailed(probing), Math.max(0, wait)));
   }
 
-  #punchFailed(probing: Probing, cause: FailCause = "timeout"): void {
+  #punchFailed(probing: PunchRound, cause: FailCause = "timeout"): void {
     if (probing.done || this.#probing !== probing || this.#path.kind === "direct") return;
     if (cause === "timeout") {
       const now = this.#d.clock.now();
@@ -702,7 +485,7 @@ export class PeerLink {
   }
 
   /** Ends a round that found no path, and says why. */
-  #endRound(probing: Probing, cause: FailCause): void {
+  #endRound(probing: PunchRound, cause: FailCause): void {
     const { probes, round, strategy, limitMs } = probing;
     const ranItsCourse = cause === "timeout" || (cause === "peer_rerolled" &&
       limitMs !== undefined && this.#d.clock.now() - probing.startedAt >= 0.9 * limitMs);
@@ -727,7 +510,7 @@ export class PeerLink {
   }
 
   /** Whether a failed `probing` round may be followed by a reroll. */
-  #canReroll(probing: Probing): boolean {
+  #canReroll(probing: PunchRound): boolean {
     return this.#d.openRerollSocket !== undefined && probing.round < LINK_TIMING.rerolls &&
       probing.strategy !== "relay-only" && probing.strategy !== "both-hard";
   }
@@ -797,7 +580,7 @@ export class PeerLink {
    * where it does reach the peer, on a LAN, the peer answers it).
    */
   #probe(
-    probing: Probing,
+    probing: PunchRound,
     to: UdpAddress,
     via: number,
     counted = true,
@@ -1028,7 +811,7 @@ export class PeerLink {
         };
         const probing = this.#probing;
         if (probing?.session === frame.sessionId && probing.round === frame.round) {
-          probing.begin?.();
+          probing.advance();
         }
         return;
       }

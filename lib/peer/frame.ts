@@ -23,6 +23,8 @@
  * @module
  */
 
+import { hex } from "../core/encoding.ts";
+
 import { formatIp, parseIp } from "../protocol/ip.ts";
 import type { Candidate } from "../protocol/messages.ts";
 
@@ -76,12 +78,6 @@ const TYPE_NAME = [
 /** The frame is not one of ours, was tampered with, or belongs to no session we know. */
 export class FrameError extends Error {
   override name = "FrameError";
-}
-
-function hex(bytes: Uint8Array): string {
-  let out = "";
-  for (const b of bytes) out += b.toString(16).padStart(2, "0");
-  return out;
 }
 
 function unhex(text: string): Uint8Array {
@@ -275,16 +271,4 @@ function decodeReroll(body: Uint8Array): { round: number; candidates: Candidate[
   return { round: body[0], candidates };
 }
 
-/** Base64 for the relay. */
-export function toBase64(bytes: Uint8Array): string {
-  let text = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  }
-  return btoa(text);
-}
-
-/** From base64 (the relay). */
-export function fromBase64(text: string): Uint8Array {
-  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
-}
+export { fromBase64, toBase64 } from "../core/encoding.ts";

@@ -33,10 +33,10 @@ import {
   verifySignature,
 } from "../protocol/identity.ts";
 import { createPeerCertificate, type PeerCertificate } from "./cert.ts";
+import { TRANSPORT_MAGIC } from "./udp_endpoint.ts";
 import type { TransportCredentials } from "../protocol/messages.ts";
 
-/** First byte of a transport packet on the shared UDP socket (STUN is 0–3, peer frames 0x48). */
-export const TRANSPORT_MAGIC = 0x51;
+export { TRANSPORT_MAGIC } from "./udp_endpoint.ts";
 /** ALPN of the peer transport. */
 export const TRANSPORT_ALPN = "holepunch/1";
 /** Receive loops per stand-in: enough to keep QUIC busy, few enough to stay cheap. */

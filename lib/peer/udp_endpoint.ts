@@ -22,8 +22,11 @@ export type PacketHandler = (
   from: TransportAddress,
 ) => Promise<unknown> | undefined | void;
 
-/** First byte of a transport (QUIC) packet; see `transport.ts`. */
-const TRANSPORT_MAGIC = 0x51;
+/**
+ * First byte of a transport (QUIC) packet on the shared UDP socket (STUN's
+ * is 0–3, peer frames' 0x48): the socket hands those to the transport.
+ */
+export const TRANSPORT_MAGIC = 0x51;
 /** Receive loops per socket: transport packets keep several in flight. */
 const RECEIVE_LOOPS = 8;
 /** Large enough for any datagram a peer or STUN server sends us. */

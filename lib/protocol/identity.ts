@@ -15,6 +15,8 @@
  * @module
  */
 
+import { decodeBase64Url, hex, toBase64Url } from "../core/encoding.ts";
+
 const encoder = new TextEncoder();
 
 /** Length of an Ed25519 public key (RFC 8032 §5.1.5). */
@@ -32,27 +34,14 @@ export class IdentityError extends Error {
   override name = "IdentityError";
 }
 
-/** Base64url without padding (RFC 4648 §5), the form keys travel in. */
-export function toBase64Url(bytes: Uint8Array): string {
-  let text = "";
-  for (const b of bytes) text += String.fromCharCode(b);
-  return btoa(text).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
-}
-
 /** Decodes base64url (padding optional); throws {@linkcode IdentityError} on junk. */
 export function fromBase64Url(text: string, what = "value"): Uint8Array<ArrayBuffer> {
-  if (!/^[A-Za-z0-9_-]*={0,2}$/.test(text)) {
-    throw new IdentityError(`Cannot read ${what}: it is not base64url`);
-  }
-  const b64 = text.replace(/=+$/, "").replaceAll("-", "+").replaceAll("_", "/");
-  let binary: string;
-  try {
-    binary = atob(b64 + "=".repeat((4 - b64.length % 4) % 4));
-  } catch {
-    throw new IdentityError(`Cannot read ${what}: it is not base64url`);
-  }
-  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+  const bytes = decodeBase64Url(text);
+  if (bytes === undefined) throw new IdentityError(`Cannot read ${what}: it is not base64url`);
+  return bytes;
 }
+
+export { toBase64Url } from "../core/encoding.ts";
 
 /**
  * Checks that `text` is a base64url Ed25519 public key and returns its
@@ -78,8 +67,7 @@ export async function fingerprint(publicKey: string): Promise<string> {
   const digest = new Uint8Array(
     await crypto.subtle.digest("SHA-256", fromBase64Url(publicKey, "worker key")),
   );
-  const hex = [...digest.subarray(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
-  return hex.match(/.{4}/g)!.join(":");
+  return hex(digest.subarray(0, 8)).match(/.{4}/g)!.join(":");
 }
 
 /** A fresh registration nonce (base64url of {@linkcode NONCE_BYTES} random bytes). */

@@ -32,6 +32,8 @@
  * @module
  */
 
+import { randomHex } from "../core/encoding.ts";
+
 import { type Clock, delay, systemClock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import {
@@ -121,11 +123,6 @@ const decoder = new TextDecoder();
  */
 const MAX_PUBLISHES_IN_FLIGHT = 8192;
 
-function randomId(): string {
-  return [...crypto.getRandomValues(new Uint8Array(6))]
-    .map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 /** The fleet as one instance sees it. */
 export class Fleet {
   /** This instance's id in the fleet (random unless given). */
@@ -155,7 +152,7 @@ export class Fleet {
 
   /** A fleet member; nothing connects until {@linkcode Fleet.start}. */
   constructor(options: FleetOptions) {
-    this.instance = options.instance ?? randomId();
+    this.instance = options.instance ?? randomHex(6);
     this.#o = {
       url: options.url,
       caCerts: options.caCerts,

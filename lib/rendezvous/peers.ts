@@ -10,6 +10,8 @@
  * @module
  */
 
+import { randomHex } from "../core/encoding.ts";
+
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import type {
@@ -65,11 +67,6 @@ function candidates(record: WorkerRecord): Candidate[] {
     out.push({ ...udp.public, kind: "public" });
   }
   return out;
-}
-
-function randomHex(bytes: number): string {
-  return [...crypto.getRandomValues(new Uint8Array(bytes))]
-    .map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function randomBase64(bytes: number): string {

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { randomHex } from "../core/encoding.ts";
+
 import { TokenBucket } from "../core/rate_limit.ts";
 import { encodeMessage, type ServerMessage } from "../protocol/messages.ts";
 import type { PeerSession } from "./peers.ts";
@@ -19,8 +21,7 @@ import { NO_PEER_PATHS, type WorkerRecord } from "./registry.ts";
 const MAX_BUFFERED_RELAY = 1 << 20;
 
 /** Per-process prefix of session ids, so ids stay unique in a shared registry. */
-const INSTANCE = [...crypto.getRandomValues(new Uint8Array(4))]
-  .map((b) => b.toString(16).padStart(2, "0")).join("");
+const INSTANCE = randomHex(4);
 let sessionCounter = 0;
 const SETTLED: Promise<unknown> = Promise.resolve();
 

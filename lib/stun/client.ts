@@ -6,6 +6,8 @@
  * @module
  */
 
+import { hex } from "../core/encoding.ts";
+
 import { type Clock, systemClock, type TimerId } from "../core/clock.ts";
 import { parseIp } from "../protocol/ip.ts";
 import {
@@ -141,11 +143,7 @@ interface Pending {
   startedAt: number;
 }
 
-function key(transactionId: Uint8Array): string {
-  let out = "";
-  for (const b of transactionId) out += b.toString(16).padStart(2, "0");
-  return out;
-}
+const key = hex;
 
 /**
  * Sends Binding requests and matches answers by transaction id.

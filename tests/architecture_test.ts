@@ -118,3 +118,24 @@ Deno.test("violations() catches upward, outside and private imports", () => {
     "lib/protocol/c.ts → lib/mod.ts: mod.ts is for users, not for lib/",
   ]);
 });
+
+/** Each coordinator, and the only files of `lib/` that may compose it (besides `mod.ts`). */
+const COORDINATORS: Record<string, string[]> = {
+  "lib/rendezvous/server.ts": ["lib/rendezvous/service.ts"],
+  "lib/peer/link.ts": ["lib/peer/manager.ts"],
+  "lib/worker/worker.ts": ["lib/demo/main.ts"],
+};
+
+Deno.test("the rooms of a coordinator never import it: only its composer does", async () => {
+  const files = await readLib();
+  const wrong: string[] = [];
+  for (const [path, source] of files) {
+    if (path === "lib/mod.ts") continue;
+    for (const spec of importsOf(source)) {
+      const target = new URL(spec, `file:///${path}`).pathname.slice(1);
+      const composers = COORDINATORS[target];
+      if (composers && !composers.includes(path)) wrong.push(`${path} → ${target}`);
+    }
+  }
+  assert.deepEqual(wrong, []);
+});

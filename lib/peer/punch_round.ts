@@ -11,7 +11,7 @@
 import type { Clock, TimerId } from "../core/clock.ts";
 import type { Candidate, NatMapping, UdpAddress } from "../protocol/messages.ts";
 import type { Frame } from "./frame.ts";
-import type { LinkEvent } from "./link.ts";
+import type { LinkEvent } from "./link_events.ts";
 import type { Strategy } from "./strategy.ts";
 import { LINK_TIMING, openingLadder } from "./timing.ts";
 

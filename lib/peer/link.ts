@@ -53,7 +53,6 @@ import {
   FrameError,
   importSessionKey,
   MAX_FRAME_PAYLOAD,
-  MAX_REROLL_CANDIDATES,
   newNonce,
   openFrame,
   sealFrame,
@@ -69,6 +68,7 @@ import type {
 export { LINK_TIMING, openingLadder } from "./timing.ts";
 import { LINK_TIMING } from "./timing.ts";
 import { PunchRound, type RoundHost } from "./punch_round.ts";
+import { Rerolls } from "./reroll.ts";
 import type { FailCause, LinkEvent } from "./link_events.ts";
 
 export type { LinkEvent } from "./link_events.ts";
@@ -143,13 +143,6 @@ interface Round {
 }
 
 /** A reroll of ours: its fresh socket once open, and whether its round began. */
-interface Reroll {
-  session: string;
-  round: number;
-  via?: number;
-  started: boolean;
-  timer?: TimerId;
-}
 
 const show = (a: UdpAddress) => (a.ip.includes(":") ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`);
 
@@ -211,9 +204,7 @@ export class PeerLink {
    */
   #primaries = new Set<number>([0]);
   /** Our reroll in progress. */
-  #rerolling?: Reroll;
-  /** The peer's latest `reroll`. */
-  #peerReroll?: { session: string; round: number; candidates: Candidate[] };
+  #rerolls: Rerolls;
   /** The peer (the hard side) nominated our path: its choice holds. */
   #following = false;
   /**
@@ -258,6 +249,23 @@ export class PeerLink {
       peerOpened: () => this.#peerOpened,
       trace: (event) => this.#trace(event),
     };
+    this.#rerolls = new Rerolls({
+      clock: deps.clock,
+      timer: (fn, ms) => this.#timer(fn, ms),
+      openSocket: () => deps.openRerollSocket!(),
+      wanted: (session) =>
+        !this.#closed && this.#session?.id === session && this.#path.kind !== "direct",
+      adopt: (via) => {
+        this.#extras.add(via);
+        this.#primaries.add(via);
+      },
+      closeSockets: (vias) => this.#closeSockets(vias),
+      sendRelay: (frame) => this.#sendRelayFrame(frame),
+      trace: (event) => this.#trace(event),
+      giveUp: () => this.#scheduleUpgrade(),
+      startRound: (session, n, via, candidates) =>
+        this.#startProbing(session, { n, via, candidates }),
+    });
     this.#stream = new MessageStream({
       clock: deps.clock,
       transmit: (seq, payload) => this.#transmit(seq, payload),
@@ -356,7 +364,7 @@ export class PeerLink {
     this.#retransmitAll();
     // A direct path may go on over the socket it uses while the new attempt runs.
     this.#stopProbing(this.#path.kind === "direct" ? this.#path.via : undefined);
-    this.#cancelReroll();
+    this.#rerolls.cancel();
     this.#timer(() => this.#startProbing(message.session_id), message.delay_ms);
   }
 
@@ -432,7 +440,7 @@ export class PeerLink {
       }
     }
     this.#endRound(probing, cause);
-    if (this.#canReroll(probing)) void this.#reroll(probing.session, probing.round + 1);
+    if (this.#canReroll(probing)) void this.#rerolls.start(probing.session, probing.round + 1);
     else this.#scheduleUpgrade();
   }
 
@@ -465,66 +473,6 @@ export class PeerLink {
   #canReroll(probing: PunchRound): boolean {
     return this.#d.openRerollSocket !== undefined && probing.round < LINK_TIMING.rerolls &&
       probing.strategy !== "relay-only" && probing.strategy !== "both-hard";
-  }
-
-  /**
-   * Round `n` of `sessionId`: a fresh socket, its candidates to the peer
-   * through the relay, and the round once the peer's have come (else, after
-   * {@linkcode LINK_TIMING}`.rerollWaitMs`, the relay until the next introduction).
-   */
-  async #reroll(sessionId: string, n: number): Promise<void> {
-    const current = this.#rerolling;
-    if (current?.session === sessionId && current.round >= n) return;
-    this.#cancelReroll();
-    const state: Reroll = {
-      session: sessionId,
-      round: n,
-      started: false,
-    };
-    this.#rerolling = state;
-    const fresh = await this.#d.openRerollSocket!().catch(() => null);
-    const stale = this.#closed || this.#rerolling !== state || this.#session?.id !== sessionId ||
-      this.#path.kind === "direct";
-    if (fresh && stale) this.#d.closeSockets([fresh.via]);
-    if (stale) return;
-    if (!fresh) {
-      this.#rerolling = undefined;
-      this.#trace({ type: "reroll_unanswered", round: n });
-      return this.#scheduleUpgrade();
-    }
-    state.via = fresh.via;
-    this.#extras.add(fresh.via);
-    this.#primaries.add(fresh.via);
-    const candidates = fresh.candidates.slice(0, MAX_REROLL_CANDIDATES);
-    this.#trace({ type: "reroll", round: n, via: fresh.via, candidates: candidates.length });
-    this.#sendRelayFrame({ type: "reroll", sessionId, round: n, candidates });
-    state.timer = this.#timer(() => {
-      if (this.#rerolling !== state || state.started) return;
-      this.#cancelReroll();
-      this.#trace({ type: "reroll_unanswered", round: n });
-      this.#scheduleUpgrade();
-    }, LINK_TIMING.rerollWaitMs);
-    this.#maybeStartReroll();
-  }
-
-  /** Starts the rerolled round once both sides' fresh candidates are known. */
-  #maybeStartReroll(): void {
-    const mine = this.#rerolling;
-    const peer = this.#peerReroll;
-    if (!mine || mine.via === undefined || mine.started) return;
-    if (!peer || peer.session !== mine.session || peer.round !== mine.round) return;
-    mine.started = true;
-    if (mine.timer !== undefined) this.#d.clock.clearTimeout(mine.timer);
-    this.#startProbing(mine.session, { n: mine.round, via: mine.via, candidates: peer.candidates });
-  }
-
-  /** Drops a reroll that has not begun its round (its socket closes). */
-  #cancelReroll(): void {
-    const mine = this.#rerolling;
-    this.#rerolling = undefined;
-    if (!mine || mine.started) return;
-    if (mine.timer !== undefined) this.#d.clock.clearTimeout(mine.timer);
-    if (mine.via !== undefined) this.#closeSockets([mine.via]);
   }
 
   /**
@@ -770,27 +718,15 @@ export class PeerLink {
       case "reroll": {
         // The peer's round failed and it punches again from a fresh socket.
         if (from || frame.sessionId !== this.#session?.id || !this.#d.openRerollSocket) return;
-        if (frame.round > LINK_TIMING.rerolls) return;
-        const before = this.#peerReroll;
-        if (before?.session === frame.sessionId && before.round >= frame.round) return; // replayed
-        this.#peerReroll = {
-          session: frame.sessionId,
-          round: frame.round,
-          candidates: frame.candidates,
-        };
         // A direct path we still hear from stays; the peer falls back to the next introduction.
-        if (this.#path.kind === "direct") return;
-        const mine = this.#rerolling;
-        if (mine?.session === frame.sessionId && mine.round === frame.round) {
-          return this.#maybeStartReroll();
-        }
+        if (this.#rerolls.peerRerolled(frame, this.#path.kind === "direct") !== "follow") return;
         // The peer's round ran out before ours (the rounds begin a relay
         // hop apart): ours goes too, and we reroll with it.
         const probing = this.#probing;
         if (probing && !probing.done && probing.round < frame.round) {
           this.#endRound(probing, "peer_rerolled");
         }
-        void this.#reroll(frame.sessionId, frame.round);
+        void this.#rerolls.start(frame.sessionId, frame.round);
         return;
       }
       case "nominate":
@@ -1007,7 +943,7 @@ export class PeerLink {
   /** Stops every timer and closes extra sockets. */
   close(): void {
     this.#stopProbing();
-    this.#cancelReroll();
+    this.#rerolls.cancel();
     this.#closeSockets([...this.#extras]);
     this.#closed = true;
     this.#stream.close();

@@ -8,25 +8,13 @@
  * @module
  */
 
-import {
-  createLogger,
-  helpText,
-  loadOrExit,
-  LOG_VARIABLES,
-  logConfig,
-  processEnv,
-} from "./lib/core/env.ts";
-import { flushLogs } from "./lib/core/log.ts";
+import { exitOnHelp, onStopSignal } from "./lib/core/entry.ts";
+import { createLogger, loadOrExit, LOG_VARIABLES, logConfig, processEnv } from "./lib/core/env.ts";
 import { loadStunConfig, startStunOrExit, STUN_VARIABLES } from "./lib/stun/config.ts";
 import type { StunServer } from "./lib/stun/server.ts";
 import { VERSION } from "./lib/core/version.ts";
 
-if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
-  console.log(
-    helpText(`holepunch stun ${VERSION}`, "deno task stun", [...STUN_VARIABLES, ...LOG_VARIABLES]),
-  );
-  Deno.exit(0);
-}
+exitOnHelp(`holepunch stun ${VERSION}`, "deno task stun", [...STUN_VARIABLES, ...LOG_VARIABLES]);
 
 const env = processEnv();
 const { options, log: logSettings } = loadOrExit("stun", () => ({
@@ -37,14 +25,9 @@ const log = createLogger(logSettings, "stun");
 
 // Handlers go in first; they run only after this module has finished,
 // when `server` (below) exists.
-async function shutdown(signal: Deno.Signal): Promise<void> {
+onStopSignal(log, async () => {
   await server.close();
-  log.info("stun server stopped", { signal, ...server.stats });
-  flushLogs();
-  Deno.exit(0);
-}
-for (const signal of ["SIGTERM", "SIGINT"] as const) {
-  Deno.addSignalListener(signal, () => void shutdown(signal));
-}
+  log.info("stun server stopped", { ...server.stats });
+});
 
 const server: StunServer = startStunOrExit(options, log, { version: VERSION });

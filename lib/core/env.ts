@@ -150,7 +150,7 @@ export function loadOrExit<T>(program: string, load: () => T): T {
   }
 }
 
-/** One row of the configuration table printed by `--help` and the README. */
+/** One row of the configuration table printed by `--help` and in docs/configuration.md. */
 export interface VariableDoc {
   /** The variable's name. */
   name: string;

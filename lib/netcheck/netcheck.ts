@@ -61,7 +61,7 @@ export interface NetcheckOptions {
 
 /**
  * The verdict on direct paths from the NAT's behaviour (the strategies of
- * the peer layer; see README, Punching).
+ * the peer layer; see docs/punching.md).
  */
 export function directVerdict(
   mapping: NatMapping,

@@ -27,7 +27,7 @@ import type { PeerTransport } from "./transport.ts";
  * The default TTL of opening packets: enough to cross a home NAT and a
  * carrier NAT right behind it (a TTL-n packet is forwarded by n - 1
  * routers), short of the peer's NAT on any path with three or more routers
- * between the two NATs (see README, "Opening packets").
+ * between the two NATs (see docs/punching.md, "Opening packets").
  */
 export const DEFAULT_OPENING_TTL = 3;
 

@@ -50,7 +50,7 @@ export const LINK_TIMING = {
   /**
    * ...at most this many (10 s; each is a conntrack entry in our NAT, so the
    * count stays bounded however fast). Every 5 ms put the p95 to direct at
-   * 5.1–5.4 s in the lab; every 3 ms, 3.0–3.6 s; every 2 ms, see README.
+   * 5.1–5.4 s in the lab; every 3 ms, 3.0–3.6 s; every 2 ms, see docs/performance.md.
    */
   sprayMax: 5000,
   /** Ports a NAT may pick (Linux: 1024–65535). */

@@ -169,7 +169,7 @@ export interface PeerTransportOptions {
   /**
    * QUIC's congestion controller, in Deno's names. `"default"` moves the
    * most on clean paths; `"low-latency"` holds up far better under random
-   * loss (see README's figures).
+   * loss (see docs/performance.md).
    * @default {"default"}
    */
   congestionControl?: CongestionControl;

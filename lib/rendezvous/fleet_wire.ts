@@ -34,7 +34,7 @@ export const enum Kind {
 }
 
 // Lua, run atomically by Redis. Key names are built from the prefix (no
-// Redis Cluster: see README, Limits). The scripts that change a record
+// Redis Cluster: see docs/limits.md). The scripts that change a record
 // publish its event themselves: every instance then hears the puts and
 // removals of one id in the order Redis made them (two publishes after two
 // scripts could cross, and an instance kept the older session for ever).

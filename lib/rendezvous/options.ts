@@ -1,6 +1,6 @@
 /**
  * The rendezvous's options and their defaults, in one table that the
- * options, the environment (`config.ts`), `--help` and the README's
+ * options, the environment (`config.ts`), `--help` and docs/configuration.md's
  * configuration table all read; `tests/config_test.ts` holds them to it.
  *
  * @module

@@ -11,16 +11,15 @@
 
 import { Backoff } from "../core/backoff.ts";
 import { connectWebSocket } from "../core/websocket_client.ts";
-import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
+import { CloseCode } from "../protocol/close_codes.ts";
 import { ReconnectPolicy } from "./reconnect_policy.ts";
-import { type Clock, delay, systemClock, type TimerId } from "../core/clock.ts";
+import { type AttemptHost, ConnectionAttempt, type SessionOutcome } from "./connection_attempt.ts";
+import { type Clock, delay, systemClock } from "../core/clock.ts";
 import { type Logger, silentLogger } from "../core/log.ts";
 import {
   type ClientMessage,
   encodeMessage,
-  parseServerMessage,
   type PeerServerMessage,
-  ProtocolError,
   type ServerMessage,
 } from "../protocol/messages.ts";
 import type { Identity } from "../protocol/identity.ts";
@@ -95,14 +94,6 @@ export interface RendezvousClientOptions {
   onPeerMessage?: (message: PeerServerMessage) => void;
   /** Receives transport packets a peer sent through the relay (binary frames). */
   onRelayPacket?: (peerId: string, packet: Uint8Array) => void;
-}
-
-/** What one connection ended with. */
-interface SessionOutcome {
-  code: number;
-  reason: string;
-  opened: boolean;
-  durationMs: number;
 }
 
 /**
@@ -195,6 +186,8 @@ export class RendezvousClient {
   #openedAt = 0;
   /** The heartbeat in flight: its number and when it left. */
   #heartbeat = { seq: 0, at: 0 };
+  /** What each connection attempt reaches of the client. */
+  #attemptHost: AttemptHost;
 
   constructor(options: RendezvousClientOptions) {
     this.#o = {
@@ -218,6 +211,40 @@ export class RendezvousClient {
       onEvent: options.onEvent,
       onPeerMessage: options.onPeerMessage,
       onRelayPacket: options.onRelayPacket,
+    };
+    const o = this.#o;
+    this.#attemptHost = {
+      clock: o.clock,
+      logger: o.logger,
+      workerId: o.workerId,
+      identity: o.identity,
+      token: o.token,
+      pingIntervalMs: o.pingIntervalMs,
+      pingTimeoutMs: o.pingTimeoutMs,
+      openSocket: o.openSocket,
+      emit: (event) => this.#emit(event),
+      opened: (socket, at) => {
+        this.#socket = socket;
+        this.#openedAt = at;
+        this.#sessions++;
+        this.#status = "connected";
+        this.#connectedSince = at;
+      },
+      ended: (socket) => {
+        this.#connectedSince = null;
+        if (this.#socket === socket) this.#socket = undefined;
+        if (this.#quiet === socket) this.#quiet = undefined;
+      },
+      quiet: (socket) => {
+        this.#quiet = socket;
+      },
+      heartbeat: (seq, at) => {
+        this.#heartbeat = { seq, at };
+      },
+      send: (socket, message) => this.#send(socket, message),
+      relayFrame: (data) => this.#onRelayFrame(data),
+      serverMessage: (message) => this.#onServerMessage(message),
+      reportPublicIp: (socket, signal) => this.#reportPublicIp(socket, signal),
     };
   }
 
@@ -334,196 +361,12 @@ export class RendezvousClient {
 
   /** One connection, from open to close; resolves with how it ended. */
   #session(signal: AbortSignal, attempt: number): Promise<SessionOutcome> {
-    const { clock, logger, workerId, identity } = this.#o;
-    const dial = new URL(this.#o.url);
-    if (identity) dial.searchParams.set("key", identity.publicKey);
-    const url = dial.href;
+    const { logger, workerId } = this.#o;
     this.#status = "connecting";
     this.#emit({ type: "connecting", attempt });
     logger.info("connecting to rendezvous", { worker_id: workerId, url: redact(this.#o.url) });
 
-    return new Promise<SessionOutcome>((resolve) => {
-      const startedAt = clock.now();
-      const sessionAbort = new AbortController();
-      let opened = false;
-      let openedAt = startedAt;
-      let finished = false;
-      let heartbeatSeq = 0;
-      let heartbeatTimer: TimerId | undefined;
-      let deadlineTimer: TimerId | undefined;
-      let lastError = "";
-      let socket: WebSocketLike | undefined;
-
-      const headers: Record<string, string> = {};
-      if (this.#o.token !== undefined) headers.authorization = `Bearer ${this.#o.token}`;
-
-      const finish = (code: number, reason: string) => {
-        if (finished) return;
-        finished = true;
-        clock.clearTimeout(heartbeatTimer);
-        clock.clearTimeout(deadlineTimer);
-        sessionAbort.abort();
-        signal.removeEventListener("abort", onStop);
-        socket?.removeEventListener("open", onOpen);
-        socket?.removeEventListener("message", onMessage);
-        socket?.removeEventListener("close", onClose);
-        socket?.removeEventListener("error", onError);
-        this.#connectedSince = null;
-        if (this.#socket === socket) this.#socket = undefined;
-        if (this.#quiet === socket) this.#quiet = undefined;
-        const now = clock.now();
-        this.#emit({ type: "disconnected", code, reason, opened });
-        const fields = {
-          worker_id: workerId,
-          code,
-          reason: reason || undefined,
-          error: lastError || undefined,
-          session_ms: opened ? now - openedAt : undefined,
-        };
-        if (opened) logger.info("disconnected from rendezvous", fields);
-        else logger.warn("cannot connect to rendezvous", fields);
-        resolve({ code, reason, opened, durationMs: opened ? now - openedAt : 0 });
-      };
-
-      /** Gives up on a socket that may never say goodbye (a dead path). */
-      const abandon = (code: number, reason: string) => {
-        try {
-          socket?.close(code, reason);
-        } catch {
-          // Already closed.
-        }
-        finish(code, reason);
-      };
-
-      const armDeadline = () => {
-        clock.clearTimeout(deadlineTimer);
-        deadlineTimer = clock.setTimeout(() => {
-          this.#emit({ type: "heartbeat_timeout" });
-          logger.warn("rendezvous stopped answering; reconnecting", {
-            worker_id: workerId,
-            timeout_ms: this.#o.pingTimeoutMs,
-            opened,
-          });
-          abandon(CloseCode.HEARTBEAT_TIMEOUT, CloseReason.HEARTBEAT_TIMEOUT);
-        }, this.#o.pingTimeoutMs);
-      };
-
-      const scheduleHeartbeat = () => {
-        heartbeatTimer = clock.setTimeout(() => {
-          if (finished) return;
-          heartbeatSeq++;
-          this.#heartbeat = { seq: heartbeatSeq, at: clock.now() };
-          this.#send(socket!, {
-            type: "echo_request",
-            payload: { heartbeat: heartbeatSeq },
-          });
-          if (deadlineTimer === undefined) armDeadline();
-          scheduleHeartbeat();
-        }, this.#o.pingIntervalMs);
-      };
-
-      const onOpen = () => {
-        opened = true;
-        this.#socket = socket;
-        this.#openedAt = clock.now();
-        openedAt = clock.now();
-        this.#sessions++;
-        this.#status = "connected";
-        this.#connectedSince = openedAt;
-        clock.clearTimeout(deadlineTimer);
-        deadlineTimer = undefined;
-        this.#emit({ type: "connected" });
-        logger.info("connected to rendezvous", { worker_id: workerId });
-        scheduleHeartbeat();
-        void this.#reportPublicIp(socket!, sessionAbort.signal);
-      };
-
-      const onMessage = (event: Event) => {
-        // Any frame proves the path is alive.
-        clock.clearTimeout(deadlineTimer);
-        deadlineTimer = undefined;
-        const data = (event as MessageEvent).data;
-        if (data instanceof ArrayBuffer) return this.#onRelayFrame(data);
-        if (typeof data !== "string") return;
-        let message: ServerMessage;
-        try {
-          message = parseServerMessage(data);
-        } catch (error) {
-          const level = error instanceof ProtocolError && error.code === "unknown_type"
-            ? "debug"
-            : "warn";
-          logger[level]("ignored a message from the rendezvous", {
-            worker_id: workerId,
-            error: (error as Error).message,
-          });
-          return;
-        }
-        if (message.type === "going_away") return goQuiet(message.reason);
-        if (message.type === "challenge") return void proveKey(message.nonce);
-        this.#onServerMessage(message);
-      };
-
-      /**
-       * The rendezvous closes this session next: stop sending (a frame that
-       * crosses its close frame would cost us the clean 1001) and wait for
-       * the close, within the heartbeat bound.
-       */
-      const goQuiet = (reason: string) => {
-        clock.clearTimeout(heartbeatTimer);
-        heartbeatTimer = undefined;
-        this.#quiet = socket;
-        logger.info("rendezvous going away", { worker_id: workerId, reason });
-        armDeadline();
-      };
-
-      /** Answers the rendezvous's challenge with our key's signature. */
-      const proveKey = async (nonce: string) => {
-        if (!identity) {
-          logger.warn("rendezvous challenged a worker without a key", { worker_id: workerId });
-          return;
-        }
-        const signature = await identity.proveRegistration(dial.host, workerId, nonce);
-        if (!finished) this.#send(socket!, { type: "prove_key", signature });
-      };
-
-      const onClose = (event: Event) => {
-        const close = event as CloseEvent;
-        finish(close.code, close.reason);
-      };
-
-      const onError = (event: Event) => {
-        lastError = (event as ErrorEvent).message ?? "";
-      };
-
-      const onStop = () => {
-        try {
-          socket?.close(CloseCode.NORMAL, CloseReason.WORKER_STOPPING);
-        } catch {
-          // Already closed.
-        }
-        // Wait briefly for the close handshake, but not on a dead path.
-        clock.clearTimeout(deadlineTimer);
-        deadlineTimer = clock.setTimeout(
-          () => finish(CloseCode.NORMAL, CloseReason.WORKER_STOPPING),
-          Math.min(this.#o.pingTimeoutMs, 2000),
-        );
-      };
-
-      try {
-        socket = this.#o.openSocket(url, headers);
-      } catch (error) {
-        lastError = (error as Error).message;
-        finish(1006, "");
-        return;
-      }
-      socket.addEventListener("open", onOpen);
-      socket.addEventListener("message", onMessage);
-      socket.addEventListener("close", onClose);
-      socket.addEventListener("error", onError);
-      signal.addEventListener("abort", onStop, { once: true });
-      if (signal.aborted) onStop();
-      else armDeadline(); // The handshake gets the same bound as a heartbeat.
-    });
+    return new ConnectionAttempt(this.#attemptHost, this.#o.url, signal).run();
   }
 
   #onRelayFrame(data: ArrayBuffer): void {

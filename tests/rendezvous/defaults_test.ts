@@ -1,7 +1,7 @@
 /**
  * One value, one place: the rendezvous's defaults live in
  * `RENDEZVOUS_DEFAULTS`, and the options, the environment config, the
- * options' docs, `--help` and the README's configuration table must all say
+ * options' docs, `--help` and docs/configuration.md's tables must all say
  * the same (a default written twice once gave embedders twice the
  * documented KEY_HOLD_SEC).
  */
@@ -76,14 +76,14 @@ Deno.test("the options' documented defaults are the table's", async () => {
   assert.ok(documented.size >= 15, `found ${documented.size} documented defaults`);
 });
 
-/** The README's configuration table under `heading`: variable → default as written. */
-async function readmeTable(heading: string): Promise<Map<string, string>> {
-  const readme = await Deno.readTextFile(new URL("README.md", ROOT));
-  const at = readme.indexOf(`\n${heading}\n`);
+/** docs/configuration.md's table under `heading`: variable → default as written. */
+async function docsTable(heading: string): Promise<Map<string, string>> {
+  const text = await Deno.readTextFile(new URL("docs/configuration.md", ROOT));
+  const at = text.indexOf(`\n${heading}\n`);
   assert.ok(at >= 0, heading);
   const rows = new Map<string, string>();
-  for (const line of readme.slice(at).split("\n").slice(2)) {
-    if (line.startsWith("#")) break;
+  for (const line of text.slice(at).split("\n").slice(2)) {
+    if (line.startsWith("#") || line.startsWith("**")) break;
     const cells = line.split("|").map((c) => c.trim());
     const name = /^`([A-Z0-9_]+)`$/.exec(cells[1] ?? "")?.[1];
     if (name) rows.set(name, cells[2]);
@@ -91,35 +91,37 @@ async function readmeTable(heading: string): Promise<Map<string, string>> {
   return rows;
 }
 
-/** A default as the README writes it: `value` in backticks, or words for "unset". */
-function sameDefault(readme: string | undefined, doc: VariableDoc): boolean {
-  if (readme === undefined) return false;
-  const code = /^`([^`]*)`$/.exec(readme)?.[1];
+/** A default as the docs write it: `value` in backticks, or words for "unset". */
+function sameDefault(written: string | undefined, doc: VariableDoc): boolean {
+  if (written === undefined) return false;
+  const code = /^`([^`]*)`$/.exec(written)?.[1];
   if (code !== undefined) return code === doc.fallback;
-  if (readme.replaceAll("`", "") === doc.fallback) return true; // `json` (`text` on a terminal)
+  if (written.replaceAll("`", "") === doc.fallback) return true; // `json` (`text` on a terminal)
   // Prose ("unset (open)", "required", "none"): the same words, or "unset" for a parenthesized note.
-  const words = readme.toLowerCase();
+  const words = written.toLowerCase();
   const fallback = doc.fallback.toLowerCase();
   return words === fallback || words === fallback.replace(/[()]/g, "") ||
     (words.startsWith("unset") && fallback.startsWith("("));
 }
 
-Deno.test("the README's configuration tables say what --help says, for every variable", async () => {
+Deno.test("docs/configuration.md says what --help says, for every variable and no other", async () => {
   for (
     const [heading, variables] of [
-      ["### Rendezvous", RENDEZVOUS_VARIABLES],
-      ["### Worker", WORKER_VARIABLES],
+      ["## Rendezvous", RENDEZVOUS_VARIABLES],
+      ["## Worker", WORKER_VARIABLES],
     ] as const
   ) {
-    const table = await readmeTable(heading);
+    const table = await docsTable(heading);
     const wrong: string[] = [];
     for (const doc of variables) {
       // The worker's table has one row for both log variables ("as above").
-      if (heading === "### Worker" && /^LOG_/.test(doc.name)) continue;
+      if (heading === "## Worker" && /^LOG_/.test(doc.name)) continue;
       if (!sameDefault(table.get(doc.name), doc)) {
-        wrong.push(`${doc.name}: README ${table.get(doc.name)}, --help ${doc.fallback}`);
+        wrong.push(`${doc.name}: docs ${table.get(doc.name)}, --help ${doc.fallback}`);
       }
     }
+    const known = new Set(variables.map((v) => v.name));
+    for (const name of table.keys()) if (!known.has(name)) wrong.push(`${name}: not a variable`);
     assert.deepEqual(wrong, [], heading);
   }
 });

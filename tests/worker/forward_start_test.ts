@@ -1,7 +1,7 @@
 /**
  * A real worker process: a TCP connection to its `PEER_FORWARD` port in the
  * first milliseconds after the port opens (before the rest of the worker
- * exists) waits and is carried, as the README promises, never refused.
+ * exists) waits and is carried, as docs/transport.md promises, never refused.
  */
 
 import assert from "node:assert/strict";

@@ -98,15 +98,12 @@ export {
   type ConnectMessage,
   type EchoRequestMessage,
   type EchoResponseMessage,
-  encodeMessage,
   type ErrorCode,
   type ErrorMessage,
   type GoingAwayMessage,
   isValidWorkerId,
   type ListPeersMessage,
   type NatMapping,
-  parseClientMessage,
-  parseServerMessage,
   type PathKind,
   type PathUpdateMessage,
   type PeerInfo,
@@ -134,6 +131,7 @@ export {
   type WorkerListing,
   type WorkerListingEntry,
 } from "./protocol/messages.ts";
+export { encodeMessage, parseClientMessage, parseServerMessage } from "./protocol/parse.ts";
 export { CloseCode, CloseReason } from "./protocol/close_codes.ts";
 export { fingerprint, Identity, IdentityError } from "./protocol/identity.ts";
 export { KeyFileError, loadIdentity } from "./worker/key_file.ts";
@@ -145,7 +143,7 @@ export {
   type StunServerOptions,
   type StunServerStats,
 } from "./stun/server.ts";
-export type { TransportAddress } from "./stun/codec.ts";
+export type { TransportAddress } from "./stun/attributes.ts";
 
 // Logging, time and configuration plumbing the options above refer to.
 export {

@@ -7,7 +7,8 @@
  */
 
 import dgram from "node:dgram";
-import { isStun, toTransportAddress, type TransportAddress } from "../stun/codec.ts";
+import { isStun } from "../stun/codec.ts";
+import { toTransportAddress, type TransportAddress } from "../stun/attributes.ts";
 
 /** Receives datagrams of one kind. */
 export type DatagramHandler = (bytes: Uint8Array, from: TransportAddress) => void;

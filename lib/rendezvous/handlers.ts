@@ -9,7 +9,8 @@
 
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
-import { type ClientMessage, encodeMessage } from "../protocol/messages.ts";
+import { type ClientMessage } from "../protocol/messages.ts";
+import { encodeMessage } from "../protocol/parse.ts";
 import type { Dashboard } from "./dashboard_routes.ts";
 import type { RendezvousMetrics } from "./metrics.ts";
 import { MAX_PEER_PATHS, type PathReports } from "./path_reports.ts";

@@ -9,7 +9,8 @@
 
 import type { Logger } from "../core/log.ts";
 import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
-import { type ClientMessage, parseClientMessage, ProtocolError } from "../protocol/messages.ts";
+import { type ClientMessage, ProtocolError } from "../protocol/messages.ts";
+import { parseClientMessage } from "../protocol/parse.ts";
 import { parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
 import { utf8LengthExceeds } from "./http.ts";
 import type { Session } from "./session.ts";

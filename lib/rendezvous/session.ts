@@ -9,7 +9,8 @@
 import { randomHex } from "../core/encoding.ts";
 
 import { TokenBucket } from "../core/rate_limit.ts";
-import { encodeMessage, type ServerMessage } from "../protocol/messages.ts";
+import { type ServerMessage } from "../protocol/messages.ts";
+import { encodeMessage } from "../protocol/parse.ts";
 import type { PeerSession } from "./peers.ts";
 import { NO_PEER_PATHS, type WorkerRecord } from "./registry.ts";
 

@@ -12,22 +12,24 @@ import { type Clock, systemClock, type TimerId } from "../core/clock.ts";
 import { parseIp } from "../protocol/ip.ts";
 import {
   Attr,
-  decodeAddress,
-  decodeErrorCode,
-  decodeText,
-  encodeChangeRequest,
   encodeStunMessage,
-  encodeText,
   getAttribute,
-  getMappedAddress,
   newTransactionId,
   parseStunMessage,
   type StunAttribute,
   StunClass,
   StunError,
   StunMethod,
-  type TransportAddress,
 } from "./codec.ts";
+import {
+  decodeAddress,
+  decodeErrorCode,
+  decodeText,
+  encodeChangeRequest,
+  encodeText,
+  getMappedAddress,
+  type TransportAddress,
+} from "./attributes.ts";
 
 /** RFC 8489 §6.2.1 defaults. */
 export const STUN_DEFAULTS = {

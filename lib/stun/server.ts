@@ -16,13 +16,7 @@
 import { type Logger, silentLogger } from "../core/log.ts";
 import {
   Attr,
-  decodeChangeRequest,
-  encodeAddress,
-  encodeErrorCode,
   encodeStunMessage,
-  encodeText,
-  encodeUnknownAttributes,
-  encodeXorAddress,
   getAttribute,
   isStun,
   parseStunMessage,
@@ -30,9 +24,17 @@ import {
   StunClass,
   StunError,
   StunMethod,
+} from "./codec.ts";
+import {
+  decodeChangeRequest,
+  encodeAddress,
+  encodeErrorCode,
+  encodeText,
+  encodeUnknownAttributes,
+  encodeXorAddress,
   toTransportAddress,
   type TransportAddress,
-} from "./codec.ts";
+} from "./attributes.ts";
 
 /** Attributes a Binding request may carry that the server accepts. */
 const SERVER_COMPREHENDS: ReadonlySet<number> = new Set([

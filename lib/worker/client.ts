@@ -18,10 +18,10 @@ import { type Clock, delay, systemClock } from "../core/clock.ts";
 import { type Logger, silentLogger } from "../core/log.ts";
 import {
   type ClientMessage,
-  encodeMessage,
   type PeerServerMessage,
   type ServerMessage,
 } from "../protocol/messages.ts";
+import { encodeMessage } from "../protocol/parse.ts";
 import type { Identity } from "../protocol/identity.ts";
 import { encodeRelayFrame, parseRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
 

@@ -11,12 +11,8 @@ import type { Clock, TimerId } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
 import type { Identity } from "../protocol/identity.ts";
-import {
-  type ClientMessage,
-  parseServerMessage,
-  ProtocolError,
-  type ServerMessage,
-} from "../protocol/messages.ts";
+import { type ClientMessage, ProtocolError, type ServerMessage } from "../protocol/messages.ts";
+import { parseServerMessage } from "../protocol/parse.ts";
 import type { ClientEvent, SocketFactory, WebSocketLike } from "./client.ts";
 
 /** What one connection ended with. */

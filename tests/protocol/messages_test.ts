@@ -1,11 +1,6 @@
 import assert from "node:assert/strict";
-import {
-  encodeMessage,
-  isValidWorkerId,
-  parseClientMessage,
-  parseServerMessage,
-  ProtocolError,
-} from "../../lib/protocol/messages.ts";
+import { isValidWorkerId, ProtocolError } from "../../lib/protocol/messages.ts";
+import { encodeMessage, parseClientMessage, parseServerMessage } from "../../lib/protocol/parse.ts";
 
 Deno.test("parseClientMessage() reads the seed's register_public_ip and normalizes the IP", () => {
   assert.deepEqual(parseClientMessage('{"type":"register_public_ip","ip":"192.0.2.7"}'), {

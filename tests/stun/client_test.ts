@@ -1,13 +1,10 @@
 import assert from "node:assert/strict";
+import { Attr, encodeStunMessage, parseStunMessage, StunClass } from "../../lib/stun/codec.ts";
 import {
-  Attr,
   encodeErrorCode,
-  encodeStunMessage,
   encodeXorAddress,
-  parseStunMessage,
-  StunClass,
   type TransportAddress,
-} from "../../lib/stun/codec.ts";
+} from "../../lib/stun/attributes.ts";
 import {
   parseServerSpec,
   StunClient,

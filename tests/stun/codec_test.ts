@@ -2,22 +2,9 @@ import assert from "node:assert/strict";
 import {
   Attr,
   crc32,
-  decodeAddress,
-  decodeChangeRequest,
-  decodeErrorCode,
-  decodeText,
-  decodeUnknownAttributes,
-  decodeXorAddress,
-  encodeAddress,
-  encodeChangeRequest,
-  encodeErrorCode,
   encodeStunMessage,
   encodeStunMessageWithIntegrity,
-  encodeText,
-  encodeUnknownAttributes,
-  encodeXorAddress,
   getAttribute,
-  getMappedAddress,
   isStun,
   messageType,
   newTransactionId,
@@ -27,6 +14,21 @@ import {
   StunMethod,
   verifyMessageIntegrity,
 } from "../../lib/stun/codec.ts";
+import {
+  decodeAddress,
+  decodeChangeRequest,
+  decodeErrorCode,
+  decodeText,
+  decodeUnknownAttributes,
+  decodeXorAddress,
+  encodeAddress,
+  encodeChangeRequest,
+  encodeErrorCode,
+  encodeText,
+  encodeUnknownAttributes,
+  encodeXorAddress,
+  getMappedAddress,
+} from "../../lib/stun/attributes.ts";
 
 /** Hex as RFC 5769 prints it (spaces and line breaks) to bytes. */
 function hex(text: string): Uint8Array {

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { BindingResult } from "../../lib/stun/client.ts";
 import { StunClient } from "../../lib/stun/client.ts";
 import { StunServer } from "../../lib/stun/server.ts";
-import type { TransportAddress } from "../../lib/stun/codec.ts";
+import type { TransportAddress } from "../../lib/stun/attributes.ts";
 import { UdpEndpoint } from "../../lib/peer/udp_endpoint.ts";
 import {
   classifyMapping,

@@ -1,18 +1,20 @@
 import assert from "node:assert/strict";
 import {
   Attr,
-  decodeErrorCode,
-  decodeUnknownAttributes,
-  encodeChangeRequest,
   encodeStunMessage,
   getAttribute,
-  getMappedAddress,
   newTransactionId,
   parseStunMessage,
   type StunAttribute,
   StunClass,
-  type TransportAddress,
 } from "../../lib/stun/codec.ts";
+import {
+  decodeErrorCode,
+  decodeUnknownAttributes,
+  encodeChangeRequest,
+  getMappedAddress,
+  type TransportAddress,
+} from "../../lib/stun/attributes.ts";
 import { StunClient } from "../../lib/stun/client.ts";
 import { answerStun, StunServer } from "../../lib/stun/server.ts";
 import { UdpEndpoint } from "../../lib/peer/udp_endpoint.ts";

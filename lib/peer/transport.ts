@@ -32,17 +32,32 @@ import {
   toBase64Url,
   verifySignature,
 } from "../protocol/identity.ts";
-import { createPeerCertificate, type PeerCertificate } from "./cert.ts";
-import { TRANSPORT_MAGIC } from "./udp_endpoint.ts";
+import type { PeerCertificate } from "./cert.ts";
+import { MAX_PACKET, StandIn } from "./stand_in.ts";
+import {
+  certificatePayload,
+  dialerPayload,
+  frameMessage,
+  issue,
+  type IssuedCertificate,
+  readMessage,
+  TransportError,
+  vouchPayload,
+  within,
+} from "./transport_auth.ts";
 import type { TransportCredentials } from "../protocol/messages.ts";
 
 export { TRANSPORT_MAGIC } from "./udp_endpoint.ts";
+export {
+  certificatePayload,
+  dialerPayload,
+  importGroupSecret,
+  TransportError,
+  vouchFor,
+  vouchPayload,
+} from "./transport_auth.ts";
 /** ALPN of the peer transport. */
 export const TRANSPORT_ALPN = "holepunch/1";
-/** Receive loops per stand-in: enough to keep QUIC busy, few enough to stay cheap. */
-const STAND_IN_LOOPS = 8;
-/** Largest datagram QUIC sends (its MTU discovery stays below this on every path we use). */
-const MAX_PACKET = 2048;
 /**
  * A new certificate every 10 days: they live 14 (the WebTransport hash
  * rule), so a peer that fetched our credentials just before a rotation can
@@ -57,8 +72,6 @@ export const CERT_ROTATION_MS = 10 * 86_400_000;
 const WARM_UP = "";
 /** How long the warm-up dial may take before it is given up. */
 const WARM_UP_TIMEOUT_MS = 5000;
-/** The dialer's proof and the answer: small, bounded. */
-const MAX_AUTH_BYTES = 1024;
 /** How long the listener waits for a dialer's proof. */
 const AUTH_TIMEOUT_MS = 10_000;
 /** Connection close codes of the transport (QUIC application error codes). */
@@ -73,65 +86,8 @@ export const TransportClose = {
   SHUTDOWN: 3,
 } as const;
 
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-
-/** The bytes a worker signs to vouch for its transport certificate. */
-export function certificatePayload(workerId: string, certHash: string): Uint8Array<ArrayBuffer> {
-  return encoder.encode(`holepunch-transport-cert-v1\n${workerId}\n${certHash}`);
-}
-
-/** The bytes a dialer signs to prove who it is to the listener it reached. */
-export function dialerPayload(
-  dialerId: string,
-  listenerId: string,
-  listenerCertHash: string,
-): Uint8Array<ArrayBuffer> {
-  return encoder.encode(
-    `holepunch-transport-dial-v1\n${dialerId}\n${listenerId}\n${listenerCertHash}`,
-  );
-}
-
-/** The bytes `GROUP_SECRET` vouches for: a worker's group, id and key. */
-export function vouchPayload(
-  group: string,
-  workerId: string,
-  key: string,
-): Uint8Array<ArrayBuffer> {
-  return encoder.encode(`holepunch-group-vouch-v1\n${group}\n${workerId}\n${key}`);
-}
-
-/** Imports a `GROUP_SECRET` as an HMAC-SHA256 key. */
-export async function importGroupSecret(secret: string): Promise<CryptoKey> {
-  return await crypto.subtle.importKey(
-    "raw",
-    encoder.encode(secret),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign", "verify"],
-  );
-}
-
-/** The vouch for (group, id, key) under the secret, base64url. */
-export async function vouchFor(
-  secret: CryptoKey,
-  group: string,
-  workerId: string,
-  key: string,
-): Promise<string> {
-  return toBase64Url(
-    new Uint8Array(await crypto.subtle.sign("HMAC", secret, vouchPayload(group, workerId, key))),
-  );
-}
-
 /** The congestion controllers Deno's QUIC offers. */
 export type CongestionControl = "default" | "throughput" | "low-latency";
-
-/** A connection could not be made or was refused; says why. */
-export class TransportError extends Error {
-  /** Always `"TransportError"`. */
-  override name = "TransportError";
-}
 
 /** What the transport knows of a peer, from the rendezvous. */
 export interface TransportPeer {
@@ -199,153 +155,6 @@ export interface TransportStats {
   packetsReceived: number;
   /** Their bytes. */
   bytesReceived: number;
-}
-
-/** A peer's stand-in: a loopback socket that is the peer's address to QUIC. */
-class StandIn {
-  readonly peerId: string;
-  readonly port: number;
-  #conn: Deno.DatagramConn;
-  #quic: Deno.NetAddr;
-  #closed = false;
-
-  readonly #stats: TransportStats;
-
-  constructor(
-    peerId: string,
-    quic: Deno.NetAddr,
-    stats: TransportStats,
-    out: (packet: Uint8Array) => unknown,
-  ) {
-    this.#stats = stats;
-    this.peerId = peerId;
-    this.#quic = { transport: "udp", hostname: quic.hostname, port: quic.port } as Deno.NetAddr;
-    this.#conn = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
-    this.port = (this.#conn.addr as Deno.NetAddr).port;
-    for (let i = 0; i < STAND_IN_LOOPS; i++) void this.#loop(out);
-  }
-
-  /**
-   * Reads what QUIC sends the peer, into a buffer of this loop's own, one
-   * byte in so the envelope needs no copy, and waits until it is sent
-   * before reusing the buffer.
-   */
-  async #loop(out: (packet: Uint8Array) => unknown): Promise<void> {
-    const buffer = new Uint8Array(MAX_PACKET + 1);
-    buffer[0] = TRANSPORT_MAGIC;
-    const body = buffer.subarray(1);
-    while (!this.#closed) {
-      let size: number;
-      try {
-        const [data] = await this.#conn.receive(body);
-        size = data.length;
-      } catch {
-        if (this.#closed) return;
-        continue;
-      }
-      this.#stats.packetsSent++;
-      this.#stats.bytesSent += size;
-      try {
-        await out(buffer.subarray(0, size + 1));
-      } catch {
-        // A lost packet: QUIC recovers.
-      }
-    }
-  }
-
-  /** Hands a packet from the peer to QUIC. */
-  deliver(packet: Uint8Array): Promise<unknown> {
-    this.#stats.packetsReceived++;
-    this.#stats.bytesReceived += packet.length;
-    return this.#conn.send(packet, this.#quic).catch(() => {});
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    try {
-      this.#conn.close();
-    } catch {
-      // Already closed.
-    }
-  }
-}
-
-/** A certificate and the credentials that publish it. */
-interface IssuedCertificate {
-  cert: PeerCertificate;
-  credentials: TransportCredentials;
-}
-
-/** Makes a certificate and signs (and, with a group secret, vouches for) it. */
-async function issue(options: PeerTransportOptions): Promise<IssuedCertificate> {
-  const cert = await createPeerCertificate({ name: "holepunch-peer" });
-  const certHash = toBase64Url(cert.hash);
-  const signature = toBase64Url(
-    await options.identity.sign(certificatePayload(options.workerId, certHash)),
-  );
-  const { group } = options;
-  const vouch = group &&
-    await vouchFor(group.secret, group.name, options.workerId, options.identity.publicKey);
-  return {
-    cert,
-    credentials: vouch === undefined
-      ? { cert_hash: certHash, signature }
-      : { cert_hash: certHash, signature, vouch },
-  };
-}
-
-/** Reads one length-prefixed (uint16) JSON message of at most {@linkcode MAX_AUTH_BYTES}. */
-async function readMessage(
-  reader: ReadableStreamBYOBReader | ReadableStreamDefaultReader<Uint8Array>,
-): Promise<Record<string, unknown>> {
-  let buffered = new Uint8Array(0);
-  while (true) {
-    if (buffered.length >= 2) {
-      const length = (buffered[0] << 8) | buffered[1];
-      if (length > MAX_AUTH_BYTES) throw new TransportError("auth message too large");
-      if (buffered.length >= 2 + length) {
-        const value = JSON.parse(decoder.decode(buffered.subarray(2, 2 + length)));
-        if (typeof value !== "object" || value === null) {
-          throw new TransportError("bad auth message");
-        }
-        return value;
-      }
-    }
-    const { value, done } = await (reader as ReadableStreamDefaultReader<Uint8Array>).read();
-    if (done) throw new TransportError("stream ended before the auth message");
-    if (buffered.length + value.length > MAX_AUTH_BYTES + 2) {
-      throw new TransportError("auth message too large");
-    }
-    const next = new Uint8Array(buffered.length + value.length);
-    next.set(buffered);
-    next.set(value, buffered.length);
-    buffered = next;
-  }
-}
-
-function frameMessage(value: unknown): Uint8Array<ArrayBuffer> {
-  const body = encoder.encode(JSON.stringify(value));
-  const out = new Uint8Array(2 + body.length);
-  out[0] = body.length >> 8;
-  out[1] = body.length & 0xff;
-  out.set(body, 2);
-  return out;
-}
-
-/** Rejects after `ms` with a {@linkcode TransportError} naming `what`, unless `promise` settles first. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new TransportError(`${what} timed out`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /**

@@ -150,6 +150,15 @@ export class PeerManager {
     }
   }
 
+  /**
+   * A transport packet from `peerId` that the rendezvous relayed (without
+   * the envelope byte): counted, and handed to the transport.
+   */
+  receiveRelayed(peerId: string, packet: Uint8Array): Promise<unknown> | undefined {
+    this.pathBytes.relay.received += packet.length;
+    return this.#transport?.receive(peerId, packet);
+  }
+
   #onTransport(bytes: Uint8Array, from: UdpAddress, via: number): Promise<unknown> | undefined {
     const link = this.#byAddress.get(`${via}|${from.ip}|${from.port}`);
     if (!link || !this.#transport) {

@@ -133,10 +133,7 @@ export class Worker {
         peers.onRegistered();
       },
       onPeerMessage: (message) => peers.handle(message),
-      onRelayPacket: (peerId, packet) => {
-        peers.pathBytes.relay.received += packet.length;
-        void transport.receive(peerId, packet);
-      },
+      onRelayPacket: (peerId, packet) => void peers.receiveRelayed(peerId, packet),
     });
     const udp = config.stunServers.length === 0 ? undefined : startWorkerUdp({
       hostname: config.udpHost,

@@ -7,9 +7,9 @@
  *   deno run -A tests/_stream_tools.ts send-many PORT,PORT,… BYTES
  *     to each port in turn: sends BYTES deterministic bytes, half-closes,
  *     reads the answer and logs `{"message":"transfer","port":…,"ok":…,"ms":…}`.
- *   deno run -A tests/_stream_tools.ts send PORT STOPFILE
+ *   deno run -A tests/_stream_tools.ts send PORT STOPFILE [PAUSE_MS]
  *     connects to 127.0.0.1:PORT and sends deterministic bytes, 64 KiB at a
- *     time with a short pause between, until STOPFILE exists; then half-closes,
+ *     time with a pause between (20 ms), until STOPFILE exists; then half-closes,
  *     reads the answer and logs `{"message":"sent","bytes":…,"sha256":…,"answer":…}`.
  *   deno run -A tests/_stream_tools.ts send-gated PORT BYTES ALLOWFILE
  *     sends BYTES deterministic bytes as fast as the stream takes them, but
@@ -134,6 +134,7 @@ if (mode === "hash-server") {
   const answer = await finish(conn);
   log("sent", { bytes, sha256: hash.digest("hex"), answer });
 } else if (mode === "send") {
+  const pauseMs = Number(Deno.args[3] ?? 20);
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const hash = createHash("sha256");
   const chunk = new Uint8Array(65536);
@@ -153,7 +154,8 @@ if (mode === "hash-server") {
     hash.update(chunk);
     bytes += chunk.length;
     if (n % 16 === 0) log("progress", { bytes });
-    await new Promise((r) => setTimeout(r, 20)); // paced: about 3 MB/s, so the transfer spans the path changes
+    // Paced (20 ms by default: about 3 MB/s), so the transfer spans the path changes.
+    await new Promise((r) => setTimeout(r, pauseMs));
   }
   const answer = await finish(conn);
   log("sent", { bytes, sha256: hash.digest("hex"), answer });

@@ -3,7 +3,9 @@
  * endpoint-dependent, full-cone, shared and UDP-blocking NATs and on a public
  * host, all connecting to all. Asserts the issue's outcomes per pair and
  * prints the measurements. Then the shared segment behind routers that do
- * not filter input (rerolls), and a stream across path changes.
+ * not filter input (rerolls), a stream across path changes, and two workers
+ * on one host with several working addresses whose path must hold
+ * (`../_path_flap.ts`; in this file so that it runs after the others).
  */
 
 import assert from "node:assert/strict";
@@ -11,6 +13,7 @@ import { LINK_TIMING } from "../../lib/peer/link.ts";
 import { NetLab, netlabUnavailable, PUBLIC_IP } from "../_netlab.ts";
 import { requireOrSkip, within } from "../_helpers.ts";
 import { type PairResult, runPunchLab, TEST_WORKERS } from "../_punch_lab.ts";
+import { pathFlapTest } from "../_path_flap.ts";
 
 const skip = requireOrSkip(await netlabUnavailable(), "NAT lab tests");
 
@@ -280,4 +283,11 @@ Deno.test({
       await Deno.remove(stopFile).catch(() => {});
     }
   },
+});
+
+Deno.test({
+  name:
+    "two workers on one host with several working addresses keep one direct path for 60 s, and every forwarded request is answered within 2 s",
+  ignore: skip !== undefined,
+  fn: pathFlapTest,
 });

@@ -452,6 +452,7 @@ export class PeerLink {
     const suspect = ranItsCourse && round === 0 && probing.via === 0 &&
       (strategy === "ice" || strategy === "easy-side");
     this.#trace({ type: "punch_failed", probes, round, strategy, cause, suspect });
+    probing.failed = true;
     this.#stopProbing();
   }
 
@@ -759,8 +760,13 @@ export class PeerLink {
           }
           return;
         }
-        const sent = this.#probing?.sent.get(frame.nonce);
+        const probing = this.#probing;
+        const sent = probing?.sent.get(frame.nonce);
         if (!sent) return; // not our nonce: replayed or stale
+        // A round we gave up is over for the peer too (it rerolls or waits for
+        // the next introduction, closing that round's sockets): a late answer
+        // would select a path that is about to die (seen in the lab under load).
+        if (probing!.failed) return;
         if (this.#isOpen(via)) this.#paths.heard(from, via, this.#d.clock.now(), rtt);
         this.#select(from, via, rtt);
         return;

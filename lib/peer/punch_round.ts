@@ -80,6 +80,8 @@ export class PunchRound {
   /** Extra sockets of the round (closed with it, but the one a path keeps). */
   extra: number[];
   done = false;
+  /** The round ended without a path (its late answers are stale). */
+  failed = false;
   #h: RoundHost;
   #plan?: RoundPlan;
   #ladder: number[] = [];

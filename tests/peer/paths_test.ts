@@ -332,3 +332,27 @@ Deno.test("a round whose time is up while the peer's checks reach one of its soc
     }
   }
 });
+
+Deno.test("a late answer to a round that was given up selects nothing: the peer has moved on", async () => {
+  const hard: UdpAddress = { ip: "198.51.100.2", port: 2000 };
+  const h = await lone("endpoint-independent", "endpoint-dependent", hard);
+  try {
+    // The round gives up a second after its longest strategy (the hard side's 15 rounds).
+    const giveUp = Math.max(
+      LINK_TIMING.maxProbes * LINK_TIMING.probeIntervalMs,
+      LINK_TIMING.hardRounds * LINK_TIMING.hardRoundMs,
+      LINK_TIMING.sprayMax * LINK_TIMING.sprayIntervalMs,
+    ) + 1000;
+    await h.clock.tick(giveUp + 10);
+    await h.settle();
+    assert.equal(h.events.filter((e) => e.type === "punch_failed").length, 1);
+    const spray = h.sent.find((s) => s.frame.type === "probe" && s.to.port !== hard.port)!.frame;
+    assert.ok(spray.type === "probe");
+    // The hard side's socket answers one spray just after: too late.
+    await h.link.receive(await ack(h, spray, 300), { ...hard, port: 40001 }, 0);
+    assert.equal(h.link.path, "relay");
+    assert.ok(!h.events.some((e) => e.type === "direct"));
+  } finally {
+    h.link.close();
+  }
+});

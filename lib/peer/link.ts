@@ -45,7 +45,6 @@
  */
 
 import type { Clock, TimerId } from "../core/clock.ts";
-import { clearlyFaster, pathKey, ValidatedPaths } from "./paths.ts";
 import { planPunch } from "./strategy.ts";
 import { MessageStream, STREAM_LIMITS } from "./message_stream.ts";
 import {
@@ -69,6 +68,7 @@ export { LINK_TIMING, openingLadder } from "./timing.ts";
 import { LINK_TIMING } from "./timing.ts";
 import { PunchRound, type RoundHost } from "./punch_round.ts";
 import { Rerolls } from "./reroll.ts";
+import { PathState, show } from "./path_state.ts";
 import type { FailCause, LinkEvent } from "./link_events.ts";
 
 export type { LinkEvent } from "./link_events.ts";
@@ -118,11 +118,6 @@ export interface PeerLinkDeps {
   random?: () => number;
 }
 
-type Path =
-  | { kind: "relay" }
-  /** `rttMs` is null until measured (a path taken by nomination). */
-  | { kind: "direct"; to: UdpAddress; via: number; rttMs: number | null };
-
 interface Session {
   id: string;
   key: CryptoKey;
@@ -143,8 +138,6 @@ interface Round {
 }
 
 /** A reroll of ours: its fresh socket once open, and whether its round began. */
-
-const show = (a: UdpAddress) => (a.ip.includes(":") ? `[${a.ip}]:${a.port}` : `${a.ip}:${a.port}`);
 
 /** Counters and timings, for the health endpoint and the lab. */
 export interface LinkStats {
@@ -188,11 +181,6 @@ export class PeerLink {
   #random: () => number;
   #session?: Session;
   #previous?: Session;
-  #path: Path = { kind: "relay" };
-  /** Every path the peer's authenticated frames came by; the path above is one of them. */
-  #paths = new ValidatedPaths();
-  /** When the path in use last carried an authenticated frame of the peer's. */
-  #pathHeardAt = 0;
   #probing?: PunchRound;
   #roundHost: RoundHost;
   #closed = false;
@@ -205,19 +193,8 @@ export class PeerLink {
   #primaries = new Set<number>([0]);
   /** Our reroll in progress. */
   #rerolls: Rerolls;
-  /** The peer (the hard side) nominated our path: its choice holds. */
-  #following = false;
-  /**
-   * We are the hard side and keep one socket: every keepalive nominates
-   * the path we kept, so the easy side sends there, not to a mapping of a
-   * socket we closed (even when we kept the main one).
-   */
-  #nominating = false;
-  // Path upkeep.
-  #keepaliveTimer?: TimerId;
-  #lostTimer?: TimerId;
-  #keepaliveNonce?: string;
   #upgradeTimer?: TimerId;
+  #state: PathState;
   // The stream.
   #stream: MessageStream;
   #queued: Uint8Array[] = [];
@@ -254,7 +231,7 @@ export class PeerLink {
       timer: (fn, ms) => this.#timer(fn, ms),
       openSocket: () => deps.openRerollSocket!(),
       wanted: (session) =>
-        !this.#closed && this.#session?.id === session && this.#path.kind !== "direct",
+        !this.#closed && this.#session?.id === session && this.#state.kind !== "direct",
       adopt: (via) => {
         this.#extras.add(via);
         this.#primaries.add(via);
@@ -265,6 +242,30 @@ export class PeerLink {
       giveUp: () => this.#scheduleUpgrade(),
       startRound: (session, n, via, candidates) =>
         this.#startProbing(session, { n, via, candidates }),
+    });
+    this.#state = new PathState({
+      clock: deps.clock,
+      timer: (fn, ms) => this.#timer(fn, ms),
+      isOpen: (via) => this.#isOpen(via),
+      isPrimary: (via) => this.#primaries.has(via),
+      sendCheck: (type, nonce, to, via) => {
+        const session = this.#session;
+        if (!session) return false;
+        this.#sendUdp({ type, sessionId: session.id, nonce, time: deps.clock.now() }, to, via);
+        return true;
+      },
+      probing: () => this.#probing,
+      stopProbing: (keepVia) => this.#stopProbing(keepVia),
+      closeSockets: (vias) => this.#closeSockets(vias),
+      moved: () => this.#retransmitAll(),
+      scheduleUpgrade: () => this.#scheduleUpgrade(),
+      clearUpgrade: () => this.#clearUpgrade(),
+      onPath: (path, rttMs) => deps.onPath(path, rttMs),
+      onPaths: () => deps.onPaths?.(),
+      trace: (event) => this.#trace(event),
+      wentDirect: () => {
+        this.stats.directAt ??= deps.clock.now();
+      },
     });
     this.#stream = new MessageStream({
       clock: deps.clock,
@@ -277,12 +278,12 @@ export class PeerLink {
 
   /** The current path. */
   get path(): PathKind {
-    return this.#path.kind;
+    return this.#state.kind;
   }
 
   /** RTT of the direct path, if any. */
   get rttMs(): number | null {
-    return this.#path.kind === "direct" ? this.#path.rttMs : null;
+    return this.#state.rttMs;
   }
 
   /** Session ids this link accepts frames for (current, then previous). */
@@ -292,8 +293,7 @@ export class PeerLink {
 
   /** The direct path's peer address and our socket (`via`), if there is one. */
   get direct(): { to: UdpAddress; via: number } | null {
-    const path = this.#path;
-    return path.kind === "direct" ? { to: path.to, via: path.via } : null;
+    return this.#state.direct;
   }
 
   /**
@@ -301,17 +301,13 @@ export class PeerLink {
    * them are the peer's, though the link sends on {@linkcode PeerLink.direct} only.
    */
   get validatedPaths(): string[] {
-    const keys = this.#paths.keys();
-    const path = this.#path;
-    if (path.kind === "direct" && !this.#paths.get(path.to, path.via)) {
-      keys.push(pathKey(path.to, path.via));
-    }
-    return keys;
+    return this.#state.validated;
   }
 
   /** Where the direct path goes, if there is one. */
   get directTo(): string | null {
-    return this.#path.kind === "direct" ? show(this.#path.to) : null;
+    const direct = this.#state.direct;
+    return direct ? show(direct.to) : null;
   }
 
   #trace(event: LinkEvent): void {
@@ -345,8 +341,7 @@ export class PeerLink {
     if (this.#closed) return;
     if (this.#session?.id !== message.session_id) {
       this.#previous = this.#session;
-      this.#following = false;
-      this.#nominating = false;
+      this.#state.newSession();
     }
     this.#session = {
       id: message.session_id,
@@ -357,13 +352,13 @@ export class PeerLink {
       ownNat: message.own_nat,
     };
     this.stats.punchAt ??= this.#d.clock.now();
-    if (this.#path.kind !== "direct") this.stats.punchAttempts++;
+    if (this.#state.kind !== "direct") this.stats.punchAttempts++;
     // From the moment of introduction the relay carries data.
     const queued = this.#queued.splice(0);
     for (const payload of queued) this.send(payload);
     this.#retransmitAll();
     // A direct path may go on over the socket it uses while the new attempt runs.
-    this.#stopProbing(this.#path.kind === "direct" ? this.#path.via : undefined);
+    this.#stopProbing(this.#state.direct?.via);
     this.#rerolls.cancel();
     this.#timer(() => this.#startProbing(message.session_id), message.delay_ms);
   }
@@ -401,10 +396,10 @@ export class PeerLink {
   /** Gives up when every strategy of this attempt has run out. */
   #maybeGiveUp(probing: PunchRound): void {
     if (probing.done) return;
-    if (this.#path.kind === "direct") {
+    if (this.#state.kind === "direct") {
       // A round that ran out beside a direct path it did not replace (a new
       // introduction while direct): its sockets go, the path's stays.
-      if (this.#probing === probing) this.#stopProbing(this.#path.via);
+      if (this.#probing === probing) this.#stopProbing(this.#state.direct?.via);
       return;
     }
     const session = this.#session;
@@ -422,7 +417,7 @@ export class PeerLink {
   }
 
   #punchFailed(probing: PunchRound, cause: FailCause = "timeout"): void {
-    if (probing.done || this.#probing !== probing || this.#path.kind === "direct") return;
+    if (probing.done || this.#probing !== probing || this.#state.kind === "direct") return;
     if (cause === "timeout") {
       const now = this.#d.clock.now();
       // Every strategy's end schedules this: while the round is graced, only the grace's end counts.
@@ -430,7 +425,7 @@ export class PeerLink {
       const ours = (via: number) => via === probing.via || probing.extra.includes(via);
       if (
         probing.gracedUntil === undefined &&
-        this.#paths.latest(now - LINK_TIMING.answerGraceMs, (p) => ours(p.via))
+        this.#state.heardSince(now - LINK_TIMING.answerGraceMs, ours)
       ) {
         probing.gracedUntil = now + LINK_TIMING.answerGraceMs;
         probing.timers.push(
@@ -465,7 +460,7 @@ export class PeerLink {
    */
   suspectMapping(): void {
     const probing = this.#probing;
-    if (!probing || probing.done || probing.round !== 0 || this.#path.kind === "direct") return;
+    if (!probing || probing.done || probing.round !== 0 || this.#state.kind === "direct") return;
     if (!this.#canReroll(probing)) return;
     this.#punchFailed(probing, "mapping_suspect");
   }
@@ -510,7 +505,7 @@ export class PeerLink {
   }
 
   #closeSockets(vias: number[]): void {
-    if (this.#paths.dropSockets(vias.filter((v) => v !== 0))) this.#d.onPaths?.();
+    this.#state.dropSockets(vias.filter((v) => v !== 0));
     for (const v of vias) if (v !== 0) this.#primaries.delete(v);
     const open = vias.filter((v) => this.#extras.delete(v));
     if (open.length) this.#d.closeSockets(open);
@@ -525,151 +520,13 @@ export class PeerLink {
     if (this.#upgradeTimer !== undefined) return;
     this.#upgradeTimer = this.#timer(() => {
       this.#upgradeTimer = undefined;
-      if (this.#path.kind !== "direct") this.#d.requestConnect();
+      if (this.#state.kind !== "direct") this.#d.requestConnect();
     }, LINK_TIMING.upgradeRetryMs);
-  }
-
-  #select(to: UdpAddress, via: number, rttMs: number): void {
-    if (!this.#isOpen(via)) return; // a late answer on a socket closed since
-    const current = this.#path;
-    if (current.kind === "direct") {
-      const same = current.to.ip === to.ip && current.to.port === to.port && current.via === via;
-      if (same) {
-        current.rttMs = current.rttMs === null ? rttMs : 0.8 * current.rttMs + 0.2 * rttMs;
-        return;
-      }
-      // The first working path carries traffic at once; the round's fastest
-      // is chosen once, when it settles (#chooseFastest), never on each
-      // sample: early samples are noisy (crypto, a loaded machine), and
-      // every move sends the peer's replies another way.
-      return;
-    }
-    const probing = this.#probing;
-    this.#path = { kind: "direct", to, via, rttMs };
-    this.#pathHeardAt = this.#d.clock.now();
-    this.stats.directAt ??= this.#d.clock.now();
-    this.#trace({
-      type: "direct",
-      to: show(to),
-      via,
-      rtt_ms: rttMs,
-      probes: probing?.probes ?? 0,
-      round: probing?.round ?? 0,
-    });
-    this.#d.onPath("direct", rttMs);
-    if (probing && !probing.done) {
-      probing.timers.push(this.#timer(() => {
-        if (this.#path.kind !== "direct") return;
-        // The easy side does not choose among the hard side's sockets: that
-        // side keeps one and nominates it.
-        if (probing.strategy !== "easy-side") this.#chooseFastest();
-        this.#stopProbing(this.#path.via);
-        // The hard side keeps one socket of many: nominate it at once.
-        if (!this.#primaries.has(this.#path.via) || probing.strategy === "hard-side") {
-          this.#nominating = true;
-          this.#keepalive();
-        }
-      }, LINK_TIMING.settleMs));
-    }
-    this.#clearUpgrade();
-    this.#retransmitAll();
-    this.#armKeepalive();
-  }
-
-  /**
-   * The round settled: move once to its fastest checked path, if that is
-   * clearly faster than the one in use (20 % and 2 ms), as Tailscale's
-   * `betterAddr` does; near-equal paths (two addresses of one host) never
-   * move it.
-   */
-  #chooseFastest(): void {
-    const path = this.#path;
-    // The peer nominated the path it keeps: our own checks do not move it.
-    // A path through an extra socket (the hard side's) stays: the peer aims
-    // at that socket's mapping, and the others are about to close.
-    if (path.kind !== "direct" || this.#following || !this.#primaries.has(path.via)) return;
-    const current = this.#paths.get(path.to, path.via)?.bestRttMs ?? null;
-    if (current === null) return;
-    const best = this.#paths.fastest((p) => this.#isOpen(p.via));
-    if (!best || !clearlyFaster(best.bestRttMs!, current)) return;
-    this.#path = { kind: "direct", to: best.to, via: best.via, rttMs: best.bestRttMs };
-    this.#pathHeardAt = best.heardAt;
-    this.#trace({
-      type: "direct",
-      to: show(best.to),
-      via: best.via,
-      rtt_ms: best.bestRttMs,
-      probes: this.#probing?.probes ?? 0,
-      moved: "faster",
-    });
-    this.#retransmitAll();
   }
 
   #clearUpgrade(): void {
     if (this.#upgradeTimer !== undefined) this.#d.clock.clearTimeout(this.#upgradeTimer);
     this.#upgradeTimer = undefined;
-  }
-
-  // ---- path upkeep ----------------------------------------------------------
-
-  #armKeepalive(): void {
-    if (this.#keepaliveTimer !== undefined) this.#d.clock.clearTimeout(this.#keepaliveTimer);
-    this.#keepaliveTimer = this.#timer(() => this.#keepalive(), LINK_TIMING.keepaliveMs);
-  }
-
-  /** Sends a keepalive now and re-arms the timer (also when called off it). */
-  #keepalive(): void {
-    const path = this.#path;
-    const session = this.#session;
-    if (path.kind !== "direct" || !session) return;
-    const nonce = newNonce();
-    this.#keepaliveNonce = nonce;
-    // From the hard side (an extra socket, or the main one it kept), every keepalive nominates.
-    const type = this.#nominating || !this.#primaries.has(path.via) ? "nominate" : "probe";
-    this.#sendUdp(
-      { type, sessionId: session.id, nonce, time: this.#d.clock.now() },
-      path.to,
-      path.via,
-    );
-    if (this.#lostTimer === undefined) {
-      this.#lostTimer = this.#timer(() => this.#pathLost(), LINK_TIMING.lostAfterMs);
-    }
-    this.#armKeepalive();
-  }
-
-  #pathLost(): void {
-    this.#lostTimer = undefined;
-    const path = this.#path;
-    if (path.kind !== "direct") return;
-    this.#trace({ type: "path_lost", to: show(path.to) });
-    if (this.#paths.drop(path.to, path.via)) this.#d.onPaths?.();
-    // Another path the peer was heard on lately (its NAT rebound, say)
-    // takes over before the relay does; a keepalive confirms it at once.
-    const since = this.#d.clock.now() - LINK_TIMING.lostAfterMs;
-    const alive = this.#paths.latest(since, (p) => p.via === 0 || p.via === path.via);
-    if (alive && this.#isOpen(alive.via)) {
-      this.#path = { kind: "direct", to: alive.to, via: alive.via, rttMs: path.rttMs };
-      this.#pathHeardAt = alive.heardAt;
-      this.#trace({
-        type: "direct",
-        to: show(alive.to),
-        via: alive.via,
-        rtt_ms: path.rttMs,
-        probes: 0,
-        moved: "roamed",
-      });
-      this.#retransmitAll();
-      this.#keepalive();
-      return;
-    }
-    if (this.#keepaliveTimer !== undefined) this.#d.clock.clearTimeout(this.#keepaliveTimer);
-    this.#keepaliveTimer = undefined;
-    this.#closeSockets([path.via, ...(this.#probing?.extra.splice(0) ?? [])]);
-    this.#path = { kind: "relay" };
-    this.#trace({ type: "relay" });
-    this.#d.onPath("relay", null);
-    this.#retransmitAll();
-    this.#scheduleUpgrade();
   }
 
   // ---- receiving ------------------------------------------------------------
@@ -694,7 +551,7 @@ export class PeerLink {
     }
     if (frame === undefined) return; // unauthenticated or stale: dropped
     const pathKind: PathKind = from ? "direct" : "relay";
-    if (from && frame.type !== "opened" && frame.type !== "reroll") this.#validate(from, via);
+    if (from && frame.type !== "opened" && frame.type !== "reroll") this.#state.validate(from, via);
     switch (frame.type) {
       case "opened": {
         // The peer's opening packets of this TTL are out: our next stage may go.
@@ -720,7 +577,7 @@ export class PeerLink {
         // The peer's round failed and it punches again from a fresh socket.
         if (from || frame.sessionId !== this.#session?.id || !this.#d.openRerollSocket) return;
         // A direct path we still hear from stays; the peer falls back to the next introduction.
-        if (this.#rerolls.peerRerolled(frame, this.#path.kind === "direct") !== "follow") return;
+        if (this.#rerolls.peerRerolled(frame, this.#state.kind === "direct") !== "follow") return;
         // The peer's round ran out before ours (the rounds begin a relay
         // hop apart): ours goes too, and we reroll with it.
         const probing = this.#probing;
@@ -733,7 +590,7 @@ export class PeerLink {
       case "nominate":
         if (!from) return;
         this.#sendUdp({ ...frame, type: "ack" }, from, via);
-        this.#follow(from, via);
+        this.#state.follow(from, via);
         return;
       case "probe":
         if (!from) return;
@@ -741,25 +598,17 @@ export class PeerLink {
         // Triggered check (RFC 8445 §7.3.1.4): a probe that got through means
         // our probe back can too, now, whatever we sent there before (a
         // mapping the peer's NAT opened after our earlier probe was dropped).
-        if (this.#probing && !this.#probing.done && !this.#isPathTo(from, via)) {
+        if (this.#probing && !this.#probing.done && !this.#state.isPathTo(from, via)) {
           this.#probe(this.#probing, from, via, false);
         }
         // After a nomination only data and nominations move the path: a
         // probe may be a late one from a socket the peer has closed since.
-        if (!this.#following) this.#roam(from, via);
+        if (!this.#state.following) this.#state.roam(from, via);
         return;
       case "ack": {
         if (!from) return;
         const rtt = this.#d.clock.now() - frame.time;
-        if (frame.nonce === this.#keepaliveNonce) {
-          this.#keepaliveNonce = undefined;
-          this.#heard();
-          const path = this.#path;
-          if (path.kind === "direct") {
-            path.rttMs = path.rttMs === null ? rtt : 0.8 * path.rttMs + 0.2 * rtt;
-          }
-          return;
-        }
+        if (this.#state.keepaliveAnswered(frame.nonce, rtt)) return;
         const probing = this.#probing;
         const sent = probing?.sent.get(frame.nonce);
         if (!sent) return; // not our nonce: replayed or stale
@@ -767,13 +616,13 @@ export class PeerLink {
         // the next introduction, closing that round's sockets): a late answer
         // would select a path that is about to die (seen in the lab under load).
         if (probing!.failed) return;
-        if (this.#isOpen(via)) this.#paths.heard(from, via, this.#d.clock.now(), rtt);
-        this.#select(from, via, rtt);
+        this.#state.measured(from, via, rtt);
+        this.#state.select(from, via, rtt);
         return;
       }
       case "data": {
         this.stats.received[pathKind]++;
-        if (from) this.#roam(from, via);
+        if (from) this.#state.roam(from, via);
         this.#stream.accept(frame.seq, frame.payload, pathKind);
         const ack: Frame = {
           type: "data_ack",
@@ -788,81 +637,6 @@ export class PeerLink {
         this.#stream.acked(frame.seq);
         return;
     }
-  }
-
-  /**
-   * An authenticated probe or data frame came from `from`: if the direct
-   * path points elsewhere, follow the peer there (its NAT rebound, or the
-   * hard side answers from the socket it kept), as WireGuard's roaming does.
-   */
-  #roam(from: UdpAddress, via: number): void {
-    const path = this.#path;
-    if (path.kind !== "direct" || !this.#isOpen(via)) return;
-    if (path.to.ip === from.ip && path.to.port === from.port && path.via === via) return;
-    if (this.#probing && !this.#probing.done) return; // still choosing: acks decide
-    // A path that answers stays: the peer may send by another of its paths.
-    if (this.#d.clock.now() - this.#pathHeardAt < LINK_TIMING.roamQuietMs) return;
-    this.#path = { kind: "direct", to: from, via, rttMs: path.rttMs };
-    this.#pathHeardAt = this.#d.clock.now();
-    this.#trace({
-      type: "direct",
-      to: show(from),
-      via,
-      rtt_ms: path.rttMs,
-      probes: 0,
-      moved: "roamed",
-    });
-  }
-
-  /** An authenticated frame came by `from`/`via`: a validated path, and proof of the one in use. */
-  #validate(from: UdpAddress, via: number): void {
-    if (!this.#isOpen(via)) return;
-    if (this.#paths.heard(from, via, this.#d.clock.now())) this.#d.onPaths?.();
-    if (this.#isPathTo(from, via)) this.#heard();
-  }
-
-  /**
-   * The peer nominated the path its frame came on (it is the hard side and
-   * keeps only that socket): use it, and stop choosing on our own.
-   */
-  #follow(from: UdpAddress, via: number): void {
-    if (!this.#isOpen(via)) return;
-    this.#following = true;
-    if (this.#probing && !this.#probing.done) this.#stopProbing(via);
-    if (this.#isPathTo(from, via)) return this.#heard();
-    const path = this.#path;
-    this.#path = {
-      kind: "direct",
-      to: from,
-      via,
-      rttMs: path.kind === "direct" ? path.rttMs : null,
-    };
-    this.stats.directAt ??= this.#d.clock.now();
-    this.#trace({
-      type: "direct",
-      to: show(from),
-      via,
-      rtt_ms: this.#path.rttMs,
-      probes: this.#probing?.probes ?? 0,
-      nominated: true,
-    });
-    if (path.kind !== "direct") this.#d.onPath("direct", null);
-    this.#clearUpgrade();
-    this.#heard();
-    this.#retransmitAll();
-    this.#keepalive(); // confirms the path and measures its RTT at once
-  }
-
-  #isPathTo(to: UdpAddress, via: number): boolean {
-    const path = this.#path;
-    return path.kind === "direct" && path.to.ip === to.ip && path.to.port === to.port &&
-      path.via === via;
-  }
-
-  #heard(): void {
-    this.#pathHeardAt = this.#d.clock.now();
-    if (this.#lostTimer !== undefined) this.#d.clock.clearTimeout(this.#lostTimer);
-    this.#lostTimer = undefined;
   }
 
   // ---- sending --------------------------------------------------------------
@@ -892,9 +666,10 @@ export class PeerLink {
   #transmit(seq: number, payload: Uint8Array): void {
     const session = this.#session!;
     const frame: Frame = { type: "data", sessionId: session.id, seq, payload };
-    if (this.#path.kind === "direct") {
+    const direct = this.#state.direct;
+    if (direct) {
       this.stats.sent.direct++;
-      this.#sendUdp(frame, this.#path.to, this.#path.via);
+      this.#sendUdp(frame, direct.to, direct.via);
     } else {
       this.stats.sent.relay++;
       if (this.stats.firstRelayAt === null) {
@@ -911,8 +686,8 @@ export class PeerLink {
 
   /** The retransmission timeout: on the direct path 2×RTT (at least the minimum), else the relay's. */
   #rto(): number {
-    return this.#path.kind === "direct"
-      ? Math.max(LINK_TIMING.rtoMinMs, 2 * (this.#path.rttMs ?? 0)) // unmeasured: the minimum
+    return this.#state.kind === "direct"
+      ? Math.max(LINK_TIMING.rtoMinMs, 2 * (this.#state.rttMs ?? 0)) // unmeasured: the minimum
       : LINK_TIMING.relayRtoMs;
   }
 
@@ -937,11 +712,11 @@ export class PeerLink {
   /** A summary for the health endpoint. */
   snapshot(): Record<string, unknown> {
     return {
-      path: this.#path.kind,
+      path: this.#state.kind,
       direct_to: this.directTo,
       rtt_ms: this.rttMs === null ? null : Math.round(this.rttMs * 10) / 10,
       in_flight: this.#stream.inFlight,
-      validated_paths: this.#paths.size,
+      validated_paths: this.#state.validatedCount,
       ...this.stats,
     };
   }
@@ -953,8 +728,7 @@ export class PeerLink {
     this.#closeSockets([...this.#extras]);
     this.#closed = true;
     this.#stream.close();
-    for (const t of [this.#keepaliveTimer, this.#lostTimer, this.#upgradeTimer]) {
-      if (t !== undefined) this.#d.clock.clearTimeout(t);
-    }
+    this.#state.close();
+    if (this.#upgradeTimer !== undefined) this.#d.clock.clearTimeout(this.#upgradeTimer);
   }
 }

@@ -118,7 +118,11 @@ export interface PeerLinkDeps {
   random?: () => number;
 }
 
-interface Session {
+/**
+ * An introduction from the rendezvous (its `punch`): the pair's session id
+ * and key, our role, the peer's candidates and both NATs.
+ */
+interface Introduction {
   id: string;
   key: CryptoKey;
   role: PunchMessage["role"];
@@ -179,8 +183,8 @@ export class PeerLink {
   };
   #d: PeerLinkDeps;
   #random: () => number;
-  #session?: Session;
-  #previous?: Session;
+  #session?: Introduction;
+  #previous?: Introduction;
   #probing?: PunchRound;
   #roundHost: RoundHost;
   #closed = false;

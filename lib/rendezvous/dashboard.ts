@@ -11,6 +11,7 @@
  * @module
  */
 
+import { toBase64Url } from "../core/encoding.ts";
 import type { WorkerRecord } from "./registry.ts";
 
 /** A worker as the dashboard shows it. */
@@ -48,9 +49,9 @@ export function dashboardWorker(r: WorkerRecord): DashboardWorker {
   };
 }
 
-const SESSION_COOKIE = "hp_dashboard";
+const SIGN_IN_COOKIE = "hp_dashboard";
 /** A sign-in lasts this long. */
-const SESSION_MS = 12 * 3600_000;
+const SIGN_IN_MS = 12 * 3600_000;
 const encoder = new TextEncoder();
 
 async function hmac(token: string, text: string): Promise<string> {
@@ -62,25 +63,22 @@ async function hmac(token: string, text: string): Promise<string> {
     ["sign"],
   );
   const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, encoder.encode(text)));
-  return btoa(String.fromCharCode(...mac)).replace(
-    /[+/=]/g,
-    (c) => ({ "+": "-", "/": "_", "=": "" })[c]!,
-  );
+  return toBase64Url(mac);
 }
 
 /** The `Set-Cookie` value of a new sign-in. */
-export async function sessionCookie(token: string, now: number, secure: boolean): Promise<string> {
-  const expires = now + SESSION_MS;
+export async function signInCookie(token: string, now: number, secure: boolean): Promise<string> {
+  const expires = now + SIGN_IN_MS;
   const value = `${expires}.${await hmac(token, `dashboard:${expires}`)}`;
-  return `${SESSION_COOKIE}=${value}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age=${
-    SESSION_MS / 1000
+  return `${SIGN_IN_COOKIE}=${value}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age=${
+    SIGN_IN_MS / 1000
   }${secure ? "; Secure" : ""}`;
 }
 
 /** Whether `req` carries a valid, unexpired sign-in cookie for `token`. */
-export async function hasSession(req: Request, token: string, now: number): Promise<boolean> {
+export async function hasSignIn(req: Request, token: string, now: number): Promise<boolean> {
   const cookies = req.headers.get("cookie") ?? "";
-  const match = new RegExp(`(?:^|;\\s*)${SESSION_COOKIE}=(\\d{1,16})\\.([A-Za-z0-9_-]{43})`)
+  const match = new RegExp(`(?:^|;\\s*)${SIGN_IN_COOKIE}=(\\d{1,16})\\.([A-Za-z0-9_-]{43})`)
     .exec(cookies);
   if (!match || Number(match[1]) <= now) return false;
   const expected = await hmac(token, `dashboard:${match[1]}`);

@@ -13,8 +13,8 @@ import {
   DashboardHub,
   dashboardPages,
   dashboardWorker,
-  hasSession,
-  sessionCookie,
+  hasSignIn,
+  signInCookie,
 } from "./dashboard.ts";
 import { bearerAuthorized, constantTimeEqual, problem, unauthorized } from "./http.ts";
 
@@ -57,7 +57,7 @@ export class Dashboard {
   async #authorized(req: Request): Promise<boolean> {
     const token = this.#o.token;
     return token === undefined || bearerAuthorized(req, token) ||
-      await hasSession(req, token, this.#o.clock.now());
+      await hasSignIn(req, token, this.#o.clock.now());
   }
 
   /** `GET /dashboard`: the page, or the sign-in form. */
@@ -125,7 +125,7 @@ export class Dashboard {
       status: 303,
       headers: {
         location: "/dashboard",
-        "set-cookie": await sessionCookie(token, this.#o.clock.now(), secure),
+        "set-cookie": await signInCookie(token, this.#o.clock.now(), secure),
       },
     });
   }

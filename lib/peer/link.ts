@@ -7,44 +7,19 @@
  * send and when, on an injected clock, so tests run it against a simulated
  * network with no sockets, and the NAT lab runs it against real NATs.
  *
- * Strategies (after the rendezvous's `punch`, at the agreed start time):
- * - ICE-style checks: a probe every 50 ms, round robin over the peer's
- *   candidates (local first, then public), at most 200; every probe is
- *   answered by an ack; a probe from an address we have not checked yet is
- *   answered with a triggered probe (peer-reflexive, RFC 8445 §7.3.1.4).
- * - Hard side (our mapping endpoint-dependent, the peer's not): 256 extra
- *   sockets each probe the peer's public endpoint once a second for 15 s,
- *   opening 256 mappings in our NAT...
- * - ...while the easy side (the peer hard, we not) sprays probes at random
- *   ports of the peer's public IP, one every 2 ms for 10 s: 5,000 tries at
- *   256 open mappings in ~64,500 ports succeed with probability
- *   1 - (1 - 256/64512)^5000 ≈ 99.9999998 % (the birthday attack Tailscale and
- *   hyperdht use).
- * - Both hard: local candidates only; the relay carries the data.
- * - A round that fails is rerolled (hyperdht's word): each side opens a
- *   fresh socket, learns its mapping with STUN, and sends its candidates
- *   through the relay (`reroll`); a new round runs between the two fresh
- *   sockets, up to {@linkcode LINK_TIMING}`.rerolls` times. A socket whose
- *   mapping a clash has moved (a Linux NAT that took a peer's early packet
- *   for itself remaps the socket's later flows too) punches from one it has
- *   not used yet.
- * The first probe/ack round trip selects a path; checks go on for 300 ms in
- * case a faster one answers, then stop. Every strategy is bounded in packets
- * and time (see {@linkcode LINK_TIMING}).
- *
- * Nomination: the two sides may select different pairs, which matters only
- * when one side is hard. Its NAT opened a mapping per extra socket, and the
- * easy side's acks may have come through any of them, but the hard side
- * keeps one socket and closes the rest. So, like ICE's controlling agent
- * (RFC 8445 §8.1.1), the hard side nominates: once settled, and with every
- * keepalive, it sends `nominate` from the socket it kept, and the easy side
- * moves its path to wherever the nomination came from and stops choosing on
- * its own. Neither side ever moves its path onto a socket it has closed.
+ * The link coordinates its rooms: the strategy of a round (`strategy.ts`:
+ * ICE-style checks, the hard side's 256 sockets, the easy side's birthday
+ * spray), the round itself with its low-TTL opening stages
+ * (`punch_round.ts`), rerolls from fresh sockets (`reroll.ts`), the path in
+ * use with its upkeep, roaming and the hard side's nomination
+ * (`path_state.ts`), and the message stream (`message_stream.ts`). Every
+ * strategy is bounded in packets and time (`timing.ts`); docs/punching.md
+ * tells the whole story with the lab's figures.
  *
  * @module
  */
 
-import type { Clock, TimerId } from "../core/clock.ts";
+import type { TimerId } from "../core/clock.ts";
 import { planPunch } from "./strategy.ts";
 import { MessageStream, STREAM_LIMITS } from "./message_stream.ts";
 import {
@@ -72,51 +47,8 @@ import { PathState, show } from "./path_state.ts";
 import type { FailCause, LinkEvent } from "./link_events.ts";
 
 export type { LinkEvent } from "./link_events.ts";
-
-/** What the link needs from its surroundings. */
-export interface PeerLinkDeps {
-  clock: Clock;
-  /** Sends a frame over UDP from socket `via` (0: the worker's main socket). */
-  sendUdp(bytes: Uint8Array, to: UdpAddress, via: number): void;
-  /**
-   * Sends a frame from socket `via` with a low TTL: it makes our NAT's
-   * mapping toward `to` and dies in transit before the peer's NAT, where a
-   * full-TTL packet arriving before the peer's own would be taken by the
-   * NAT router itself and clash with the peer's mapping (Linux conntrack
-   * without input filtering). Without it, no opening packets are sent.
-   */
-  sendOpening?(
-    bytes: Uint8Array,
-    to: UdpAddress,
-    via: number,
-    ttl: number,
-  ): Promise<unknown> | void;
-  /** The highest TTL of opening packets (they go out at 2, 3, … up to it). @default {3} */
-  openingTtl?: number;
-  /** Sends a frame through the rendezvous relay. */
-  sendRelay(bytes: Uint8Array): void;
-  /**
-   * Opens one fresh socket for a reroll and learns its candidates (its STUN
-   * mapping and local addresses, one address family); null when it cannot.
-   * Without it, failed rounds are not rerolled.
-   */
-  openRerollSocket?(): Promise<{ via: number; candidates: Candidate[] } | null>;
-  /** Opens up to `count` extra sockets; returns their `via` numbers. */
-  openSockets(count: number): number[];
-  closeSockets(vias: number[]): void;
-  /** Asks the rendezvous for a (new) introduction. */
-  requestConnect(): void;
-  /** A message from the peer, in order. */
-  onMessage(payload: Uint8Array, path: PathKind): void;
-  /** The path changed. */
-  onPath(path: PathKind, rttMs: number | null): void;
-  /** The validated paths ({@linkcode PeerLink.validatedPaths}) changed. */
-  onPaths?(): void;
-  /** Events in order, for logs and tests. */
-  trace?(event: LinkEvent): void;
-  /** @default {Math.random} */
-  random?: () => number;
-}
+import type { LinkStats, PeerLinkDeps } from "./link_types.ts";
+export type { LinkStats, PeerLinkDeps } from "./link_types.ts";
 
 /**
  * An introduction from the rendezvous (its `punch`): the pair's session id
@@ -142,21 +74,6 @@ interface Round {
 }
 
 /** A reroll of ours: its fresh socket once open, and whether its round began. */
-
-/** Counters and timings, for the health endpoint and the lab. */
-export interface LinkStats {
-  sent: { direct: number; relay: number };
-  received: { direct: number; relay: number };
-  retransmits: number;
-  /** Clock times: when the first punch arrived, the first relayed frame left, the path went direct. */
-  punchAt: number | null;
-  firstRelayAt: number | null;
-  directAt: number | null;
-  /** Punches that needed more than one attempt before going direct. */
-  punchAttempts: number;
-  /** Rounds rerolled (fresh sockets), over all introductions. */
-  rerolls: number;
-}
 
 /**
  * A link to one peer.

@@ -16,6 +16,7 @@ import {
   hasSignIn,
   signInCookie,
 } from "./dashboard.ts";
+import { readAtMost } from "../core/streams.ts";
 import { bearerAuthorized, constantTimeEqual, problem, unauthorized } from "./http.ts";
 
 /** What the dashboard needs of the rendezvous. */
@@ -82,30 +83,10 @@ export class Dashboard {
     if (token === undefined) return Response.redirect(new URL("/dashboard", url), 303);
     // The form is small: read at most 4 KiB of it, whatever the client claims.
     let given = "";
-    const reader = req.body?.getReader();
-    const chunks: Uint8Array[] = [];
-    let size = 0;
-    try {
-      while (reader) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        size += value.length;
-        if (size > 4096) {
-          await reader.cancel();
-          return problem(413, "Cannot read a sign-in form larger than 4 KiB");
-        }
-        chunks.push(value);
-      }
-      const bytes = new Uint8Array(size);
-      let at = 0;
-      for (const chunk of chunks) {
-        bytes.set(chunk, at);
-        at += chunk.length;
-      }
-      const body = new TextDecoder().decode(bytes);
-      given = new URLSearchParams(body).get("token") ?? "";
-    } catch {
-      given = "";
+    if (req.body) {
+      const bytes = await readAtMost(req.body, 4096).catch(() => new Uint8Array());
+      if (bytes === null) return problem(413, "Cannot read a sign-in form larger than 4 KiB");
+      given = new URLSearchParams(new TextDecoder().decode(bytes)).get("token") ?? "";
     }
     const pages = await dashboardPages();
     if (!constantTimeEqual(given, token)) {

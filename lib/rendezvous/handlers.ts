@@ -103,11 +103,7 @@ export class Handlers {
       udp_endpoint: udp,
     });
     if (!stored) return;
-    const record = await this.#d.registry.get(session.workerId);
-    if (record) {
-      this.#d.peers.updated(session, record);
-      this.#d.dashboard.worker(record);
-    }
+    await this.#announce(session);
     this.#d.logger.info("worker reported udp endpoint", {
       worker_id: session.workerId,
       udp_public: message.public ? `${message.public.ip}:${message.public.port}` : null,
@@ -185,15 +181,19 @@ export class Handlers {
     };
     const stored = await this.#d.registry.update(session.workerId, session.id, { transport });
     if (!stored) return;
-    const record = await this.#d.registry.get(session.workerId);
-    if (record) {
-      this.#d.peers.updated(session, record);
-      this.#d.dashboard.worker(record);
-    }
+    await this.#announce(session);
     this.#d.logger.info("worker published its transport certificate", {
       worker_id: session.workerId,
     });
     return;
+  }
+
+  /** The session's record changed: its peers and open dashboards hear it. */
+  async #announce(session: Session): Promise<void> {
+    const record = await this.#d.registry.get(session.workerId);
+    if (!record) return;
+    this.#d.peers.updated(session, record);
+    this.#d.dashboard.worker(record);
   }
 
   /** `echo_request`: answered at once (the seed's heartbeat). */

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { readAtMost } from "../core/streams.ts";
 import { normalizeIp } from "../protocol/ip.ts";
 
 /** The echo service failed, timed out, or answered something that is not an IP. */
@@ -78,29 +79,11 @@ export async function fetchPublicIp(
 
 async function readLimited(response: Response, maxBytes: number, url: string): Promise<string> {
   if (response.body === null) return "";
-  const reader = response.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  try {
-    while (true) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      total += value.byteLength;
-      if (total > maxBytes) {
-        throw new PublicIpError(
-          `Cannot get public IP from ${url}: the answer is longer than ${maxBytes} bytes`,
-        );
-      }
-      chunks.push(value);
-    }
-  } finally {
-    reader.releaseLock();
-  }
-  const bytes = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
+  const bytes = await readAtMost(response.body, maxBytes);
+  if (bytes === null) {
+    throw new PublicIpError(
+      `Cannot get public IP from ${url}: the answer is longer than ${maxBytes} bytes`,
+    );
   }
   return new TextDecoder().decode(bytes);
 }

@@ -139,3 +139,46 @@ Deno.test("the rooms of a coordinator never import it: only its composer does", 
   }
   assert.deepEqual(wrong, []);
 });
+
+/** The sizes a newcomer can still read in one sitting (issue 18). */
+const MAX_FILE_LINES = 600;
+const MAX_CLASS_LINES = 450;
+
+/** Each top-level class in `source` with its length in lines (to its closing brace at column 0). */
+export function classSizes(source: string): { name: string; lines: number }[] {
+  const lines = source.split("\n");
+  const out: { name: string; lines: number }[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const m = lines[i].match(/^(?:export )?(?:abstract )?class (\w+)/);
+    if (!m) continue;
+    if (/\{\s*\}\s*$/.test(lines[i])) {
+      out.push({ name: m[1], lines: 1 });
+      continue;
+    }
+    let end = i + 1;
+    while (end < lines.length && lines[end] !== "}") end++;
+    out.push({ name: m[1], lines: end - i + 1 });
+  }
+  return out;
+}
+
+Deno.test("no file in lib/ is over 600 lines and no class over 450", async () => {
+  const big: string[] = [];
+  for (const [path, source] of await readLib()) {
+    const lines = source.split("\n").length - (source.endsWith("\n") ? 1 : 0);
+    if (lines > MAX_FILE_LINES) big.push(`${path}: ${lines} lines`);
+    for (const { name, lines } of classSizes(source)) {
+      if (lines > MAX_CLASS_LINES) big.push(`${path}: class ${name}, ${lines} lines`);
+    }
+  }
+  assert.deepEqual(big, []);
+});
+
+Deno.test("classSizes() measures each top-level class to its closing brace", () => {
+  const source = "const a = 1;\nexport class A {\n  x = 1;\n}\nclass B {}\nabstract class C {\n}\n";
+  assert.deepEqual(classSizes(source), [
+    { name: "A", lines: 3 },
+    { name: "B", lines: 1 },
+    { name: "C", lines: 2 },
+  ]);
+});

@@ -17,7 +17,8 @@
  *        before rerolls) + zeros (5) + sender time (float64 ms)
  *      reroll: round (1, ≥ 1) + candidate count (1, ≤ 8) + candidates, each
  *        kind (1: 0 local, 1 public) + family (1: 4 or 6) + port (2) + address (4 or 16)
- *      data: sequence (uint32) + payload; data-ack: cumulative sequence (uint32)
+ *      data (a datagram): sequence (uint32) + payload; data-ack: cumulative
+ *        sequence (uint32; answered for peers of versions that retransmitted)
  *   .. MAC (16)
  *
  * @module

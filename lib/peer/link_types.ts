@@ -42,7 +42,7 @@ export interface PeerLinkDeps {
   closeSockets(vias: number[]): void;
   /** Asks the rendezvous for a (new) introduction. */
   requestConnect(): void;
-  /** A message from the peer, in order. */
+  /** A datagram from the peer (each at most once). */
   onMessage(payload: Uint8Array, path: PathKind): void;
   /** The path changed. */
   onPath(path: PathKind, rttMs: number | null): void;
@@ -58,7 +58,8 @@ export interface PeerLinkDeps {
 export interface LinkStats {
   sent: { direct: number; relay: number };
   received: { direct: number; relay: number };
-  retransmits: number;
+  /** Datagrams dropped: replayed or too old, or pushed out of the queue before the introduction. */
+  dropped: number;
   /** Clock times: when the first punch arrived, the first relayed frame left, the path went direct. */
   punchAt: number | null;
   firstRelayAt: number | null;

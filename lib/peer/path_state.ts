@@ -42,8 +42,6 @@ export interface PathHost {
   /** Ends the round, keeping socket `keepVia`. */
   stopProbing(keepVia?: number): void;
   closeSockets(vias: number[]): void;
-  /** The path moved: what is in flight goes again on the new one. */
-  moved(): void;
   /** Asks for a new introduction later / no longer. */
   scheduleUpgrade(): void;
   clearUpgrade(): void;
@@ -179,7 +177,6 @@ export class PathState {
       probing.timers.push(h.timer(() => this.#settled(probing), LINK_TIMING.settleMs));
     }
     h.clearUpgrade();
-    h.moved();
     this.#armKeepalive();
   }
 
@@ -224,7 +221,6 @@ export class PathState {
       probes: this.#h.probing()?.probes ?? 0,
       moved: "faster",
     });
-    this.#h.moved();
   }
 
   // ---- upkeep ---------------------------------------------------------------
@@ -283,7 +279,6 @@ export class PathState {
         probes: 0,
         moved: "roamed",
       });
-      h.moved();
       this.keepalive();
       return;
     }
@@ -293,7 +288,6 @@ export class PathState {
     this.#path = { kind: "relay" };
     h.trace({ type: "relay" });
     h.onPath("relay", null);
-    h.moved();
     h.scheduleUpgrade();
   }
 
@@ -365,7 +359,6 @@ export class PathState {
     if (path.kind !== "direct") h.onPath("direct", null);
     h.clearUpgrade();
     this.heard();
-    h.moved();
     this.keepalive(); // confirms the path and measures its RTT at once
   }
 

@@ -5,10 +5,11 @@
  */
 
 import assert from "node:assert/strict";
-import { importSessionKey, sealFrame, toBase64 } from "../../lib/peer/frame.ts";
+import { importSessionKey, MAX_FRAME_PAYLOAD, sealFrame, toBase64 } from "../../lib/peer/frame.ts";
 import {
   LINK_TIMING,
   type LinkEvent,
+  MAX_QUEUED_DATAGRAMS,
   openingLadder,
   PeerLink,
   type PeerLinkDeps,
@@ -170,7 +171,7 @@ function introduction(overrides: Partial<PunchMessage> = {}): PunchMessage {
   };
 }
 
-Deno.test("PeerLink relays from the introduction, then moves to direct without loss or reordering", async () => {
+Deno.test("PeerLink relays datagrams from the introduction, then sends them direct, each delivered once", async () => {
   const net = new Net();
   try {
     net.a.link.send(text("m0")); // before any introduction: queued, and a connect is asked for
@@ -185,33 +186,83 @@ Deno.test("PeerLink relays from the introduction, then moves to direct without l
     assert.deepEqual(net.a.paths, ["direct"]);
     for (let i = 5; i < 10; i++) net.a.link.send(text(`m${i}`));
     await net.tick(50);
+    // Datagrams: the simulated network may reorder them, never duplicate them.
     assert.deepEqual(
-      net.b.received.map((m) => m.text),
+      net.b.received.map((m) => m.text).sort(),
       Array.from({ length: 10 }, (_, i) => `m${i}`),
     );
-    assert.deepEqual(net.b.received.slice(5).map((m) => m.path), Array(5).fill("direct"));
-    assert.equal(net.a.link.snapshot().in_flight, 0, "every message was acknowledged");
+    const direct = net.b.received.filter((m) => m.path === "direct").map((m) => m.text).sort();
+    assert.deepEqual(direct, ["m5", "m6", "m7", "m8", "m9"]);
+    assert.deepEqual(net.a.link.stats.sent, { direct: 5, relay: 5 });
+    assert.equal(net.b.link.stats.dropped, 0);
   } finally {
     net.close();
   }
 });
 
-Deno.test("PeerLink falls back to the relay when the direct path dies, loses nothing, and asks to upgrade later", async () => {
+Deno.test("PeerLink drops replayed datagrams and ones older than its window, from either path", async () => {
+  const received: string[] = [];
+  const link = new PeerLink(
+    "a",
+    inert({ onMessage: (payload) => received.push(new TextDecoder().decode(payload)) }),
+  );
+  try {
+    await link.punch(introduction());
+    const key = await importSessionKey(KEY);
+    const datagram = (seq: number) =>
+      sealFrame(
+        { type: "data", sessionId: "00000000000000a1", seq, payload: text(`d${seq}`) },
+        key,
+      );
+    const first = await datagram(0);
+    await link.receive(first, undefined);
+    await link.receive(first, undefined); // replayed through the relay
+    await link.receive(first, A, 0); // and over UDP
+    await link.receive(await datagram(70), undefined);
+    await link.receive(await datagram(3), undefined); // older than the window (64 behind 70)
+    await link.receive(await datagram(69), A, 0); // reordered, within the window
+    await link.receive(await datagram(69), A, 0);
+    assert.deepEqual(received, ["d0", "d70", "d69"]);
+    assert.equal(link.stats.dropped, 4);
+  } finally {
+    link.close();
+  }
+});
+
+Deno.test("PeerLink sends datagrams over the relay once the direct path dies, and asks to upgrade later", async () => {
   const net = new Net();
   try {
     await net.punch();
     await net.tick(400);
     assert.equal(net.a.link.path, "direct");
     net.udpUp = false;
-    net.a.link.send(text("during the outage"));
     await net.tick(LINK_TIMING.keepaliveMs + LINK_TIMING.lostAfterMs + 500, 50);
     assert.equal(net.a.link.path, "relay");
     assert.ok(net.a.events.some((e) => e.type === "path_lost"));
-    assert.deepEqual(net.b.received.map((m) => m.text), ["during the outage"]);
-    assert.equal(net.b.received[0].path, "relay", "retransmitted over the relay");
+    net.a.link.send(text("after the outage"));
+    await net.settle();
+    assert.deepEqual(net.b.received, [{ text: "after the outage", path: "relay" }]);
     const connects = net.a.connects;
     await net.tick(LINK_TIMING.upgradeRetryMs, 500);
     assert.equal(net.a.connects, connects + 1, "asks for a new introduction");
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("PeerLink keeps only the newest datagrams while it waits for its first introduction", async () => {
+  const net = new Net();
+  try {
+    for (let i = 0; i < MAX_QUEUED_DATAGRAMS + 4; i++) net.a.link.send(text(`q${i}`));
+    assert.equal(net.a.connects, 1, "one connect asked for");
+    assert.equal(net.a.link.stats.dropped, 4);
+    await net.punch();
+    await net.settle();
+    assert.deepEqual(
+      net.b.received.map((m) => m.text).sort(),
+      Array.from({ length: MAX_QUEUED_DATAGRAMS }, (_, i) => `q${i + 4}`).sort(),
+    );
+    assert.throws(() => net.a.link.send(new Uint8Array(MAX_FRAME_PAYLOAD + 1)), RangeError);
   } finally {
     net.close();
   }

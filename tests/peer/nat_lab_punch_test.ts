@@ -74,7 +74,8 @@ Deno.test({
     for (const r of results.filter((r) => r.expected === "relay")) {
       assert.equal(r.path, "relay", show(r));
     }
-    assert.ok(direct.every((r) => r.directMs! <= 20_000), "direct within 20 s");
+    const slow = direct.filter((r) => r.directMs! > 20_000);
+    assert.equal(slow.length, 0, `direct within 20 s:\n${slow.map(detail).join("\n")}`);
     const easy = direct.filter((r) => r.strategy === "ice");
     console.log(`median time to direct (ICE pairs): ${median(easy.map((r) => r.directMs!))} ms`);
     assert.ok(median(easy.map((r) => r.directMs!)) <= 1500, "EIM pairs: median ≤ 1.5 s");

@@ -19,6 +19,8 @@ export interface RendezvousMetrics {
   workerRtt: Histogram;
   pathReports: Counter;
   timeToDirect: Histogram;
+  /** Client messages not handled, by reason. */
+  messagesDropped: Counter;
 }
 
 /** Where the read-through metrics come from. */
@@ -68,6 +70,10 @@ export function defineRendezvousMetrics(
       `${ns}_time_to_direct_seconds`,
       "From an introduction to the first direct path reported for it, by NAT pair.",
       sec,
+    ),
+    messagesDropped: m.counter(
+      `${ns}_messages_dropped_total`,
+      "Client messages not handled, by reason (unregistered: before registration succeeded, or after it was refused).",
     ),
   };
   const stats = sources.peers;

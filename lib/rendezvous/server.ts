@@ -389,9 +389,15 @@ export class Rendezvous {
     const message = readText(session, data, now, this.#options);
     if (message === undefined) return;
     // The proof answers the challenge #onOpen is waiting on, so it cannot
-    // queue behind it; everything else does, and runs once registered.
+    // queue behind it; everything else does, and runs once registered: a
+    // refused session (other key, bad proof, no key for a keyed id) handles
+    // nothing at all, so it can neither introduce nor relay nor take a
+    // pair's introduction slot.
     if (message.type === "prove_key") return answerChallenge(session, message.signature);
-    this.#enqueue(session, () => this.#handlers.handle(session, message));
+    this.#enqueue(session, async () => {
+      if (!session.registered) return this.#m.messagesDropped.inc({ reason: "unregistered" });
+      await this.#handlers.handle(session, message);
+    });
   }
 
   #onClose(session: Session, event: CloseEvent): void {

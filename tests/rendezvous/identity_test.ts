@@ -11,6 +11,7 @@ import {
   startRendezvous,
   TestClient,
   type TestRendezvous,
+  waitFor,
   within,
 } from "../_helpers.ts";
 
@@ -340,6 +341,62 @@ Deno.test("a relay packet sent before the key proof is dropped, not a reason to 
     });
     assert.equal((await client.next()).type, "registered");
     await client.close();
+  } finally {
+    await rv.close();
+  }
+});
+
+Deno.test("a refused session handles nothing: no introduction, no relay, no dedup slot taken", async () => {
+  const { rv } = await rendezvous();
+  const rightful = await Identity.generate();
+  const attacker = await Identity.generate();
+  const authority = `127.0.0.1:${rv.port}`;
+  const owner = await keyed(rv, "victim", rightful);
+  const other = await TestClient.connect(`${rv.ws}/ws/register/other`);
+  const dropped = async () => {
+    const text = await (await fetch(`${rv.http}/metrics`)).text();
+    return Number(text.match(/messages_dropped_total\{reason="unregistered"\} (\d+)/)?.[1] ?? 0);
+  };
+  const attack = [
+    { type: "connect", peer_id: "other" },
+    { type: "relay", to: "other", data: "ZnJvbSB0aGUgdmljdGlt" },
+    { type: "list_peers", watch: false },
+  ];
+  try {
+    // Another key for a bound id (4003): its messages wait for the proof,
+    // so they are queued before the refusal is known.
+    const { client, nonce } = await challenged(rv, "victim", attacker);
+    for (const message of attack) client.send(message);
+    client.send({
+      type: "prove_key",
+      signature: await attacker.proveRegistration(authority, "victim", nonce),
+    });
+    assert.equal((await within(client.closed, 5000, "refusal")).code, CloseCode.KEY_REFUSED);
+    // A bad proof (4004), the same way.
+    const forged = await challenged(rv, "victim", rightful);
+    for (const message of attack) forged.client.send(message);
+    forged.client.send({ type: "prove_key", signature: "A".repeat(86) });
+    assert.equal(
+      (await within(forged.client.closed, 5000, "refusal")).code,
+      CloseCode.KEY_PROOF_FAILED,
+    );
+    await waitFor(async () => (await dropped()) === 2 * attack.length, "messages dropped", 5000);
+    // No key for the bound id (4003), its messages at once: whichever arrive are dropped too.
+    const keyless = new TestClient(`${rv.ws}/ws/register/victim`);
+    await within(keyless.opened, 5000, "open").catch(() => {});
+    for (const message of attack) {
+      if (keyless.socket.readyState === WebSocket.OPEN) keyless.send(message);
+    }
+    assert.equal((await within(keyless.closed, 5000, "refusal")).code, CloseCode.KEY_REFUSED);
+    other.send({ type: "echo_request", payload: "anything before this?" });
+    assert.equal((await other.next()).type, "echo_response", "no punch, no relayed frame");
+    // The pair's introduction slot is free: the rightful worker is introduced at once.
+    owner.send({ type: "connect", peer_id: "other" });
+    const punch = await other.next();
+    assert.equal(punch.type, "punch");
+    assert.equal(punch.peer_id, "victim");
+    await other.close();
+    await owner.close();
   } finally {
     await rv.close();
   }

@@ -173,12 +173,34 @@ export class Logger {
     } else {
       const rest = Object.entries(merged)
         .filter(([, v]) => v !== undefined)
-        .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)
+        .map(([k, v]) =>
+          `${k}=${typeof v === "string" ? textValue(v) : escapeText(JSON.stringify(v))}`
+        )
         .join(" ");
       line = `${time} ${SEVERITY[level].padEnd(7)} ${message}${rest ? " " + rest : ""}`;
     }
     this.#sink(line);
   }
+}
+
+/** What a plain value may hold in a text line; anything else is quoted. */
+const PLAIN = /^[^\s"=\\\p{Cc}\p{Cf}\p{Zl}\p{Zp}]*$/u;
+/** Characters JSON leaves as they are that a terminal or a log reader would act on. */
+const UNSAFE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu;
+
+/**
+ * A string field of a text line: as it is when plain, else quoted with
+ * every control or format character escaped, so a client-supplied value (a
+ * close reason, a worker id) can neither end the line, forge another, nor
+ * drive the terminal.
+ */
+function textValue(value: string): string {
+  if (value !== "" && PLAIN.test(value)) return value;
+  return escapeText(JSON.stringify(value));
+}
+
+function escapeText(json: string): string {
+  return json.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 /** A logger that writes nothing; a default for library code and tests. */

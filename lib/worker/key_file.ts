@@ -60,10 +60,17 @@ export async function loadIdentity(path: string | undefined, logger: Logger): Pr
     try {
       identity = await Identity.fromJwk(JSON.parse(text));
     } catch (error) {
-      const why = error instanceof IdentityError || error instanceof SyntaxError
-        ? (error as Error).message
-        : String(error);
-      throw new KeyFileError(path, `Cannot use WORKER_KEY_FILE ${path}: ${why}`, { cause: error });
+      // A parse error quotes the text it choked on, and this text is a
+      // private key: say what is wrong without a byte of it (and keep it
+      // out of `cause`, which error printers show too).
+      if (error instanceof SyntaxError) {
+        throw new KeyFileError(
+          path,
+          `Cannot use WORKER_KEY_FILE ${path}: it is not JSON (expected an Ed25519 private key as JWK)`,
+        );
+      }
+      const why = error instanceof IdentityError ? error.message : "not a usable key";
+      throw new KeyFileError(path, `Cannot use WORKER_KEY_FILE ${path}: ${why}`);
     }
     const mode = (await Deno.stat(path)).mode;
     if (mode !== null && (mode & 0o077) !== 0) {

@@ -47,3 +47,22 @@ Deno.test("Logger text format is one readable line", () => {
   log.info("worker registered", { worker_id: "w1", total: 2, skipped: undefined });
   assert.equal(lines[0], "1970-01-01T00:00:00.000Z INFO    worker registered worker_id=w1 total=2");
 });
+
+Deno.test("Logger text format quotes and escapes what a client sent, so it cannot forge lines or drive a terminal", () => {
+  const { log, lines } = capture({ format: "text" });
+  const reason =
+    'bye\n1970-01-01T00:00:00.000Z INFO    worker registered worker_id=admin\x1b[2J\u2028"x=y"';
+  log.info("worker disconnected", {
+    reason,
+    worker_id: "w 1",
+    empty: "",
+    n: 1,
+    o: { r: "\u0085" },
+  });
+  assert.equal(lines.length, 1);
+  assert.ok(!/[\n\r\x1b\u2028\u0085]/.test(lines[0]), lines[0]);
+  assert.equal(
+    lines[0],
+    '1970-01-01T00:00:00.000Z INFO    worker disconnected reason="bye\\n1970-01-01T00:00:00.000Z INFO    worker registered worker_id=admin\\u001b[2J\\u2028\\"x=y\\"" worker_id="w 1" empty="" n=1 o={"r":"\\u0085"}',
+  );
+});

@@ -114,7 +114,17 @@ Deno.test("loadIdentity() creates WORKER_KEY_FILE with mode 0600, then keeps usi
 Deno.test("loadIdentity() refuses a key file that is not an Ed25519 JWK, naming the file", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    for (const [content, why] of [["not json", /JSON/], ['{"kty":"RSA"}', /Ed25519/]] as const) {
+    const secret = "MC4CAQAwBQYDK2VwBCIEIGZ5-private-material";
+    for (
+      const [content, why] of [
+        ["not json", /JSON/],
+        ['{"kty":"RSA"}', /Ed25519/],
+        // A PEM key where a JWK belongs: the error must not quote it.
+        [`-----BEGIN PRIVATE KEY-----\n${secret}\n`, /not JSON/],
+        [`{"kty":"OKP","crv":"Ed25519","d":"${secret}","x":7}`, /Ed25519/],
+        [`{"d":"${secret}"`, /not JSON/],
+      ] as const
+    ) {
       const path = `${dir}/bad.key`;
       await Deno.writeTextFile(path, content, { mode: 0o600 });
       const error = await loadIdentity(path, silentLogger).then(() => undefined, (e) => e);
@@ -122,6 +132,8 @@ Deno.test("loadIdentity() refuses a key file that is not an Ed25519 JWK, naming 
       assert.equal(error.path, path);
       assert.match(error.message, new RegExp(`WORKER_KEY_FILE ${path}`));
       assert.match(error.message, why);
+      const shown = `${error.message} ${error.stack} ${String(error.cause ?? "")}`;
+      assert.ok(!shown.includes(secret.slice(0, 12)), `quotes the file: ${shown}`);
     }
     const error = await loadIdentity(`${dir}/missing-dir/worker.key`, silentLogger).then(
       () => undefined,

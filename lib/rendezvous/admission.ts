@@ -24,6 +24,8 @@ export interface Refused {
   handshake_rate: number;
   /** A wrong token at the dashboard's sign-in (401). */
   sign_in: number;
+  /** A client out of wrong-credential guesses (429; `guesses.ts`). */
+  guesses: number;
 }
 
 /** The limits {@linkcode Admission} applies. */
@@ -50,6 +52,7 @@ export class Admission {
     per_key: 0,
     handshake_rate: 0,
     sign_in: 0,
+    guesses: 0,
   };
   #limits: AdmissionLimits;
   #log: Logger;

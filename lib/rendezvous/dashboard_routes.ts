@@ -17,7 +17,8 @@ import {
   signInCookie,
 } from "./dashboard.ts";
 import { readAtMost } from "../core/streams.ts";
-import { bearerAuthorized, constantTimeEqual, problem, unauthorized } from "./http.ts";
+import { constantTimeEqual, problem } from "./http.ts";
+import type { Guesses } from "./guesses.ts";
 
 /** What the dashboard needs of the rendezvous. */
 export interface DashboardDeps {
@@ -30,6 +31,8 @@ export interface DashboardDeps {
   stats: () => unknown;
   /** A wrong token was signed in with: count and log it as a refusal. */
   refused: (fields: Record<string, unknown>) => void;
+  /** Wrong credentials per client: the sign-in form and bearer tokens alike. */
+  guesses: Guesses;
 }
 
 /** The live dashboard (`/dashboard`, `/dashboard/login`, `/dashboard/events`). */
@@ -54,15 +57,22 @@ export class Dashboard {
     this.#hub.left(workerId);
   }
 
-  /** Bearer token, or (dashboard paths) the sign-in cookie; always, without a token. */
-  async #authorized(req: Request): Promise<boolean> {
+  /**
+   * Bearer token, or (dashboard paths) the sign-in cookie; always, without
+   * a token. The refusal otherwise: 429 for a client out of guesses (whatever
+   * it sent), else 401.
+   */
+  async #refusal(req: Request, client: string): Promise<Response | undefined> {
     const token = this.#o.token;
-    return token === undefined || bearerAuthorized(req, token) ||
-      await hasSignIn(req, token, this.#o.clock.now());
+    if (token === undefined) return undefined;
+    const throttled = this.#o.guesses.refusal(client);
+    if (throttled) return throttled;
+    if (await hasSignIn(req, token, this.#o.clock.now())) return undefined;
+    return this.#o.guesses.bearer(req, token, client);
   }
 
   /** `GET /dashboard`: the page, or the sign-in form. */
-  async page(req: Request): Promise<Response> {
+  async page(req: Request, client: string): Promise<Response> {
     const pages = await dashboardPages();
     const headers = {
       "content-type": "text/html; charset=utf-8",
@@ -71,16 +81,19 @@ export class Dashboard {
       "referrer-policy": "no-referrer",
       "cache-control": "no-store",
     };
-    if (!(await this.#authorized(req))) {
-      return new Response(pages.signIn(), { status: 401, headers });
-    }
+    const refusal = await this.#refusal(req, client);
+    if (refusal?.status === 429) return refusal;
+    if (refusal) return new Response(pages.signIn(), { status: 401, headers });
     return new Response(pages.page, { headers });
   }
 
   /** The sign-in form's POST: the token, checked, for a cookie; then back to the page. */
-  async signIn(req: Request, url: URL): Promise<Response> {
+  async signIn(req: Request, url: URL, client: string): Promise<Response> {
     const token = this.#o.token;
     if (token === undefined) return Response.redirect(new URL("/dashboard", url), 303);
+    // Out of guesses: refused before the form is read, right or wrong.
+    const throttled = this.#o.guesses.refusal(client);
+    if (throttled) return throttled;
     // The form is small: read at most 4 KiB of it, whatever the client claims.
     let given = "";
     if (req.body) {
@@ -91,7 +104,8 @@ export class Dashboard {
     const pages = await dashboardPages();
     if (!constantTimeEqual(given, token)) {
       // Counted and logged like any refusal (at most once a second), answered with the form.
-      this.#o.refused({ path: "/dashboard/login" });
+      this.#o.guesses.wrong(client);
+      this.#o.refused({ path: "/dashboard/login", client });
       return new Response(pages.signIn("That is not the token."), {
         status: 401,
         headers: {
@@ -112,8 +126,9 @@ export class Dashboard {
   }
 
   /** `GET /dashboard/events`: the Server-Sent Events stream. */
-  async events(req: Request): Promise<Response> {
-    if (!(await this.#authorized(req))) return unauthorized();
+  async events(req: Request, client: string): Promise<Response> {
+    const refusal = await this.#refusal(req, client);
+    if (refusal) return refusal;
     const stream = this.#hub.open(async () => (await this.#o.workers()).map(dashboardWorker));
     this.#tick();
     return new Response(stream, {

@@ -11,7 +11,8 @@ import type { Logger } from "../core/log.ts";
 import { parsePublicKey } from "../protocol/identity.ts";
 import { normalizeIp } from "../protocol/ip.ts";
 import { isValidWorkerId, REGISTER_PATH_PREFIX } from "../protocol/messages.ts";
-import { bearerAuthorized, forwardedClientIp, problem, unauthorized } from "./http.ts";
+import { forwardedClientIp, problem } from "./http.ts";
+import { guessClient, type Guesses } from "./guesses.ts";
 
 /** Connection info as `Deno.serve` passes it. */
 export type ServeInfo = Deno.ServeHandlerInfo<Deno.NetAddr>;
@@ -34,6 +35,32 @@ export interface RegistrationPolicy {
   requireWorkerKeys: boolean;
   trustProxyHops: number;
   logger: Logger;
+  /** Wrong tokens per client. */
+  guesses: Guesses;
+}
+
+/**
+ * The client's address: the `TRUST_PROXY_HOPS`-th entry from the right of
+ * `X-Forwarded-For` behind proxies, else the peer's own (null when the
+ * proxy named none; undefined when the client is already gone).
+ */
+export function clientAddress(
+  req: Request,
+  info: ServeInfo,
+  trustProxyHops: number,
+): { ip: string | null; port: number | null } | undefined {
+  if (trustProxyHops > 0) {
+    return {
+      ip: forwardedClientIp(req.headers.get("x-forwarded-for"), trustProxyHops),
+      port: null,
+    };
+  }
+  try {
+    // Throws "Request closed" when the client is already gone.
+    return { ip: normalizeIp(info.remoteAddr.hostname), port: info.remoteAddr.port };
+  } catch {
+    return undefined;
+  }
 }
 
 /** Reads a registration request: what it asks for, or the refusal to answer with. */
@@ -62,7 +89,11 @@ export function parseRegistration(
   if (!isValidWorkerId(group)) {
     return problem(400, "Cannot register: group must be 1-128 characters of [A-Za-z0-9._-]");
   }
-  if (!bearerAuthorized(req, options.token)) return unauthorized();
+  const address = clientAddress(req, info, options.trustProxyHops);
+  if (address === undefined) return problem(400, "Client went away");
+  const { ip: observedIp, port: observedPort } = address;
+  const denied = options.guesses.bearer(req, options.token, guessClient(observedIp));
+  if (denied) return denied;
   const keyParam = url.searchParams.get("key");
   let key: string | null = null;
   if (keyParam !== null) {
@@ -82,22 +113,6 @@ export function parseRegistration(
     return problem(426, "Cannot register: this endpoint needs a WebSocket upgrade", {
       upgrade: "websocket",
     });
-  }
-  let observedIp: string | null = null;
-  let observedPort: number | null = null;
-  if (options.trustProxyHops > 0) {
-    observedIp = forwardedClientIp(
-      req.headers.get("x-forwarded-for"),
-      options.trustProxyHops,
-    );
-  } else {
-    try {
-      // Throws "Request closed" when the client is already gone.
-      observedIp = normalizeIp(info.remoteAddr.hostname);
-      observedPort = info.remoteAddr.port;
-    } catch {
-      return problem(400, "Client went away");
-    }
   }
   return { workerId, group, key, observedIp, observedPort };
 }

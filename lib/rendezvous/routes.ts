@@ -19,7 +19,7 @@
 import { METRICS_CONTENT_TYPE } from "../core/metrics.ts";
 import { REGISTER_PATH_PREFIX } from "../protocol/messages.ts";
 import type { Dashboard } from "./dashboard_routes.ts";
-import { json, problem, unauthorized } from "./http.ts";
+import { json, problem } from "./http.ts";
 import type { ServeInfo } from "./registration.ts";
 
 /** What the routes reach in the rendezvous. */
@@ -27,7 +27,10 @@ export interface RouteTarget {
   register(req: Request, url: URL, info: ServeInfo): Response;
   ready(): Response;
   about(): { name: string; version: string };
-  authorized(req: Request): boolean;
+  /** What a client is known by, for its wrong guesses. */
+  client(req: Request, info: ServeInfo): string;
+  /** The refusal of a request that needs the bearer token (429 or 401), or undefined: go on. */
+  guard(req: Request, client: string): Response | undefined;
   listWorkers(): Promise<Response>;
   stats(): Promise<Response>;
   metrics(): string;
@@ -43,7 +46,9 @@ export function route(
   const url = new URL(req.url);
   const path = url.pathname;
   if (path.startsWith(REGISTER_PATH_PREFIX)) return t.register(req, url, info);
-  if (path === "/dashboard/login" && req.method === "POST") return t.dashboard().signIn(req, url);
+  if (path === "/dashboard/login" && req.method === "POST") {
+    return t.dashboard().signIn(req, url, t.client(req, info));
+  }
   if (req.method !== "GET" && req.method !== "HEAD") {
     return problem(405, `Method ${req.method} is not allowed`, { allow: "GET, HEAD" });
   }
@@ -58,17 +63,16 @@ export function route(
     case "/ready":
       return t.ready();
     case "/debug/list_workers":
-      return t.authorized(req) ? t.listWorkers() : unauthorized();
+      return t.guard(req, t.client(req, info)) ?? t.listWorkers();
     case "/debug/stats":
-      return t.authorized(req) ? t.stats() : unauthorized();
+      return t.guard(req, t.client(req, info)) ?? t.stats();
     case "/dashboard":
-      return t.dashboard().page(req);
+      return t.dashboard().page(req, t.client(req, info));
     case "/dashboard/events":
-      return t.dashboard().events(req);
+      return t.dashboard().events(req, t.client(req, info));
     case "/metrics":
-      return t.authorized(req)
-        ? new Response(t.metrics(), { headers: { "content-type": METRICS_CONTENT_TYPE } })
-        : unauthorized();
+      return t.guard(req, t.client(req, info)) ??
+        new Response(t.metrics(), { headers: { "content-type": METRICS_CONTENT_TYPE } });
     default:
       return problem(404, `Cannot find ${path}`);
   }

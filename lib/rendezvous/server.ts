@@ -18,7 +18,8 @@ import { Dashboard } from "./dashboard_routes.ts";
 import { type Fleet, FleetRegistry } from "./fleet.ts";
 import { fleetHost, RemotePeers } from "./fleet_host.ts";
 import { Handlers } from "./handlers.ts";
-import { bearerAuthorized, json, problem } from "./http.ts";
+import { json, problem } from "./http.ts";
+import { guessClient, Guesses } from "./guesses.ts";
 import { admitKey } from "./key_proof.ts";
 import { answerChallenge, readBinary, readText } from "./intake.ts";
 import { listingResponse } from "./listing.ts";
@@ -26,10 +27,15 @@ import { defineRendezvousMetrics, type RendezvousMetrics } from "./metrics.ts";
 import { type RendezvousOptions, type ResolvedOptions, resolveOptions } from "./options.ts";
 import { PathReports } from "./path_reports.ts";
 import { PeerDirectory } from "./peers.ts";
-import { parseRegistration, type ServeInfo } from "./registration.ts";
+import {
+  clientAddress,
+  parseRegistration,
+  type RegistrationPolicy,
+  type ServeInfo,
+} from "./registration.ts";
 import { route, type RouteTarget } from "./routes.ts";
 import { MemoryRegistry, type Registry } from "./registry.ts";
-import { Session } from "./session.ts";
+import { Session, type SessionLimits, sessionLimits } from "./session.ts";
 
 export { forwardedClientIp } from "./http.ts";
 export type { RendezvousOptions } from "./options.ts";
@@ -71,6 +77,11 @@ export class Rendezvous {
   #fleet?: Fleet;
   /** Sessions per client IP, and registered sessions per key. */
   #admission: Admission;
+  /** Wrong credentials per client. */
+  #guesses: Guesses;
+  #registration: RegistrationPolicy;
+  /** The send-buffer bound every session shares, and what happens past it. */
+  #sendLimit: SessionLimits;
   /** Refused connection attempts, by why; and when each kind was last logged. */
   get refused(): Readonly<Refused> {
     return this.#admission.refused;
@@ -122,12 +133,19 @@ export class Rendezvous {
       : options.registry ?? new MemoryRegistry();
     const remotePeers = new RemotePeers(options.fleet);
     this.#admission = new Admission(this.#options, this.#log, this.#clock);
+    this.#guesses = new Guesses(
+      this.#clock,
+      (client) => this.#admission.note("guesses", 429, { client }),
+    );
+    this.#registration = { ...this.#options, guesses: this.#guesses };
+    this.#sendLimit = sessionLimits(this.#options, this.#log, this.#clock);
     this.#dashboard = new Dashboard({
       token: this.#options.token,
       clock: this.#clock,
       workers: () => this.registry.list(),
       stats: () => this.#dashboardStats(),
       refused: (fields) => this.#admission.note("sign_in", 401, fields),
+      guesses: this.#guesses,
     });
     this.#relayLimit = {
       rate: this.#options.relayRatePerSec,
@@ -222,7 +240,9 @@ export class Rendezvous {
     register: (req, url, info) => this.#register(req, url, info),
     ready: () => this.#ready(),
     about: () => ({ name: this.#options.name, version: this.#options.version }),
-    authorized: (req) => bearerAuthorized(req, this.#options.token),
+    guard: (req, client) => this.#guesses.bearer(req, this.#options.token, client),
+    client: (req, info) =>
+      guessClient(clientAddress(req, info, this.#options.trustProxyHops)?.ip ?? null),
     listWorkers: () => this.#listWorkers(),
     stats: () => this.#stats(),
     metrics: () => this.metrics.render(),
@@ -274,7 +294,7 @@ export class Rendezvous {
     if (this.#state !== "running") {
       return problem(503, `Rendezvous is ${this.#state}`, { "retry-after": "1" });
     }
-    const request = parseRegistration(req, url, info, this.#options);
+    const request = parseRegistration(req, url, info, this.#registration);
     if (request instanceof Response) return request;
     const { workerId, group, key, observedIp, observedPort } = request;
 
@@ -306,6 +326,7 @@ export class Rendezvous {
       bucket: new TokenBucket(this.#options.messageRatePerSec, this.#options.messageBurst, now),
       relayLimit: this.#relayLimit,
       relayBytes: this.#options.relayBytesPerSec,
+      sendLimit: this.#sendLimit,
     });
     this.#sessions.set(socket, session);
     this.#admission.opened(observedIp);

@@ -167,6 +167,7 @@ Deno.test("the instance-wide handshake rate refuses with 503 and Retry-After, lo
       per_key: 0,
       handshake_rate: 6,
       sign_in: 0,
+      guesses: 0,
     });
   } finally {
     await Promise.all(clients.map((c) => c.close().catch(() => {})));

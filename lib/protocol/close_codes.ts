@@ -33,6 +33,11 @@ export const CloseCode = {
   KEY_REFUSED: 4003,
   /** The worker did not prove its key: a bad signature, no answer in time, or another message first. */
   KEY_PROOF_FAILED: 4004,
+  /**
+   * The worker did not read what the rendezvous sent it: its send buffer
+   * passed `MAX_SEND_BUFFER_BYTES` with a message that cannot be dropped.
+   */
+  SEND_BUFFER_FULL: 4008,
 } as const;
 
 /** One of the {@linkcode CloseCode} values. */
@@ -51,6 +56,7 @@ export const CloseReason = {
   KEY_REQUIRED: "worker id is bound to a key: register with it",
   KEY_PROOF_FAILED: "key proof failed",
   KEY_PROOF_TIMEOUT: "key proof timed out",
+  SEND_BUFFER_FULL: "not reading: send buffer full",
 } as const;
 
 /**

@@ -57,6 +57,10 @@ export interface RendezvousConfig {
   shutdownTimeoutSec: number;
   /** Bytes of transport packets a worker may relay per second (`RELAY_BYTES_PER_SEC`). */
   relayBytesPerSec: number;
+  /** Unsent bytes to a session beyond which it is not read from (`MAX_SEND_BUFFER_BYTES`). */
+  maxSendBufferBytes: number;
+  /** `list_peers` a session may ask per minute (`LIST_RATE_PER_MIN`). */
+  listRatePerMin: number;
   /** Refuse workers without a key (`REQUIRE_WORKER_KEYS`). */
   requireWorkerKeys: boolean;
   /** How long an id stays bound to its key once idle (`KEY_HOLD_SEC`). */
@@ -165,6 +169,18 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     name: "RELAY_BYTES_PER_SEC",
     fallback: String(D.relayBytesPerSec),
     meaning: "transport packets a worker may relay, in bytes/s (burst a quarter); over it, dropped",
+  },
+  {
+    name: "MAX_SEND_BUFFER_BYTES",
+    fallback: String(D.maxSendBufferBytes),
+    meaning:
+      "unsent bytes to a worker that does not read: past it relayed frames are dropped (5 s at most), anything else closes it (4008)",
+  },
+  {
+    name: "LIST_RATE_PER_MIN",
+    fallback: String(D.listRatePerMin),
+    meaning:
+      "`list_peers` a worker may ask per minute (burst a sixth, at least 5); more get an error",
   },
   {
     name: "REQUIRE_WORKER_KEYS",
@@ -331,6 +347,14 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
     }),
     relayBytesPerSec: numberVar(env, "RELAY_BYTES_PER_SEC", D.relayBytesPerSec, {
       min: 65_536,
+      integer: true,
+    }),
+    maxSendBufferBytes: numberVar(env, "MAX_SEND_BUFFER_BYTES", D.maxSendBufferBytes, {
+      min: 65_536,
+      integer: true,
+    }),
+    listRatePerMin: numberVar(env, "LIST_RATE_PER_MIN", D.listRatePerMin, {
+      min: 1,
       integer: true,
     }),
     requireWorkerKeys: boolVar(env, "REQUIRE_WORKER_KEYS", D.requireWorkerKeys),

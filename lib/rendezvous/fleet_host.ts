@@ -35,7 +35,10 @@ export function fleetHost(d: FleetHostDeps): FleetHost {
   return {
     deliver: (workerId, group, message) => {
       const session = d.sessions.get(workerId);
-      if (session?.group === group) session.send(message);
+      if (session?.group !== group) return;
+      // Relayed frames are dropped for a worker that does not read; anything else may close it.
+      if (message.type === "relayed") session.sendDroppable(message);
+      else session.send(message);
     },
     deliverBinary: (workerId, group, bytes) => {
       const session = d.sessions.get(workerId);
@@ -103,8 +106,14 @@ function remotePeer(fleet: Fleet, worker: RemoteWorker): PeerSession {
     rttMs: worker.rttMs,
     watching: false,
     takeRelay: () => true,
+    takeList: () => true,
     takeRelayBytes: () => true,
     send: (message) => fleet.send(instance, workerId, record.group, message),
+    // Dropped, if at all, where the worker's session is (its instance's own bound).
+    sendDroppable: (message) => {
+      fleet.send(instance, workerId, record.group, message);
+      return true;
+    },
     sendBinary: (bytes) => fleet.sendBinary(instance, workerId, record.group, bytes),
   };
 }

@@ -214,7 +214,7 @@ export class Handlers {
       });
       return;
     }
-    if (session.socket.readyState === WebSocket.OPEN) session.socket.send(text);
+    session.sendText(text);
     if (this.#d.logger.enabled("debug")) {
       this.#d.logger.debug("echo answered", { worker_id: session.workerId });
     }

@@ -100,9 +100,15 @@ export function defineRendezvousMetrics(
     "Bytes relayed (base64 text and packets).",
     () => stats.relayBytes,
   );
+  m.counterFrom(
+    `${ns}_lists_refused_total`,
+    "list_peers requests refused over a session's LIST_RATE_PER_MIN.",
+    () => stats.listsRefused,
+  );
   m.counterFrom(`${ns}_relay_refused_total`, "Relay frames refused or dropped.", () => [
     [{ reason: "rate_limited" }, stats.relayRejected],
     [{ reason: "packet_dropped" }, stats.packetsDropped],
+    [{ reason: "receiver_not_reading" }, stats.relayDropped],
   ]);
   if (stunStats) {
     m.counterFrom(

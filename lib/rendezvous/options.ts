@@ -25,6 +25,8 @@ export const RENDEZVOUS_DEFAULTS = {
   relayRatePerSec: 500,
   relayBurst: 1000,
   relayBytesPerSec: 32 * 1024 * 1024,
+  maxSendBufferBytes: 1024 * 1024,
+  listRatePerMin: 30,
   closeNoticeMs: 200,
   requireWorkerKeys: false,
   keyHoldSec: 300,
@@ -98,6 +100,19 @@ export interface RendezvousOptions {
    */
   relayBytesPerSec?: number;
   /**
+   * Bytes waiting in a session's send buffer (the worker is not reading)
+   * beyond which relayed frames to it are dropped and any other message
+   * closes it (4008), as does a buffer that stays past it for 5 s.
+   * @default {1048576}
+   */
+  maxSendBufferBytes?: number;
+  /**
+   * `list_peers` requests a session may make per minute (a burst of a
+   * sixth of it, at least 5); beyond them, an error answers instead.
+   * @default {30}
+   */
+  listRatePerMin?: number;
+  /**
    * On shutdown, how long workers have between the `going_away` notice and
    * the 1001 close, to stop sending (a frame that crosses the close frame
    * makes Deno drop the connection without one).
@@ -163,6 +178,8 @@ export function resolveOptions(
     relayRatePerSec: options.relayRatePerSec ?? d.relayRatePerSec,
     relayBurst: options.relayBurst ?? d.relayBurst,
     relayBytesPerSec: options.relayBytesPerSec ?? d.relayBytesPerSec,
+    maxSendBufferBytes: options.maxSendBufferBytes ?? d.maxSendBufferBytes,
+    listRatePerMin: options.listRatePerMin ?? d.listRatePerMin,
     closeNoticeMs: options.closeNoticeMs ?? d.closeNoticeMs,
     requireWorkerKeys: options.requireWorkerKeys ?? d.requireWorkerKeys,
     keyHoldSec: options.keyHoldSec ?? d.keyHoldSec,

@@ -32,11 +32,15 @@ export interface PeerSession {
   /** Round trip to this worker, as it reported it. */
   rttMs: number | null;
   watching: boolean;
+  /** Spends one of the session's `list_peers` tokens; false when none is left. */
+  takeList(now: number): boolean;
   /** Spends one of the session's relay tokens; false when none is left. */
   takeRelay(now: number): boolean;
   /** Spends `bytes` of the session's binary relay budget; false when it is spent. */
   takeRelayBytes(now: number, bytes: number): boolean;
   send(message: ServerMessage): void;
+  /** Sends a message that may be lost (a relayed frame); false when dropped. */
+  sendDroppable(message: ServerMessage): boolean;
   /** Sends a binary frame unless the socket's send buffer is already full; false when dropped. */
   sendBinary(bytes: Uint8Array): boolean;
 }
@@ -98,6 +102,10 @@ export class PeerDirectory {
     introductions: 0,
     relayed: 0,
     relayRejected: 0,
+    /** `list_peers` refused over the session's rate. */
+    listsRefused: 0,
+    /** Relayed JSON frames dropped: the receiver's send buffer was full. */
+    relayDropped: 0,
     /** Binary transport packets carried, and dropped (over budget, full buffer, no peer). */
     packetsRelayed: 0,
     packetsDropped: 0,
@@ -167,6 +175,16 @@ export class PeerDirectory {
   async handle(session: PeerSession, message: ClientMessage): Promise<boolean> {
     switch (message.type) {
       case "list_peers":
+        // A listing is the largest answer there is: a few a minute each.
+        if (!session.takeList(this.#o.clock.now())) {
+          this.stats.listsRefused++;
+          session.send({
+            type: "error",
+            code: "rate_limited",
+            message: "Cannot list peers: too many list_peers (watch: true keeps a list current)",
+          });
+          return true;
+        }
         await this.#listPeers(session, message.watch);
         return true;
       case "connect":
@@ -295,8 +313,11 @@ export class PeerDirectory {
     }
     const peer = this.#peer(session, to);
     if (!peer) return;
+    if (!peer.sendDroppable({ type: "relayed", from: session.workerId, data })) {
+      this.stats.relayDropped++; // the peer does not read: no error, as for packets
+      return;
+    }
     this.stats.relayed++;
     this.stats.relayBytes += data.length;
-    peer.send({ type: "relayed", from: session.workerId, data });
   }
 }

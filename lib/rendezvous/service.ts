@@ -71,6 +71,8 @@ export class RendezvousService {
       relayRatePerSec: config.relayRatePerSec,
       relayBurst: config.relayBurst,
       relayBytesPerSec: config.relayBytesPerSec,
+      maxSendBufferBytes: config.maxSendBufferBytes,
+      listRatePerMin: config.listRatePerMin,
       requireWorkerKeys: config.requireWorkerKeys,
       keyHoldSec: config.keyHoldSec,
       publicHosts: config.publicHosts,

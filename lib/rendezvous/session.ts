@@ -8,6 +8,9 @@
 
 import { randomHex } from "../core/encoding.ts";
 
+import type { Clock } from "../core/clock.ts";
+import type { Logger } from "../core/log.ts";
+import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
 import { TokenBucket } from "../core/rate_limit.ts";
 import { type ServerMessage } from "../protocol/messages.ts";
 import { encodeMessage } from "../protocol/parse.ts";
@@ -15,11 +18,52 @@ import type { PeerSession } from "./peers.ts";
 import { NO_PEER_PATHS, type WorkerRecord } from "./registry.ts";
 
 /**
- * Bytes waiting in a session's send buffer beyond which relayed packets to
- * it are dropped: about 10 ms at 100 MB/s, so a slow receiver costs the
- * rendezvous little memory and the senders' QUIC sees loss, not delay.
+ * The limits every session shares (one object for all). The bound of its
+ * send buffer (`MAX_SEND_BUFFER_BYTES`) and what happens past it: relayed
+ * frames are dropped there (the senders' QUIC sees loss, not delay, and a
+ * slow receiver costs the rendezvous little memory); a message that cannot
+ * be dropped (an answer, a listing, an event) closes the session instead.
  */
-const MAX_BUFFERED_RELAY = 1 << 20;
+export interface SessionLimits {
+  maxBytes: number;
+  /**
+   * How long a buffer may stay past its bound while only droppable frames
+   * find it full before the session is closed all the same: a worker that
+   * reads nothing for this long is not coming back.
+   */
+  fullForMs: number;
+  clock: Clock;
+  /** `list_peers` a session may ask per minute (`LIST_RATE_PER_MIN`). */
+  listPerMin: number;
+  /** A message that cannot be dropped found the buffer full: close the session, log and count. */
+  overflow(session: Session): void;
+}
+
+/** How long a send buffer may stay past its bound, with only droppable frames finding it full. */
+const FULL_FOR_MS = 5_000;
+
+/** The limits of `MAX_SEND_BUFFER_BYTES` and `LIST_RATE_PER_MIN`; past the bound, a logged 4008. */
+export function sessionLimits(
+  o: { maxSendBufferBytes: number; listRatePerMin: number },
+  log: Logger,
+  clock: Clock,
+): SessionLimits {
+  return {
+    maxBytes: o.maxSendBufferBytes,
+    listPerMin: o.listRatePerMin,
+    fullForMs: FULL_FOR_MS,
+    clock,
+    overflow: (session) => {
+      log.warn("worker closed: not reading", {
+        worker_id: session.workerId,
+        observed_ip: session.observedIp,
+        buffered_bytes: session.socket.bufferedAmount,
+        limit: o.maxSendBufferBytes,
+      });
+      session.close(CloseCode.SEND_BUFFER_FULL, CloseReason.SEND_BUFFER_FULL);
+    },
+  };
+}
 
 /** Per-process prefix of session ids, so ids stay unique in a shared registry. */
 const INSTANCE = randomHex(4);
@@ -39,6 +83,7 @@ export interface SessionInit {
   now: number;
   bucket: TokenBucket;
   relayLimit: { rate: number; burst: number };
+  sendLimit: SessionLimits;
 }
 
 /**
@@ -64,6 +109,11 @@ export class Session implements PeerSession {
   #relayBucket?: TokenBucket;
   #relayBytes: number;
   #relayBytesBucket?: TokenBucket;
+  #sendLimit: SessionLimits;
+  /** Since when droppable frames have found the send buffer full. */
+  #fullSince?: number;
+  /** `list_peers` tokens, made on the first request. */
+  #listBucket?: TokenBucket;
   lastSeen: number;
   rttMs: number | null = null;
   watching = false;
@@ -84,6 +134,7 @@ export class Session implements PeerSession {
     this.bucket = init.bucket;
     this.#relayLimit = init.relayLimit;
     this.#relayBytes = init.relayBytes;
+    this.#sendLimit = init.sendLimit;
   }
 
   /** The registry record of this session, as it registers (`keyFingerprint` of its key). */
@@ -111,9 +162,7 @@ export class Session implements PeerSession {
 
   sendBinary(bytes: Uint8Array): boolean {
     const socket = this.socket;
-    if (socket.readyState !== WebSocket.OPEN || socket.bufferedAmount > MAX_BUFFERED_RELAY) {
-      return false;
-    }
+    if (socket.readyState !== WebSocket.OPEN || this.#full()) return false;
     try {
       socket.send(bytes);
       return true;
@@ -122,19 +171,63 @@ export class Session implements PeerSession {
     }
   }
 
+  /** Spends a `list_peers` token (a burst of a sixth of the minute's, at least 5). */
+  takeList(now: number): boolean {
+    const perMin = this.#sendLimit.listPerMin;
+    this.#listBucket ??= new TokenBucket(perMin / 60, Math.max(5, Math.floor(perMin / 6)), now);
+    return this.#listBucket.take(now);
+  }
+
   /** Spends a relay token; the bucket exists only for sessions that relay. */
   takeRelay(now: number): boolean {
     this.#relayBucket ??= new TokenBucket(this.#relayLimit.rate, this.#relayLimit.burst, now);
     return this.#relayBucket.take(now);
   }
 
+  /**
+   * Sends a message that cannot be dropped; a session whose send buffer is
+   * already past its bound is closed instead (4008): it is not reading.
+   */
   send(message: ServerMessage): void {
     if (this.socket.readyState !== WebSocket.OPEN) return;
+    this.sendText(encodeMessage(message));
+  }
+
+  /** {@linkcode Session.send} for a message encoded already (the echo's answer). */
+  sendText(text: string): void {
+    if (this.socket.readyState !== WebSocket.OPEN) return;
+    if (this.socket.bufferedAmount > this.#sendLimit.maxBytes) {
+      return this.#sendLimit.overflow(this);
+    }
     try {
-      this.socket.send(encodeMessage(message));
+      this.socket.send(text);
     } catch {
       // The socket closed under us; its close handler cleans up.
     }
+  }
+
+  /**
+   * Sends a message that may be lost (a relayed frame); false only when it
+   * was dropped for a full buffer (to a closing socket it is lost like any).
+   */
+  sendDroppable(message: ServerMessage): boolean {
+    if (this.socket.readyState !== WebSocket.OPEN) return true;
+    if (this.#full()) return false;
+    this.send(message);
+    return true;
+  }
+
+  /** Whether the send buffer is past its bound (closing a session full for too long). */
+  #full(): boolean {
+    const limit = this.#sendLimit;
+    if (this.socket.bufferedAmount <= limit.maxBytes) {
+      this.#fullSince = undefined;
+      return false;
+    }
+    const now = limit.clock.now();
+    this.#fullSince ??= now;
+    if (now - this.#fullSince >= limit.fullForMs) limit.overflow(this);
+    return true;
   }
 
   close(code: number, reason: string): void {

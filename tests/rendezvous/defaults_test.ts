@@ -26,6 +26,8 @@ const VARIABLE_KEYS: Record<string, keyof typeof RENDEZVOUS_DEFAULTS> = {
   RELAY_RATE_PER_SEC: "relayRatePerSec",
   RELAY_BURST: "relayBurst",
   RELAY_BYTES_PER_SEC: "relayBytesPerSec",
+  MAX_SEND_BUFFER_BYTES: "maxSendBufferBytes",
+  LIST_RATE_PER_MIN: "listRatePerMin",
   REQUIRE_WORKER_KEYS: "requireWorkerKeys",
   KEY_HOLD_SEC: "keyHoldSec",
   SHUTDOWN_TIMEOUT_SEC: "shutdownTimeoutSec",

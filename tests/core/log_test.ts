@@ -60,6 +60,7 @@ Deno.test("Logger text format quotes and escapes what a client sent, so it canno
     o: { r: "\u0085" },
   });
   assert.equal(lines.length, 1);
+  // deno-lint-ignore no-control-regex
   assert.ok(!/[\n\r\x1b\u2028\u0085]/.test(lines[0]), lines[0]);
   assert.equal(
     lines[0],

@@ -30,7 +30,7 @@ export interface FleetStore {
 export class FleetKeys {
   #s: FleetStore;
   /** Releases Redis missed while it was away (the hold counts from the session's end). */
-  #missed = new Map<string, { key: string; at: number; holdMs: number }>();
+  #missed = new Map<string, { key: string; sessionId: string; at: number; holdMs: number }>();
 
   /** Bindings kept in `store`. */
   constructor(store: FleetStore) {
@@ -45,6 +45,7 @@ export class FleetKeys {
   async claim(
     workerId: string,
     key: string | null,
+    sessionId: string,
     now: number,
     holdMs: number,
   ): Promise<KeyClaim> {
@@ -52,20 +53,27 @@ export class FleetKeys {
       key ?? "",
       now,
       holdMs,
+      sessionId,
     ]);
     return bound === null ? { ok: true } : { ok: false, bound: text(bound)! };
   }
 
   /** `Registry.releaseKey` across the fleet (best effort). */
-  release(workerId: string, key: string, now: number, holdMs: number): void {
+  release(workerId: string, key: string, sessionId: string, now: number, holdMs: number): void {
     // Missed while Redis is away, the binding would never expire: released again once it is back.
-    if (!this.#s.redisUp()) this.#missed.set(workerId, { key, at: now, holdMs });
-    this.#s.soft(() => this.#release(workerId, key, now, holdMs));
+    if (!this.#s.redisUp()) this.#missed.set(workerId, { key, sessionId, at: now, holdMs });
+    this.#s.soft(() => this.#release(workerId, key, sessionId, now, holdMs));
   }
 
-  async #release(workerId: string, key: string, at: number, holdMs: number): Promise<void> {
+  async #release(
+    workerId: string,
+    key: string,
+    sessionId: string,
+    at: number,
+    holdMs: number,
+  ): Promise<void> {
     const left = Math.max(1, holdMs - (this.#s.clock.now() - at));
-    await this.#s.eval(RELEASE_KEY, [this.#s.key("key", workerId)], [key, at, left]);
+    await this.#s.eval(RELEASE_KEY, [this.#s.key("key", workerId)], [key, at, left, sessionId]);
     if (this.#missed.get(workerId)?.at === at) this.#missed.delete(workerId);
   }
 
@@ -80,13 +88,13 @@ export class FleetKeys {
    * where they are still there), so no other key can take a connected id.
    */
   async repair(local: readonly WorkerRecord[], holdMs: number): Promise<void> {
-    for (const [workerId, { key, at, holdMs }] of [...this.#missed]) {
-      await this.#release(workerId, key, at, holdMs);
+    for (const [workerId, { key, sessionId, at, holdMs }] of [...this.#missed]) {
+      await this.#release(workerId, key, sessionId, at, holdMs);
     }
     const now = this.#s.clock.now();
     await Promise.all(
       local.filter((record) => record.key !== null).map((record) =>
-        this.claim(record.worker_id, record.key, now, holdMs)
+        this.claim(record.worker_id, record.key, record.session_id, now, holdMs)
       ),
     );
   }

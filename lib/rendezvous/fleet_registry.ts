@@ -73,23 +73,24 @@ export class FleetRegistry implements Registry {
   async claimKey(
     workerId: string,
     key: string | null,
+    sessionId: string,
     now: number,
     holdMs: number,
   ): Promise<KeyClaim> {
     if (this.fleet.up) {
       try {
-        const claim = await this.fleet.keys.claim(workerId, key, now, holdMs);
-        if (claim.ok) await this.local.claimKey(workerId, key, now, 0);
+        const claim = await this.fleet.keys.claim(workerId, key, sessionId, now, holdMs);
+        if (claim.ok) await this.local.claimKey(workerId, key, sessionId, now, 0);
         return claim;
       } catch (error) {
         if (!(error instanceof RedisUnavailableError)) throw error;
       }
     }
-    return await this.local.claimKey(workerId, key, now, holdMs);
+    return await this.local.claimKey(workerId, key, sessionId, now, holdMs);
   }
 
-  async releaseKey(workerId: string, key: string, now: number): Promise<void> {
-    await this.local.releaseKey(workerId, key, now);
-    this.fleet.keys.release(workerId, key, now, this.#holdMs);
+  async releaseKey(workerId: string, key: string, sessionId: string, now: number): Promise<void> {
+    await this.local.releaseKey(workerId, key, sessionId, now);
+    this.fleet.keys.release(workerId, key, sessionId, now, this.#holdMs);
   }
 }

@@ -95,7 +95,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[3] .. ARGV[1])) do
       local b = redis.call('GET', KEYS[5] .. id)
       if b then
         local k = cjson.decode(b)
-        if not k.s then
+        if not k.s and (not k.h or k.h == o.r.session_id) then
           redis.call('SET', KEYS[5] .. id, cjson.encode({k = k.k, s = tonumber(ARGV[3])}), 'PX', math.max(1, tonumber(ARGV[4])))
         end
       end
@@ -118,12 +118,15 @@ if b then
     redis.call('DEL', KEYS[1])
   end
 end
-if ARGV[1] ~= '' then redis.call('SET', KEYS[1], cjson.encode({k = ARGV[1]})) end
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], cjson.encode({k = ARGV[1], h = ARGV[4]})) end
 return false`;
 
 export const RELEASE_KEY = `
 local b = redis.call('GET', KEYS[1])
-if not b or cjson.decode(b).k ~= ARGV[1] then return 0 end
+if not b then return 0 end
+local o = cjson.decode(b)
+-- Only the holding session starts the hold (bindings of versions before holders have none).
+if o.k ~= ARGV[1] or (o.h and o.h ~= ARGV[4]) then return 0 end
 redis.call('SET', KEYS[1], cjson.encode({k = ARGV[1], s = tonumber(ARGV[2])}), 'PX', math.max(1, tonumber(ARGV[3])))
 return 1`;
 

@@ -93,6 +93,7 @@ export async function admitKey(
   const claim = await registry.claimKey(
     session.workerId,
     key,
+    session.id,
     options.clock.now(),
     options.keyHoldSec * 1000,
   );

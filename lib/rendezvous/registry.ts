@@ -80,15 +80,27 @@ export interface Registry {
    *   `holdMs` ago: no;
    * - bound to another key idle for `holdMs` or more: yes, and the binding
    *   moves to `key` (or is dropped for a keyless session).
+   * A keyed claim makes `sessionId` the binding's holder.
    */
-  claimKey(workerId: string, key: string | null, now: number, holdMs: number): Promise<KeyClaim>;
-  /** The last session with `key` for `workerId` ended at `now`: its hold starts. */
-  releaseKey(workerId: string, key: string, now: number): Promise<void>;
+  claimKey(
+    workerId: string,
+    key: string | null,
+    sessionId: string,
+    now: number,
+    holdMs: number,
+  ): Promise<KeyClaim>;
+  /**
+   * Session `sessionId` with `key` for `workerId` ended at `now`: the hold
+   * starts, if that session still holds the binding (a late cleanup of an
+   * older session never starts the countdown under a newer one).
+   */
+  releaseKey(workerId: string, key: string, sessionId: string, now: number): Promise<void>;
 }
 
-/** One id's key binding: `idleSince` is null while a session holds it. */
+/** One id's key binding: `idleSince` is null while its `holder` session is connected. */
 interface KeyBinding {
   key: string;
+  holder: string;
   idleSince: number | null;
 }
 
@@ -146,7 +158,13 @@ export class MemoryRegistry implements Registry {
     return Promise.resolve(this.#records.size);
   }
 
-  claimKey(workerId: string, key: string | null, now: number, holdMs: number): Promise<KeyClaim> {
+  claimKey(
+    workerId: string,
+    key: string | null,
+    sessionId: string,
+    now: number,
+    holdMs: number,
+  ): Promise<KeyClaim> {
     this.#prune(now, holdMs);
     const binding = this.#bindings.get(workerId);
     if (binding !== undefined && binding.key !== key) {
@@ -154,13 +172,13 @@ export class MemoryRegistry implements Registry {
       if (held) return Promise.resolve({ ok: false, bound: binding.key });
       this.#bindings.delete(workerId);
     }
-    if (key !== null) this.#bindings.set(workerId, { key, idleSince: null });
+    if (key !== null) this.#bindings.set(workerId, { key, holder: sessionId, idleSince: null });
     return Promise.resolve({ ok: true });
   }
 
-  releaseKey(workerId: string, key: string, now: number): Promise<void> {
+  releaseKey(workerId: string, key: string, sessionId: string, now: number): Promise<void> {
     const binding = this.#bindings.get(workerId);
-    if (binding?.key === key) binding.idleSince = now;
+    if (binding?.key === key && binding.holder === sessionId) binding.idleSince = now;
     return Promise.resolve();
   }
 

@@ -449,7 +449,12 @@ export class Rendezvous {
         this.#handlers.prunePathsTo(session.workerId);
       }
       if (removed && session.key !== null) {
-        await this.registry.releaseKey(session.workerId, session.key, this.#clock.now());
+        await this.registry.releaseKey(
+          session.workerId,
+          session.key,
+          session.id,
+          this.#clock.now(),
+        );
       }
       if (removed) {
         this.#log.info("worker de-registered", {

@@ -305,28 +305,24 @@ Deno.test("an id is held for its key for KEY_HOLD_SEC after its last session, th
 Deno.test("MemoryRegistry.claimKey() binds, holds and frees ids as documented", async () => {
   const registry = new MemoryRegistry();
   const hold = 1000;
-  assert.deepEqual(await registry.claimKey("a", null, 0, hold), { ok: true }, "keyless, unbound");
-  assert.deepEqual(await registry.claimKey("a", "K1", 0, hold), { ok: true }, "binds");
-  assert.deepEqual(await registry.claimKey("a", "K1", 1, hold), { ok: true }, "same key");
-  assert.deepEqual(await registry.claimKey("a", "K2", 5000, hold), { ok: false, bound: "K1" });
-  assert.deepEqual(await registry.claimKey("a", null, 5000, hold), { ok: false, bound: "K1" });
-  await registry.releaseKey("a", "K2", 5000); // not the bound key: no effect
-  assert.deepEqual(await registry.claimKey("a", "K2", 9000, hold), { ok: false, bound: "K1" });
-  await registry.releaseKey("a", "K1", 10_000);
-  assert.deepEqual(await registry.claimKey("a", "K2", 10_999, hold), { ok: false, bound: "K1" });
-  assert.deepEqual(await registry.claimKey("a", "K2", 11_000, hold), { ok: true }, "freed");
-  assert.deepEqual(await registry.claimKey("a", "K1", 11_001, hold), { ok: false, bound: "K2" });
-  await registry.releaseKey("a", "K2", 20_000);
-  assert.deepEqual(
-    await registry.claimKey("a", null, 21_000, hold),
-    { ok: true },
-    "keyless after the hold",
-  );
-  assert.deepEqual(
-    await registry.claimKey("a", "K1", 21_000, hold),
-    { ok: true },
-    "no binding left",
-  );
+  const claim = (key: string | null, session: string, now: number) =>
+    registry.claimKey("a", key, session, now, hold);
+  assert.deepEqual(await claim(null, "s0", 0), { ok: true }, "keyless, unbound");
+  assert.deepEqual(await claim("K1", "s1", 0), { ok: true }, "binds");
+  assert.deepEqual(await claim("K1", "s2", 1), { ok: true }, "same key: s2 holds it now");
+  assert.deepEqual(await claim("K2", "x", 5000), { ok: false, bound: "K1" });
+  assert.deepEqual(await claim(null, "x", 5000), { ok: false, bound: "K1" });
+  await registry.releaseKey("a", "K2", "x", 5000); // not the bound key: no effect
+  // A late cleanup of the session s2 replaced: s2 still holds the binding, no countdown starts.
+  await registry.releaseKey("a", "K1", "s1", 5000);
+  assert.deepEqual(await claim("K2", "x", 9000), { ok: false, bound: "K1" });
+  await registry.releaseKey("a", "K1", "s2", 10_000);
+  assert.deepEqual(await claim("K2", "x", 10_999), { ok: false, bound: "K1" });
+  assert.deepEqual(await claim("K2", "s3", 11_000), { ok: true }, "freed");
+  assert.deepEqual(await claim("K1", "x", 11_001), { ok: false, bound: "K2" });
+  await registry.releaseKey("a", "K2", "s3", 20_000);
+  assert.deepEqual(await claim(null, "s4", 21_000), { ok: true }, "keyless after the hold");
+  assert.deepEqual(await claim("K1", "s5", 21_000), { ok: true }, "no binding left");
 });
 
 Deno.test("a relay packet sent before the key proof is dropped, not a reason to close", async () => {

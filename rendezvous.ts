@@ -12,6 +12,7 @@ import { createLogger, loadOrExit, processEnv } from "./lib/core/env.ts";
 import { NAME, VERSION } from "./lib/core/version.ts";
 import { loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous/config.ts";
 import { type RendezvousService, startRendezvous } from "./lib/rendezvous/service.ts";
+import { BindingsFileError } from "./lib/rendezvous/bindings_file.ts";
 import { logStunStartFailure } from "./lib/stun/config.ts";
 
 exitOnHelp(`${NAME} rendezvous ${VERSION}`, "deno task rendezvous", RENDEZVOUS_VARIABLES);
@@ -34,6 +35,10 @@ let service: RendezvousService;
 try {
   service = startRendezvous(config, { logger: log });
 } catch (error) {
+  if (error instanceof BindingsFileError) {
+    log.error("cannot start: bad KEY_BINDINGS_FILE", { error: error.message });
+    exitAfterLogs(2);
+  }
   logStunStartFailure(config.stun!, log, error);
   exitAfterLogs(1);
 }

@@ -61,6 +61,8 @@ export interface RendezvousConfig {
   maxSendBufferBytes: number;
   /** `list_peers` a session may ask per minute (`LIST_RATE_PER_MIN`). */
   listRatePerMin: number;
+  /** Where a single instance keeps its key bindings across restarts (`KEY_BINDINGS_FILE`). */
+  keyBindingsFile?: string;
   /** Refuse workers without a key (`REQUIRE_WORKER_KEYS`). */
   requireWorkerKeys: boolean;
   /** How long an id stays bound to its key once idle (`KEY_HOLD_SEC`). */
@@ -175,6 +177,12 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     fallback: String(D.maxSendBufferBytes),
     meaning:
       "unsent bytes to a worker that does not read: past it relayed frames are dropped (5 s at most), anything else closes it (4008)",
+  },
+  {
+    name: "KEY_BINDINGS_FILE",
+    fallback: "unset (in memory)",
+    meaning:
+      "a single instance keeps its key bindings here across restarts (a fleet keeps them in Redis)",
   },
   {
     name: "LIST_RATE_PER_MIN",
@@ -307,11 +315,20 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
     min: 1,
     integer: true,
   });
+  const fleet = fleetConfig(env);
+  const keyBindingsFile = stringVar(env, "KEY_BINDINGS_FILE");
+  if (keyBindingsFile !== undefined && fleet !== undefined) {
+    throw new ConfigError(
+      "KEY_BINDINGS_FILE",
+      "Cannot use KEY_BINDINGS_FILE with REDIS_URL: a fleet keeps its key bindings in Redis",
+    );
+  }
   return {
     port: portVar(env, "PORT", 8080),
     hostname,
     stun: loadStunConfig(env, { hostname }),
-    fleet: fleetConfig(env),
+    fleet,
+    ...(keyBindingsFile === undefined ? {} : { keyBindingsFile }),
     token,
     trustProxyHops: trustProxyHops(env),
     maxConnections,

@@ -123,6 +123,26 @@ export class MemoryRegistry implements Registry {
   #records = new Map<string, WorkerRecord>();
   #bindings = new Map<string, KeyBinding>();
   #prunedAt = 0;
+  /** Hears every change of the key bindings (to keep them in a file). */
+  onBindingsChanged?: () => void;
+
+  /** The key bindings, for a file (`idle_since` null: held by a session). */
+  bindings(): { id: string; key: string; idle_since: number | null }[] {
+    return [...this.#bindings].map(([id, b]) => ({ id, key: b.key, idle_since: b.idleSince }));
+  }
+
+  /**
+   * Takes back bindings kept across a restart; one a session held then is
+   * idle from `now`, so its worker has the whole hold to come back.
+   */
+  restoreBindings(
+    list: { id: string; key: string; idle_since: number | null }[],
+    now: number,
+  ): void {
+    for (const { id, key, idle_since } of list) {
+      this.#bindings.set(id, { key, holder: "", idleSince: idle_since ?? now });
+    }
+  }
 
   put(record: WorkerRecord): Promise<WorkerRecord | undefined> {
     const previous = this.#records.get(record.worker_id);
@@ -173,12 +193,16 @@ export class MemoryRegistry implements Registry {
       this.#bindings.delete(workerId);
     }
     if (key !== null) this.#bindings.set(workerId, { key, holder: sessionId, idleSince: null });
+    if (key !== null || binding !== undefined) this.onBindingsChanged?.();
     return Promise.resolve({ ok: true });
   }
 
   releaseKey(workerId: string, key: string, sessionId: string, now: number): Promise<void> {
     const binding = this.#bindings.get(workerId);
-    if (binding?.key === key && binding.holder === sessionId) binding.idleSince = now;
+    if (binding?.key === key && binding.holder === sessionId) {
+      binding.idleSince = now;
+      this.onBindingsChanged?.();
+    }
     return Promise.resolve();
   }
 

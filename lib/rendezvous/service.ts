@@ -15,6 +15,8 @@ import type { RendezvousConfig } from "./config.ts";
 import { serveResilient } from "./resilient_serve.ts";
 import { Rendezvous } from "./server.ts";
 import { Fleet } from "./fleet.ts";
+import { BindingsFile, loadBindings } from "./bindings_file.ts";
+import { MemoryRegistry } from "./registry.ts";
 
 /** How long {@linkcode RendezvousService.close} waits for open HTTP requests once sessions are closed. */
 const LISTENER_DRAIN_MS = 1000;
@@ -38,6 +40,7 @@ export class RendezvousService {
   readonly #server: { shutdown(): Promise<void> };
   readonly #shutdownTimeoutMs: number;
   #closed: Promise<void> | undefined;
+  #bindingsFile?: BindingsFile;
 
   /** Use {@linkcode startRendezvous}. */
   constructor(config: RendezvousConfig, options: StartRendezvousOptions = {}) {
@@ -54,7 +57,19 @@ export class RendezvousService {
         logger: log,
       })
       : undefined;
+    // A single instance may keep its key bindings across restarts.
+    let registry: MemoryRegistry | undefined;
+    if (config.keyBindingsFile !== undefined) {
+      registry = new MemoryRegistry();
+      const bindings = loadBindings(config.keyBindingsFile);
+      registry.restoreBindings(bindings, Date.now());
+      const file = new BindingsFile(config.keyBindingsFile, () => registry!.bindings(), log);
+      registry.onBindingsChanged = () => file.changed();
+      this.#bindingsFile = file;
+      log.info("key bindings loaded", { path: config.keyBindingsFile, bindings: bindings.length });
+    }
     const rendezvous = new Rendezvous({
+      ...(registry ? { registry } : {}),
       fleet: this.fleet,
       token: config.token,
       trustProxyHops: config.trustProxyHops,
@@ -120,6 +135,7 @@ export class RendezvousService {
 
   async #close(): Promise<void> {
     await this.rendezvous.close(this.#shutdownTimeoutMs);
+    await this.#bindingsFile?.flush();
     await this.fleet?.close();
     await this.stun?.close();
     await settleWithin(this.#server.shutdown(), LISTENER_DRAIN_MS);
@@ -130,6 +146,7 @@ export class RendezvousService {
  * Starts a rendezvous from its configuration (see `loadRendezvousConfig()`).
  *
  * @throws {Error} when the STUN port cannot be bound (nothing is left running)
+ * @throws {BindingsFileError} when `KEY_BINDINGS_FILE` cannot be read or is not one
  *
  * @example
  * ```ts

@@ -107,6 +107,14 @@ export class PeerManager {
   /** Transport bytes (without the envelope byte) by path and direction. */
   readonly pathBytes = { direct: { sent: 0, received: 0 }, relay: { sent: 0, received: 0 } };
 
+  /**
+   * @ignore Who hears about peers (the layers above, made after the
+   * manager): replaces the handlers given as options. See `startWorker()`.
+   */
+  setHandlers(handlers: Pick<PeerManagerOptions, "onPeer" | "onPeerInfo" | "onPath">): void {
+    this.#o = { ...this.#o, ...handlers };
+  }
+
   /** @ignore A worker makes its own; see `startWorker()`. */
   constructor(options: PeerManagerOptions) {
     this.#o = options;

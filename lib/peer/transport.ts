@@ -36,6 +36,7 @@ import type { PeerCertificate } from "./cert.ts";
 import { MAX_PACKET, StandIn } from "./stand_in.ts";
 import {
   certificatePayload,
+  checkDialerProof,
   dialerPayload,
   frameMessage,
   issue,
@@ -112,8 +113,8 @@ export interface PeerTransportOptions {
   sendPacket(peerId: string, packet: Uint8Array): Promise<unknown> | void;
   /** The peer as the rendezvous describes it, or undefined for a stranger. */
   peer(peerId: string): TransportPeer | undefined;
-  /** A peer dialed us and proved who it is. */
-  onConnection(peerId: string, conn: AuthenticatedConnection): void;
+  /** A peer dialed us and proved who it is (or set later: {@linkcode PeerTransport.setHandlers}). */
+  onConnection?(peerId: string, conn: AuthenticatedConnection): void;
   /** Whether to take a proven dial from `peerId` (false: refused as a duplicate). @default {() => true} */
   accepts?(peerId: string): boolean;
   /**
@@ -177,7 +178,7 @@ export class PeerTransport {
     packetsReceived: 0,
     bytesReceived: 0,
   };
-  readonly #o: PeerTransportOptions;
+  #o: PeerTransportOptions;
   readonly #endpoint: Deno.QuicEndpoint;
   #listener: Deno.QuicListener;
   #certHash: string;
@@ -193,6 +194,15 @@ export class PeerTransport {
    * `#warmUp`); false when it failed, which costs only speed, and is logged.
    */
   readonly warmedUp: Promise<boolean>;
+
+  /**
+   * Who takes the peers' connections (the layer above, made after the
+   * transport): replaces the options' handlers. Until one is set, a proven
+   * dial is refused as the duplicate of one that does not exist yet.
+   */
+  setHandlers(handlers: Pick<PeerTransportOptions, "onConnection" | "accepts">): void {
+    this.#o = { ...this.#o, ...handlers };
+  }
 
   private constructor(options: PeerTransportOptions, issued: IssuedCertificate) {
     this.#o = options;
@@ -511,13 +521,18 @@ export class PeerTransport {
       const writer = control.writable.getWriter();
       const proof = await within(readMessage(reader), AUTH_TIMEOUT_MS, "the dialer's proof");
       const peer = this.#o.peer(peerId);
-      const reason = await this.#checkProof(peerId, peer, proof);
+      const reason = await checkDialerProof(
+        { peerId, ourId: this.#o.workerId, key: peer?.key ?? null, proof },
+        [this.#certHash, this.#previousCertHash],
+        () => this.#unvouched(peerId, peer!),
+      );
       if (reason !== null) {
         log.warn("peer connection refused", { peer_id: peerId, reason });
         await this.#refuse(conn, writer, reason, TransportClose.AUTH_FAILED);
         return;
       }
-      if (this.#o.accepts && !this.#o.accepts(peerId)) {
+      const take = this.#o.onConnection;
+      if (!take || (this.#o.accepts && !this.#o.accepts(peerId))) {
         await this.#refuse(conn, writer, "duplicate", TransportClose.DUPLICATE);
         return;
       }
@@ -535,7 +550,7 @@ export class PeerTransport {
         },
         cancel: () => streams.cancel().catch(() => {}),
       });
-      this.#o.onConnection(peerId, { conn, incoming: incomingStreams, dialedBy: "peer" });
+      take(peerId, { conn, incoming: incomingStreams, dialedBy: "peer" });
     } catch (error) {
       log.warn("peer connection failed", { peer_id: peerId, error: (error as Error).message });
       conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "auth failed" });
@@ -557,28 +572,6 @@ export class PeerTransport {
     await writer.close().catch(() => {});
     await settleWithin(conn.closed, AUTH_TIMEOUT_MS);
     conn.close({ closeCode: code, reason });
-  }
-
-  /** Null when the dialer proved it is `peerId`; else why not. */
-  async #checkProof(
-    peerId: string,
-    peer: TransportPeer | undefined,
-    proof: Record<string, unknown>,
-  ): Promise<string | null> {
-    if (proof.worker_id !== peerId) return "the proof names another worker";
-    if (!peer?.key) return "the rendezvous knows no key for this peer";
-    if (typeof proof.signature !== "string") return "no signature";
-    const unvouched = await this.#unvouched(peerId, peer);
-    if (unvouched !== null) return unvouched;
-    // The proof names the certificate the dialer pinned: ours now, or the
-    // one before the last rotation (which one a handshake used is not
-    // observable here); either binds the proof to this worker.
-    for (const certHash of [this.#certHash, this.#previousCertHash]) {
-      if (certHash === undefined) continue;
-      const payload = dialerPayload(peerId, this.#o.workerId, certHash);
-      if (await verifySignature(peer.key, payload, proof.signature)) return null;
-    }
-    return "the signature does not verify under the peer's key";
   }
 
   /** Closes every connection, the listener and the stand-ins. Idempotent. */

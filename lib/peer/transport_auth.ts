@@ -7,7 +7,7 @@
  * @module
  */
 
-import { type Identity, toBase64Url } from "../protocol/identity.ts";
+import { type Identity, toBase64Url, verifySignature } from "../protocol/identity.ts";
 import type { TransportCredentials } from "../protocol/messages.ts";
 import { createPeerCertificate, type PeerCertificate } from "./cert.ts";
 
@@ -154,4 +154,31 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Null when a dialer proved it is `peerId`: its proof names it and is
+ * signed under its key over one of `certHashes` (ours now, or the one
+ * before the last rotation: which one a handshake used is not observable
+ * here; either binds the proof to this worker), and `unvouched()` finds its
+ * certificate vouched for. Else why not.
+ */
+export async function checkDialerProof(
+  dial: { peerId: string; ourId: string; key: string | null; proof: Record<string, unknown> },
+  certHashes: readonly (string | undefined)[],
+  unvouched: () => Promise<string | null>,
+): Promise<string | null> {
+  const { peerId, ourId, key, proof } = dial;
+  if (proof.worker_id !== peerId) return "the proof names another worker";
+  if (!key) return "the rendezvous knows no key for this peer";
+  if (typeof proof.signature !== "string") return "no signature";
+  const why = await unvouched();
+  if (why !== null) return why;
+  for (const certHash of certHashes) {
+    if (certHash === undefined) continue;
+    if (await verifySignature(key, dialerPayload(peerId, ourId, certHash), proof.signature)) {
+      return null;
+    }
+  }
+  return "the signature does not verify under the peer's key";
 }

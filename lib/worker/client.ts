@@ -189,6 +189,18 @@ export class RendezvousClient {
   /** What each connection attempt reaches of the client. */
   #attemptHost: AttemptHost;
 
+  /**
+   * Who hears the client (the layers above it, made after it): replaces
+   * the handlers given as options. Set before {@linkcode RendezvousClient.run}.
+   */
+  setHandlers(
+    handlers: Pick<RendezvousClientOptions, "onEvent" | "onPeerMessage" | "onRelayPacket">,
+  ): void {
+    this.#o.onEvent = handlers.onEvent;
+    this.#o.onPeerMessage = handlers.onPeerMessage;
+    this.#o.onRelayPacket = handlers.onRelayPacket;
+  }
+
   constructor(options: RendezvousClientOptions) {
     this.#o = {
       url: options.url,

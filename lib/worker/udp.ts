@@ -28,6 +28,9 @@ export interface WorkerUdpOptions {
   report: (report: UdpEndpointReport) => boolean;
 }
 
+/** Hears each report the rendezvous took (its public address, null without one). */
+export type ReportedListener = (report: UdpEndpointReport) => void;
+
 /** A running UDP side of a worker. */
 export interface WorkerUdp {
   udp: UdpEndpoint;
@@ -36,6 +39,8 @@ export interface WorkerUdp {
   presence: UdpPresence;
   /** Call on every `registered` event: rediscover and report. */
   onRegistered(): void;
+  /** Sets who hears each report the rendezvous took (the peer manager, made after the socket). */
+  setReportedListener(listener: ReportedListener): void;
   close(): Promise<void>;
 }
 
@@ -49,10 +54,13 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   });
   udp.onStun = (bytes, from) => stun.handle(bytes, from);
   let sentThisSession: string | undefined;
+  let reported: ReportedListener | undefined;
   const sendIfNew = (report: UdpEndpointReport) => {
     const text = JSON.stringify(report);
     if (text === sentThisSession) return;
-    if (options.report(report)) sentThisSession = text;
+    if (!options.report(report)) return;
+    sentThisSession = text;
+    reported?.(report);
   };
   // IPv6: no NAT to discover, so no STUN; the socket's global addresses are
   // candidates as they are (a stateful firewall lets the punch through).
@@ -96,6 +104,9 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
       await keepalive;
       await udp.close();
       await udp6?.close();
+    },
+    setReportedListener(listener) {
+      reported = listener;
     },
   };
 }

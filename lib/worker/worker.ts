@@ -15,7 +15,7 @@ import { PeerManager } from "../peer/manager.ts";
 import { type PeerConnection, PeerConnections } from "../peer/connection.ts";
 import { importGroupSecret, PeerTransport, type TransportStats } from "../peer/transport.ts";
 import { Forwarder } from "./forward.ts";
-import type { PathKind, TransportCredentials } from "../protocol/messages.ts";
+import type { PathKind } from "../protocol/messages.ts";
 import { type ClientEvent, RendezvousClient } from "./client.ts";
 import { registrationUrl, type WorkerConfig } from "./config.ts";
 import { workerHealthHandler, workerMetrics, type WorkerStatus } from "./health.ts";
@@ -61,6 +61,16 @@ export interface StartWorkerOptions {
   identity?: Identity;
 }
 
+/** The parts of a worker, made bottom-up by {@linkcode startWorker}. */
+interface WorkerParts {
+  client: RendezvousClient;
+  udp: WorkerUdp | undefined;
+  peers: PeerManager;
+  connections: PeerConnections;
+  transport: PeerTransport;
+  forwarder: Forwarder;
+}
+
 /**
  * A running worker, made by {@linkcode startWorker}: registered (or
  * registering) with the rendezvous, discovering its UDP endpoint, and
@@ -87,118 +97,30 @@ export class Worker {
   readonly #hello: ReturnType<typeof setInterval> | undefined;
   #closed: Promise<void> | undefined;
 
-  /** Use {@linkcode startWorker}. */
+  /** Use {@linkcode startWorker}: it makes the parts, bottom-up. */
   constructor(
     config: WorkerConfig,
     identity: Identity,
-    parts: { transport: PeerTransport; forwarder: Forwarder },
+    parts: WorkerParts,
     options: StartWorkerOptions = {},
   ) {
     const log = options.logger ?? silentLogger;
     this.id = config.workerId;
     this.identity = identity;
-    const { transport } = parts;
-    this.#transport = transport;
+    this.#client = parts.client;
+    this.#udp = parts.udp;
+    this.peers = parts.peers;
+    this.connections = parts.connections;
+    this.#transport = parts.transport;
     this.#forwarder = parts.forwarder;
-    const { ipEchoUrl, ipEchoTimeoutMs } = config;
-    // The three parts call each other; each callback runs only once `run` starts.
-    const client: RendezvousClient = new RendezvousClient({
-      url: registrationUrl(config.rendezvousBase, config.workerId, config.group),
-      workerId: config.workerId,
-      token: config.token,
-      identity,
-      pingIntervalMs: config.pingIntervalMs,
-      pingTimeoutMs: config.pingTimeoutMs,
-      backoff: new Backoff({ baseMs: config.reconnectBaseMs, maxMs: config.reconnectMaxMs }),
-      lookupPublicIp: ipEchoUrl === undefined
-        ? undefined
-        : (signal) => fetchPublicIp(ipEchoUrl, { signal, timeoutMs: ipEchoTimeoutMs }),
-      logger: log,
-      onEvent: (event) => {
-        options.onEvent?.(event);
-        if (event.type !== "registered") return;
-        udp?.onRegistered();
-        // Without UDP, peers still learn we exist and can only be relayed to.
-        if (!udp) {
-          client.send({
-            type: "register_udp_endpoint",
-            public: null,
-            local: [],
-            nat: { mapping: "no-udp" },
-            rtt_ms: client.rttMs,
-          });
-        }
-        // Peers pin our certificate only as our key vouches for it.
-        client.send({ type: "register_transport", ...transport.credentials });
-        peers.onRegistered();
-      },
-      onPeerMessage: (message) => peers.handle(message),
-      onRelayPacket: (peerId, packet) => void peers.receiveRelayed(peerId, packet),
-    });
-    const udp = config.stunServers.length === 0 ? undefined : startWorkerUdp({
-      hostname: config.udpHost,
-      port: config.udpPort,
-      stunServers: config.stunServers,
-      keepaliveMs: config.stunKeepaliveMs,
-      logger: log,
-      report: (report) => {
-        const sent = client.send({
-          type: "register_udp_endpoint",
-          ...report,
-          rtt_ms: client.rttMs,
-        });
-        if (sent) peers.ownEndpointReported(report.public);
-        return sent;
-      },
-    });
-    const onMessage = options.onMessage ??
-      ((peerId: string, payload: Uint8Array, path: PathKind) =>
-        log.info("peer message received", { peer_id: peerId, path, ...describeHello(payload) }));
-    const peers: PeerManager = new PeerManager({
-      udp: udp?.udp,
-      udp6: udp?.udp6,
-      sendToRendezvous: (message) => client.send(message),
-      autoConnect: config.peerAutoConnect,
-      openingTtl: config.punchOpeningTtl,
-      stunServers: config.stunServers,
-      logger: log,
-      // Hello 0 goes out as soon as a peer is known: queued until the
-      // introduction, then relayed at once (time to first relayed byte).
-      onPeer: (peerId) => {
-        if (config.peerHelloMs > 0) sendHello(peers, peerId, config.workerId, 0);
-      },
-      onMessage,
-      sendRelayPacket: (peerId, packet) => client.sendPacket(peerId, packet),
-      onPeerInfo: (peer) => connections.peerChanged(peer.worker_id),
-      onPath: (peerId) => connections.pathChanged(peerId),
-    });
-    peers.setTransport(transport);
-    const connections = new PeerConnections({
-      workerId: config.workerId,
-      transport,
-      // Once introduced, the link punches again by itself when it must.
-      introduce: (peerId) => {
-        if (!peers.introduced(peerId)) peers.connect(peerId);
-      },
-      ready: (peerId) => {
-        const peer = peers.peer(peerId);
-        return peer?.key != null && peer.transport !== null;
-      },
-      pathOf: (peerId) => peers.pathOf(peerId),
-      onConnection: options.onConnection,
-      onForward: (request) => void this.#forwarder.handle(request),
-      logger: log,
-    });
-    this.connections = connections;
-    if (!udp) peers.ownEndpointReported(null);
-    this.#client = client;
-    this.#udp = udp;
-    this.peers = peers;
     this.#hello = config.peerHelloMs > 0
-      ? startHello(peers, config.workerId, config.peerHelloMs)
+      ? startHello(this.peers, config.workerId, config.peerHelloMs)
       : undefined;
 
-    log.info("worker starting", { version: VERSION, ip_echo_url: ipEchoUrl ?? "off" });
+    log.info("worker starting", {
+      version: VERSION,
+      ip_echo_url: config.ipEchoUrl ?? "off",
+    });
     const listening = Promise.withResolvers<Deno.NetAddr | null>();
     this.healthAddr = listening.promise;
     if (options.health ?? true) {
@@ -220,7 +142,7 @@ export class Worker {
     } else {
       listening.resolve(null);
     }
-    this.#running = client.run(this.#stop.signal);
+    this.#running = this.#client.run(this.#stop.signal);
   }
 
   /**
@@ -249,11 +171,6 @@ export class Worker {
   /** Packets and bytes the peer transport carried, over every path. */
   get transportStats(): TransportStats {
     return { ...this.#transport.stats };
-  }
-
-  /** @ignore Sends the transport's credentials to the rendezvous (after a rotation). */
-  publishTransport(credentials: TransportCredentials): void {
-    this.#client.send({ type: "register_transport", ...credentials });
   }
 
   /** What the worker is doing: the JSON its `GET /` serves. */
@@ -316,10 +233,8 @@ export async function startWorker(
   config: WorkerConfig,
   options: StartWorkerOptions = {},
 ): Promise<Worker> {
-  const logger = options.logger ?? silentLogger;
-  const identity = options.identity ?? await loadIdentity(config.keyFile, logger);
-  // The transport's callbacks run only once packets or connections flow, after `late.worker` is set.
-  const late: { worker?: Worker } = {};
+  const log = options.logger ?? silentLogger;
+  const identity = options.identity ?? await loadIdentity(config.keyFile, log);
   // A local connection accepted while the worker is still starting waits for it (within the
   // forward's own wait), as it would for an unreachable peer.
   const started = Promise.withResolvers<Worker>();
@@ -330,35 +245,140 @@ export async function startWorker(
     exposes: config.peerExpose,
     connect: async (peerId, timeoutMs) => {
       const startedAt = Date.now();
-      if (!late.worker) await settleWithin(started.promise, timeoutMs);
-      const worker = late.worker;
+      let worker: Worker | undefined;
+      started.promise.then((w) => worker = w, () => {});
+      await settleWithin(started.promise, timeoutMs);
       if (!worker) throw new Error(`the worker did not start within ${timeoutMs} ms`);
       return await worker.connect(peerId, {
         timeoutMs: Math.max(0, timeoutMs - (Date.now() - startedAt)),
       });
     },
     waitMs: config.peerForwardWaitMs,
-    logger,
+    logger: log,
   });
-  const transport = await PeerTransport.start({
+
+  // Bottom-up: each part is made from the ones below it (the rendezvous
+  // client, the UDP socket, the peer manager, the transport, the
+  // connections); the few calls upward are handlers set once both ends exist,
+  // before anything runs.
+  const { ipEchoUrl, ipEchoTimeoutMs } = config;
+  const client = new RendezvousClient({
+    url: registrationUrl(config.rendezvousBase, config.workerId, config.group),
     workerId: config.workerId,
+    token: config.token,
     identity,
-    logger,
-    sendPacket: (peerId, packet) => late.worker?.peers.sendPacket(peerId, packet),
-    peer: (peerId) => late.worker?.peers.peer(peerId),
-    accepts: (peerId) => late.worker?.connections.accepts(peerId) ?? false,
-    onCredentials: (credentials) => late.worker?.publishTransport(credentials),
-    congestionControl: config.peerCongestionControl,
-    onConnection: (peerId, auth) => late.worker?.connections.incoming(peerId, auth),
-    group: config.groupSecret === undefined
+    pingIntervalMs: config.pingIntervalMs,
+    pingTimeoutMs: config.pingTimeoutMs,
+    backoff: new Backoff({ baseMs: config.reconnectBaseMs, maxMs: config.reconnectMaxMs }),
+    lookupPublicIp: ipEchoUrl === undefined
       ? undefined
-      : { name: config.group, secret: await importGroupSecret(config.groupSecret) },
-  }).catch(async (error) => {
-    started.reject(error);
-    await forwarder.close();
-    throw error;
+      : (signal) => fetchPublicIp(ipEchoUrl, { signal, timeoutMs: ipEchoTimeoutMs }),
+    logger: log,
   });
-  late.worker = new Worker(config, identity, { transport, forwarder }, options);
-  started.resolve(late.worker);
-  return late.worker;
+  const udp = config.stunServers.length === 0 ? undefined : startWorkerUdp({
+    hostname: config.udpHost,
+    port: config.udpPort,
+    stunServers: config.stunServers,
+    keepaliveMs: config.stunKeepaliveMs,
+    logger: log,
+    report: (report) =>
+      client.send({ type: "register_udp_endpoint", ...report, rtt_ms: client.rttMs }),
+  });
+  const peers = new PeerManager({
+    udp: udp?.udp,
+    udp6: udp?.udp6,
+    sendToRendezvous: (message) => client.send(message),
+    sendRelayPacket: (peerId, packet) => client.sendPacket(peerId, packet),
+    autoConnect: config.peerAutoConnect,
+    openingTtl: config.punchOpeningTtl,
+    stunServers: config.stunServers,
+    logger: log,
+    onMessage: options.onMessage ??
+      ((peerId, payload, path) =>
+        log.info("peer message received", { peer_id: peerId, path, ...describeHello(payload) })),
+  });
+  udp?.setReportedListener((report) => peers.ownEndpointReported(report.public));
+  let transport: PeerTransport;
+  try {
+    transport = await PeerTransport.start({
+      workerId: config.workerId,
+      identity,
+      logger: log,
+      sendPacket: (peerId, packet) => peers.sendPacket(peerId, packet),
+      peer: (peerId) => peers.peer(peerId),
+      // Peers pin our certificate only as our key vouches for it (again after each rotation).
+      onCredentials: (credentials) => client.send({ type: "register_transport", ...credentials }),
+      congestionControl: config.peerCongestionControl,
+      group: config.groupSecret === undefined
+        ? undefined
+        : { name: config.group, secret: await importGroupSecret(config.groupSecret) },
+    });
+  } catch (error) {
+    started.reject(error);
+    await Promise.all([forwarder.close(), peers.close(), udp?.close()]);
+    throw error;
+  }
+  peers.setTransport(transport);
+  const connections = new PeerConnections({
+    workerId: config.workerId,
+    transport,
+    // Once introduced, the link punches again by itself when it must.
+    introduce: (peerId) => {
+      if (!peers.introduced(peerId)) peers.connect(peerId);
+    },
+    ready: (peerId) => {
+      const peer = peers.peer(peerId);
+      return peer?.key != null && peer.transport !== null;
+    },
+    pathOf: (peerId) => peers.pathOf(peerId),
+    onConnection: options.onConnection,
+    onForward: (request) => void forwarder.handle(request),
+    logger: log,
+  });
+
+  // The calls upward.
+  transport.setHandlers({
+    onConnection: (peerId, auth) => connections.incoming(peerId, auth),
+    accepts: (peerId) => connections.accepts(peerId),
+  });
+  peers.setHandlers({
+    // Hello 0 goes out as soon as a peer is known: it waits for the
+    // introduction, then is relayed at once (time to first relayed byte).
+    onPeer: (peerId) => {
+      if (config.peerHelloMs > 0) sendHello(peers, peerId, config.workerId, 0);
+    },
+    onPeerInfo: (peer) => connections.peerChanged(peer.worker_id),
+    onPath: (peerId) => connections.pathChanged(peerId),
+  });
+  client.setHandlers({
+    onEvent: (event) => {
+      options.onEvent?.(event);
+      if (event.type !== "registered") return;
+      udp?.onRegistered();
+      // Without UDP, peers still learn we exist and can only be relayed to.
+      if (!udp) {
+        client.send({
+          type: "register_udp_endpoint",
+          public: null,
+          local: [],
+          nat: { mapping: "no-udp" },
+          rtt_ms: client.rttMs,
+        });
+      }
+      client.send({ type: "register_transport", ...transport.credentials });
+      peers.onRegistered();
+    },
+    onPeerMessage: (message) => peers.handle(message),
+    onRelayPacket: (peerId, packet) => void peers.receiveRelayed(peerId, packet),
+  });
+  if (!udp) peers.ownEndpointReported(null);
+
+  const worker = new Worker(
+    config,
+    identity,
+    { client, udp, peers, connections, transport, forwarder },
+    options,
+  );
+  started.resolve(worker);
+  return worker;
 }

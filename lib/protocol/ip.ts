@@ -179,3 +179,55 @@ export function normalizeIp(text: string): string | null {
   }
   return formatIp(parsed.bytes);
 }
+
+/**
+ * What kind of address `ip` is (RFC 6890's special-purpose registries, the
+ * ones that matter for where a worker may be asked to send packets):
+ * `metadata` is the cloud instance-metadata address 169.254.169.254 (and
+ * AWS's fd00:ec2::254); `shared` is carrier-grade NAT space (100.64.0.0/10).
+ * IPv4-mapped IPv6 addresses are judged as their IPv4 address.
+ */
+export type AddressScope =
+  | "unspecified"
+  | "loopback"
+  | "metadata"
+  | "link-local"
+  | "multicast"
+  | "broadcast"
+  | "private"
+  | "shared"
+  | "global"
+  | "invalid";
+
+/** The {@linkcode AddressScope} of `ip`. */
+export function addressScope(ip: string): AddressScope {
+  const parsed = parseIp(ip);
+  if (!parsed) return "invalid";
+  let b = parsed.bytes;
+  if (parsed.family === 6) {
+    const mapped = b.slice(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
+    if (mapped) b = b.slice(12);
+  }
+  if (b.length === 4) {
+    if (b.every((x) => x === 0)) return "unspecified";
+    if (b[0] === 127) return "loopback";
+    if (b[0] === 169 && b[1] === 254) {
+      return b[2] === 169 && b[3] === 254 ? "metadata" : "link-local";
+    }
+    if (b[0] >= 224 && b[0] <= 239) return "multicast";
+    if (b.every((x) => x === 255)) return "broadcast";
+    if (b[0] === 0 || b[0] >= 240) return "invalid"; // "this network" and reserved
+    if (b[0] === 10 || (b[0] === 172 && (b[1] & 0xf0) === 16) || (b[0] === 192 && b[1] === 168)) {
+      return "private";
+    }
+    if (b[0] === 100 && (b[1] & 0xc0) === 64) return "shared";
+    return "global";
+  }
+  if (b.every((x) => x === 0)) return "unspecified";
+  if (b.slice(0, 15).every((x) => x === 0) && b[15] === 1) return "loopback";
+  if (b[0] === 0xff) return "multicast";
+  if (b[0] === 0xfe && (b[1] & 0xc0) === 0x80) return "link-local";
+  if (formatIp(b) === "fd00:ec2::254") return "metadata";
+  if ((b[0] & 0xfe) === 0xfc) return "private";
+  return "global";
+}

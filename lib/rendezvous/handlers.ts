@@ -9,7 +9,8 @@
 
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
-import { type ClientMessage } from "../protocol/messages.ts";
+import { type ClientMessage, type UdpAddress } from "../protocol/messages.ts";
+import { type AddressScope, addressScope } from "../protocol/ip.ts";
 import { encodeMessage } from "../protocol/parse.ts";
 import type { Dashboard } from "./dashboard_routes.ts";
 import type { RendezvousMetrics } from "./metrics.ts";
@@ -89,9 +90,34 @@ export class Handlers {
     session: Session,
     message: Extract<ClientMessage, { type: "register_udp_endpoint" }>,
   ): Promise<void> {
+    // Peers send probes to these: none may aim them where no worker can be.
+    const observed = session.observedIp === null ? "invalid" : addressScope(session.observedIp);
+    const refused: string[] = [];
+    const usable = (c: UdpAddress) => {
+      const why = unusableCandidate(c.ip, observed);
+      if (why) refused.push(`${c.ip} (${why})`);
+      return why === undefined;
+    };
+    const pub = message.public && usable(message.public) ? message.public : null;
+    const local = message.local.filter(usable);
+    if (refused.length > 0) {
+      this.#d.metrics.candidatesRefused.inc({}, refused.length);
+      this.#d.logger.warn("worker reported unusable addresses", {
+        worker_id: session.workerId,
+        observed_ip: session.observedIp,
+        refused,
+      });
+      session.send({
+        type: "error",
+        code: "invalid_message",
+        message:
+          `Cannot use ${refused.join(", ")}: special-purpose addresses are candidates only ` +
+          "for a worker the rendezvous sees at an address of the same kind",
+      });
+    }
     const udp = {
-      public: message.public,
-      local: message.local,
+      public: pub,
+      local,
       nat_mapping: message.nat.mapping,
       updated_at: new Date(this.#d.clock.now()).toISOString(),
     };
@@ -106,13 +132,13 @@ export class Handlers {
     await this.#announce(session);
     this.#d.logger.info("worker reported udp endpoint", {
       worker_id: session.workerId,
-      udp_public: message.public ? `${message.public.ip}:${message.public.port}` : null,
+      udp_public: pub ? `${pub.ip}:${pub.port}` : null,
       nat_mapping: message.nat.mapping,
       local_candidates: message.local.length,
     });
     session.send({
       type: "udp_endpoint_registered",
-      public: message.public,
+      public: pub,
       mapping: message.nat.mapping,
     });
     return;
@@ -237,5 +263,29 @@ export class Handlers {
         }
       });
     }
+  }
+}
+
+/**
+ * Why `ip` cannot be a candidate of a worker the rendezvous sees at an
+ * address of scope `observed`, or undefined when it can: never unspecified,
+ * multicast, broadcast, reserved or a cloud's metadata address; loopback and
+ * link-local only for a worker seen at such an address itself (the quick
+ * start and tests on one host).
+ */
+export function unusableCandidate(ip: string, observed: AddressScope): string | undefined {
+  const scope = addressScope(ip);
+  switch (scope) {
+    case "unspecified":
+    case "multicast":
+    case "broadcast":
+    case "metadata":
+    case "invalid":
+      return scope;
+    case "loopback":
+    case "link-local":
+      return observed === scope ? undefined : scope;
+    default:
+      return undefined;
   }
 }

@@ -21,6 +21,8 @@ export interface RendezvousMetrics {
   timeToDirect: Histogram;
   /** Client messages not handled, by reason. */
   messagesDropped: Counter;
+  /** UDP candidates refused (special-purpose addresses). */
+  candidatesRefused: Counter;
 }
 
 /** Where the read-through metrics come from. */
@@ -70,6 +72,10 @@ export function defineRendezvousMetrics(
       `${ns}_time_to_direct_seconds`,
       "From an introduction to the first direct path reported for it, by NAT pair.",
       sec,
+    ),
+    candidatesRefused: m.counter(
+      `${ns}_candidates_refused_total`,
+      "UDP candidates refused: special-purpose addresses (loopback or link-local only for a worker seen at one).",
     ),
     messagesDropped: m.counter(
       `${ns}_messages_dropped_total`,

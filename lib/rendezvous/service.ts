@@ -57,6 +57,14 @@ export class RendezvousService {
         logger: log,
       })
       : undefined;
+    // A proof names the authority the worker dialed; unset, any Host a client
+    // sends is taken, so a rendezvous a worker also trusts could pass the
+    // worker's proof for its own challenge on to this one as the worker.
+    if (config.publicHosts === undefined && (config.fleet || config.requireWorkerKeys)) {
+      log.warn("PUBLIC_HOSTS is unset: key proofs may name any Host a client sends", {
+        advice: "set PUBLIC_HOSTS to the host[:port] workers dial",
+      });
+    }
     // A single instance may keep its key bindings across restarts.
     let registry: MemoryRegistry | undefined;
     if (config.keyBindingsFile !== undefined) {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatIp, isIp, normalizeIp, parseIp } from "../../lib/protocol/ip.ts";
+import { addressScope, formatIp, isIp, normalizeIp, parseIp } from "../../lib/protocol/ip.ts";
 
 Deno.test("parseIp() accepts IPv4 dotted quads", () => {
   assert.deepEqual(parseIp("192.0.2.1"), { family: 4, bytes: new Uint8Array([192, 0, 2, 1]) });
@@ -105,4 +105,39 @@ Deno.test("formatIp() and parseIp() round-trip random addresses", () => {
     const text = formatIp(bytes);
     assert.deepEqual(parseIp(text)?.bytes, bytes, text);
   }
+});
+
+Deno.test("addressScope() knows the special-purpose ranges a worker must not be aimed at", () => {
+  const cases: [string, string][] = [
+    ["0.0.0.0", "unspecified"],
+    ["::", "unspecified"],
+    ["127.0.0.1", "loopback"],
+    ["127.200.0.9", "loopback"],
+    ["::1", "loopback"],
+    ["::ffff:127.0.0.1", "loopback"],
+    ["169.254.169.254", "metadata"],
+    ["fd00:ec2::254", "metadata"],
+    ["169.254.1.1", "link-local"],
+    ["fe80::1", "link-local"],
+    ["224.0.0.1", "multicast"],
+    ["239.255.255.250", "multicast"],
+    ["ff02::1", "multicast"],
+    ["255.255.255.255", "broadcast"],
+    ["0.1.2.3", "invalid"],
+    ["240.0.0.1", "invalid"],
+    ["10.1.2.3", "private"],
+    ["172.16.0.1", "private"],
+    ["172.31.255.255", "private"],
+    ["172.32.0.1", "global"],
+    ["192.168.1.1", "private"],
+    ["fd12::1", "private"],
+    ["100.64.0.1", "shared"],
+    ["100.127.255.255", "shared"],
+    ["100.128.0.1", "global"],
+    ["203.0.113.9", "global"],
+    ["2001:db8::1", "global"],
+    ["::ffff:8.8.8.8", "global"],
+    ["example.com", "invalid"],
+  ];
+  for (const [ip, scope] of cases) assert.equal(addressScope(ip), scope, ip);
 });

@@ -1,0 +1,74 @@
+/**
+ * A registrant cannot aim its peers' probes at special-purpose addresses:
+ * never metadata, multicast, broadcast or unspecified; loopback and
+ * link-local only when the rendezvous sees the worker at such an address
+ * itself (the quick start and tests on one host keep working).
+ */
+import assert from "node:assert/strict";
+import { startRendezvous, TestClient } from "../_helpers.ts";
+
+const endpoint = (pub: string, local: string[]) => ({
+  type: "register_udp_endpoint",
+  public: { ip: pub, port: 4000 },
+  local: local.map((ip) => ({ ip, port: 4000 })),
+  nat: { mapping: "endpoint-independent" },
+});
+
+/** What the rendezvous kept of one report, and its error if any. */
+async function report(client: TestClient, pub: string, local: string[]) {
+  client.send(endpoint(pub, local));
+  let error: string | undefined;
+  let answer = await client.next();
+  if (answer.type === "error") {
+    error = String(answer.message);
+    answer = await client.next();
+  }
+  assert.equal(answer.type, "udp_endpoint_registered");
+  return { public: (answer.public as { ip: string } | null)?.ip ?? null, error };
+}
+
+Deno.test("special-purpose candidates are refused, loopback only for a worker seen on loopback", async () => {
+  const rv = await startRendezvous({ trustProxyHops: 1 });
+  try {
+    // Seen at a public address (behind a proxy that says so).
+    const remote = await TestClient.connect(`${rv.ws}/ws/register/remote`, {
+      "x-forwarded-for": "203.0.113.50",
+    });
+    for (
+      const victim of [
+        "169.254.169.254",
+        "224.0.0.1",
+        "255.255.255.255",
+        "0.0.0.0",
+        "127.0.0.1",
+        "169.254.7.7",
+      ]
+    ) {
+      const kept = await report(remote, victim, ["10.0.0.5", victim]);
+      assert.equal(kept.public, null, victim);
+      assert.match(kept.error!, new RegExp(`Cannot use ${victim.replaceAll(".", "\\.")}`));
+    }
+    const fine = await report(remote, "198.51.100.7", ["10.0.0.5", "100.64.1.2"]);
+    assert.deepEqual(fine, { public: "198.51.100.7", error: undefined });
+    const listed = await (await fetch(`${rv.http}/debug/list_workers`)).json();
+    assert.deepEqual(
+      listed.workers.remote.udp_endpoint.local.map((c: { ip: string }) => c.ip),
+      ["10.0.0.5", "100.64.1.2"],
+    );
+    // Seen on loopback itself: loopback is its address (the quick start), metadata still is not.
+    const here = await TestClient.connect(`${rv.ws}/ws/register/here`, {
+      "x-forwarded-for": "127.0.0.1",
+    });
+    assert.deepEqual(await report(here, "127.0.0.1", ["127.0.0.1"]), {
+      public: "127.0.0.1",
+      error: undefined,
+    });
+    assert.equal((await report(here, "169.254.169.254", [])).public, null);
+    const metrics = await (await fetch(`${rv.http}/metrics`)).text();
+    assert.match(metrics, /holepunch_rendezvous_candidates_refused_total 13/);
+    await remote.close();
+    await here.close();
+  } finally {
+    await rv.close();
+  }
+});

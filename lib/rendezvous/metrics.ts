@@ -94,6 +94,11 @@ export function defineRendezvousMetrics(
     () => stats.introductions,
   );
   m.counterFrom(
+    `${ns}_introductions_deferred_total`,
+    "connect requests not introduced: the pair was introduced within its wait (3 s, doubling after each introduction without a direct path, at most 5 min).",
+    () => stats.introductionsDeferred,
+  );
+  m.counterFrom(
     `${ns}_relay_messages_total`,
     "Relayed JSON messages and transport packets.",
     () => [

@@ -47,6 +47,32 @@ export interface PeerSession {
 
 /** Two `connect`s for the same pair within this window make one introduction. */
 const INTRODUCTION_DEDUP_MS = 3000;
+/**
+ * The longest wait between introductions of a pair: each one after which no
+ * direct path was reported doubles the wait before the next (3 s, 6 s, 12 s,
+ * …), so a pair that never succeeds — or a registrant that re-introduces
+ * itself to aim probes somewhere — costs a few packets an hour, not a burst
+ * every few seconds. A direct path resets it.
+ */
+export const MAX_INTRODUCTION_BACKOFF_MS = 300_000;
+
+/** One pair's last introduction by this instance. */
+interface PairIntroduction {
+  at: number;
+  sessionId: string;
+  /** The first side that reported a direct path for it. */
+  directFrom?: string;
+  /** Both sides reported a direct path for it (one alone cannot reset the backoff). */
+  direct?: boolean;
+  /** Introductions before it after which no direct path was reported. */
+  failed: number;
+}
+
+/** How long after `entry` the pair may be introduced again. */
+function introductionWait(entry: PairIntroduction): number {
+  if (entry.direct) return INTRODUCTION_DEDUP_MS;
+  return Math.min(INTRODUCTION_DEDUP_MS * 2 ** entry.failed, MAX_INTRODUCTION_BACKOFF_MS);
+}
 /** Added to the later side's one-way delay so both sides start punching together. */
 const START_MARGIN_MS = 20;
 
@@ -96,10 +122,13 @@ export interface PeerDirectoryOptions {
 export class PeerDirectory {
   #o: PeerDirectoryOptions;
   #watchers = new Map<string, Set<PeerSession>>();
-  #introductions = new Map<string, { at: number; sessionId: string; direct?: boolean }>();
+  #introductions = new Map<string, PairIntroduction>();
+  #prunedAt = 0;
   /** Counters for logs and the listing. */
   readonly stats = {
     introductions: 0,
+    /** `connect`s not introduced: the pair was introduced within its (backed-off) wait. */
+    introductionsDeferred: 0,
     relayed: 0,
     relayRejected: 0,
     /** `list_peers` refused over the session's rate. */
@@ -145,15 +174,20 @@ export class PeerDirectory {
   }
 
   /**
-   * When `a` and `b` were last introduced by this instance, the first time a
-   * direct path is reported for that introduction; undefined otherwise (for
-   * time to direct: each introduction counts once).
+   * `reporter` has a direct path to `peer`. When the pair was last
+   * introduced by this instance, the first report for that introduction
+   * returns when (for time to direct: each introduction counts once);
+   * undefined otherwise. Once both sides reported, the pair's backoff ends.
    */
-  firstDirectSince(a: string, b: string): number | undefined {
-    const entry = this.#introductions.get([a, b].sort().join("\n"));
-    if (!entry || entry.direct) return undefined;
-    entry.direct = true;
-    return entry.at;
+  firstDirectSince(reporter: string, peer: string): number | undefined {
+    const entry = this.#introductions.get([reporter, peer].sort().join("\n"));
+    if (!entry) return undefined;
+    if (entry.directFrom === undefined) {
+      entry.directFrom = reporter;
+      return entry.at;
+    }
+    if (entry.directFrom !== reporter) entry.direct = true;
+    return undefined;
   }
 
   /** A worker on another instance of the fleet registered (or moved there). */
@@ -233,16 +267,24 @@ export class PeerDirectory {
     const now = this.#o.clock.now();
     const pair = [session.workerId, peerId].sort().join("\n");
     const previous = this.#introductions.get(pair);
-    if (previous && now - previous.at < INTRODUCTION_DEDUP_MS) return; // the other side asked too
-    if (this.#introductions.size > 10_000) {
+    // The other side asked too, or the pair's last introductions led nowhere.
+    if (previous && now - previous.at < introductionWait(previous)) {
+      this.stats.introductionsDeferred++;
+      return;
+    }
+    // Bounded: past 10,000 pairs, those past the longest wait go (at most every 10 s).
+    if (this.#introductions.size > 10_000 && now - this.#prunedAt >= 10_000) {
+      this.#prunedAt = now;
       for (const [key, value] of this.#introductions) {
-        if (now - value.at >= INTRODUCTION_DEDUP_MS) this.#introductions.delete(key);
+        if (now - value.at >= MAX_INTRODUCTION_BACKOFF_MS) this.#introductions.delete(key);
       }
     }
     // Claimed before the first await, so a simultaneous connect from the
     // other side (handled in its own session's queue) sees it.
     const sessionId = randomHex(8);
-    this.#introductions.set(pair, { at: now, sessionId });
+    const failed = previous && !previous.direct ? previous.failed + 1 : 0;
+    const entry: PairIntroduction = { at: now, sessionId, failed };
+    this.#introductions.set(pair, entry);
     // Two instances of a fleet may each take one side's `connect`: only one
     // introduction may go out, or each side could end on a different session.
     const claim = this.#o.claimIntroduction;

@@ -34,6 +34,7 @@ import {
 } from "../protocol/identity.ts";
 import type { PeerCertificate } from "./cert.ts";
 import { MAX_PACKET, StandIn } from "./stand_in.ts";
+import { answerWarmUp, WARM_UP, warmUp } from "./warm_up.ts";
 import {
   certificatePayload,
   checkDialerProof,
@@ -66,15 +67,14 @@ export const TRANSPORT_ALPN = "holepunch/1";
  * the new one is published at once.
  */
 export const CERT_ROTATION_MS = 10 * 86_400_000;
-/**
- * The stand-in of the warm-up dial: not a worker id (ids are never empty),
- * so no peer's packets can reach it.
- */
-const WARM_UP = "";
-/** How long the warm-up dial may take before it is given up. */
-const WARM_UP_TIMEOUT_MS = 5000;
 /** How long the listener waits for a dialer's proof. */
 const AUTH_TIMEOUT_MS = 10_000;
+/**
+ * Handshakes in progress at once, and how long each may take: an Initial
+ * that never finishes (a peer that stops answering, or means to) holds a
+ * slot for this long, never the accept of anyone else.
+ */
+export const HANDSHAKE_LIMITS = { maxPending: 64, timeoutMs: 5000 } as const;
 /** Connection close codes of the transport (QUIC application error codes). */
 export const TransportClose = {
   /** The application closed the connection. */
@@ -178,6 +178,8 @@ export class PeerTransport {
     packetsReceived: 0,
     bytesReceived: 0,
   };
+  /** Handshakes refused over `HANDSHAKE_LIMITS.maxPending`, and given up after its timeout. */
+  readonly handshakes = { refused: 0, timedOut: 0 };
   #o: PeerTransportOptions;
   readonly #endpoint: Deno.QuicEndpoint;
   #listener: Deno.QuicListener;
@@ -189,6 +191,8 @@ export class PeerTransport {
   readonly #byPort = new Map<number, string>();
   #closed = false;
   #accepting: Promise<void>[] = [];
+  /** Handshakes in progress (at most `HANDSHAKE_LIMITS.maxPending`). */
+  #handshaking = 0;
   /**
    * Resolves once the warm-up dial is done: true when it went through (see
    * `#warmUp`); false when it failed, which costs only speed, and is logged.
@@ -211,80 +215,20 @@ export class PeerTransport {
     this.credentials = issued.credentials;
     this.#listener = this.#listen(issued.cert);
     this.#scheduleRotation();
-    this.warmedUp = this.#warmUp().then(() => true, (error) => {
+    this.warmedUp = warmUp({
+      endpoint: this.#endpoint,
+      workerId: options.workerId,
+      identity: options.identity,
+      alpn: TRANSPORT_ALPN,
+      certHash: this.#certHash,
+      congestionControl: options.congestionControl,
+      byPort: this.#byPort,
+    }).then(() => true, (error) => {
       if (!this.#closed) {
         options.logger.warn("transport warm-up failed", { error: (error as Error).message });
       }
       return false;
     });
-  }
-
-  /**
-   * Dials our own listener once, through a stand-in that loops back, the
-   * whole way a peer connection goes: the handshake, a signed proof on a
-   * stream, its check and the answer. The first connection in a process
-   * pays for compiling and initialising all of that (about 20 ms here, of
-   * the 30 a first `connect` took); paid at start, a worker's first
-   * `connect` is as quick as its later ones. Nothing leaves loopback.
-   */
-  async #warmUp(): Promise<void> {
-    const loopStats = { packetsSent: 0, bytesSent: 0, packetsReceived: 0, bytesReceived: 0 };
-    const loop: StandIn = new StandIn(
-      WARM_UP,
-      this.#endpoint.addr,
-      loopStats,
-      (packet) => loop.deliver(packet.subarray(1)),
-    );
-    this.#byPort.set(loop.port, WARM_UP);
-    let conn: Deno.QuicConn | undefined;
-    try {
-      const connecting = Deno.connectQuic({
-        endpoint: this.#endpoint,
-        hostname: "127.0.0.1",
-        port: loop.port,
-        alpnProtocols: [TRANSPORT_ALPN],
-        serverCertificateHashes: [{
-          algorithm: "sha-256",
-          value: fromBase64Url(this.#certHash, "certificate hash"),
-        }],
-        congestionControl: this.#o.congestionControl ?? "default",
-        maxIdleTimeout: WARM_UP_TIMEOUT_MS,
-      } as Deno.ConnectQuicOptions<false>);
-      conn = await within(connecting, WARM_UP_TIMEOUT_MS, "warm-up handshake");
-      const control = await conn.createBidirectionalStream();
-      const writer = control.writable.getWriter();
-      const payload = dialerPayload(this.#o.workerId, this.#o.workerId, this.#certHash);
-      const signature = toBase64Url(await this.#o.identity.sign(payload));
-      await writer.write(frameMessage({ worker_id: this.#o.workerId, signature }));
-      await within(readMessage(control.readable.getReader()), WARM_UP_TIMEOUT_MS, "warm-up answer");
-    } finally {
-      conn?.close({ closeCode: TransportClose.NORMAL, reason: "" });
-      this.#byPort.delete(loop.port);
-      loop.close();
-    }
-  }
-
-  /** The listener's side of the warm-up: checks the proof and answers. */
-  async #answerWarmUp(conn: Deno.QuicConn): Promise<void> {
-    try {
-      const first = await within(
-        conn.incomingBidirectionalStreams.getReader().read(),
-        WARM_UP_TIMEOUT_MS,
-        "warm-up stream",
-      );
-      if (first.done) return;
-      const proof = await readMessage(first.value.readable.getReader());
-      const payload = dialerPayload(this.#o.workerId, this.#o.workerId, this.#certHash);
-      const ok = typeof proof.signature === "string" &&
-        await verifySignature(this.#o.identity.publicKey, payload, proof.signature);
-      const writer = first.value.writable.getWriter();
-      await writer.write(frameMessage({ ok }));
-      await settleWithin(conn.closed, WARM_UP_TIMEOUT_MS);
-    } catch {
-      // Only a warm-up.
-    } finally {
-      conn.close({ closeCode: TransportClose.NORMAL, reason: "" });
-    }
   }
 
   /** Makes the certificate, signs it, and starts listening (on loopback only). */
@@ -482,31 +426,58 @@ export class PeerTransport {
   }
 
   /**
-   * Accepts every handshake, then drops those that did not come through a
-   * stand-in. (In Deno 2.9.6 reading any property of a `QuicIncoming`
-   * consumes it, so the address can only be checked after `accept`.)
+   * Takes each incoming handshake on its own (at most
+   * `HANDSHAKE_LIMITS.maxPending` at once), then drops those that did not
+   * come through a stand-in. (In Deno 2.9.6 reading any property of a
+   * `QuicIncoming` consumes it, so the address can only be checked after
+   * `accept`.)
    */
   async #acceptLoop(listener: Deno.QuicListener): Promise<void> {
     while (!this.#closed && listener === this.#listener) {
-      let conn: Deno.QuicConn;
+      let incoming: Deno.QuicIncoming;
       try {
-        conn = await listener.accept();
+        incoming = await listener.incoming();
       } catch {
         if (this.#closed || listener !== this.#listener) return; // closed, or rotated out
         continue;
       }
-      const from = conn.remoteAddr;
-      const peerId = from.hostname === "127.0.0.1" ? this.#byPort.get(from.port) : undefined;
-      if (peerId === undefined) {
-        conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "unknown peer" });
+      // Each handshake on its own: one that never finishes delays nobody.
+      if (this.#handshaking >= HANDSHAKE_LIMITS.maxPending) {
+        this.handshakes.refused++;
+        incoming.ignore(); // no packet in answer
         continue;
       }
-      if (peerId === WARM_UP) {
-        void this.#answerWarmUp(conn);
-        continue;
-      }
-      void this.#authenticate(peerId, conn);
+      this.#handshaking++;
+      void this.#handshake(incoming).finally(() => this.#handshaking--);
     }
+  }
+
+  /** Completes one handshake within `HANDSHAKE_LIMITS.timeoutMs`, then hands the connection on. */
+  async #handshake(incoming: Deno.QuicIncoming): Promise<void> {
+    const accepting = incoming.accept() as Promise<Deno.QuicConn>;
+    let conn: Deno.QuicConn;
+    try {
+      conn = await within(accepting, HANDSHAKE_LIMITS.timeoutMs, "a handshake");
+    } catch {
+      this.handshakes.timedOut++;
+      // Finished after all: closed at once (until then QUIC holds it to its idle timeout).
+      accepting.then(
+        (c) => c.close({ closeCode: TransportClose.AUTH_FAILED, reason: "handshake too slow" }),
+        () => {},
+      );
+      return;
+    }
+    if (this.#closed) return;
+    const from = conn.remoteAddr;
+    const peerId = from.hostname === "127.0.0.1" ? this.#byPort.get(from.port) : undefined;
+    if (peerId === undefined) {
+      conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "unknown peer" });
+      return;
+    }
+    if (peerId === WARM_UP) {
+      return await answerWarmUp(conn, this.#o.workerId, this.#o.identity, this.#certHash);
+    }
+    await this.#authenticate(peerId, conn);
   }
 
   /** Checks the dialer's proof on a connection from `peerId`'s stand-in. */

@@ -28,6 +28,8 @@ export interface WorkerStatus {
   forwards: Record<string, ForwardStats>;
   /** `PEER_EXPOSE` ports with connections and bytes. */
   exposes: Record<string, ForwardStats>;
+  /** Incoming handshakes refused (too many at once) and given up (too slow). */
+  handshakes: { refused: number; timed_out: number };
 }
 
 /** Transport bytes by path and direction (`PeerManager.pathBytes`). */
@@ -53,6 +55,14 @@ export function workerMetrics(status: WorkerStatus, bytes: PathBytes): string {
     `${ns}_rendezvous_sessions_total`,
     "Rendezvous sessions opened.",
     () => status.rendezvous.sessions,
+  );
+  m.counterFrom(
+    `${ns}_handshakes_failed_total`,
+    "Incoming QUIC handshakes refused (too many at once) or given up (not done within 5 s).",
+    () => [
+      [{ outcome: "refused" }, status.handshakes.refused],
+      [{ outcome: "timed_out" }, status.handshakes.timed_out],
+    ],
   );
   const links = Object.entries(status.peers) as [string, Record<string, unknown>][];
   m.gauge(

@@ -183,6 +183,10 @@ export class Worker {
       udp: this.#udp?.presence.last ?? null,
       peers: this.peers.snapshot(),
       ...this.#forwarder.snapshot(),
+      handshakes: {
+        refused: this.#transport.handshakes.refused,
+        timed_out: this.#transport.handshakes.timedOut,
+      },
     };
   }
 

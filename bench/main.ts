@@ -15,10 +15,12 @@
  *   relay       — relayed frames per second between two workers
  *   stun        — bench/stun_bench.ts (ours next to coturn)
  *   redis       — bench/fleet_bench.ts: four instances over Redis, behind haproxy
+ *   abuse       — bench/abuse_bench.ts: clients that never read, relay to one,
+ *                 token guesses, huge frames, beside a healthy worker
  *
  * Flags: `--workers N` (19000), `--idle S` (60), `--storm N` (10000),
  * `--loadgens N` (4), `--quick` (small numbers, for a smoke test), `--only a,b` (scenarios:
- * cold,memory,fleet,rates,storm,crash,rtt,relay,stun,redis). Prints a table; writes
+ * cold,memory,fleet,rates,storm,crash,rtt,relay,stun,redis,abuse). Prints a table; writes
  * bench/results/bench-*.json.
  *
  * @module
@@ -492,6 +494,14 @@ if (!quick && run("stun")) {
     "stun",
     "see table above (ours next to coturn)",
     "bench/stun_bench.ts",
+  );
+}
+if (!quick && run("abuse")) {
+  await subBench(
+    "bench:abuse",
+    "abuse",
+    "see table above (attacks beside a healthy worker)",
+    "bench/abuse_bench.ts",
   );
 }
 if (!quick && run("redis")) {

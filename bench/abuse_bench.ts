@@ -1,0 +1,273 @@
+/**
+ * The abuse benchmark (`deno task bench:abuse`, or `deno task bench --only
+ * abuse`): attacks on a real rendezvous process on loopback, each next to a
+ * healthy worker whose echo round trip is measured before (the floor) and
+ * during the attack in the same run.
+ *
+ *   non-readers — clients that never read, sending 60 KB echoes and
+ *                 listings at 20/s each: RSS growth, how many were closed
+ *                 and how soon
+ *   relay sink  — senders relaying 16 KB frames at 200/s to a worker that
+ *                 never reads: RSS growth, when it is closed
+ *   guesses     — wrong bearer tokens from one client as fast as it can:
+ *                 how many were checked before the 429s
+ *   big frames  — eight 32 MiB frames: RSS growth until the sessions close
+ *                 (Deno reads a frame whole before its size can be refused)
+ *
+ * Flags: `--clients N` (40), `--seconds S` (20). Prints a table; writes
+ * bench/results/abuse-*.json.
+ *
+ * @module
+ */
+
+import { machineState, numberFlag, percentile } from "./_common.ts";
+import { RawWebSocket } from "../tests/_raw_ws.ts";
+import { TestClient } from "../tests/_helpers.ts";
+
+const ROOT = new URL("../", import.meta.url);
+const CLIENTS = numberFlag("--clients", 40);
+const SECONDS = numberFlag("--seconds", 20);
+const TOKEN = "abuse-bench-token-0123456789";
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const machine = machineState();
+
+interface Rendezvous {
+  child: Deno.ChildProcess;
+  port: number;
+  logs: Record<string, unknown>[];
+}
+
+async function startRendezvous(env: Record<string, string> = {}): Promise<Rendezvous> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-env", "rendezvous.ts"],
+    cwd: ROOT.pathname,
+    env: { PORT: "0", HOST: "127.0.0.1", LOG_FORMAT: "json", ...env },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const logs: Record<string, unknown>[] = [];
+  const port = Promise.withResolvers<number>();
+  (async () => {
+    let buffer = "";
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      buffer += chunk;
+      let nl;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        try {
+          const parsed = JSON.parse(line);
+          logs.push(parsed);
+          if (parsed.message === "rendezvous listening") port.resolve(parsed.port);
+        } catch {
+          // not a log line
+        }
+      }
+    }
+  })();
+  return { child, port: await port.promise, logs };
+}
+
+async function stop(rv: Rendezvous) {
+  try {
+    rv.child.kill("SIGKILL");
+  } catch {
+    // gone
+  }
+  await rv.child.status;
+}
+
+const rssMb = async (pid: number) =>
+  Number(/VmRSS:\s+(\d+) kB/.exec(await Deno.readTextFile(`/proc/${pid}/status`))![1]) / 1024;
+
+/** Samples RSS every 100 ms until stopped: the peak. */
+function peak(pid: number) {
+  let max = 0;
+  let on = true;
+  const done = (async () => {
+    while (on) {
+      max = Math.max(max, await rssMb(pid).catch(() => 0));
+      await sleep(100);
+    }
+    return max;
+  })();
+  return () => {
+    on = false;
+    return done;
+  };
+}
+
+/** A healthy worker's echoes every 50 ms: their round trips (ms) until stopped. */
+function heartbeat(client: TestClient) {
+  const rtts: number[] = [];
+  let on = true;
+  let lost = 0;
+  const done = (async () => {
+    for (let n = 0; on; n++) {
+      const at = performance.now();
+      client.send({ type: "echo_request", payload: `beat ${n}` });
+      try {
+        let m = await client.next(5000);
+        while (m.type !== "echo_response") m = await client.next(5000);
+        rtts.push(performance.now() - at);
+      } catch {
+        lost++;
+      }
+      await sleep(50);
+    }
+    return { rtts, lost };
+  })();
+  return () => {
+    on = false;
+    return done;
+  };
+}
+
+const rows: { attack: string; metric: string; value: string | number }[] = [];
+const row = (attack: string, metric: string, value: string | number) => {
+  rows.push({ attack, metric, value });
+  console.error(`${attack}: ${metric} = ${value}`);
+};
+const ms = (xs: number[], p: number) => xs.length ? percentile(xs, p).toFixed(1) : "–";
+
+/** The healthy worker's echo before (floor) and during an attack. */
+async function withHealthy(
+  attack: string,
+  rv: Rendezvous,
+  run: () => Promise<void>,
+) {
+  const healthy = await TestClient.connect(`ws://127.0.0.1:${rv.port}/ws/register/healthy`);
+  const floor = heartbeat(healthy);
+  await sleep(2000);
+  const before = await floor();
+  const during = heartbeat(healthy);
+  await run();
+  const after = await during();
+  row(
+    attack,
+    "healthy echo p50 / p99 ms, floor",
+    `${ms(before.rtts, 0.5)} / ${ms(before.rtts, 0.99)}`,
+  );
+  row(
+    attack,
+    "healthy echo p50 / p99 / max ms, during",
+    `${ms(after.rtts, 0.5)} / ${ms(after.rtts, 0.99)} / ${ms(after.rtts, 1)}` +
+      (after.lost ? `, ${after.lost} lost` : ""),
+  );
+  await healthy.close().catch(() => {});
+}
+
+// ---- clients that never read ----------------------------------------------------
+{
+  const rv = await startRendezvous();
+  const before = await rssMb(rv.child.pid);
+  const top = peak(rv.child.pid);
+  const closed = () => rv.logs.filter((l) => l.message === "worker closed: not reading").length;
+  let closedAt = 0;
+  await withHealthy("non-readers", rv, async () => {
+    const started = performance.now();
+    const sockets = await Promise.all(
+      Array.from(
+        { length: CLIENTS },
+        (_, i) => RawWebSocket.open(rv.port, `/ws/register/sink-${i}`),
+      ),
+    );
+    const big = JSON.stringify({ type: "echo_request", payload: "x".repeat(60_000) });
+    const list = JSON.stringify({ type: "list_peers", watch: false });
+    await Promise.all(sockets.map(async (s) => {
+      const end = started + SECONDS * 1000;
+      while (performance.now() < end && !s.broken && closed() < CLIENTS) {
+        await s.sendText(big);
+        await s.sendText(list);
+        await sleep(50);
+      }
+    }));
+    closedAt = performance.now() - started;
+    for (const s of sockets) s.close();
+  });
+  row("non-readers", `closed of ${CLIENTS}`, `${closed()} (in ${(closedAt / 1000).toFixed(1)} s)`);
+  row("non-readers", "RSS growth MB (peak)", ((await top()) - before).toFixed(0));
+  await stop(rv);
+}
+
+// ---- relaying to a worker that never reads ---------------------------------------
+{
+  const rv = await startRendezvous();
+  const before = await rssMb(rv.child.pid);
+  const top = peak(rv.child.pid);
+  let closedMs = 0;
+  await withHealthy("relay sink", rv, async () => {
+    const sink = await RawWebSocket.open(rv.port, "/ws/register/sink");
+    const senders = await Promise.all(
+      Array.from(
+        { length: 10 },
+        (_, i) => TestClient.connect(`ws://127.0.0.1:${rv.port}/ws/register/s${i}`),
+      ),
+    );
+    const frame = JSON.stringify({ type: "relay", to: "sink", data: "A".repeat(16_384) });
+    const started = performance.now();
+    const closed = () => rv.logs.some((l) => l.message === "worker closed: not reading");
+    while (performance.now() - started < SECONDS * 1000 && !closed()) {
+      for (const s of senders) for (let i = 0; i < 20; i++) s.socket.send(frame);
+      await sleep(100);
+    }
+    closedMs = closed() ? performance.now() - started : 0;
+    sink.close();
+    for (const s of senders) await s.close().catch(() => {});
+  });
+  row("relay sink", "non-reader closed after s", closedMs ? (closedMs / 1000).toFixed(1) : "no");
+  row("relay sink", "RSS growth MB (peak)", ((await top()) - before).toFixed(0));
+  await stop(rv);
+}
+
+// ---- guessing the bearer token ----------------------------------------------------
+{
+  const rv = await startRendezvous({ RENDEZVOUS_TOKEN: TOKEN });
+  const codes = new Map<number, number>();
+  const started = performance.now();
+  while (performance.now() - started < 5000) {
+    const res = await fetch(`http://127.0.0.1:${rv.port}/metrics`, {
+      headers: { authorization: "Bearer wrong-guess" },
+    });
+    await res.body?.cancel();
+    codes.set(res.status, (codes.get(res.status) ?? 0) + 1);
+  }
+  const checked = codes.get(401) ?? 0;
+  row("guesses", "wrong tokens checked in 5 s (401)", checked);
+  row("guesses", "answered 429 without a check", codes.get(429) ?? 0);
+  await stop(rv);
+}
+
+// ---- eight 32 MiB frames ------------------------------------------------------------
+{
+  const rv = await startRendezvous();
+  const before = await rssMb(rv.child.pid);
+  const top = peak(rv.child.pid);
+  const started = performance.now();
+  const sockets = await Promise.all(
+    Array.from({ length: 8 }, (_, i) => RawWebSocket.open(rv.port, `/ws/register/big-${i}`)),
+  );
+  const huge = JSON.stringify({ type: "echo_request", payload: "x".repeat(32 * 1024 * 1024) });
+  await Promise.all(sockets.map((s) => s.sendText(huge)));
+  const closedLines = () => rv.logs.filter((l) => l.message === "worker sent an oversize message");
+  while (closedLines().length < 8 && performance.now() - started < 30_000) await sleep(100);
+  row("big frames", "oversize sessions closed (1009)", `${closedLines().length} of 8`);
+  row("big frames", "closed after s", ((performance.now() - started) / 1000).toFixed(1));
+  for (const s of sockets) s.close();
+  await sleep(1000);
+  row("big frames", "RSS growth MB (peak)", ((await top()) - before).toFixed(0));
+  await stop(rv);
+}
+
+console.log(`\nholepunch abuse benchmark (${JSON.stringify(machine)})\n`);
+const widths = [14, 44];
+for (const r of [{ attack: "attack", metric: "metric", value: "value" }, ...rows]) {
+  console.log(`${r.attack.padEnd(widths[0])}  ${r.metric.padEnd(widths[1])}  ${r.value}`);
+}
+await Deno.mkdir(new URL("bench/results/", ROOT), { recursive: true });
+const file = new URL(
+  `bench/results/abuse-${new Date().toISOString().replace(/[:.]/g, "-")}.json`,
+  ROOT,
+);
+await Deno.writeTextFile(file, JSON.stringify({ machine, rows }, null, 2) + "\n");
+console.log(`\nwrote ${file.pathname}`);

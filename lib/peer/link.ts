@@ -304,6 +304,7 @@ export class PeerLink {
       }
     }
     if (frame === undefined || session === undefined) return; // unauthenticated or stale: dropped
+    if (from) this.#d.heard?.(from);
     if (from && frame.type !== "opened" && frame.type !== "reroll") this.#state.validate(from, via);
     // One handler per frame type; the relay's (`from` undefined) and the path's apart.
     switch (frame.type) {

@@ -29,6 +29,8 @@ export interface PeerLinkDeps {
   ): Promise<unknown> | void;
   /** The highest TTL of opening packets (they go out at 2, 3, … up to it). @default {3} */
   openingTtl?: number;
+  /** An authenticated frame came from `from` over UDP: it answers. */
+  heard?(from: UdpAddress): void;
   /** Sends a frame through the rendezvous relay. */
   sendRelay(bytes: Uint8Array): void;
   /**

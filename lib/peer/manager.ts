@@ -10,6 +10,7 @@ import { type Clock, systemClock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import { frameSessionId, fromBase64, isPeerFrame, toBase64 } from "./frame.ts";
 import { type LinkEvent, PeerLink } from "./link.ts";
+import { SendBudget } from "./send_budget.ts";
 import { StunClient } from "../stun/client.ts";
 import { DISCOVERY_SCHEDULE, hostInterfaces, localCandidates } from "../stun/discovery.ts";
 import type {
@@ -104,6 +105,8 @@ export class PeerManager {
   #transport?: PeerTransport;
   /** Transport packets from addresses no link validated: dropped. */
   strayPackets = 0;
+  /** Punching packets to addresses that have not answered: paced per IP. */
+  readonly budget: SendBudget;
   /** Transport bytes (without the envelope byte) by path and direction. */
   readonly pathBytes = { direct: { sent: 0, received: 0 }, relay: { sent: 0, received: 0 } };
 
@@ -119,6 +122,7 @@ export class PeerManager {
   constructor(options: PeerManagerOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
+    this.budget = new SendBudget(this.#clock);
     for (const socket of [options.udp, options.udp6]) {
       if (!socket) continue;
       socket.onOther = (bytes, from) => this.#onUdp(bytes, from, 0);
@@ -259,6 +263,7 @@ export class PeerManager {
     link = new PeerLink(peerId, {
       clock: this.#clock,
       sendUdp: (bytes, to, via) => this.#sendUdp(bytes, to, via),
+      heard: (from) => this.budget.heard(from.ip),
       ...((this.#o.openingTtl ?? DEFAULT_OPENING_TTL) > 0
         ? {
           sendOpening: (bytes, to, via, ttl) => this.#sendOpening(bytes, to, via, ttl),
@@ -319,11 +324,13 @@ export class PeerManager {
   }
 
   #sendUdp(bytes: Uint8Array, to: UdpAddress, via: number): void {
+    if (!this.budget.take(to.ip)) return; // an address that never answered: paced
     const socket = this.#socket(via, to);
     socket?.send(bytes, to).catch(() => {}); // UDP: a failed send is a lost packet
   }
 
   async #sendOpening(bytes: Uint8Array, to: UdpAddress, via: number, ttl: number): Promise<void> {
+    if (!this.budget.take(to.ip)) return;
     const socket = this.#socket(via, to);
     await socket?.sendWithTtl(bytes, to, ttl).then((sent) => {
       if (sent || this.#openingFailed) return;
@@ -430,6 +437,10 @@ export class PeerManager {
         const link = this.#link(message.peer_id);
         for (const id of link.sessionIds.slice(1)) this.#bySession.delete(id);
         this.#bySession.set(message.session_id, link);
+        // The rendezvous sees the peer come from these: they may be punched hard.
+        for (const c of message.candidates) {
+          if (c.kind === "public" && c.vouched !== false) this.budget.vouch(c.ip);
+        }
         void link.punch(message);
         return;
       }

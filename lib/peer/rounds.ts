@@ -130,7 +130,18 @@ export class Rounds {
   ): void {
     const intro = this.#h.introduction();
     if (!intro || intro.id !== sessionId) return;
-    const { n, via, candidates } = round ?? { n: 0, via: 0, candidates: intro.candidates };
+    const { n, via } = round ?? { n: 0, via: 0 };
+    // A reroll's candidates come from the peer's frame, not the rendezvous: a
+    // public one is vouched only at an IP the introduction vouched for (the
+    // same NAT, a fresh port), so no frame can widen where we spray.
+    const vouchedIps = new Set(
+      intro.candidates.filter((c) => c.kind === "public" && c.vouched !== false).map((c) => c.ip),
+    );
+    const candidates = round
+      ? round.candidates.map((c) =>
+        c.kind === "public" ? { ...c, vouched: vouchedIps.has(c.ip) } : c
+      )
+      : intro.candidates;
     const { strategy, checks, publics } = planPunch(intro.ownNat, intro.peerNat, candidates);
     const ownHard = intro.ownNat === "endpoint-dependent";
     const peerHard = intro.peerNat === "endpoint-dependent";

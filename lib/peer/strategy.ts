@@ -11,6 +11,10 @@
  * | the peer is endpoint-dependent, we not  | `easy-side`: a spray at random ports |
  * | anything else                           | `ice`        |
  *
+ * The hard side's sockets and the spray go only to a public candidate the
+ * rendezvous vouches for (it sees the peer at that IP); without one, `ice`:
+ * paced checks that stop when the address does not answer.
+ *
  * @module
  */
 
@@ -24,7 +28,7 @@ export interface PunchPlan {
   strategy: Strategy;
   /** Checked one after another (local first, then public). */
   checks: Candidate[];
-  /** The peer's public candidates (the hard side's and the spray's target). */
+  /** The peer's vouched public candidates (the hard side's and the spray's target). */
   publics: Candidate[];
 }
 
@@ -38,8 +42,9 @@ export function planPunch(
   const peerHard = peer === "endpoint-dependent";
   const noUdp = own === "no-udp" || peer === "no-udp";
   const locals = candidates.filter((c) => c.kind === "local");
-  const publics = candidates.filter((c) => c.kind === "public");
-  const checks = noUdp ? [] : ownHard && peerHard ? locals : [...locals, ...publics];
+  const allPublics = candidates.filter((c) => c.kind === "public");
+  const publics = allPublics.filter((c) => c.vouched !== false);
+  const checks = noUdp ? [] : ownHard && peerHard ? locals : [...locals, ...allPublics];
   // A side without NAT takes any packet: the other side's checks reach it
   // and its answers go back through whatever mapping they came from, so
   // plain checks do; 256 sockets and a spray would only load it.

@@ -333,6 +333,13 @@ export interface PeerLeftMessage {
 export interface Candidate extends UdpAddress {
   /** A host candidate (an interface address) or server-reflexive (STUN-mapped). */
   kind: "local" | "public";
+  /**
+   * A public candidate's IP is the one the rendezvous sees the peer's session
+   * come from: only such an address may get a birthday spray or a hard
+   * side's sockets, anything else only paced checks. Absent from
+   * rendezvous versions before it (then trusted, as they were).
+   */
+  vouched?: boolean;
 }
 
 /** An introduction: punch towards `peer_id` now (after `delay_ms`). */

@@ -390,7 +390,10 @@ export function parseServerMessage(text: string): ServerMessage {
       const candidates = list.slice(0, MAX_LOCAL_CANDIDATES + 1).map((c, i) => {
         const address = udpAddress(c, "punch", `candidates[${i}]`);
         const kind = (c as Record<string, unknown>).kind === "local" ? "local" : "public";
-        return { ...address, kind } as Candidate;
+        const vouched = (c as Record<string, unknown>).vouched;
+        return (typeof vouched === "boolean"
+          ? { ...address, kind, vouched }
+          : { ...address, kind }) as Candidate;
       });
       const delay = Number(record.delay_ms);
       return {

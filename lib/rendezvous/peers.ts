@@ -11,6 +11,7 @@
  */
 
 import { randomHex } from "../core/encoding.ts";
+import { normalizeIp } from "../protocol/ip.ts";
 
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
@@ -94,7 +95,11 @@ function candidates(record: WorkerRecord): Candidate[] {
   // ICE order (RFC 8445 §5.1.2): host candidates first, then server-reflexive.
   const out: Candidate[] = udp.local.map((a) => ({ ...a, kind: "local" as const }));
   if (udp.public && !out.some((c) => c.ip === udp.public!.ip && c.port === udp.public!.port)) {
-    out.push({ ...udp.public, kind: "public" });
+    // Vouched: the worker's session comes from this IP, so a spray at it
+    // reaches that worker's own network, not someone it names.
+    const vouched = record.observed_ip !== null &&
+      normalizeIp(udp.public.ip) === record.observed_ip;
+    out.push({ ...udp.public, kind: "public", vouched });
   }
   return out;
 }

@@ -4,6 +4,9 @@ import type { Candidate, NatMapping } from "../../lib/protocol/messages.ts";
 
 const local: Candidate = { ip: "192.168.1.2", port: 4000, kind: "local" };
 const pub: Candidate = { ip: "203.0.113.9", port: 40000, kind: "public" };
+/** A public candidate at an IP the rendezvous does not see the peer at (someone else's?). */
+const unvouched: Candidate = { ...pub, vouched: false };
+const vouched: Candidate = { ...pub, vouched: true };
 
 Deno.test("planPunch() picks the strategy from both NATs and the candidates, the whole table", () => {
   const EIM = "endpoint-independent";
@@ -22,11 +25,19 @@ Deno.test("planPunch() picks the strategy from both NATs and the candidates, the
     [EIM, "no-udp", [local, pub], "relay-only", []],
     [null, null, [pub], "ice", [pub]], // unknown NATs: plain checks
     [EIM, EIM, [pub, local], "ice", [local, pub]], // local candidates first
+    // Only a vouched public address gets the hard side's sockets or a spray; others are checked.
+    [EDM, EIM, [local, vouched], "hard-side", [local, vouched]],
+    [EIM, EDM, [local, vouched], "easy-side", [local, vouched]],
+    [EDM, EIM, [local, unvouched], "ice", [local, unvouched]],
+    [EIM, EDM, [local, unvouched], "ice", [local, unvouched]],
   ];
   for (const [own, peer, candidates, strategy, checks] of table) {
     const plan = planPunch(own, peer, candidates);
     assert.equal(plan.strategy, strategy, `${own} ↔ ${peer} (${candidates.length} candidates)`);
     assert.deepEqual(plan.checks, checks, `${own} ↔ ${peer} checks`);
-    assert.deepEqual(plan.publics, candidates.filter((c) => c.kind === "public"));
+    assert.deepEqual(
+      plan.publics,
+      candidates.filter((c) => c.kind === "public" && c.vouched !== false),
+    );
   }
 });

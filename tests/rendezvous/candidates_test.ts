@@ -72,3 +72,34 @@ Deno.test("special-purpose candidates are refused, loopback only for a worker se
     await rv.close();
   }
 });
+
+Deno.test("a punch vouches for a peer's public candidate only at the IP its session comes from", async () => {
+  const rv = await startRendezvous({ trustProxyHops: 1 });
+  try {
+    const honest = await TestClient.connect(`${rv.ws}/ws/register/honest`, {
+      "x-forwarded-for": "203.0.113.50",
+    });
+    const liar = await TestClient.connect(`${rv.ws}/ws/register/liar`, {
+      "x-forwarded-for": "203.0.113.60",
+    });
+    const asker = await TestClient.connect(`${rv.ws}/ws/register/asker`, {
+      "x-forwarded-for": "198.51.100.1",
+    });
+    await report(honest, "203.0.113.50", []); // where it is seen
+    await report(liar, "192.0.2.99", []); // someone else's address
+    await report(asker, "198.51.100.1", []);
+    const publicOf = async (peer: string) => {
+      asker.send({ type: "connect", peer_id: peer });
+      let punch = await asker.next();
+      while (punch.type !== "punch") punch = await asker.next();
+      return (punch.candidates as { kind: string; vouched?: boolean }[]).find((c) =>
+        c.kind === "public"
+      );
+    };
+    assert.equal((await publicOf("honest"))?.vouched, true);
+    assert.equal((await publicOf("liar"))?.vouched, false);
+    await Promise.all([honest.close(), liar.close(), asker.close()]);
+  } finally {
+    await rv.close();
+  }
+});

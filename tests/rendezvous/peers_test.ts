@@ -83,7 +83,8 @@ Deno.test("connect introduces both sides at once with candidates, one session pe
     assert.equal(toB.role, "responder");
     assert.deepEqual(toA.candidates, [
       { ip: "10.0.0.5", port: 5005, kind: "local" },
-      { ip: "203.0.113.5", port: 40005, kind: "public" },
+      // b's session comes from 127.0.0.1, not from this address: checked, never sprayed at.
+      { ip: "203.0.113.5", port: 40005, kind: "public", vouched: false },
     ]);
     assert.equal(toA.peer_nat, "endpoint-independent");
     // a is 10 ms away, b 50 ms: both start 25 ms + margin after the send.

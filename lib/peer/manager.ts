@@ -105,7 +105,7 @@ export class PeerManager {
   #transport?: PeerTransport;
   /** Transport packets from addresses no link validated: dropped. */
   strayPackets = 0;
-  /** Punching packets to addresses that have not answered: paced per IP. */
+  /** @ignore Punching packets to addresses that have not answered: paced per IP. */
   readonly budget: SendBudget;
   /** Transport bytes (without the envelope byte) by path and direction. */
   readonly pathBytes = { direct: { sent: 0, received: 0 }, relay: { sent: 0, received: 0 } };

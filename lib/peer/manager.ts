@@ -105,6 +105,8 @@ export class PeerManager {
   #transport?: PeerTransport;
   /** Transport packets from addresses no link validated: dropped. */
   strayPackets = 0;
+  /** Peers the rendezvous introduced us to (their transport packets are taken). */
+  #punched = new Set<string>();
   /** @ignore Punching packets to addresses that have not answered: paced per IP. */
   readonly budget: SendBudget;
   /** Transport bytes (without the envelope byte) by path and direction. */
@@ -212,6 +214,14 @@ export class PeerManager {
    */
   introduced(peerId: string): boolean {
     return (this.#links.get(peerId)?.sessionIds.length ?? 0) > 0;
+  }
+
+  /**
+   * Whether the rendezvous introduced us to `peerId` (since it last joined):
+   * known from the moment its `punch` arrives, before the link has taken it in.
+   */
+  wasIntroduced(peerId: string): boolean {
+    return this.#punched.has(peerId);
   }
 
   /** The path to `peerId` now (the relay until a direct path is punched). */
@@ -430,10 +440,12 @@ export class PeerManager {
           this.#indexPaths(link, true);
         }
         this.#transport?.forget(message.peer_id);
+        this.#punched.delete(message.peer_id);
         this.#o.logger.info("peer left", { peer_id: message.peer_id });
         return;
       }
       case "punch": {
+        this.#punched.add(message.peer_id);
         const link = this.#link(message.peer_id);
         for (const id of link.sessionIds.slice(1)) this.#bySession.delete(id);
         this.#bySession.set(message.session_id, link);

@@ -75,6 +75,8 @@ const AUTH_TIMEOUT_MS = 10_000;
  * slot for this long, never the accept of anyone else.
  */
 export const HANDSHAKE_LIMITS = { maxPending: 64, timeoutMs: 5000 } as const;
+/** Peers a worker keeps a stand-in (a loopback socket and QUIC state) for at once. */
+export const MAX_STAND_INS = 1024;
 /** Connection close codes of the transport (QUIC application error codes). */
 export const TransportClose = {
   /** The application closed the connection. */
@@ -115,6 +117,12 @@ export interface PeerTransportOptions {
   peer(peerId: string): TransportPeer | undefined;
   /** A peer dialed us and proved who it is (or set later: {@linkcode PeerTransport.setHandlers}). */
   onConnection?(peerId: string, conn: AuthenticatedConnection): void;
+  /**
+   * Whether `peerId`'s packets may open a stand-in (and so QUIC state): the
+   * worker admits only peers the rendezvous introduced it to, so a group
+   * member cannot make it hold state by relaying Initials. @default {() => true}
+   */
+  admits?(peerId: string): boolean;
   /** Whether to take a proven dial from `peerId` (false: refused as a duplicate). @default {() => true} */
   accepts?(peerId: string): boolean;
   /**
@@ -178,6 +186,12 @@ export class PeerTransport {
     packetsReceived: 0,
     bytesReceived: 0,
   };
+  /** Packets dropped: from a peer not introduced, or past `MAX_STAND_INS`. */
+  refusedPackets = 0;
+  /** Peers with a stand-in (a socket) now. */
+  get standIns(): number {
+    return this.#standIns.size;
+  }
   /** Handshakes refused over `HANDSHAKE_LIMITS.maxPending`, and given up after its timeout. */
   readonly handshakes = { refused: 0, timedOut: 0 };
   #o: PeerTransportOptions;
@@ -324,8 +338,18 @@ export class PeerTransport {
    */
   receive(peerId: string, packet: Uint8Array): Promise<unknown> | undefined {
     if (this.#closed || packet.length === 0 || packet.length > MAX_PACKET) return undefined;
-    // Only peers the rendezvous named get a stand-in: a stranger's packets go nowhere.
-    if (!this.#standIns.has(peerId) && this.#o.peer(peerId) === undefined) return undefined;
+    // Only peers the rendezvous named, and introduced, get a stand-in (at most
+    // MAX_STAND_INS): anyone else's packets go nowhere.
+    if (!this.#standIns.has(peerId)) {
+      if (this.#o.peer(peerId) === undefined || !(this.#o.admits?.(peerId) ?? true)) {
+        this.refusedPackets++;
+        return undefined;
+      }
+      if (this.#standIns.size >= MAX_STAND_INS) {
+        this.refusedPackets++;
+        return undefined;
+      }
+    }
     return this.#standIn(peerId).deliver(packet);
   }
 

@@ -310,6 +310,8 @@ export async function startWorker(
       logger: log,
       sendPacket: (peerId, packet) => peers.sendPacket(peerId, packet),
       peer: (peerId) => peers.peer(peerId),
+      // Only peers we were introduced to may make us hold a stand-in and QUIC state.
+      admits: (peerId) => peers.wasIntroduced(peerId),
       // Peers pin our certificate only as our key vouches for it (again after each rotation).
       onCredentials: (credentials) => client.send({ type: "register_transport", ...credentials }),
       congestionControl: config.peerCongestionControl,

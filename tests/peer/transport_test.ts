@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Logger } from "../../lib/core/log.ts";
 import { Identity } from "../../lib/protocol/identity.ts";
-import { PeerTransport } from "../../lib/peer/transport.ts";
+import { MAX_STAND_INS, PeerTransport } from "../../lib/peer/transport.ts";
 
 async function transport(logs: Record<string, unknown>[] = []) {
   const sent: string[] = [];
@@ -187,5 +187,32 @@ Deno.test("an attacker on the path replays, reorders and forges packets: nothing
     clearInterval(flush);
     await a.close();
     await b.close();
+  }
+});
+
+Deno.test("only introduced peers' packets open a stand-in, and at most MAX_STAND_INS of them", async () => {
+  // 500 group members each relay one (Initial-sized) packet; one of them was introduced.
+  const members = Array.from({ length: 1100 }, (_, i) => `member-${i}`);
+  let admitAll = false;
+  const t = await PeerTransport.start({
+    workerId: "w",
+    identity: await Identity.generate(),
+    logger: new Logger({ sink: () => {} }),
+    sendPacket: () => {},
+    peer: (id) => id.startsWith("member-") ? { key: "k", transport: null } : undefined,
+    admits: (id) => admitAll || id === "member-7",
+  });
+  try {
+    const initial = new Uint8Array(1200).fill(0xc0);
+    for (const id of members.slice(0, 500)) await t.receive(id, initial);
+    assert.equal(t.standIns, 1, "only the introduced peer");
+    assert.equal(t.refusedPackets, 499);
+    // Even were every member admitted, the stand-ins stay bounded.
+    admitAll = true;
+    for (const id of members) await t.receive(id, initial);
+    assert.equal(t.standIns, MAX_STAND_INS);
+    assert.equal(t.refusedPackets, 499 + (members.length - MAX_STAND_INS));
+  } finally {
+    await t.close();
   }
 });

@@ -21,6 +21,8 @@ export class StandIn {
   #conn: Deno.DatagramConn;
   #quic: Deno.NetAddr;
   #closed = false;
+  /** When a packet last went through (`performance.now()`), either way. */
+  lastActive = performance.now();
 
   readonly #stats: TransportStats;
 
@@ -58,6 +60,7 @@ export class StandIn {
       }
       this.#stats.packetsSent++;
       this.#stats.bytesSent += size;
+      this.lastActive = performance.now();
       try {
         await out(buffer.subarray(0, size + 1));
       } catch {
@@ -70,6 +73,7 @@ export class StandIn {
   deliver(packet: Uint8Array): Promise<unknown> {
     this.#stats.packetsReceived++;
     this.#stats.bytesReceived += packet.length;
+    this.lastActive = performance.now();
     return this.#conn.send(packet, this.#quic).catch(() => {});
   }
 

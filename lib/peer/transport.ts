@@ -77,6 +77,12 @@ const AUTH_TIMEOUT_MS = 10_000;
 export const HANDSHAKE_LIMITS = { maxPending: 64, timeoutMs: 5000 } as const;
 /** Peers a worker keeps a stand-in (a loopback socket and QUIC state) for at once. */
 export const MAX_STAND_INS = 1024;
+/**
+ * A stand-in no packet went through for this long is closed: a live
+ * connection sends keepalives every 5 s and times out after 30 s idle, so
+ * nothing of it is left by then. The peer's next packet opens a new one.
+ */
+const STAND_IN_IDLE_MS = 120_000;
 /** Connection close codes of the transport (QUIC application error codes). */
 export const TransportClose = {
   /** The application closed the connection. */
@@ -123,6 +129,8 @@ export interface PeerTransportOptions {
    * member cannot make it hold state by relaying Initials. @default {() => true}
    */
   admits?(peerId: string): boolean;
+  /** How long a stand-in may go without a packet before it is closed. @default {120000} */
+  standInIdleMs?: number;
   /** Whether to take a proven dial from `peerId` (false: refused as a duplicate). @default {() => true} */
   accepts?(peerId: string): boolean;
   /**
@@ -201,6 +209,7 @@ export class PeerTransport {
   /** The certificate before the last rotation: a dial under way then may have pinned it. */
   #previousCertHash: string | undefined;
   #rotateTimer: ReturnType<typeof setTimeout> | undefined;
+  #sweepTimer: ReturnType<typeof setInterval>;
   readonly #standIns = new Map<string, StandIn>();
   readonly #byPort = new Map<number, string>();
   #closed = false;
@@ -229,6 +238,13 @@ export class PeerTransport {
     this.credentials = issued.credentials;
     this.#listener = this.#listen(issued.cert);
     this.#scheduleRotation();
+    const idleMs = options.standInIdleMs ?? STAND_IN_IDLE_MS;
+    this.#sweepTimer = setInterval(() => {
+      const now = performance.now();
+      for (const [peerId, standIn] of this.#standIns) {
+        if (now - standIn.lastActive > idleMs) this.forget(peerId);
+      }
+    }, Math.max(10, idleMs / 4));
     this.warmedUp = warmUp({
       endpoint: this.#endpoint,
       workerId: options.workerId,
@@ -574,6 +590,7 @@ export class PeerTransport {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#rotateTimer);
+    clearInterval(this.#sweepTimer);
     this.#listener.stop();
     this.#endpoint.close({ closeCode: TransportClose.SHUTDOWN, reason: "worker shutting down" });
     for (const standIn of this.#standIns.values()) standIn.close();

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { Logger } from "../../lib/core/log.ts";
 import { Identity } from "../../lib/protocol/identity.ts";
 import { MAX_STAND_INS, PeerTransport } from "../../lib/peer/transport.ts";
+import { waitFor } from "../_helpers.ts";
 
 async function transport(logs: Record<string, unknown>[] = []) {
   const sent: string[] = [];
@@ -212,6 +213,26 @@ Deno.test("only introduced peers' packets open a stand-in, and at most MAX_STAND
     for (const id of members) await t.receive(id, initial);
     assert.equal(t.standIns, MAX_STAND_INS);
     assert.equal(t.refusedPackets, 499 + (members.length - MAX_STAND_INS));
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a stand-in no packet went through for standInIdleMs is closed; the peer's next packet opens one again", async () => {
+  const t = await PeerTransport.start({
+    workerId: "w",
+    identity: await Identity.generate(),
+    logger: new Logger({ sink: () => {} }),
+    sendPacket: () => {},
+    peer: (id) => id === "p" ? { key: "k", transport: null } : undefined,
+    standInIdleMs: 200,
+  });
+  try {
+    await t.receive("p", new Uint8Array(1200).fill(0xc0));
+    assert.equal(t.standIns, 1);
+    await waitFor(() => t.standIns === 0, "the idle stand-in to close", 3000);
+    await t.receive("p", new Uint8Array(1200).fill(0xc0));
+    assert.equal(t.standIns, 1, "opened again");
   } finally {
     await t.close();
   }

@@ -36,7 +36,7 @@ try {
   service = startRendezvous(config, { logger: log });
 } catch (error) {
   if (error instanceof BindingsFileError) {
-    log.error("cannot start: bad KEY_BINDINGS_FILE", { error: error.message });
+    log.error("cannot start: cannot use KEY_BINDINGS_FILE", { error: error.message });
     exitAfterLogs(2);
   }
   logStunStartFailure(config.stun!, log, error);

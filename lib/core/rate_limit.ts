@@ -31,12 +31,17 @@ export class TokenBucket {
     this.#updatedAt = now;
   }
 
-  /** Spends `cost` tokens (default one) if there are that many; `now` is in milliseconds. */
-  take(now: number, cost = 1): boolean {
+  /** The tokens there are at `now` (milliseconds), refilled up to the burst. */
+  tokens(now: number): number {
     const elapsed = Math.max(0, now - this.#updatedAt);
     this.#updatedAt = now;
     this.#tokens = Math.min(this.burst, this.#tokens + (elapsed * this.ratePerSec) / 1000);
-    if (this.#tokens < cost) return false;
+    return this.#tokens;
+  }
+
+  /** Spends `cost` tokens (default one) if there are that many; `now` is in milliseconds. */
+  take(now: number, cost = 1): boolean {
+    if (this.tokens(now) < cost) return false;
     this.#tokens -= cost;
     return true;
   }

@@ -13,6 +13,7 @@
  */
 
 import type { Clock } from "../core/clock.ts";
+import { TokenBucket } from "../core/rate_limit.ts";
 
 /** The budget's limits. */
 export interface SendBudgetLimits {
@@ -35,8 +36,8 @@ export const SEND_BUDGET: Readonly<SendBudgetLimits> = {
 };
 
 interface Entry {
-  tokens: number;
-  at: number;
+  /** Packets it may still get while not trusted. */
+  bucket: TokenBucket;
   /** Until when the IP answered or was vouched for. */
   trustedUntil: number;
 }
@@ -58,12 +59,10 @@ export class SendBudget {
   #entry(ip: string, now: number): Entry {
     let entry = this.#entries.get(ip);
     if (entry) {
-      const { burst, perMinute } = this.#limits;
-      entry.tokens = Math.min(burst, entry.tokens + ((now - entry.at) * perMinute) / 60_000);
-      entry.at = now;
       this.#entries.delete(ip); // moved to the end: least recently used first
     } else {
-      entry = { tokens: this.#limits.burst, at: now, trustedUntil: 0 };
+      const { burst, perMinute } = this.#limits;
+      entry = { bucket: new TokenBucket(perMinute / 60, burst, now), trustedUntil: 0 };
     }
     this.#entries.set(ip, entry);
     if (this.#entries.size > this.#limits.maxAddresses) {
@@ -87,12 +86,8 @@ export class SendBudget {
   take(ip: string): boolean {
     const now = this.#clock.now();
     const entry = this.#entry(ip, now);
-    if (now < entry.trustedUntil) return true;
-    if (entry.tokens < 1) {
-      this.dropped++;
-      return false;
-    }
-    entry.tokens--;
-    return true;
+    if (now < entry.trustedUntil || entry.bucket.take(now)) return true;
+    this.dropped++;
+    return false;
   }
 }

@@ -11,6 +11,7 @@
  */
 
 import type { Clock } from "../core/clock.ts";
+import { TokenBucket } from "../core/rate_limit.ts";
 import { parseIp } from "../protocol/ip.ts";
 import { bearerAuthorized, problem, unauthorized } from "./http.ts";
 
@@ -41,18 +42,13 @@ export function guessClient(ip: string | null): string {
   return `${hextets.join(":")}::/64`;
 }
 
-/** One client's remaining guesses. */
-interface Budget {
-  tokens: number;
-  at: number;
-}
-
 /** The wrong guesses of every client, bounded. */
 export class Guesses {
   #clock: Clock;
   #limits: Readonly<GuessLimits>;
   #throttled: (client: string) => void;
-  #clients = new Map<string, Budget>();
+  /** Each client's remaining guesses. */
+  #clients = new Map<string, TokenBucket>();
 
   /**
    * Guesses on `clock`, within `limits`; `throttled` hears every attempt
@@ -68,17 +64,12 @@ export class Guesses {
     this.#limits = limits;
   }
 
-  #budget(client: string, now: number): Budget | undefined {
-    const budget = this.#clients.get(client);
-    if (!budget) return undefined;
-    const { burst, refillMs } = this.#limits;
-    budget.tokens = Math.min(burst, budget.tokens + (now - budget.at) / refillMs);
-    budget.at = now;
-    if (budget.tokens >= burst) {
-      this.#clients.delete(client); // full again: nothing to remember
-      return undefined;
-    }
-    return budget;
+  /** `client`'s guesses left at `now`; undefined (forgotten) once it has all of them again. */
+  #left(client: string, now: number): number | undefined {
+    const tokens = this.#clients.get(client)?.tokens(now);
+    if (tokens === undefined || tokens < this.#limits.burst) return tokens;
+    this.#clients.delete(client); // full again: nothing to remember
+    return undefined;
   }
 
   /**
@@ -86,10 +77,10 @@ export class Guesses {
    * undefined: go on and check its credential.
    */
   refusal(client: string): Response | undefined {
-    const budget = this.#budget(client, this.#clock.now());
-    if (!budget || budget.tokens >= 1) return undefined;
+    const left = this.#left(client, this.#clock.now());
+    if (left === undefined || left >= 1) return undefined;
     this.#throttled(client);
-    const retryAfter = Math.ceil(((1 - budget.tokens) * this.#limits.refillMs) / 1000);
+    const retryAfter = Math.ceil(((1 - left) * this.#limits.refillMs) / 1000);
     return problem(429, "Too many wrong credentials from this client: try again later", {
       "retry-after": String(Math.max(1, retryAfter)),
     });
@@ -113,11 +104,12 @@ export class Guesses {
   /** `client` was wrong once. */
   wrong(client: string): void {
     const now = this.#clock.now();
-    const budget = this.#budget(client, now) ?? { tokens: this.#limits.burst, at: now };
-    budget.tokens = Math.max(0, budget.tokens - 1);
+    const { burst, refillMs } = this.#limits;
+    const bucket = this.#clients.get(client) ?? new TokenBucket(1000 / refillMs, burst, now);
+    bucket.take(now); // none left: stays at none
     // Least recently wrong first: re-inserted at the end, the oldest go first.
     this.#clients.delete(client);
-    this.#clients.set(client, budget);
+    this.#clients.set(client, bucket);
     if (this.#clients.size > this.#limits.maxClients) {
       this.#clients.delete(this.#clients.keys().next().value!);
     }

@@ -10,7 +10,7 @@
  */
 
 import { type Clock, delay, systemClock } from "../core/clock.ts";
-import { normalizeIp } from "../protocol/ip.ts";
+import { addressScope, normalizeIp } from "../protocol/ip.ts";
 import { type Logger, silentLogger } from "../core/log.ts";
 import type { NatMapping, RegisterUdpEndpointMessage, UdpAddress } from "../protocol/messages.ts";
 import { MAX_LOCAL_CANDIDATES } from "../protocol/messages.ts";
@@ -80,9 +80,8 @@ export function localCandidates(
     if (iface.family !== (bound.family === 4 ? "IPv4" : "IPv6")) continue;
     const ip = normalizeIp(iface.address);
     if (ip === null || seen.has(ip)) continue;
-    if (/^127\./.test(ip) || ip === "::1" || /^169\.254\./.test(ip) || /^fe[89ab]/i.test(ip)) {
-      continue;
-    }
+    const scope = addressScope(ip);
+    if (scope === "loopback" || scope === "link-local" || scope === "metadata") continue;
     seen.add(ip);
     out.push({ ip, port: bound.port });
   }

@@ -7,6 +7,7 @@
  */
 
 import type { Logger } from "../core/log.ts";
+import { addressScope } from "../protocol/ip.ts";
 import { StunClient } from "../stun/client.ts";
 import { UdpEndpoint } from "../peer/udp_endpoint.ts";
 import {
@@ -65,7 +66,8 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   // IPv6: no NAT to discover, so no STUN; the socket's global addresses are
   // candidates as they are (a stateful firewall lets the punch through).
   let udp6: UdpEndpoint | undefined;
-  const globalV6 = (ip: string) => !/^(::1$|fe[89ab]|fc|fd|::ffff:)/i.test(ip) && ip.includes(":");
+  const globalV6 = (ip: string) =>
+    ip.includes(":") && !/^::ffff:/i.test(ip) && addressScope(ip) === "global";
   if (
     options.hostname === "0.0.0.0" &&
     hostInterfaces().some((i) => i.family === "IPv6" && globalV6(i.address))

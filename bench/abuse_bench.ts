@@ -22,7 +22,8 @@
 
 import { machineState, numberFlag, percentile } from "./_common.ts";
 import { RawWebSocket } from "../tests/_raw_ws.ts";
-import { TestClient } from "../tests/_helpers.ts";
+import { spawnRendezvous, TestClient } from "../tests/_helpers.ts";
+import { heartbeat, peakRss, rssMb } from "../tests/_abuse.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const CLIENTS = numberFlag("--clients", 40);
@@ -31,97 +32,7 @@ const TOKEN = "abuse-bench-token-0123456789";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const machine = machineState();
 
-interface Rendezvous {
-  child: Deno.ChildProcess;
-  port: number;
-  logs: Record<string, unknown>[];
-}
-
-async function startRendezvous(env: Record<string, string> = {}): Promise<Rendezvous> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-env", "rendezvous.ts"],
-    cwd: ROOT.pathname,
-    env: { PORT: "0", HOST: "127.0.0.1", LOG_FORMAT: "json", ...env },
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const logs: Record<string, unknown>[] = [];
-  const port = Promise.withResolvers<number>();
-  (async () => {
-    let buffer = "";
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-      buffer += chunk;
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        try {
-          const parsed = JSON.parse(line);
-          logs.push(parsed);
-          if (parsed.message === "rendezvous listening") port.resolve(parsed.port);
-        } catch {
-          // not a log line
-        }
-      }
-    }
-  })();
-  return { child, port: await port.promise, logs };
-}
-
-async function stop(rv: Rendezvous) {
-  try {
-    rv.child.kill("SIGKILL");
-  } catch {
-    // gone
-  }
-  await rv.child.status;
-}
-
-const rssMb = async (pid: number) =>
-  Number(/VmRSS:\s+(\d+) kB/.exec(await Deno.readTextFile(`/proc/${pid}/status`))![1]) / 1024;
-
-/** Samples RSS every 100 ms until stopped: the peak. */
-function peak(pid: number) {
-  let max = 0;
-  let on = true;
-  const done = (async () => {
-    while (on) {
-      max = Math.max(max, await rssMb(pid).catch(() => 0));
-      await sleep(100);
-    }
-    return max;
-  })();
-  return () => {
-    on = false;
-    return done;
-  };
-}
-
-/** A healthy worker's echoes every 50 ms: their round trips (ms) until stopped. */
-function heartbeat(client: TestClient) {
-  const rtts: number[] = [];
-  let on = true;
-  let lost = 0;
-  const done = (async () => {
-    for (let n = 0; on; n++) {
-      const at = performance.now();
-      client.send({ type: "echo_request", payload: `beat ${n}` });
-      try {
-        let m = await client.next(5000);
-        while (m.type !== "echo_response") m = await client.next(5000);
-        rtts.push(performance.now() - at);
-      } catch {
-        lost++;
-      }
-      await sleep(50);
-    }
-    return { rtts, lost };
-  })();
-  return () => {
-    on = false;
-    return done;
-  };
-}
+type Rendezvous = Awaited<ReturnType<typeof spawnRendezvous>>;
 
 const rows: { attack: string; metric: string; value: string | number }[] = [];
 const row = (attack: string, metric: string, value: string | number) => {
@@ -137,12 +48,12 @@ async function withHealthy(
   run: () => Promise<void>,
 ) {
   const healthy = await TestClient.connect(`ws://127.0.0.1:${rv.port}/ws/register/healthy`);
-  const floor = heartbeat(healthy);
+  const floor = heartbeat(healthy, 50);
   await sleep(2000);
-  const before = await floor();
-  const during = heartbeat(healthy);
+  const before = await floor.stop();
+  const during = heartbeat(healthy, 50);
   await run();
-  const after = await during();
+  const after = await during.stop();
   row(
     attack,
     "healthy echo p50 / p99 ms, floor",
@@ -159,10 +70,11 @@ async function withHealthy(
 
 // ---- clients that never read ----------------------------------------------------
 {
-  const rv = await startRendezvous();
-  const before = await rssMb(rv.child.pid);
-  const top = peak(rv.child.pid);
-  const closed = () => rv.logs.filter((l) => l.message === "worker closed: not reading").length;
+  const rv = await spawnRendezvous();
+  const before = await rssMb(rv.proc.child.pid);
+  const top = peakRss(rv.proc.child.pid);
+  const closed = () =>
+    rv.proc.lines.filter((l) => l.message === "worker closed: not reading").length;
   let closedAt = 0;
   await withHealthy("non-readers", rv, async () => {
     const started = performance.now();
@@ -186,15 +98,15 @@ async function withHealthy(
     for (const s of sockets) s.close();
   });
   row("non-readers", `closed of ${CLIENTS}`, `${closed()} (in ${(closedAt / 1000).toFixed(1)} s)`);
-  row("non-readers", "RSS growth MB (peak)", ((await top()) - before).toFixed(0));
-  await stop(rv);
+  row("non-readers", "RSS growth MB (peak)", ((await top.stop()) - before).toFixed(0));
+  await rv.proc.stop();
 }
 
 // ---- relaying to a worker that never reads ---------------------------------------
 {
-  const rv = await startRendezvous();
-  const before = await rssMb(rv.child.pid);
-  const top = peak(rv.child.pid);
+  const rv = await spawnRendezvous();
+  const before = await rssMb(rv.proc.child.pid);
+  const top = peakRss(rv.proc.child.pid);
   let closedMs = 0;
   await withHealthy("relay sink", rv, async () => {
     const sink = await RawWebSocket.open(rv.port, "/ws/register/sink");
@@ -206,7 +118,7 @@ async function withHealthy(
     );
     const frame = JSON.stringify({ type: "relay", to: "sink", data: "A".repeat(16_384) });
     const started = performance.now();
-    const closed = () => rv.logs.some((l) => l.message === "worker closed: not reading");
+    const closed = () => rv.proc.lines.some((l) => l.message === "worker closed: not reading");
     while (performance.now() - started < SECONDS * 1000 && !closed()) {
       for (const s of senders) for (let i = 0; i < 20; i++) s.socket.send(frame);
       await sleep(100);
@@ -216,13 +128,13 @@ async function withHealthy(
     for (const s of senders) await s.close().catch(() => {});
   });
   row("relay sink", "non-reader closed after s", closedMs ? (closedMs / 1000).toFixed(1) : "no");
-  row("relay sink", "RSS growth MB (peak)", ((await top()) - before).toFixed(0));
-  await stop(rv);
+  row("relay sink", "RSS growth MB (peak)", ((await top.stop()) - before).toFixed(0));
+  await rv.proc.stop();
 }
 
 // ---- guessing the bearer token ----------------------------------------------------
 {
-  const rv = await startRendezvous({ RENDEZVOUS_TOKEN: TOKEN });
+  const rv = await spawnRendezvous({ RENDEZVOUS_TOKEN: TOKEN });
   const codes = new Map<number, number>();
   const started = performance.now();
   while (performance.now() - started < 5000) {
@@ -235,28 +147,29 @@ async function withHealthy(
   const checked = codes.get(401) ?? 0;
   row("guesses", "wrong tokens checked in 5 s (401)", checked);
   row("guesses", "answered 429 without a check", codes.get(429) ?? 0);
-  await stop(rv);
+  await rv.proc.stop();
 }
 
 // ---- eight 32 MiB frames ------------------------------------------------------------
 {
-  const rv = await startRendezvous();
-  const before = await rssMb(rv.child.pid);
-  const top = peak(rv.child.pid);
+  const rv = await spawnRendezvous();
+  const before = await rssMb(rv.proc.child.pid);
+  const top = peakRss(rv.proc.child.pid);
   const started = performance.now();
   const sockets = await Promise.all(
     Array.from({ length: 8 }, (_, i) => RawWebSocket.open(rv.port, `/ws/register/big-${i}`)),
   );
   const huge = JSON.stringify({ type: "echo_request", payload: "x".repeat(32 * 1024 * 1024) });
   await Promise.all(sockets.map((s) => s.sendText(huge)));
-  const closedLines = () => rv.logs.filter((l) => l.message === "worker sent an oversize message");
+  const closedLines = () =>
+    rv.proc.lines.filter((l) => l.message === "worker sent an oversize message");
   while (closedLines().length < 8 && performance.now() - started < 30_000) await sleep(100);
   row("big frames", "oversize sessions closed (1009)", `${closedLines().length} of 8`);
   row("big frames", "closed after s", ((performance.now() - started) / 1000).toFixed(1));
   for (const s of sockets) s.close();
   await sleep(1000);
-  row("big frames", "RSS growth MB (peak)", ((await top()) - before).toFixed(0));
-  await stop(rv);
+  row("big frames", "RSS growth MB (peak)", ((await top.stop()) - before).toFixed(0));
+  await rv.proc.stop();
 }
 
 console.log(`\nholepunch abuse benchmark (${JSON.stringify(machine)})\n`);

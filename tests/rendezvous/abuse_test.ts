@@ -6,54 +6,7 @@
 import assert from "node:assert/strict";
 import { type Proc, spawnRendezvous, TestClient, waitFor, within } from "../_helpers.ts";
 import { RawWebSocket } from "../_raw_ws.ts";
-
-/** The process's resident memory in MB (Linux). */
-async function rssMb(pid: number): Promise<number> {
-  const status = await Deno.readTextFile(`/proc/${pid}/status`);
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) / 1024;
-}
-
-/** Samples the process's RSS every 100 ms until stopped; resolves with the peak. */
-function peakRss(pid: number): { stop: () => Promise<number> } {
-  let peak = 0;
-  let running = true;
-  const done = (async () => {
-    while (running) {
-      peak = Math.max(peak, await rssMb(pid));
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return peak;
-  })();
-  return {
-    stop: () => {
-      running = false;
-      return done;
-    },
-  };
-}
-
-/** A healthy worker's heartbeat: an echo every 100 ms, each answer's delay kept. */
-function heartbeat(client: TestClient): { stop: () => Promise<number[]> } {
-  const delays: number[] = [];
-  let running = true;
-  const done = (async () => {
-    for (let n = 0; running; n++) {
-      const sent = performance.now();
-      client.send({ type: "echo_request", payload: `beat ${n}` });
-      const answer = await client.next(5000);
-      assert.equal(answer.type, "echo_response");
-      delays.push(performance.now() - sent);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return delays;
-  })();
-  return {
-    stop: () => {
-      running = false;
-      return done;
-    },
-  };
-}
+import { heartbeat, peakRss, rssMb } from "../_abuse.ts";
 
 const closedForNotReading = (proc: Proc) =>
   proc.lines.filter((l) => l.message === "worker closed: not reading").length;
@@ -66,7 +19,7 @@ Deno.test("clients that never read are closed (4008) with the rendezvous's memor
   try {
     const before = await rssMb(pid);
     const peak = peakRss(pid);
-    const beat = heartbeat(healthy);
+    const beat = heartbeat(healthy, 100);
     const N = 40;
     for (let i = 0; i < N; i++) {
       attackers.push(await RawWebSocket.open(rv.port, `/ws/register/sink-${i}`));
@@ -84,13 +37,18 @@ Deno.test("clients that never read are closed (4008) with the rendezvous's memor
     });
     await waitFor(() => closedForNotReading(rv.proc) === N, "every non-reader closed", 25_000);
     await Promise.all(flood);
-    const delays = await beat.stop();
+    const { rtts: delays, lost, others } = await beat.stop();
     const grown = (await peak.stop()) - before;
     console.log(
       `${N} non-readers closed; RSS ${before.toFixed(0)} MB, peak +${grown.toFixed(0)} MB; ` +
         `${delays.length} heartbeats, slowest ${Math.max(...delays).toFixed(0)} ms`,
     );
     assert.ok(grown <= 150, `RSS grew ${grown.toFixed(0)} MB`);
+    assert.deepEqual(
+      { lost, others },
+      { lost: 0, others: 0 },
+      "every heartbeat answered, nothing else",
+    );
     assert.ok(delays.length >= 5, "the healthy worker's heartbeats went on");
     assert.ok(Math.max(...delays) < 2000, `slowest heartbeat ${Math.max(...delays)} ms`);
     // The close frame waits behind what the attacker never read: Deno holds the session (its

@@ -10,9 +10,9 @@ import { BindingsFileError, loadBindings } from "../../lib/rendezvous/bindings_f
 import { keyedAt } from "../_fleet.ts";
 import { Proc, waitFor, within } from "../_helpers.ts";
 
-/** A rendezvous process allowed to read and write `dir` only. */
-async function start(dir: string, port: number, file = true) {
-  const proc = Proc.deno(
+/** `rendezvous.ts` allowed to read and write `dir` only, with `env`. */
+function rendezvousIn(dir: string, env: Record<string, string>): Proc {
+  return Proc.deno(
     [
       "run",
       "--allow-net",
@@ -21,12 +21,16 @@ async function start(dir: string, port: number, file = true) {
       `--allow-write=${dir}`,
       "rendezvous.ts",
     ],
-    {
-      PORT: String(port),
-      HOST: "127.0.0.1",
-      ...(file ? { KEY_BINDINGS_FILE: `${dir}/bindings.json` } : {}),
-    },
+    { HOST: "127.0.0.1", ...env },
   );
+}
+
+/** A rendezvous on `port` (0: any), keeping its bindings in `dir` unless `file` is false. */
+async function start(dir: string, port: number, file = true) {
+  const proc = rendezvousIn(dir, {
+    PORT: String(port),
+    ...(file ? { KEY_BINDINGS_FILE: `${dir}/bindings.json` } : {}),
+  });
   const line = await proc.waitForLog("rendezvous listening");
   return { proc, port: line.port as number };
 }
@@ -137,17 +141,7 @@ Deno.test("a bad KEY_BINDINGS_FILE stops the rendezvous at start (exit 2), and K
   const dir = await Deno.makeTempDir();
   try {
     await Deno.writeTextFile(`${dir}/bindings.json`, "not json");
-    const bad = Proc.deno(
-      [
-        "run",
-        "--allow-net",
-        "--allow-env",
-        `--allow-read=${dir}`,
-        `--allow-write=${dir}`,
-        "rendezvous.ts",
-      ],
-      { PORT: "0", HOST: "127.0.0.1", KEY_BINDINGS_FILE: `${dir}/bindings.json` },
-    );
+    const bad = rendezvousIn(dir, { PORT: "0", KEY_BINDINGS_FILE: `${dir}/bindings.json` });
     assert.equal((await within(bad.status, 10_000, "exit")).code, 2, bad.dump());
     assert.match(bad.dump(), /KEY_BINDINGS_FILE .*not JSON/);
     const both = Proc.deno(["run", "--allow-net", "--allow-env", "rendezvous.ts"], {

@@ -87,3 +87,170 @@ export class StandIn {
     }
   }
 }
+
+/** How many stand-ins a worker keeps, and for how long. */
+export interface StandInLimits {
+  /** Stand-ins at once. */
+  max: number;
+  /**
+   * Of them, opened by a peer's packets and not yet carrying an
+   * authenticated connection: a group member relaying Initials (or many
+   * of them) holds at most this many sockets.
+   */
+  maxUnproven: number;
+  /** A stand-in no packet went through for this long is closed. */
+  idleMs: number;
+  /** An unproven stand-in is closed this long after it opened (a handshake and its proof take less). */
+  unprovenMs: number;
+}
+
+/**
+ * The defaults. A live connection sends keepalives every 5 s and times out
+ * after 30 s idle, so nothing of it is left after 2 idle minutes; the
+ * peer's next packet opens a new stand-in. An unproven one lives 15 s: the
+ * handshake's 5 s and the dialer's proof's 10 s.
+ */
+export const STAND_IN_LIMITS: Readonly<StandInLimits> = {
+  max: 1024,
+  maxUnproven: 32,
+  idleMs: 120_000,
+  unprovenMs: 15_000,
+};
+
+/** One stand-in and what the set knows of it. */
+interface Held {
+  standIn: StandIn;
+  openedAt: number;
+  /** An authenticated connection went through it (either way). */
+  proven: boolean;
+  /** Our dials through it in flight (never swept meanwhile). */
+  dialing: number;
+}
+
+/**
+ * The worker's stand-ins, one per peer, within {@linkcode StandInLimits}:
+ * opened for our dials and, within `maxUnproven`, for packets of peers the
+ * transport admits; swept when idle or, unproven, when too old.
+ */
+export class StandIns {
+  /** Peers by stand-in port (the warm-up's loop registers itself here too). */
+  readonly byPort = new Map<number, string>();
+  #held = new Map<string, Held>();
+  #quic: Deno.NetAddr;
+  #stats: TransportStats;
+  #send: (peerId: string, packet: Uint8Array) => unknown;
+  #limits: Readonly<StandInLimits>;
+  #sweep: ReturnType<typeof setInterval>;
+
+  constructor(
+    quic: Deno.NetAddr,
+    stats: TransportStats,
+    send: (peerId: string, packet: Uint8Array) => unknown,
+    limits: Partial<StandInLimits> = {},
+  ) {
+    this.#quic = quic;
+    this.#stats = stats;
+    this.#send = send;
+    this.#limits = { ...STAND_IN_LIMITS, ...limits };
+    const every = Math.min(this.#limits.idleMs, this.#limits.unprovenMs) / 4;
+    this.#sweep = setInterval(() => this.sweep(), Math.max(10, Math.min(every, 1000)));
+  }
+
+  /** Stand-ins open now. */
+  get size(): number {
+    return this.#held.size;
+  }
+
+  /** Stand-ins open now that no authenticated connection went through yet. */
+  get unproven(): number {
+    let n = 0;
+    for (const held of this.#held.values()) if (!held.proven) n++;
+    return n;
+  }
+
+  /** `peerId`'s stand-in, if it has one. */
+  get(peerId: string): StandIn | undefined {
+    return this.#held.get(peerId)?.standIn;
+  }
+
+  /**
+   * The stand-in for a packet from `peerId`: its own, or a new one while
+   * both caps allow (undefined: the packet is refused).
+   */
+  admit(peerId: string): StandIn | undefined {
+    const held = this.#held.get(peerId);
+    if (held) return held.standIn;
+    if (this.#held.size >= this.#limits.max || this.unproven >= this.#limits.maxUnproven) {
+      return undefined;
+    }
+    return this.#open(peerId).standIn;
+  }
+
+  /**
+   * The stand-in for our dial to `peerId` (ours to choose: only the total
+   * cap applies), held until `done` is called.
+   *
+   * @throws {RangeError} when `max` stand-ins are open.
+   */
+  dial(peerId: string): { standIn: StandIn; done: (ok: boolean) => void } {
+    let held = this.#held.get(peerId);
+    if (!held) {
+      if (this.#held.size >= this.#limits.max) {
+        throw new RangeError(`Cannot dial ${peerId}: ${this.#limits.max} peers are connected`);
+      }
+      held = this.#open(peerId);
+    }
+    const h = held;
+    h.dialing++;
+    let once = false;
+    return {
+      standIn: h.standIn,
+      done: (ok) => {
+        if (once) return;
+        once = true;
+        h.dialing--;
+        if (ok) h.proven = true;
+      },
+    };
+  }
+
+  /** An authenticated connection from `peerId` came through its stand-in. */
+  proven(peerId: string): void {
+    const held = this.#held.get(peerId);
+    if (held) held.proven = true;
+  }
+
+  /** Closes `peerId`'s stand-in (its connection has timed out or closed). */
+  forget(peerId: string): void {
+    const held = this.#held.get(peerId);
+    if (!held) return;
+    held.standIn.close();
+    this.#held.delete(peerId);
+    this.byPort.delete(held.standIn.port);
+  }
+
+  /** Closes the idle stand-ins, and the unproven ones past their time. */
+  sweep(now = performance.now()): void {
+    const { idleMs, unprovenMs } = this.#limits;
+    for (const [peerId, held] of this.#held) {
+      if (held.dialing > 0) continue;
+      const idle = now - held.standIn.lastActive > idleMs;
+      if (idle || (!held.proven && now - held.openedAt > unprovenMs)) this.forget(peerId);
+    }
+  }
+
+  /** Closes them all. */
+  close(): void {
+    clearInterval(this.#sweep);
+    for (const held of this.#held.values()) held.standIn.close();
+    this.#held.clear();
+  }
+
+  #open(peerId: string): Held {
+    const standIn = new StandIn(peerId, this.#quic, this.#stats, (p) => this.#send(peerId, p));
+    const held = { standIn, openedAt: performance.now(), proven: false, dialing: 0 };
+    this.#held.set(peerId, held);
+    this.byPort.set(standIn.port, peerId);
+    return held;
+  }
+}

@@ -33,7 +33,7 @@ import {
   verifySignature,
 } from "../protocol/identity.ts";
 import type { PeerCertificate } from "./cert.ts";
-import { MAX_PACKET, StandIn } from "./stand_in.ts";
+import { MAX_PACKET, type StandIn, type StandInLimits, StandIns } from "./stand_in.ts";
 import { answerWarmUp, WARM_UP, warmUp } from "./warm_up.ts";
 import {
   certificatePayload,
@@ -75,14 +75,6 @@ const AUTH_TIMEOUT_MS = 10_000;
  * slot for this long, never the accept of anyone else.
  */
 export const HANDSHAKE_LIMITS = { maxPending: 64, timeoutMs: 5000 } as const;
-/** Peers a worker keeps a stand-in (a loopback socket and QUIC state) for at once. */
-export const MAX_STAND_INS = 1024;
-/**
- * A stand-in no packet went through for this long is closed: a live
- * connection sends keepalives every 5 s and times out after 30 s idle, so
- * nothing of it is left by then. The peer's next packet opens a new one.
- */
-const STAND_IN_IDLE_MS = 120_000;
 /** Connection close codes of the transport (QUIC application error codes). */
 export const TransportClose = {
   /** The application closed the connection. */
@@ -129,8 +121,8 @@ export interface PeerTransportOptions {
    * member cannot make it hold state by relaying Initials. @default {() => true}
    */
   admits?(peerId: string): boolean;
-  /** How long a stand-in may go without a packet before it is closed. @default {120000} */
-  standInIdleMs?: number;
+  /** How many stand-ins, for how long (`STAND_IN_LIMITS`, `stand_in.ts`). */
+  standIns?: Partial<StandInLimits>;
   /** Whether to take a proven dial from `peerId` (false: refused as a duplicate). @default {() => true} */
   accepts?(peerId: string): boolean;
   /**
@@ -194,11 +186,14 @@ export class PeerTransport {
     packetsReceived: 0,
     bytesReceived: 0,
   };
-  /** Packets dropped: from a peer not introduced, or past `MAX_STAND_INS`. */
+  /** Packets dropped: from a peer not introduced, or past the stand-ins' caps. */
   refusedPackets = 0;
-  /** Peers with a stand-in (a socket) now. */
+  /** Peers with a stand-in (a socket) now, and those of them no connection proved yet. */
   get standIns(): number {
     return this.#standIns.size;
+  }
+  get standInsUnproven(): number {
+    return this.#standIns.unproven;
   }
   /** Handshakes refused over `HANDSHAKE_LIMITS.maxPending`, and given up after its timeout. */
   readonly handshakes = { refused: 0, timedOut: 0 };
@@ -209,9 +204,7 @@ export class PeerTransport {
   /** The certificate before the last rotation: a dial under way then may have pinned it. */
   #previousCertHash: string | undefined;
   #rotateTimer: ReturnType<typeof setTimeout> | undefined;
-  #sweepTimer: ReturnType<typeof setInterval>;
-  readonly #standIns = new Map<string, StandIn>();
-  readonly #byPort = new Map<number, string>();
+  readonly #standIns: StandIns;
   #closed = false;
   #accepting: Promise<void>[] = [];
   /** Handshakes in progress (at most `HANDSHAKE_LIMITS.maxPending`). */
@@ -238,13 +231,12 @@ export class PeerTransport {
     this.credentials = issued.credentials;
     this.#listener = this.#listen(issued.cert);
     this.#scheduleRotation();
-    const idleMs = options.standInIdleMs ?? STAND_IN_IDLE_MS;
-    this.#sweepTimer = setInterval(() => {
-      const now = performance.now();
-      for (const [peerId, standIn] of this.#standIns) {
-        if (now - standIn.lastActive > idleMs) this.forget(peerId);
-      }
-    }, Math.max(10, idleMs / 4));
+    this.#standIns = new StandIns(
+      this.#endpoint.addr,
+      this.stats,
+      (peerId, packet) => this.#o.sendPacket(peerId, packet),
+      options.standIns,
+    );
     this.warmedUp = warmUp({
       endpoint: this.#endpoint,
       workerId: options.workerId,
@@ -252,7 +244,7 @@ export class PeerTransport {
       alpn: TRANSPORT_ALPN,
       certHash: this.#certHash,
       congestionControl: options.congestionControl,
-      byPort: this.#byPort,
+      byPort: this.#standIns.byPort,
     }).then(() => true, (error) => {
       if (!this.#closed) {
         options.logger.warn("transport warm-up failed", { error: (error as Error).message });
@@ -334,48 +326,28 @@ export class PeerTransport {
     return ok ? null : "its key is not vouched for by GROUP_SECRET";
   }
 
-  #standIn(peerId: string): StandIn {
-    let standIn = this.#standIns.get(peerId);
-    if (standIn) return standIn;
-    standIn = new StandIn(
-      peerId,
-      this.#endpoint.addr,
-      this.stats,
-      (packet) => this.#o.sendPacket(peerId, packet),
-    );
-    this.#standIns.set(peerId, standIn);
-    this.#byPort.set(standIn.port, peerId);
-    return standIn;
-  }
-
   /**
    * A packet from `peerId` (without the envelope byte), from UDP or the
    * relay: handed to QUIC. Resolves once the bytes may be reused.
    */
   receive(peerId: string, packet: Uint8Array): Promise<unknown> | undefined {
     if (this.#closed || packet.length === 0 || packet.length > MAX_PACKET) return undefined;
-    // Only peers the rendezvous named, and introduced, get a stand-in (at most
-    // MAX_STAND_INS): anyone else's packets go nowhere.
-    if (!this.#standIns.has(peerId)) {
-      if (this.#o.peer(peerId) === undefined || !(this.#o.admits?.(peerId) ?? true)) {
-        this.refusedPackets++;
-        return undefined;
-      }
-      if (this.#standIns.size >= MAX_STAND_INS) {
-        this.refusedPackets++;
-        return undefined;
-      }
+    // Only peers the rendezvous named, and introduced, get a stand-in (within
+    // STAND_IN_LIMITS): anyone else's packets go nowhere.
+    const standIn = this.#standIns.get(peerId) ??
+      (this.#o.peer(peerId) !== undefined && (this.#o.admits?.(peerId) ?? true)
+        ? this.#standIns.admit(peerId)
+        : undefined);
+    if (!standIn) {
+      this.refusedPackets++;
+      return undefined;
     }
-    return this.#standIn(peerId).deliver(packet);
+    return standIn.deliver(packet);
   }
 
   /** Forgets a peer that left: its stand-in closes (its connection has timed out or closed). */
   forget(peerId: string): void {
-    const standIn = this.#standIns.get(peerId);
-    if (!standIn) return;
-    standIn.close();
-    this.#standIns.delete(peerId);
-    this.#byPort.delete(standIn.port);
+    this.#standIns.forget(peerId);
   }
 
   /**
@@ -412,7 +384,29 @@ export class PeerTransport {
     } catch (error) {
       throw new TransportError(`Cannot dial ${peerId}: ${(error as Error).message}`);
     }
-    const standIn = this.#standIn(peerId);
+    let held;
+    try {
+      held = this.#standIns.dial(peerId);
+    } catch (error) {
+      throw new TransportError((error as Error).message);
+    }
+    try {
+      const conn = await this.#dialThrough(peerId, held.standIn, hash, certHash, timeoutMs);
+      held.done(true);
+      return conn;
+    } finally {
+      held.done(false); // a no-op after done(true)
+    }
+  }
+
+  /** The handshake and the proof of a dial, through `peerId`'s stand-in. */
+  async #dialThrough(
+    peerId: string,
+    standIn: StandIn,
+    hash: Uint8Array<ArrayBuffer>,
+    certHash: string,
+    timeoutMs: number,
+  ): Promise<AuthenticatedConnection> {
     const connecting = Deno.connectQuic({
       endpoint: this.#endpoint,
       hostname: "127.0.0.1",
@@ -509,7 +503,7 @@ export class PeerTransport {
     }
     if (this.#closed) return;
     const from = conn.remoteAddr;
-    const peerId = from.hostname === "127.0.0.1" ? this.#byPort.get(from.port) : undefined;
+    const peerId = from.hostname === "127.0.0.1" ? this.#standIns.byPort.get(from.port) : undefined;
     if (peerId === undefined) {
       conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "unknown peer" });
       return;
@@ -561,6 +555,7 @@ export class PeerTransport {
         },
         cancel: () => streams.cancel().catch(() => {}),
       });
+      this.#standIns.proven(peerId);
       take(peerId, { conn, incoming: incomingStreams, dialedBy: "peer" });
     } catch (error) {
       log.warn("peer connection failed", { peer_id: peerId, error: (error as Error).message });
@@ -590,10 +585,9 @@ export class PeerTransport {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#rotateTimer);
-    clearInterval(this.#sweepTimer);
     this.#listener.stop();
     this.#endpoint.close({ closeCode: TransportClose.SHUTDOWN, reason: "worker shutting down" });
-    for (const standIn of this.#standIns.values()) standIn.close();
+    this.#standIns.close();
     await Promise.all([...this.#accepting, this.warmedUp]);
   }
 }

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { Logger } from "../../lib/core/log.ts";
 import { Identity } from "../../lib/protocol/identity.ts";
-import { MAX_STAND_INS, PeerTransport } from "../../lib/peer/transport.ts";
+import { PeerTransport } from "../../lib/peer/transport.ts";
+import { STAND_IN_LIMITS, type StandInLimits } from "../../lib/peer/stand_in.ts";
 import { waitFor } from "../_helpers.ts";
 
 async function transport(logs: Record<string, unknown>[] = []) {
@@ -62,7 +63,10 @@ Deno.test("closing during the warm-up is clean", async () => {
  * decides what reaches the other side (the packets are copies; the
  * transport reuses its buffers).
  */
-async function joined(deliver: (from: "a" | "b", packet: Uint8Array) => void) {
+async function joined(
+  deliver: (from: "a" | "b", packet: Uint8Array) => void,
+  standIns?: Partial<StandInLimits>,
+) {
   const ids = { a: await Identity.generate(), b: await Identity.generate() };
   const incoming = Promise.withResolvers<Deno.QuicConn>();
   const firstStream = Promise.withResolvers<Deno.QuicBidirectionalStream>();
@@ -74,6 +78,7 @@ async function joined(deliver: (from: "a" | "b", packet: Uint8Array) => void) {
       identity: ids[me],
       logger: new Logger({ sink: () => {} }),
       sendPacket: (_peer, packet) => deliver(me, packet.slice(1)),
+      standIns,
       peer: (id) =>
         id === other
           ? { key: ids[other].publicKey, transport: made[other].credentials }
@@ -191,10 +196,11 @@ Deno.test("an attacker on the path replays, reorders and forges packets: nothing
   }
 });
 
-Deno.test("only introduced peers' packets open a stand-in, and at most MAX_STAND_INS of them", async () => {
+Deno.test("only introduced peers' packets open a stand-in; at most 32 unproven ones at once, each for 15 s at most", async () => {
   // 500 group members each relay one (Initial-sized) packet; one of them was introduced.
   const members = Array.from({ length: 1100 }, (_, i) => `member-${i}`);
   let admitAll = false;
+  const unprovenMs = 400;
   const t = await PeerTransport.start({
     workerId: "w",
     identity: await Identity.generate(),
@@ -202,30 +208,77 @@ Deno.test("only introduced peers' packets open a stand-in, and at most MAX_STAND
     sendPacket: () => {},
     peer: (id) => id.startsWith("member-") ? { key: "k", transport: null } : undefined,
     admits: (id) => admitAll || id === "member-7",
+    standIns: { unprovenMs },
   });
   try {
     const initial = new Uint8Array(1200).fill(0xc0);
     for (const id of members.slice(0, 500)) await t.receive(id, initial);
     assert.equal(t.standIns, 1, "only the introduced peer");
     assert.equal(t.refusedPackets, 499);
-    // Even were every member admitted, the stand-ins stay bounded.
+    // Were every member introduced, those that never finish a handshake
+    // hold at most maxUnproven sockets…
     admitAll = true;
     for (const id of members) await t.receive(id, initial);
-    assert.equal(t.standIns, MAX_STAND_INS);
-    assert.equal(t.refusedPackets, 499 + (members.length - MAX_STAND_INS));
+    const cap = STAND_IN_LIMITS.maxUnproven;
+    assert.equal(t.standIns, cap);
+    assert.equal(t.refusedPackets, 499 + members.length - cap);
+    // …and only for unprovenMs: then others get theirs.
+    await waitFor(() => t.standIns === 0, "the unproven stand-ins to close", unprovenMs + 3000);
+    await t.receive("member-1099", initial);
+    assert.equal(t.standIns, 1);
   } finally {
     await t.close();
   }
 });
 
-Deno.test("a stand-in no packet went through for standInIdleMs is closed; the peer's next packet opens one again", async () => {
+Deno.test("stand-ins stay within their total cap, and one that carries a connection outlives the unproven limit", async () => {
+  const t = await PeerTransport.start({
+    workerId: "w",
+    identity: await Identity.generate(),
+    logger: new Logger({ sink: () => {} }),
+    sendPacket: () => {},
+    peer: () => ({ key: "k", transport: null }),
+    standIns: { max: 20, maxUnproven: 1000 },
+  });
+  try {
+    for (let i = 0; i < 50; i++) await t.receive(`m${i}`, new Uint8Array(1200).fill(0xc0));
+    assert.equal(t.standIns, 20);
+    assert.equal(t.refusedPackets, 30);
+  } finally {
+    await t.close();
+  }
+  // A real connection (both ways proven) keeps its stand-ins past unprovenMs.
+  let lab: Awaited<ReturnType<typeof joined>> | undefined = undefined;
+  const to = (from: "a" | "b") => from === "a" ? lab!.b : lab!.a;
+  lab = await joined((from, packet) => void to(from).receive(from, packet), { unprovenMs: 300 });
+  try {
+    const dialed = await lab.a.dial("b", 5000);
+    await lab.incoming;
+    const unproven = Date.now();
+    await waitFor(() => Date.now() - unproven > 1200, "past the unproven limit", 3000, 100);
+    assert.equal(lab.a.standIns, 1, "the dialer's stand-in stays");
+    assert.equal(lab.b.standIns, 1, "the listener's stand-in stays");
+    const stream = await dialed.conn.createBidirectionalStream();
+    const writer = stream.writable.getWriter();
+    await writer.write(new Uint8Array([1, 2, 3]));
+    await writer.close();
+    const got = new Uint8Array(await new Response((await lab.firstStream).readable).arrayBuffer());
+    assert.deepEqual([...got], [1, 2, 3]);
+    dialed.conn.close();
+  } finally {
+    await lab.a.close();
+    await lab.b.close();
+  }
+});
+
+Deno.test("a stand-in no packet went through for idleMs is closed; the peer's next packet opens one again", async () => {
   const t = await PeerTransport.start({
     workerId: "w",
     identity: await Identity.generate(),
     logger: new Logger({ sink: () => {} }),
     sendPacket: () => {},
     peer: (id) => id === "p" ? { key: "k", transport: null } : undefined,
-    standInIdleMs: 200,
+    standIns: { idleMs: 200 },
   });
   try {
     await t.receive("p", new Uint8Array(1200).fill(0xc0));

@@ -32,7 +32,7 @@
 // A whole worker.
 export { startWorker, type StartWorkerOptions, Worker } from "./worker/worker.ts";
 export { loadWorkerConfig, WORKER_VARIABLES, type WorkerConfig } from "./worker/config.ts";
-export type { WorkerStatus } from "./worker/health.ts";
+export type { WorkerLimits, WorkerStatus } from "./worker/health.ts";
 export type { ClientEvent, ClientSnapshot, ClientStatus } from "./worker/client.ts";
 export type { UdpEndpointReport } from "./stun/discovery.ts";
 

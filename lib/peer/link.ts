@@ -115,6 +115,7 @@ export class PeerLink {
       directVia: () => this.#state.direct?.via,
       heardSince: (since, ours) => this.#state.heardSince(since, ours),
       sendUdp: (frame, to, via, ttl) => this.#sendUdp(frame, to, via, ttl),
+      pace: () => deps.pace?.() ?? true,
       sendRelay: (frame) => this.#sendRelayFrame(frame),
       openSockets: (count) => {
         const vias = deps.openSockets(count);
@@ -343,8 +344,12 @@ export class PeerLink {
     // the peer's NAT opened after our earlier probe was dropped).
     const probing = this.#rounds.current;
     if (probing && !probing.done && !this.#state.isPathTo(from, via)) {
-      this.#rounds.probe(probing, from, via, false);
+      this.#rounds.triggeredCheck(probing, from, via, () => !this.#state.isPathTo(from, via));
     }
+    this.#roamOnProbe(from, via);
+  }
+
+  #roamOnProbe(from: UdpAddress, via: number): void {
     // After a nomination only data and nominations move the path: a probe
     // may be a late one from a socket the peer has closed since.
     if (!this.#state.following) this.#state.roam(from, via);

@@ -31,6 +31,12 @@ export interface PeerLinkDeps {
   openingTtl?: number;
   /** An authenticated frame came from `from` over UDP: it answers. */
   heard?(from: UdpAddress): void;
+  /**
+   * Whether one more punching packet may go now (the worker paces all its
+   * links' checks, sprays and openings together, as ICE's Ta paces every
+   * check list of an agent). @default {() => true}
+   */
+  pace?(): boolean;
   /** Sends a frame through the rendezvous relay. */
   sendRelay(bytes: Uint8Array): void;
   /**

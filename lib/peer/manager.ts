@@ -11,6 +11,7 @@ import type { Logger } from "../core/log.ts";
 import { frameSessionId, fromBase64, isPeerFrame, toBase64 } from "./frame.ts";
 import { type LinkEvent, PeerLink } from "./link.ts";
 import { SendBudget } from "./send_budget.ts";
+import { TokenBucket } from "../core/rate_limit.ts";
 import { StunClient } from "../stun/client.ts";
 import { DISCOVERY_SCHEDULE, hostInterfaces, localCandidates } from "../stun/discovery.ts";
 import type {
@@ -31,6 +32,23 @@ import type { PeerTransport } from "./transport.ts";
  * between the two NATs (see docs/punching.md, "Opening packets").
  */
 export const DEFAULT_OPENING_TTL = 3;
+
+/**
+ * The worker's extra sockets (hard-side rounds and rerolls), at most, and
+ * those of them only rerolls may take: one hard-side round's worth, so a
+ * group member that asks for introduction after introduction (or 500 of
+ * them) holds 128 descriptors at most, not 256 per round.
+ */
+export const EXTRA_SOCKETS = { max: 128, rerollReserve: 8 } as const;
+
+/**
+ * Punching packets (checks, sprays, openings) a worker sends a second, all
+ * links together, and at once: one easy-side spray (500 a second) beside
+ * dozens of rounds of checks (20 a second each) fits; 500 introductions at
+ * once get their checks in turn instead of a backlog of sealing that grows
+ * without bound (RFC 8445 §14: one Ta for every check list of an agent).
+ */
+export const PUNCH_PACE = { perSecond: 2000, burst: 1000 } as const;
 
 /** Options for {@linkcode PeerManager}. */
 export interface PeerManagerOptions {
@@ -55,10 +73,12 @@ export interface PeerManagerOptions {
   /** A link's path changed. */
   onPath?: (peerId: string, path: PathKind, rttMs: number | null) => void;
   /**
-   * Extra sockets (for endpoint-dependent NATs) open at once, at most: 256
-   * per punch in progress, so 16 hard-side punches at once, well under the
-   * 20k open files of a process.
-   * @default {4096}
+   * Extra sockets open at once, worker-wide: the hard-side rounds of every
+   * link share them (a round gets what is free and takes more as others
+   * end), and `EXTRA_SOCKETS.rerollReserve` of them are kept for rerolls'
+   * fresh sockets. Whatever peers ask for, the worker's descriptors stay
+   * about 200.
+   * @default {128}
    */
   maxExtraSockets?: number;
   /**
@@ -105,6 +125,13 @@ export class PeerManager {
   #transport?: PeerTransport;
   /** Transport packets from addresses no link validated: dropped. */
   strayPackets = 0;
+  /** Punching packets skipped over {@linkcode PUNCH_PACE}. */
+  pacedOut = 0;
+  /** Extra sockets open now (hard-side rounds and rerolls; at most {@linkcode EXTRA_SOCKETS}). */
+  get extraSockets(): number {
+    return this.#sockets.size;
+  }
+  #pace: TokenBucket;
   /** Peers the rendezvous introduced us to (their transport packets are taken). */
   #punched = new Set<string>();
   /** @ignore Punching packets to addresses that have not answered: paced per IP. */
@@ -125,6 +152,7 @@ export class PeerManager {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
     this.budget = new SendBudget(this.#clock);
+    this.#pace = new TokenBucket(PUNCH_PACE.perSecond, PUNCH_PACE.burst, this.#clock.now());
     for (const socket of [options.udp, options.udp6]) {
       if (!socket) continue;
       socket.onOther = (bytes, from) => this.#onUdp(bytes, from, 0);
@@ -274,6 +302,7 @@ export class PeerManager {
       clock: this.#clock,
       sendUdp: (bytes, to, via) => this.#sendUdp(bytes, to, via),
       heard: (from) => this.budget.heard(from.ip),
+      pace: () => this.#pace.take(this.#clock.now()) || (this.pacedOut++, false),
       ...((this.#o.openingTtl ?? DEFAULT_OPENING_TTL) > 0
         ? {
           sendOpening: (bytes, to, via, ttl) => this.#sendOpening(bytes, to, via, ttl),
@@ -283,7 +312,7 @@ export class PeerManager {
       sendRelay: (bytes) => {
         this.#o.sendToRendezvous({ type: "relay", to: peerId, data: toBase64(bytes) });
       },
-      openSockets: (count) => this.#openSockets(count),
+      openSockets: (count) => this.#openSockets(count, EXTRA_SOCKETS.rerollReserve),
       ...((this.#o.stunServers?.length ?? 0) > 0
         ? { openRerollSocket: () => this.#openRerollSocket() }
         : {}),
@@ -353,10 +382,11 @@ export class PeerManager {
 
   #openingFailed = false;
 
-  #openSockets(count: number): number[] {
+  /** Opens up to `count` extra sockets, leaving `reserve` of the pool free. */
+  #openSockets(count: number, reserve = 0): number[] {
     const main = this.#o.udp;
     if (!main) return [];
-    const room = (this.#o.maxExtraSockets ?? 4096) - this.#sockets.size;
+    const room = (this.#o.maxExtraSockets ?? EXTRA_SOCKETS.max) - reserve - this.#sockets.size;
     const vias: number[] = [];
     for (let i = 0; i < Math.min(count, room); i++) {
       let socket: UdpEndpoint;

@@ -174,7 +174,7 @@ export class PathState {
     });
     h.onPath("direct", rttMs);
     if (probing && !probing.done) {
-      probing.timers.push(h.timer(() => this.#settled(probing), LINK_TIMING.settleMs));
+      probing.schedule(() => this.#settled(probing), LINK_TIMING.settleMs);
     }
     h.clearUpgrade();
     this.#armKeepalive();

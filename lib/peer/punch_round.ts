@@ -15,6 +15,9 @@ import type { LinkEvent } from "./link_events.ts";
 import type { Strategy } from "./strategy.ts";
 import { LINK_TIMING, openingLadder } from "./timing.ts";
 
+/** Spray probes sent together (one timer for five: the spray's pace is unchanged). */
+const SPRAY_BATCH = 5;
+
 /** What a round needs of its link. */
 export interface RoundHost {
   clock: Clock;
@@ -25,14 +28,17 @@ export interface RoundHost {
   opening: boolean;
   /** The highest TTL of opening packets. */
   openingTtl: number;
-  /** Sends a check to `to` from socket `via` (`ttl` > 0: an opening packet; resolves once sent). */
+  /**
+   * Sends a check to `to` from socket `via` (`ttl` > 0: an opening packet;
+   * resolves once sent); false when the worker's pace let it not go.
+   */
   probe(
     round: PunchRound,
     to: UdpAddress,
     via: number,
     counted?: boolean,
     ttl?: number,
-  ): Promise<unknown>;
+  ): Promise<unknown> | false;
   /** Sends a frame through the relay. */
   sendRelay(frame: Frame): void;
   /** Opens up to `count` extra sockets (the link keeps track of them). */
@@ -73,10 +79,16 @@ export class PunchRound {
   gracedUntil?: number;
   /** Checks sent, by nonce: an ack must name one. */
   readonly sent = new Map<string, { to: UdpAddress; via: number }>();
+  /** Paths a triggered check is being retransmitted on (`via/ip/port`). */
+  readonly triggered = new Set<string>();
   /** Checks counted toward the bound. */
   probes = 0;
-  /** Every timer of the round (cleared when it stops). */
-  readonly timers: TimerId[] = [];
+  /**
+   * The round's pending timers (cleared when it stops). Fired ones leave:
+   * Deno's timer handles are objects, and a round that kept every one of its
+   * checks' would hold ~400 bytes per check until it ended.
+   */
+  readonly #timers = new Set<TimerId>();
   /** Extra sockets of the round (closed with it, but the one a path keeps). */
   extra: number[];
   done = false;
@@ -94,6 +106,8 @@ export class PunchRound {
   #full = true;
   #stage = -1;
   #sending = false;
+  /** Doublings of the loops' waits while the pace holds this round back. */
+  #slowed = 0;
 
   /** A round of `session` (round `round`) from socket `via`. */
   constructor(h: RoundHost, session: string, round: number, via: number, strategy: Strategy) {
@@ -105,6 +119,21 @@ export class PunchRound {
     this.startedAt = h.clock.now();
     // A reroll's fresh socket goes with its round, unless the path keeps it.
     this.extra = via === 0 ? [] : [via];
+  }
+
+  /** Runs `fn` in `ms` unless the round stops first. */
+  schedule(fn: () => void, ms: number): void {
+    const id = this.#h.timer(() => {
+      this.#timers.delete(id);
+      fn();
+    }, ms);
+    this.#timers.add(id);
+  }
+
+  /** Cancels the round's pending timers. */
+  clearTimers(): void {
+    for (const id of this.#timers) this.#h.clock.clearTimeout(id);
+    this.#timers.clear();
   }
 
   /**
@@ -131,7 +160,7 @@ export class PunchRound {
     }
     if (!h.opening) return this.#begin("no_opening");
     this.advance();
-    this.timers.push(h.timer(() => this.#begin("timeout"), LINK_TIMING.openedWaitMs));
+    this.schedule(() => this.#begin("timeout"), LINK_TIMING.openedWaitMs);
   }
 
   /** Full-TTL checks (and sprays) start: the peer's opening packets are out, or it never said. */
@@ -143,31 +172,57 @@ export class PunchRound {
     if (this.strategy === "easy-side") this.#spray();
   }
 
+  /**
+   * How long until a loop's next send: `ms` while the worker's pace lets
+   * this round's packets go, doubling (to 16×) while it does not, so 500
+   * rounds at once wake a few hundred times a second, not 10,000.
+   */
+  #paced(went: boolean, ms: number): number {
+    this.#slowed = went ? 0 : Math.min(this.#slowed + 1, 4);
+    return ms * 2 ** this.#slowed;
+  }
+
   /** One ICE-style check, round robin over the candidates, every 50 ms. */
   #check(): void {
     if (this.done || this.probes >= LINK_TIMING.maxProbes) return this.#h.maybeGiveUp(this);
     const checks = this.#plan!.checks;
-    this.#h.probe(this, checks[this.#next++ % checks.length], this.via);
-    this.timers.push(this.#h.timer(() => this.#check(), LINK_TIMING.probeIntervalMs));
+    const went = this.#h.probe(this, checks[this.#next++ % checks.length], this.via) !== false;
+    this.schedule(() => this.#check(), this.#paced(went, LINK_TIMING.probeIntervalMs));
   }
 
-  /** The hard side: every extra socket probes the peer's public endpoint once a round. */
+  /**
+   * The hard side: every extra socket probes the peer's public endpoint once
+   * a round; a round that got fewer than it asked for (the worker's pool is
+   * shared) takes those freed since.
+   */
   #fireHard(): void {
     if (this.done || this.#fired++ >= LINK_TIMING.hardRounds) return this.#h.maybeGiveUp(this);
+    const missing = LINK_TIMING.hardSockets - this.#hardExtra.length;
+    if (this.#fired > 1 && missing > 0) {
+      const more = this.#h.openSockets(missing);
+      this.#hardExtra.push(...more);
+      this.extra.push(...more);
+    }
     if (this.#fired > 1 || this.#full) {
       const ttl = this.#full ? 0 : this.#ladder.at(-1)!;
       for (const v of this.#hardExtra) this.#h.probe(this, this.#plan!.publics[0], v, false, ttl);
     }
-    this.timers.push(this.#h.timer(() => this.#fireHard(), LINK_TIMING.hardRoundMs));
+    this.schedule(() => this.#fireHard(), LINK_TIMING.hardRoundMs);
   }
 
-  /** The easy side: a probe at a random port of the peer's public IP, every 2 ms. */
+  /** The easy side: a probe at a random port of the peer's public IP, every 2 ms (five each 10 ms). */
   #spray(): void {
-    if (this.done || this.#sprayed++ >= LINK_TIMING.sprayMax) return this.#h.maybeGiveUp(this);
+    if (this.done || this.#sprayed >= LINK_TIMING.sprayMax) return this.#h.maybeGiveUp(this);
     const span = 65536 - LINK_TIMING.sprayPortMin;
-    const port = LINK_TIMING.sprayPortMin + Math.floor(this.#h.random() * span);
-    this.#h.probe(this, { ip: this.#plan!.publics[0].ip, port }, this.via, false);
-    this.timers.push(this.#h.timer(() => this.#spray(), LINK_TIMING.sprayIntervalMs));
+    let went = true;
+    for (let i = 0; i < SPRAY_BATCH && went && this.#sprayed < LINK_TIMING.sprayMax; i++) {
+      this.#sprayed++;
+      const port = LINK_TIMING.sprayPortMin + Math.floor(this.#h.random() * span);
+      went = this.#h.probe(this, { ip: this.#plan!.publics[0].ip, port }, this.via, false) !==
+        false;
+    }
+    const ms = LINK_TIMING.sprayIntervalMs * SPRAY_BATCH;
+    this.schedule(() => this.#spray(), this.#paced(went, ms));
   }
 
   /**

@@ -20,6 +20,18 @@ import { Rerolls } from "./reroll.ts";
 import { planPunch } from "./strategy.ts";
 import { LINK_TIMING } from "./timing.ts";
 
+/** How long a round's longest strategy runs: its checks, or a birthday round's hard side and spray. */
+function longestMs(birthday: boolean): number {
+  return Math.max(
+    LINK_TIMING.maxProbes * LINK_TIMING.probeIntervalMs,
+    birthday ? LINK_TIMING.hardRounds * LINK_TIMING.hardRoundMs : 0,
+    birthday ? LINK_TIMING.sprayMax * LINK_TIMING.sprayIntervalMs : 0,
+  );
+}
+
+/** Paths of one round whose triggered checks are retransmitted (the rest are sent once). */
+const MAX_TRIGGERED = 512;
+
 /** What the rounds need to know of the introduction in use. */
 export interface RoundsIntroduction {
   id: string;
@@ -44,6 +56,8 @@ export interface RoundsHost {
   heardSince(since: number, ours: (via: number) => boolean): boolean;
   /** Seals and sends a frame from socket `via` (`ttl` > 0: an opening packet). */
   sendUdp(frame: Frame, to: UdpAddress, via: number, ttl?: number): Promise<unknown>;
+  /** Whether the worker's pace lets one more punching packet go now (skipped if not). */
+  pace(): boolean;
   sendRelay(frame: Frame): void;
   /** Opens up to `count` extra sockets for a round. */
   openSockets(count: number): number[];
@@ -162,9 +176,12 @@ export class Rounds {
     if (this.#canReroll(probing)) {
       const limit = ownHard !== peerHard ? LINK_TIMING.rerollBirthdayMs : LINK_TIMING.rerollIceMs;
       probing.limitMs = limit;
-      probing.timers.push(this.#h.timer(() => this.failed(probing), limit));
+      probing.schedule(() => this.failed(probing), limit);
     }
     probing.run({ checks, publics, role: intro.role, peerNat: intro.peerNat });
+    // However slowly the worker's pace lets its loops run, the round ends
+    // when its longest strategy would have.
+    probing.schedule(() => this.#maybeGiveUp(probing), longestMs(ownHard !== peerHard));
   }
 
   /** Gives up when every strategy of this attempt has run out. */
@@ -178,17 +195,12 @@ export class Rounds {
       return;
     }
     const intro = this.#h.introduction();
-    const ownHard = intro?.ownNat === "endpoint-dependent";
-    const peerHard = intro?.peerNat === "endpoint-dependent";
+    const birthday = (intro?.ownNat === "endpoint-dependent") !==
+      (intro?.peerNat === "endpoint-dependent");
     // Give up once the longest strategy of this attempt has run (plus a
     // second for late answers), counted from the start.
-    const longest = Math.max(
-      LINK_TIMING.maxProbes * LINK_TIMING.probeIntervalMs,
-      ownHard !== peerHard ? LINK_TIMING.hardRounds * LINK_TIMING.hardRoundMs : 0,
-      ownHard !== peerHard ? LINK_TIMING.sprayMax * LINK_TIMING.sprayIntervalMs : 0,
-    );
-    const wait = probing.startedAt + longest + 1000 - this.#h.clock.now();
-    probing.timers.push(this.#h.timer(() => this.failed(probing), Math.max(0, wait)));
+    const wait = probing.startedAt + longestMs(birthday) + 1000 - this.#h.clock.now();
+    probing.schedule(() => this.failed(probing), Math.max(0, wait));
   }
 
   /**
@@ -208,9 +220,7 @@ export class Rounds {
         this.#h.heardSince(now - LINK_TIMING.answerGraceMs, ours)
       ) {
         probing.gracedUntil = now + LINK_TIMING.answerGraceMs;
-        probing.timers.push(
-          this.#h.timer(() => this.failed(probing), LINK_TIMING.answerGraceMs),
-        );
+        probing.schedule(() => this.failed(probing), LINK_TIMING.answerGraceMs);
         return;
       }
     }
@@ -287,9 +297,10 @@ export class Rounds {
     via: number,
     counted = true,
     openingTtl = 0,
-  ): Promise<unknown> {
+  ): Promise<unknown> | false {
     const intro = this.#h.introduction();
     if (!intro) return Promise.resolve();
+    if (!this.#h.pace()) return false;
     const nonce = newNonce();
     probing.sent.set(nonce, { to, via });
     if (counted) probing.probes++;
@@ -297,12 +308,48 @@ export class Rounds {
     return this.#h.sendUdp(frame, to, via, openingTtl);
   }
 
+  /**
+   * A triggered check to `to` from `via` (RFC 8445 §7.3.1.4), retransmitted
+   * as ICE's checks are (§14.3: after 100, 200, 400 and 800 ms) while the
+   * round lasts and `unanswered()` holds: one lost answer would leave the
+   * peer on this path and us on the relay until the round fails and closes
+   * the socket under the peer's path (seen in the lab). One series per
+   * path at a time (at most {@linkcode MAX_TRIGGERED} at once, then sent
+   * once); a probe that comes again meanwhile is only answered.
+   */
+  triggeredCheck(
+    probing: PunchRound,
+    to: UdpAddress,
+    via: number,
+    unanswered: () => boolean,
+  ): void {
+    const key = `${via}/${to.ip}/${to.port}`;
+    if (probing.triggered.has(key)) return;
+    const series = probing.triggered.size < MAX_TRIGGERED;
+    if (series) probing.triggered.add(key);
+    let wait = LINK_TIMING.probeIntervalMs * 2;
+    const send = () => {
+      if (probing.done || this.#current !== probing || !unanswered()) {
+        probing.triggered.delete(key);
+        return;
+      }
+      void this.probe(probing, to, via, false);
+      if (!series || wait > LINK_TIMING.probeIntervalMs * 16) {
+        probing.triggered.delete(key);
+        return;
+      }
+      probing.schedule(send, wait);
+      wait *= 2;
+    };
+    send();
+  }
+
   /** Stops the round in progress and closes its sockets but `keepVia`. */
   stop(keepVia?: number): void {
     const probing = this.#current;
     if (!probing) return;
     probing.done = true;
-    for (const t of probing.timers) this.#h.clock.clearTimeout(t);
+    probing.clearTimers();
     this.#h.closeSockets(probing.extra.filter((v) => v !== keepVia));
     probing.extra = probing.extra.filter((v) => v === keepVia);
   }

@@ -32,6 +32,30 @@ export const TRANSPORT_MAGIC = 0x51;
 const RECEIVE_LOOPS = 8;
 /** Large enough for any datagram a peer or STUN server sends us. */
 const RECEIVE_BUFFER = 4096;
+/**
+ * `node:dgram` sockets open at once for opening packets, process-wide: each
+ * is one more descriptor for as long as it lives, and a hard-side round
+ * sends from a hundred sockets at once.
+ */
+const OPENERS_AT_ONCE = 8;
+let openers = 0;
+const openerWaiters: (() => void)[] = [];
+
+/** Runs `fn` once one of the {@linkcode OPENERS_AT_ONCE} slots is free. */
+async function withOpenerSlot<T>(fn: () => Promise<T>): Promise<T> {
+  if (openers >= OPENERS_AT_ONCE) {
+    await new Promise<void>((resolve) => openerWaiters.push(resolve));
+  } else {
+    openers++;
+  }
+  try {
+    return await fn();
+  } finally {
+    const next = openerWaiters.shift();
+    if (next) next(); // the slot passes on
+    else openers--;
+  }
+}
 
 /** Options for {@linkcode UdpEndpoint.bind}. */
 export interface UdpBindOptions {
@@ -115,7 +139,9 @@ export class UdpEndpoint {
 
   /** Opens `node:dgram` sockets until no opening packet is left (one may come while one closes). */
   async #drainOpenings(): Promise<void> {
-    while (this.#toOpen.length > 0 && !this.#closed) await this.#openerRound();
+    while (this.#toOpen.length > 0 && !this.#closed) {
+      await withOpenerSlot(() => this.#closed ? Promise.resolve() : this.#openerRound());
+    }
     for (const waiting of this.#toOpen.splice(0)) waiting.done(false); // closed meanwhile
     this.#opening = undefined;
   }
@@ -213,12 +239,16 @@ export class UdpEndpoint {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#opening;
+    // At once, not after the opening packets queued for an opener slot: the
+    // socket's descriptor goes now (an opener already bound ends after its
+    // current packet).
+    for (const waiting of this.#toOpen.splice(0)) waiting.done(false);
     try {
       this.#conn.close();
     } catch {
       // Already closed.
     }
+    await this.#opening;
     await this.#loop;
   }
 }

@@ -30,6 +30,24 @@ export interface WorkerStatus {
   exposes: Record<string, ForwardStats>;
   /** Incoming handshakes refused (too many at once) and given up (too slow). */
   handshakes: { refused: number; timed_out: number };
+  /** The worker's bounds at work (docs/threat-model.md): what is held, and what was held back. */
+  limits: WorkerLimits;
+}
+
+/** What the worker's bounds hold now, and what they held back so far. */
+export interface WorkerLimits {
+  /** Peers with a stand-in (a loopback socket). */
+  stand_ins: number;
+  /** Of them, those no authenticated connection went through yet (at most 32, for 15 s each). */
+  stand_ins_unproven: number;
+  /** Extra sockets open for hard-side rounds and rerolls (at most 128). */
+  extra_sockets: number;
+  /** Transport packets refused: from a peer not introduced, or past the stand-ins' caps. */
+  transport_packets_refused: number;
+  /** Punching packets not sent over the worker's pace (2,000 a second). */
+  punch_packets_paced: number;
+  /** Punching packets not sent to an address that never answered (its budget spent). */
+  punch_packets_over_budget: number;
 }
 
 /** Transport bytes by path and direction (`PeerManager.pathBytes`). */
@@ -62,6 +80,25 @@ export function workerMetrics(status: WorkerStatus, bytes: PathBytes): string {
     () => [
       [{ outcome: "refused" }, status.handshakes.refused],
       [{ outcome: "timed_out" }, status.handshakes.timed_out],
+    ],
+  );
+  const limits = status.limits;
+  m.gauge(`${ns}_stand_ins`, "Peers with a stand-in, by whether a connection proved them.", () => [
+    [{ state: "proven" }, limits.stand_ins - limits.stand_ins_unproven],
+    [{ state: "unproven" }, limits.stand_ins_unproven],
+  ]);
+  m.gauge(
+    `${ns}_extra_sockets`,
+    "Extra sockets open for hard-side rounds and rerolls.",
+    () => limits.extra_sockets,
+  );
+  m.counterFrom(
+    `${ns}_limited_total`,
+    "Packets a bound held back: transport packets refused, punching packets over the pace or an unanswered address's budget.",
+    () => [
+      [{ limit: "transport_packets" }, limits.transport_packets_refused],
+      [{ limit: "punch_pace" }, limits.punch_packets_paced],
+      [{ limit: "send_budget" }, limits.punch_packets_over_budget],
     ],
   );
   const links = Object.entries(status.peers) as [string, Record<string, unknown>][];

@@ -187,6 +187,14 @@ export class Worker {
         refused: this.#transport.handshakes.refused,
         timed_out: this.#transport.handshakes.timedOut,
       },
+      limits: {
+        stand_ins: this.#transport.standIns,
+        stand_ins_unproven: this.#transport.standInsUnproven,
+        extra_sockets: this.peers.extraSockets,
+        transport_packets_refused: this.#transport.refusedPackets,
+        punch_packets_paced: this.peers.pacedOut,
+        punch_packets_over_budget: this.peers.budget.dropped,
+      },
     };
   }
 

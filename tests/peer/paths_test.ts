@@ -333,6 +333,51 @@ Deno.test("a round whose time is up while the peer's checks reach one of its soc
   }
 });
 
+Deno.test("a triggered check whose answer is lost is sent again (100, 200, 400, 800 ms) until one comes, and no more", async () => {
+  const easy: UdpAddress = { ip: "198.51.100.1", port: 5000 };
+  for (const answerAfter of [2, null]) {
+    const h = await lone("endpoint-dependent", "endpoint-independent", easy);
+    try {
+      await h.clock.tick(LINK_TIMING.openedWaitMs);
+      await h.settle();
+      h.sent.length = 0;
+      // The peer's probe reaches extra socket 3 from a port we did not know
+      // (peer-reflexive); our answer and our check back may be lost.
+      const from: UdpAddress = { ip: easy.ip, port: 6000 };
+      const probe = {
+        type: "probe",
+        sessionId: SESSION,
+        nonce: "00000000000000f2",
+        time: 0,
+      } as const;
+      await h.link.receive(await h.seal(probe), from, 3);
+      await h.settle();
+      const checks = () =>
+        h.sent.filter((s) => s.frame.type === "probe" && s.via === 3 && s.to.port === from.port);
+      assert.equal(checks().length, 1, "the triggered check");
+      // The same probe again (the peer's spray or keepalive) starts no second series.
+      await h.link.receive(await h.seal({ ...probe, nonce: "00000000000000f3" }), from, 3);
+      await h.settle();
+      assert.equal(checks().length, 1);
+      for (const [i, wait] of [100, 200, 400, 800].entries()) {
+        await h.clock.tick(wait);
+        await h.settle();
+        if (answerAfter !== null && i + 1 === answerAfter) {
+          const last = checks().at(-1)!.frame as { nonce: string };
+          await h.link.receive(await ack(h, last, 5), from, 3);
+          assert.equal(h.link.directTo, "198.51.100.1:6000");
+        }
+      }
+      await h.clock.tick(3000);
+      await h.settle();
+      assert.equal(checks().length, answerAfter === null ? 5 : answerAfter + 1);
+      if (answerAfter === null) assert.equal(h.link.path, "relay");
+    } finally {
+      h.link.close();
+    }
+  }
+});
+
 Deno.test("a late answer to a round that was given up selects nothing: the peer has moved on", async () => {
   const hard: UdpAddress = { ip: "198.51.100.2", port: 2000 };
   const h = await lone("endpoint-independent", "endpoint-dependent", hard);

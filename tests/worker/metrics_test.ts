@@ -64,6 +64,11 @@ Deno.test("worker /metrics: paths, transport bytes per path and forwards, valid 
       sample(text, 'holepunch_worker_transport_bytes_total{path="direct",direction="sent"}'),
       0,
     );
+    // The connection proved the peer's stand-in; no bound held anything back.
+    assert.equal(sample(text, 'holepunch_worker_stand_ins{state="proven"}'), 1);
+    assert.equal(sample(text, 'holepunch_worker_stand_ins{state="unproven"}'), 0);
+    assert.equal(sample(text, 'holepunch_worker_limited_total{limit="transport_packets"}'), 0);
+    assert.equal(sample(text, "holepunch_worker_extra_sockets"), 0);
     if (!skip) assert.equal(await promtoolCheck(text), "", "promtool check metrics");
   } finally {
     for (const w of workers) await w.close();

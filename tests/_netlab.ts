@@ -63,6 +63,8 @@ export interface LabHost {
   publicIp: string;
   /** Its global IPv6 address, on a dual-stack LAN. */
   ip6?: string;
+  /** Where its UDP leaves from, when not `publicIp` (`NatOptions.splitUdp`). */
+  udpPublicIp?: string;
 }
 
 /** A segment routers attach their WAN to: a transit router's, or a carrier NAT's LAN. */
@@ -93,6 +95,12 @@ export interface NatOptions {
    * answers traffic from inside (as home routers do).
    */
   ipv6?: boolean;
+  /**
+   * Two public addresses, as Cloud NAT with several IPs: UDP leaves from the
+   * second (`LabHost.udpPublicIp`), everything else from the first, so the
+   * rendezvous sees the WebSocket come from another address than STUN's.
+   */
+  splitUdp?: boolean;
 }
 
 export class NetLab {
@@ -336,6 +344,24 @@ export class NetLab {
     }
     await this.#sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
     await this.#nat(router, `w${i}`, kind, options.filtering ?? true, out[0].ip);
+    if (options.splitUdp) {
+      const udpIp = segment.addresses.shift();
+      if (udpIp === undefined) throw new Error("netlab: the segment has no address left");
+      await this.#sh(
+        "ip",
+        "-n",
+        router,
+        "addr",
+        "add",
+        `${udpIp}/${segment.prefix}`,
+        "dev",
+        `w${i}`,
+      );
+      // deno-fmt-ignore
+      await this.#sh("ip", "netns", "exec", router, "iptables", "-t", "nat", "-I", "POSTROUTING",
+        "-o", `w${i}`, "-p", "udp", "-j", "SNAT", "--to-source", udpIp);
+      for (const host of out) host.udpPublicIp = udpIp;
+    }
     if (options.ipv6) await this.#dualStack(router, `w${i}`, i, segment, out);
     return out;
   }

@@ -16,7 +16,7 @@ export type RouterKind = "filtering" | "non-filtering" | "mixed";
 /** Where each worker sits. */
 export const LAB_WORKERS: {
   id: string;
-  kind: NatKind | "public" | "double";
+  kind: NatKind | "public" | "double" | "split";
   /** Dual-stack: a global IPv6 address behind a stateful firewall too. */
   v6?: true;
 }[] = [
@@ -32,6 +32,14 @@ export const LAB_WORKERS: {
   { id: "shared-2", kind: "eim" },
   { id: "blocked-1", kind: "block-udp" },
 ];
+
+/**
+ * Workers built only when a run names them: split-1 is behind an
+ * endpoint-independent NAT whose UDP leaves from another public address
+ * than its TCP (Cloud NAT with several IPs), so the rendezvous cannot vouch
+ * for its public candidate.
+ */
+export const EXTRA_LAB_WORKERS: typeof LAB_WORKERS = [{ id: "split-1", kind: "split" }];
 
 /** The workers of the lab test: the bench's eleven but eim-3 and double-1 (two cores, a whole suite beside it). */
 export const TEST_WORKERS = LAB_WORKERS.map((w) => w.id).filter((id) =>
@@ -52,9 +60,11 @@ export function expectedPath(
   b: string,
   routers: RouterKind = "filtering",
 ): "direct" | "relay" {
-  const worker = (id: string) => LAB_WORKERS.find((w) => w.id === id)!;
+  const worker = (id: string) => [...LAB_WORKERS, ...EXTRA_LAB_WORKERS].find((w) => w.id === id)!;
   const [ka, kb] = [worker(a).kind, worker(b).kind];
   if (ka === "block-udp" || kb === "block-udp") return "relay";
+  // Not vouched for: no hard side opens toward it, so an endpoint-dependent peer stays relayed.
+  if ((ka === "split" && kb === "edm") || (ka === "edm" && kb === "split")) return "relay";
   const shared = new Set([a, b]);
   if (routers === "non-filtering" && shared.has("eim-2") && shared.has("eim-3")) return "relay";
   // Two endpoint-dependent NATs: relayed over IPv4, direct over IPv6 when both have it.
@@ -110,7 +120,9 @@ export async function runPunchLab(
   /** Two rendezvous instances over one Redis: workers alternate between them. */
   fleet = false,
 ): Promise<LabRun> {
-  const WORKERS = only ? LAB_WORKERS.filter((w) => only.includes(w.id)) : LAB_WORKERS;
+  const WORKERS = only
+    ? [...LAB_WORKERS, ...EXTRA_LAB_WORKERS].filter((w) => only.includes(w.id))
+    : LAB_WORKERS;
   const lab = await NetLab.create();
   const procs = new Map<string, Proc>();
   const started = Date.now();
@@ -132,6 +144,9 @@ export async function runPunchLab(
     const p1 = await lab.addPublicHost({ segment: await lab.addTransit() });
     const [s1, s2] = await nat("eim", 2);
     const [u1] = await nat("block-udp");
+    const split = WORKERS.some((w) => w.kind === "split")
+      ? (await nat("eim", 1, { splitUdp: true }))[0]
+      : undefined;
     for (
       const [id, host] of Object.entries({
         "eim-1": e1,
@@ -145,6 +160,7 @@ export async function runPunchLab(
         "shared-1": s1,
         "shared-2": s2,
         "blocked-1": u1,
+        ...(split ? { "split-1": split } : {}),
       })
     ) hosts.set(id, host);
 

@@ -7,7 +7,7 @@
  * | either side without UDP                 | `relay-only` |
  * | both endpoint-dependent                 | `both-hard`: local candidates only |
  * | either side without NAT                 | `ice`        |
- * | we are endpoint-dependent, the peer not | `hard-side`: 256 extra sockets |
+ * | we are endpoint-dependent, the peer not | `hard-side`: extra sockets (the pool's) |
  * | the peer is endpoint-dependent, we not  | `easy-side`: a spray at random ports |
  * | anything else                           | `ice`        |
  *

@@ -137,6 +137,47 @@ Deno.test({
 
 Deno.test({
   name:
+    "NAT lab: a worker whose UDP leaves from another address than its WebSocket is not vouched for: an endpoint-independent peer still goes direct, an endpoint-dependent one opens no hard-side sockets toward it",
+  ignore: skip !== undefined,
+  async fn() {
+    // split-1: Cloud NAT with two addresses, UDP from the second. The
+    // rendezvous sees its session at the first, so it does not vouch for the
+    // public candidate STUN gave it (the second).
+    const only = ["eim-1", "edm-1", "split-1"];
+    const { results, seconds, rendezvousTrouble } = await runPunchLab(
+      30,
+      0,
+      0,
+      "filtering",
+      {},
+      only,
+    );
+    const show = (r: PairResult) =>
+      `${r.from} ← ${r.to}: ${r.path} (expected ${r.expected}), ${r.directMs} ms, ${r.strategy}`;
+    console.log(`lab ran ${seconds.toFixed(1)} s`);
+    for (const r of results) console.log("  " + show(r));
+    const pair = (from: string, to: string) => results.find((r) => r.from === from && r.to === to)!;
+    for (const r of results) {
+      assert.ok(r.messages >= 3, `delivered: ${show(r)}\n${rendezvousTrouble.join("\n")}`);
+    }
+    // ICE needs no vouch: checks to an address that answers.
+    for (const [a, b] of [["eim-1", "split-1"], ["split-1", "eim-1"], ["eim-1", "edm-1"]]) {
+      assert.equal(pair(a, b).path, "direct", show(pair(a, b)));
+    }
+    // edm-1 opens no hard-side sockets toward split-1's unvouched address
+    // (plain checks only), while split-1 still sprays at edm-1, which is
+    // vouched. Without the hard side's mappings the spray finds at most the
+    // one mapping edm-1's checks opened: the pair stays relayed but for
+    // that chance (docs/threat-model.md).
+    assert.equal(pair("edm-1", "split-1").strategy, "ice", show(pair("edm-1", "split-1")));
+    assert.equal(pair("split-1", "edm-1").strategy, "easy-side", show(pair("split-1", "edm-1")));
+    assert.equal(pair("edm-1", "eim-1").strategy, "hard-side", show(pair("edm-1", "eim-1")));
+    console.log(`split-1 ↔ edm-1: ${pair("split-1", "edm-1").path}`);
+  },
+});
+
+Deno.test({
+  name:
     "NAT lab with two rendezvous instances over Redis: workers on different instances are introduced, relayed and punched",
   ignore: skip !== undefined,
   async fn() {

@@ -64,7 +64,12 @@ export class Rerolls {
     this.#mine = state;
     const fresh = await this.#h.openSocket().catch(() => null);
     const stale = this.#mine !== state || !this.#h.wanted(session);
-    if (fresh && stale) this.#h.closeSockets([fresh.via]);
+    if (fresh && stale) {
+      // Taken first, so the link closes it: it closes only sockets it holds
+      // (a reroll socket bound while the link closed was left open).
+      this.#h.adopt(fresh.via);
+      this.#h.closeSockets([fresh.via]);
+    }
     if (stale) return;
     if (!fresh) {
       this.#mine = undefined;

@@ -41,6 +41,9 @@ class NatNet extends LinkSim {
   a: Side;
   b: Side;
 
+  /** How long a reroll's fresh socket takes (its STUN answer), on the fake clock. */
+  rerollSocketMs = 0;
+
   constructor(options: { rerolls?: { a?: boolean; b?: boolean } } = {}) {
     super();
     this.a = this.#side("a", "198.51.100.1", options.rerolls?.a ?? true);
@@ -107,7 +110,10 @@ class NatNet extends LinkSim {
             const via = open();
             side.rerollSockets.push(via);
             const candidates: Candidate[] = [{ ...side.sockets.get(via)!, kind: "public" }];
-            return Promise.resolve({ via, candidates });
+            if (this.rerollSocketMs === 0) return Promise.resolve({ via, candidates });
+            return new Promise((resolve) =>
+              this.clock.setTimeout(() => resolve({ via, candidates }), this.rerollSocketMs)
+            );
           },
         }
         : {}),
@@ -238,6 +244,24 @@ Deno.test("a peer that never rerolls (an older version): the reroll is abandoned
     assert.equal(net.a.link.path, "relay");
     // b, unable to reroll, runs its round to the end as before.
     assert.equal(ofType(net.b, "punch_failed").length, 0);
+  } finally {
+    net.close();
+  }
+});
+
+Deno.test("a reroll socket still being bound when the link closes is closed once bound", async () => {
+  const net = new NatNet();
+  net.rerollSocketMs = 1000;
+  try {
+    net.udpUp = false; // nothing gets through: the first round fails and rerolls
+    await net.punch("a");
+    await net.tick(LINK_TIMING.rerollIceMs + 200, 100);
+    assert.equal(net.a.rerollSockets.length, 1, "a reroll socket is being bound");
+    net.a.link.close();
+    await net.tick(1500, 100);
+    for (const via of net.a.rerollSockets) {
+      assert.ok(net.a.closed.includes(via), `socket ${via} left open`);
+    }
   } finally {
     net.close();
   }

@@ -13,6 +13,11 @@
  *                 how many were checked before the 429s
  *   big frames  — eight 32 MiB frames: RSS growth until the sessions close
  *                 (Deno reads a frame whole before its size can be refused)
+ *   fake members — `--members N` (500) group members against a real worker
+ *                 behind an endpoint-dependent NAT, each asking for an
+ *                 introduction and relaying QUIC Initials: the worker's
+ *                 descriptors and RSS at the peak, its health endpoint's
+ *                 round trip meanwhile, and how soon it gives all back
  *
  * Flags: `--clients N` (40), `--seconds S` (20). Prints a table; writes
  * bench/results/abuse-*.json.
@@ -23,11 +28,12 @@
 import { machineState, numberFlag, percentile } from "./_common.ts";
 import { RawWebSocket } from "../tests/_raw_ws.ts";
 import { spawnRendezvous, TestClient } from "../tests/_helpers.ts";
-import { heartbeat, peakRss, rssMb } from "../tests/_abuse.ts";
+import { fakeMembersAttack, heartbeat, peakRss, rssMb } from "../tests/_abuse.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const CLIENTS = numberFlag("--clients", 40);
 const SECONDS = numberFlag("--seconds", 20);
+const MEMBERS = numberFlag("--members", 500);
 const TOKEN = "abuse-bench-token-0123456789";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const machine = machineState();
@@ -170,6 +176,22 @@ async function withHealthy(
   await sleep(1000);
   row("big frames", "RSS growth MB (peak)", ((await top.stop()) - before).toFixed(0));
   await rv.proc.stop();
+}
+
+// ---- fake group members against a hard-side worker ---------------------------------
+if (Deno.build.os === "linux") {
+  const r = await fakeMembersAttack(MEMBERS, { timeHealth: true });
+  row("fake members", `hard-side rounds (of ${MEMBERS} members)`, r.rounds);
+  row("fake members", "worker descriptors, before → peak", `${r.before.fds} → ${r.peak.fds}`);
+  row("fake members", "worker RSS growth MB (peak)", (r.peak.rss - r.before.rss).toFixed(0));
+  row(
+    "fake members",
+    "worker GET / p50 / p99 / max ms, during",
+    `${ms(r.healthMs, 0.5)} / ${ms(r.healthMs, 0.99)} / ${ms(r.healthMs, 1)}`,
+  );
+  row("fake members", "transport packets refused", r.limits.transport_packets_refused);
+  row("fake members", "punching packets held back by the pace", r.limits.punch_packets_paced);
+  row("fake members", "all given back after the members left, ms", r.givenBackMs.toFixed(0));
 }
 
 console.log(`\nholepunch abuse benchmark (${JSON.stringify(machine)})\n`);

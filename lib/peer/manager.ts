@@ -11,11 +11,8 @@ import type { Logger } from "../core/log.ts";
 import { frameSessionId, fromBase64, isPeerFrame, toBase64 } from "./frame.ts";
 import { type LinkEvent, PeerLink } from "./link.ts";
 import { SendBudget } from "./send_budget.ts";
-import { TokenBucket } from "../core/rate_limit.ts";
-import { StunClient } from "../stun/client.ts";
-import { DISCOVERY_SCHEDULE, hostInterfaces, localCandidates } from "../stun/discovery.ts";
+import { EXTRA_SOCKETS, PunchSockets } from "./punch_sockets.ts";
 import type {
-  Candidate,
   ClientMessage,
   PathKind,
   PeerInfo,
@@ -32,23 +29,6 @@ import type { PeerTransport } from "./transport.ts";
  * between the two NATs (see docs/punching.md, "Opening packets").
  */
 export const DEFAULT_OPENING_TTL = 3;
-
-/**
- * The worker's extra sockets (hard-side rounds and rerolls), at most, and
- * those of them only rerolls may take: one hard-side round's worth, so a
- * group member that asks for introduction after introduction (or 500 of
- * them) holds 128 descriptors at most, not 256 per round.
- */
-export const EXTRA_SOCKETS = { max: 128, rerollReserve: 8 } as const;
-
-/**
- * Punching packets (checks, sprays, openings) a worker sends a second, all
- * links together, and at once: one easy-side spray (500 a second) beside
- * dozens of rounds of checks (20 a second each) fits; 500 introductions at
- * once get their checks in turn instead of a backlog of sealing that grows
- * without bound (RFC 8445 §14: one Ta for every check list of an agent).
- */
-export const PUNCH_PACE = { perSecond: 2000, burst: 1000 } as const;
 
 /** Options for {@linkcode PeerManager}. */
 export interface PeerManagerOptions {
@@ -117,8 +97,7 @@ export class PeerManager {
   #links = new Map<string, PeerLink>();
   #bySession = new Map<string, PeerLink>();
   #peers = new Map<string, PeerInfo>();
-  #sockets = new Map<number, UdpEndpoint>();
-  #nextVia = 1;
+  readonly #sockets: PunchSockets;
   #connectAt = new Map<string, number>();
   /** Peers to introduce once both endpoints are known and a session is open. */
   #wanted = new Set<string>();
@@ -132,13 +111,14 @@ export class PeerManager {
   #transport?: PeerTransport;
   /** Transport packets from addresses no link validated: dropped. */
   strayPackets = 0;
-  /** Punching packets skipped over {@linkcode PUNCH_PACE}. */
-  pacedOut = 0;
-  /** Extra sockets open now (hard-side rounds and rerolls; at most {@linkcode EXTRA_SOCKETS}). */
+  /** Punching packets skipped over the worker's pace (`PUNCH_PACE`). */
+  get pacedOut(): number {
+    return this.#sockets.pacedOut;
+  }
+  /** Extra sockets open now (hard-side rounds and rerolls; at most `EXTRA_SOCKETS.max`). */
   get extraSockets(): number {
     return this.#sockets.size;
   }
-  #pace: TokenBucket;
   /** Peers the rendezvous introduced us to (their transport packets are taken). */
   #punched = new Set<string>();
   /** @ignore Punching packets to addresses that have not answered: paced per IP. */
@@ -150,7 +130,9 @@ export class PeerManager {
    * @ignore Who hears about peers (the layers above, made after the
    * manager): replaces the handlers given as options. See `startWorker()`.
    */
-  setHandlers(handlers: Pick<PeerManagerOptions, "onPeer" | "onPeerInfo" | "onPath">): void {
+  setHandlers(
+    handlers: Pick<PeerManagerOptions, "onPeer" | "onPeerInfo" | "onPath" | "onMessage">,
+  ): void {
     this.#o = { ...this.#o, ...handlers };
   }
 
@@ -160,20 +142,21 @@ export class PeerManager {
     this.#clock = options.clock ?? systemClock;
     this.#linkClock = coarseClock(this.#clock);
     this.budget = new SendBudget(this.#clock);
-    this.#pace = new TokenBucket(PUNCH_PACE.perSecond, PUNCH_PACE.burst, this.#clock.now());
+    this.#sockets = new PunchSockets({
+      udp: options.udp,
+      udp6: options.udp6,
+      max: options.maxExtraSockets,
+      stunServers: options.stunServers,
+      clock: this.#clock,
+      logger: options.logger,
+      onOther: (bytes, from, via) => this.#onUdp(bytes, from, via),
+      onTransport: (bytes, from, via) => this.#onTransport(bytes, from, via),
+    });
     for (const socket of [options.udp, options.udp6]) {
       if (!socket) continue;
       socket.onOther = (bytes, from) => this.#onUdp(bytes, from, 0);
       socket.onTransport = (bytes, from) => this.#onTransport(bytes, from, 0);
     }
-  }
-
-  /** The socket `via` names for a packet to `to` (0: the main one of `to`'s family). */
-  #socket(via: number, to: UdpAddress): UdpEndpoint | undefined {
-    if (via !== 0) return this.#sockets.get(via);
-    // Only a dual-stack worker looks at the address (this runs per packet).
-    const udp6 = this.#o.udp6;
-    return udp6 && to.ip.includes(":") ? udp6 : this.#o.udp;
   }
 
   /** @ignore Attaches the transport that rides this manager's paths; the worker does. */
@@ -189,7 +172,7 @@ export class PeerManager {
   sendPacket(peerId: string, packet: Uint8Array): Promise<unknown> | void {
     const direct = this.#links.get(peerId)?.direct;
     if (direct) {
-      const socket = this.#socket(direct.via, direct.to);
+      const socket = this.#sockets.socket(direct.via, direct.to);
       if (socket) {
         this.pathBytes.direct.sent += packet.length - 1;
         return socket.send(packet, direct.to).catch(() => {});
@@ -310,7 +293,7 @@ export class PeerManager {
       clock: this.#linkClock,
       sendUdp: (bytes, to, via) => this.#sendUdp(bytes, to, via),
       heard: (from) => this.budget.heard(from.ip),
-      pace: () => this.#pace.take(this.#clock.now()) || (this.pacedOut++, false),
+      pace: () => this.#sockets.pace(),
       ...((this.#o.openingTtl ?? DEFAULT_OPENING_TTL) > 0
         ? {
           sendOpening: (bytes, to, via, ttl) => this.#sendOpening(bytes, to, via, ttl),
@@ -320,11 +303,11 @@ export class PeerManager {
       sendRelay: (bytes) => {
         this.#o.sendToRendezvous({ type: "relay", to: peerId, data: toBase64(bytes) });
       },
-      openSockets: (count) => this.#openSockets(count, EXTRA_SOCKETS.rerollReserve),
+      openSockets: (count) => this.#sockets.open(count, EXTRA_SOCKETS.rerollReserve),
       ...((this.#o.stunServers?.length ?? 0) > 0
-        ? { openRerollSocket: () => this.#openRerollSocket() }
+        ? { openRerollSocket: () => this.#sockets.openReroll() }
         : {}),
-      closeSockets: (vias) => this.#closeSockets(vias),
+      closeSockets: (vias) => this.#sockets.close(vias),
       requestConnect: () => this.connect(peerId),
       onMessage: (payload, path) => this.#o.onMessage?.(peerId, payload, path),
       onPath: (path, rttMs) => {
@@ -372,13 +355,13 @@ export class PeerManager {
 
   #sendUdp(bytes: Uint8Array, to: UdpAddress, via: number): void {
     if (!this.budget.take(to.ip)) return; // an address that never answered: paced
-    const socket = this.#socket(via, to);
+    const socket = this.#sockets.socket(via, to);
     socket?.send(bytes, to).catch(() => {}); // UDP: a failed send is a lost packet
   }
 
   async #sendOpening(bytes: Uint8Array, to: UdpAddress, via: number, ttl: number): Promise<void> {
     if (!this.budget.take(to.ip)) return;
-    const socket = this.#socket(via, to);
+    const socket = this.#sockets.socket(via, to);
     await socket?.sendWithTtl(bytes, to, ttl).then((sent) => {
       if (sent || this.#openingFailed) return;
       this.#openingFailed = true;
@@ -389,68 +372,6 @@ export class PeerManager {
   }
 
   #openingFailed = false;
-
-  /** Opens up to `count` extra sockets, leaving `reserve` of the pool free. */
-  #openSockets(count: number, reserve = 0): number[] {
-    const main = this.#o.udp;
-    if (!main) return [];
-    const room = (this.#o.maxExtraSockets ?? EXTRA_SOCKETS.max) - reserve - this.#sockets.size;
-    const vias: number[] = [];
-    for (let i = 0; i < Math.min(count, room); i++) {
-      let socket: UdpEndpoint;
-      try {
-        socket = UdpEndpoint.bind({ hostname: main.local.ip, port: 0 });
-      } catch (error) {
-        this.#o.logger.warn("cannot open more udp sockets", { opened: i, error });
-        break;
-      }
-      const via = this.#nextVia++;
-      socket.onOther = (bytes, from) => this.#onUdp(bytes, from, via);
-      socket.onTransport = (bytes, from) => this.#onTransport(bytes, from, via);
-      this.#sockets.set(via, socket);
-      vias.push(via);
-    }
-    return vias;
-  }
-
-  /**
-   * A reroll's socket: fresh, so no clash has moved its mapping; its public
-   * candidate from the first STUN server that answers (with the discovery's
-   * short schedule), its local ones from the host's interfaces.
-   */
-  async #openRerollSocket(): Promise<{ via: number; candidates: Candidate[] } | null> {
-    const [via] = this.#openSockets(1);
-    const socket = via === undefined ? undefined : this.#sockets.get(via);
-    if (via === undefined || !socket) return null;
-    const stun = new StunClient((bytes, to) => socket.send(bytes, to), {
-      family: socket.local.family,
-      ...DISCOVERY_SCHEDULE,
-      clock: this.#clock,
-    });
-    socket.onStun = (bytes, from) => void stun.handle(bytes, from);
-    const servers = this.#o.stunServers ?? [];
-    const mapped = await Promise.any(servers.map((server) => stun.binding(server)))
-      .then((result) => result.mapped, () => undefined);
-    socket.onStun = () => {};
-    if (!this.#sockets.has(via)) return null; // closed meanwhile
-    const locals = localCandidates(hostInterfaces(), socket.local)
-      .map((address): Candidate => ({ ...address, kind: "local" }));
-    const candidates = mapped ? [{ ...mapped, kind: "public" } as Candidate, ...locals] : locals;
-    this.#o.logger.info("reroll socket bound", {
-      via,
-      udp_local: `${socket.local.ip}:${socket.local.port}`,
-      udp_public: mapped ? `${mapped.ip}:${mapped.port}` : null,
-    });
-    return { via, candidates };
-  }
-
-  #closeSockets(vias: number[]): void {
-    for (const via of vias) {
-      const socket = this.#sockets.get(via);
-      this.#sockets.delete(via);
-      void socket?.close();
-    }
-  }
 
   #onUdp(bytes: Uint8Array, from: UdpAddress, via: number): void {
     if (!isPeerFrame(bytes)) return;
@@ -551,7 +472,6 @@ export class PeerManager {
   /** Closes every link and extra socket. */
   async close(): Promise<void> {
     for (const link of this.#links.values()) link.close();
-    await Promise.all([...this.#sockets.values()].map((s) => s.close()));
-    this.#sockets.clear();
+    await this.#sockets.closeAll();
   }
 }

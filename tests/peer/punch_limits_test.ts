@@ -8,7 +8,8 @@
 import assert from "node:assert/strict";
 import { silentLogger } from "../../lib/core/log.ts";
 import { toBase64 } from "../../lib/peer/frame.ts";
-import { EXTRA_SOCKETS, PeerManager, PUNCH_PACE } from "../../lib/peer/manager.ts";
+import { PeerManager } from "../../lib/peer/manager.ts";
+import { EXTRA_SOCKETS, PUNCH_PACE } from "../../lib/peer/punch_sockets.ts";
 import { UdpEndpoint } from "../../lib/peer/udp_endpoint.ts";
 import type { NatMapping } from "../../lib/protocol/messages.ts";
 import { FakeClock } from "../_fake_clock.ts";

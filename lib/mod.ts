@@ -33,6 +33,8 @@
 export { startWorker, type StartWorkerOptions, Worker } from "./worker/worker.ts";
 export { loadWorkerConfig, WORKER_VARIABLES, type WorkerConfig } from "./worker/config.ts";
 export type { WorkerLimits, WorkerStatus } from "./worker/health.ts";
+export { PingTimeoutError, type Pong } from "./worker/ping.ts";
+export type { PeerView } from "./worker/control.ts";
 export type { ClientEvent, ClientSnapshot, ClientStatus } from "./worker/client.ts";
 export type { UdpEndpointReport } from "./stun/discovery.ts";
 

@@ -363,6 +363,8 @@ export function spawnWorker(rendezvousUrl: string, env: Record<string, string> =
     IP_ECHO_URL: "off",
     // Tests never reach public STUN servers; those that need STUN pass local ones.
     STUN_SERVERS: "off",
+    // Tests that use `deno task ctl` give a directory of their own.
+    CONTROL_DIR: "off",
     ...env,
   });
 }

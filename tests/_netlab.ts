@@ -499,6 +499,8 @@ export class NetLab {
       PORT: "0",
       IP_ECHO_URL: "off",
       STUN_SERVERS: `${PUBLIC_IP}:3478,${PUBLIC_IP}:3479`,
+      // Unix sockets live in the file system, which the lab's namespaces share.
+      CONTROL_DIR: "off",
       ...env,
     });
   }

@@ -16,6 +16,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   worker: ["core", "protocol", "stun", "peer"],
   netcheck: ["core", "protocol", "stun", "peer"],
   demo: ["core", "protocol", "redis", "stun", "peer", "rendezvous", "worker"],
+  ctl: ["core", "protocol", "worker"],
 };
 /** Files outside `lib/` that `lib/` may read. */
 const OUTSIDE_ALLOWED = new Set(["deno.json"]);

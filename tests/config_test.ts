@@ -115,6 +115,7 @@ Deno.test("loadWorkerConfig() names the variable at fault", () => {
     PING_INTERVAL_SEC: "soon",
     PORT: "70000",
     RECONNECT_MAX_SEC: "0.1",
+    CONTROL_DIR: "relative/dir",
   };
   for (const [name, value] of Object.entries(bad)) {
     assert.throws(
@@ -123,6 +124,18 @@ Deno.test("loadWorkerConfig() names the variable at fault", () => {
       name,
     );
   }
+});
+
+Deno.test("loadWorkerConfig() puts the control socket in the runtime directory, /tmp/holepunch-$USER, CONTROL_DIR, or nowhere", () => {
+  const base = { RENDEZVOUS_SERVICE_URL: "http://rv" };
+  assert.equal(
+    loadWorkerConfig({ ...base, XDG_RUNTIME_DIR: "/run/user/1000" }).controlDir,
+    "/run/user/1000/holepunch",
+  );
+  assert.equal(loadWorkerConfig({ ...base, USER: "ana" }).controlDir, "/tmp/holepunch-ana");
+  assert.equal(loadWorkerConfig({ ...base, USER: "../x" }).controlDir, "/tmp/holepunch-.._x");
+  assert.equal(loadWorkerConfig({ ...base, CONTROL_DIR: "/srv/hp" }).controlDir, "/srv/hp");
+  assert.equal(loadWorkerConfig({ ...base, CONTROL_DIR: "off" }).controlDir, undefined);
 });
 
 Deno.test("loadRendezvousConfig() reads the worker-key settings", () => {

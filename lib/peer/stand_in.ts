@@ -23,6 +23,8 @@ export class StandIn {
   #closed = false;
   /** When a packet last went through (`performance.now()`), either way. */
   lastActive = performance.now();
+  /** Transport bytes to the peer and from it, through this stand-in. */
+  readonly bytes = { sent: 0, received: 0 };
 
   readonly #stats: TransportStats;
 
@@ -60,6 +62,7 @@ export class StandIn {
       }
       this.#stats.packetsSent++;
       this.#stats.bytesSent += size;
+      this.bytes.sent += size;
       this.lastActive = performance.now();
       try {
         await out(buffer.subarray(0, size + 1));
@@ -73,6 +76,7 @@ export class StandIn {
   deliver(packet: Uint8Array): Promise<unknown> {
     this.#stats.packetsReceived++;
     this.#stats.bytesReceived += packet.length;
+    this.bytes.received += packet.length;
     this.lastActive = performance.now();
     return this.#conn.send(packet, this.#quic).catch(() => {});
   }

@@ -345,6 +345,12 @@ export class PeerTransport {
     return standIn.deliver(packet);
   }
 
+  /** Transport bytes each way through `peerId`'s stand-in, and ms since its last packet. */
+  traffic(peerId: string): { sent: number; received: number; idle_ms: number } | undefined {
+    const s = this.#standIns.get(peerId);
+    return s && { ...s.bytes, idle_ms: Math.round(performance.now() - s.lastActive) };
+  }
+
   /** Forgets a peer that left: its stand-in closes (its connection has timed out or closed). */
   forget(peerId: string): void {
     this.#standIns.forget(peerId);

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { defaultControlDir } from "./control.ts";
 import {
   boolVar,
   ConfigError,
@@ -63,6 +64,8 @@ export interface WorkerConfig {
   group: string;
   /** Where the worker's key is kept (`WORKER_KEY_FILE`); unset: a fresh key each start. */
   keyFile?: string;
+  /** Where its control socket for `deno task ctl` goes (`CONTROL_DIR`); unset: none. */
+  controlDir?: string;
   /**
    * A secret every worker of the group shares (`GROUP_SECRET`): peers'
    * keys must be vouched for by it, so the rendezvous cannot substitute them.
@@ -169,6 +172,11 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     fallback: "default",
     meaning:
       "default (most on clean paths) or low-latency (far better under random loss); throughput",
+  },
+  {
+    name: "CONTROL_DIR",
+    fallback: "$XDG_RUNTIME_DIR/holepunch, else /tmp/holepunch-$USER",
+    meaning: "directory (0700) of the control socket deno task ctl talks to; off for none",
   },
   {
     name: "WORKER_KEY_FILE",
@@ -301,6 +309,19 @@ function seconds(env: Env, name: string, fallback: number, min: number, max: num
   return Math.round(numberVar(env, name, fallback, { min, max }) * 1000);
 }
 
+/** `CONTROL_DIR`: a directory, the default one, or none (`off`). */
+function controlDir(env: Env): string | undefined {
+  const value = stringVar(env, "CONTROL_DIR");
+  if (value === "off") return undefined;
+  if (value !== undefined && !value.startsWith("/")) {
+    throw new ConfigError(
+      "CONTROL_DIR",
+      `Cannot read CONTROL_DIR: it must be an absolute path or off: current value is "${value}"`,
+    );
+  }
+  return value ?? defaultControlDir((name) => stringVar(env, name));
+}
+
 /**
  * Reads the worker configuration.
  *
@@ -395,6 +416,7 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     stunServers,
     stunKeepaliveMs: seconds(env, "STUN_KEEPALIVE_SEC", 20, 0.05, 3600),
     keyFile: stringVar(env, "WORKER_KEY_FILE"),
+    controlDir: controlDir(env),
     groupSecret: groupSecret(env),
     peerExpose: listVar(env, "PEER_EXPOSE", parseExposes),
     peerForward: listVar(env, "PEER_FORWARD", parseForwards),

@@ -21,6 +21,9 @@ import { registrationUrl, type WorkerConfig } from "./config.ts";
 import { workerHealthHandler, workerMetrics, type WorkerStatus } from "./health.ts";
 import { describeHello, sendHello, startHello } from "./hello.ts";
 import { loadIdentity } from "./key_file.ts";
+import { type Control, type PeerView, startControl } from "./control.ts";
+import { fingerprint } from "../protocol/identity.ts";
+import { Pinger, type Pong } from "./ping.ts";
 import { fetchPublicIp } from "./public_ip.ts";
 import type { Identity } from "../protocol/identity.ts";
 import { startWorkerUdp, type WorkerUdp } from "./udp.ts";
@@ -69,6 +72,7 @@ interface WorkerParts {
   connections: PeerConnections;
   transport: PeerTransport;
   forwarder: Forwarder;
+  pinger: Pinger;
 }
 
 /**
@@ -95,6 +99,9 @@ export class Worker {
   readonly #running: Promise<void>;
   readonly #health: Deno.HttpServer<Deno.NetAddr> | undefined;
   readonly #hello: ReturnType<typeof setInterval> | undefined;
+  readonly #pinger: Pinger;
+  /** The control socket for `deno task ctl`, once the health server listens. */
+  #control: Promise<Control | undefined> = Promise.resolve(undefined);
   #closed: Promise<void> | undefined;
 
   /** Use {@linkcode startWorker}: it makes the parts, bottom-up. */
@@ -113,6 +120,7 @@ export class Worker {
     this.connections = parts.connections;
     this.#transport = parts.transport;
     this.#forwarder = parts.forwarder;
+    this.#pinger = parts.pinger;
     this.#hello = config.peerHelloMs > 0
       ? startHello(this.peers, config.workerId, config.peerHelloMs)
       : undefined;
@@ -132,6 +140,22 @@ export class Worker {
           onListen: (addr) => {
             log.info("health server listening", { hostname: addr.hostname, port: addr.port });
             listening.resolve(addr);
+            if (config.controlDir !== undefined) {
+              this.#control = startControl({
+                dir: config.controlDir,
+                port: addr.port,
+                status: () => this.status(),
+                peers: () => this.peerViews(),
+                ping: (peerId, timeoutMs) => this.ping(peerId, timeoutMs),
+                logger: log,
+              }).catch((error) => {
+                log.warn("no control socket: deno task ctl cannot reach this worker", {
+                  dir: config.controlDir,
+                  error: (error as Error).message,
+                });
+                return undefined;
+              });
+            }
           },
         },
         workerHealthHandler(
@@ -160,6 +184,34 @@ export class Worker {
     return this.connections.connect(peerId, options);
   }
 
+  /** The peers the rendezvous told us of, with their key fingerprints and paths. */
+  async peerViews(): Promise<PeerView[]> {
+    const links = this.peers.snapshot() as Record<
+      string,
+      { path?: string; direct_to?: string | null }
+    >;
+    return await Promise.all(this.peers.peers.map(async (peer) => ({
+      worker_id: peer.worker_id,
+      nat_mapping: peer.nat_mapping,
+      public: peer.public ? `${peer.public.ip}:${peer.public.port}` : null,
+      fingerprint: peer.key ? await fingerprint(peer.key).catch(() => null) : null,
+      path: links[peer.worker_id]?.path ?? null,
+      direct_to: links[peer.worker_id]?.direct_to ?? null,
+    })));
+  }
+
+  /**
+   * Pings `peerId` over its link (asking for an introduction first if need
+   * be): the pong's path and round trip, and the direct address in use.
+   *
+   * @throws {PingTimeoutError} when no pong comes within `timeoutMs`
+   */
+  async ping(peerId: string, timeoutMs = 5000): Promise<Pong & { to: string | null }> {
+    const pong = await this.#pinger.ping(peerId, timeoutMs);
+    const link = this.peers.snapshot()[peerId] as { direct_to?: string | null } | undefined;
+    return { ...pong, to: pong.path === "direct" ? link?.direct_to ?? null : null };
+  }
+
   /**
    * Replaces the transport certificate now (it happens by itself every 10
    * days) and publishes the new one; open connections carry on.
@@ -181,7 +233,16 @@ export class Worker {
       key: { public_key: this.identity.publicKey, fingerprint: this.identity.fingerprint },
       rendezvous: this.#client.snapshot(),
       udp: this.#udp?.presence.last ?? null,
-      peers: this.peers.snapshot(),
+      peers: Object.fromEntries(
+        Object.entries(this.peers.snapshot()).map(([id, link]) => {
+          const traffic = this.#transport.traffic(id);
+          return [id, {
+            ...link as Record<string, unknown>,
+            bytes: traffic ? { sent: traffic.sent, received: traffic.received } : null,
+            idle_ms: traffic?.idle_ms ?? null,
+          }];
+        }),
+      ),
       ...this.#forwarder.snapshot(),
       handshakes: {
         refused: this.#transport.handshakes.refused,
@@ -209,6 +270,7 @@ export class Worker {
 
   async #close(): Promise<void> {
     if (this.#hello !== undefined) clearInterval(this.#hello);
+    await (await this.#control)?.close();
     await this.#forwarder.close();
     this.connections.close();
     // The paths stay open a moment so the connections' CONNECTION_CLOSE
@@ -305,10 +367,8 @@ export async function startWorker(
     openingTtl: config.punchOpeningTtl,
     stunServers: config.stunServers,
     logger: log,
-    onMessage: options.onMessage ??
-      ((peerId, payload, path) =>
-        log.info("peer message received", { peer_id: peerId, path, ...describeHello(payload) })),
   });
+  const pinger = new Pinger((peerId, payload) => peers.send(peerId, payload));
   udp?.setReportedListener((report) => peers.ownEndpointReported(report.public));
   let transport: PeerTransport;
   try {
@@ -363,6 +423,12 @@ export async function startWorker(
     },
     onPeerInfo: (peer) => connections.peerChanged(peer.worker_id),
     onPath: (peerId) => connections.pathChanged(peerId),
+    // Pings are answered here; every other message goes to the application, or the log.
+    onMessage: (peerId, payload, path) => {
+      if (pinger.receive(peerId, payload, path)) return;
+      if (options.onMessage) return options.onMessage(peerId, payload, path);
+      log.info("peer message received", { peer_id: peerId, path, ...describeHello(payload) });
+    },
   });
   client.setHandlers({
     onEvent: (event) => {
@@ -390,7 +456,7 @@ export async function startWorker(
   const worker = new Worker(
     config,
     identity,
-    { client, udp, peers, connections, transport, forwarder },
+    { client, udp, peers, connections, transport, forwarder, pinger },
     options,
   );
   started.resolve(worker);

@@ -96,5 +96,18 @@ export async function lone(
   };
   await clock.tick(0);
   await settle();
+  // The peer is live (its first `opened`, relayed): a hard side takes its sockets.
+  await link.receive(
+    await sealFrame({
+      type: "opened",
+      sessionId: "00000000000000a1",
+      ttl: 1,
+      last: false,
+      round: 0,
+      time: 0,
+    }, key),
+    undefined,
+  );
+  await settle();
   return { link, clock, sent, closed, events, seal: (f) => sealFrame(f, key), settle };
 }

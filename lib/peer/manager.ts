@@ -379,8 +379,8 @@ export class PeerManager {
     if (link) void link.receive(bytes, from, via);
   }
 
-  /** Handles the rendezvous's peer messages. */
-  handle(message: PeerServerMessage): void {
+  /** Handles the rendezvous's peer messages (a relayed frame: resolves once it is handled). */
+  handle(message: PeerServerMessage): Promise<void> | void {
     switch (message.type) {
       case "peers":
         for (const peer of message.peers) this.#learn(peer);
@@ -422,8 +422,7 @@ export class PeerManager {
         } catch {
           return;
         }
-        void this.#links.get(message.from)?.receive(bytes, undefined);
-        return;
+        return this.#links.get(message.from)?.receive(bytes, undefined);
       }
     }
   }

@@ -106,6 +106,8 @@ export class PunchRound {
   #full = true;
   #stage = -1;
   #sending = false;
+  /** The peer's `opened` of this round came: it runs our punching, it is no mere registrant. */
+  #live = false;
   /** Doublings of the loops' waits while the pace holds this round back. */
   #slowed = 0;
 
@@ -153,11 +155,8 @@ export class PunchRound {
     // socket when its spray finds it; so they only ever open, and the easy
     // side's sprays find one.
     this.#full = !h.opening || plan.peerNat === "no-nat";
-    if (this.strategy === "hard-side") {
-      this.#hardExtra = h.openSockets(LINK_TIMING.hardSockets);
-      this.extra.push(...this.#hardExtra);
-      this.#fireHard();
-    }
+    // The sockets themselves wait for the peer's first `opened` (see #live).
+    if (this.strategy === "hard-side") this.#fireHard();
     if (!h.opening) return this.#begin("no_opening");
     this.advance();
     this.schedule(() => this.#begin("timeout"), LINK_TIMING.openedWaitMs);
@@ -167,6 +166,18 @@ export class PunchRound {
   #begin(after: "peer_opened" | "timeout" | "no_opening"): void {
     if (this.#begun || this.done) return;
     this.#begun = true;
+    // Without opening stages, one `opened` still says we are here (the hard
+    // side's sockets wait for it): TTL 1, which opens nothing, and last.
+    if (after === "no_opening") {
+      this.#h.sendRelay({
+        type: "opened",
+        sessionId: this.session,
+        ttl: 1,
+        last: true,
+        round: this.round,
+        time: this.#h.clock.now(),
+      });
+    }
     this.#h.trace({ type: "checks", after, opened_ms: this.#openedMs });
     this.#check();
     if (this.strategy === "easy-side") this.#spray();
@@ -197,17 +208,26 @@ export class PunchRound {
    */
   #fireHard(): void {
     if (this.done || this.#fired++ >= LINK_TIMING.hardRounds) return this.#h.maybeGiveUp(this);
-    const missing = LINK_TIMING.hardSockets - this.#hardExtra.length;
-    if (this.#fired > 1 && missing > 0) {
-      const more = this.#h.openSockets(missing);
-      this.#hardExtra.push(...more);
-      this.extra.push(...more);
-    }
+    if (this.#fired > 1) this.#takeSockets();
     if (this.#fired > 1 || this.#full) {
       const ttl = this.#full ? 0 : this.#ladder.at(-1)!;
       for (const v of this.#hardExtra) this.#h.probe(this, this.#plan!.publics[0], v, false, ttl);
     }
     this.schedule(() => this.#fireHard(), LINK_TIMING.hardRoundMs);
+  }
+
+  /**
+   * The hard side takes its extra sockets from the worker's pool once the
+   * peer is live (#live), up to `hardSockets`, again each hard round as
+   * other rounds free theirs; returns the new ones.
+   */
+  #takeSockets(): number[] {
+    const missing = LINK_TIMING.hardSockets - this.#hardExtra.length;
+    if (!this.#live || missing <= 0 || this.done) return [];
+    const more = this.#h.openSockets(missing);
+    this.#hardExtra.push(...more);
+    this.extra.push(...more);
+    return more;
   }
 
   /** The easy side: a probe at a random port of the peer's public IP, every 2 ms (five each 10 ms). */
@@ -248,6 +268,16 @@ export class PunchRound {
       ? opened
       : undefined;
     const ladder = this.#ladder;
+    // The peer is live: its authenticated `opened` of this round came. Only
+    // then does the hard side hold sockets for it, so a member that only
+    // asks for introductions (or 500 of them) costs the worker none.
+    if (peer && !this.#live) {
+      this.#live = true;
+      if (this.strategy === "hard-side") {
+        const ttl = this.#full ? 0 : ladder.at(-1)!;
+        for (const v of this.#takeSockets()) void h.probe(this, plan.publics[0], v, false, ttl);
+      }
+    }
     if (this.#stage === ladder.length - 1) {
       if (peer?.last) this.#begin("peer_opened");
       return;

@@ -17,11 +17,12 @@ import { UdpEndpoint } from "./udp_endpoint.ts";
 
 /**
  * The worker's extra sockets (hard-side rounds and rerolls), at most, and
- * those of them only rerolls may take: one hard-side round's worth, so a
- * group member that asks for introduction after introduction (or 500 of
- * them) holds 128 descriptors at most, not 256 per round.
+ * those of them only rerolls may take: four hard-side rounds' worth. A
+ * round takes sockets only once its peer is live (its authenticated
+ * `opened` came), so members that only ask for introductions hold none; a
+ * member that does speak the protocol, or many, hold at most these 512.
  */
-export const EXTRA_SOCKETS = { max: 128, rerollReserve: 8 } as const;
+export const EXTRA_SOCKETS = { max: 512, rerollReserve: 8 } as const;
 
 /**
  * Punching packets (checks, sprays, openings) a worker sends a second, all

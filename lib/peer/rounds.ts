@@ -225,8 +225,15 @@ export class Rounds {
       }
     }
     this.#end(probing, cause);
-    if (this.#canReroll(probing)) void this.#rerolls.start(probing.session, probing.round + 1);
-    else this.#h.scheduleUpgrade();
+    // Only with a peer that is live (it said `opened` in this introduction):
+    // one that never did runs no punching to reroll with, and a fresh socket
+    // held for it would be one more for a member that only asks for introductions.
+    const live = this.#peerOpened?.session === probing.session;
+    if (live && this.#canReroll(probing)) {
+      void this.#rerolls.start(probing.session, probing.round + 1);
+    } else {
+      this.#h.scheduleUpgrade();
+    }
   }
 
   /** Ends a round that found no path, and says why. */

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { silentLogger } from "../../lib/core/log.ts";
-import { toBase64 } from "../../lib/peer/frame.ts";
+import { importSessionKey, sealFrame, toBase64 } from "../../lib/peer/frame.ts";
 import { PeerManager } from "../../lib/peer/manager.ts";
 import { EXTRA_SOCKETS, PUNCH_PACE } from "../../lib/peer/punch_sockets.ts";
 import { UdpEndpoint } from "../../lib/peer/udp_endpoint.ts";
@@ -15,7 +15,7 @@ import type { NatMapping } from "../../lib/protocol/messages.ts";
 import { FakeClock } from "../_fake_clock.ts";
 
 /** A manager on a real loopback socket, and a socket that counts what reaches it. */
-function setup() {
+function setup(maxExtraSockets?: number) {
   const clock = new FakeClock(0);
   const udp = UdpEndpoint.bind({ hostname: "127.0.0.1", port: 0 });
   const manager = new PeerManager({
@@ -24,6 +24,7 @@ function setup() {
     logger: silentLogger,
     autoConnect: false,
     openingTtl: 0, // checks at once, without the opening stages
+    maxExtraSockets,
     clock,
   });
   // What leaves the worker's socket, counted where it is sent.
@@ -60,10 +61,25 @@ function setup() {
       role: "responder",
       delay_ms: 0,
     });
+  /** The peer's `opened` of round 0, through the relay: it is live. */
+  const opened = async (peerId: string, n: number) => {
+    const key = await importSessionKey(toBase64(new Uint8Array(32).fill(n % 256)));
+    const frame = await sealFrame({
+      type: "opened",
+      sessionId: n.toString(16).padStart(16, "0"),
+      ttl: 1,
+      last: true,
+      round: 0,
+      time: 0,
+    }, key);
+    await manager.handle({ type: "relayed", from: peerId, data: toBase64(frame) });
+    await clock.tick(10);
+  };
   return {
     clock,
     manager,
     punch,
+    opened,
     received: () => received,
     sent: () => sent,
     close: async () => {
@@ -75,16 +91,17 @@ function setup() {
   };
 }
 
-Deno.test("hard-side rounds share one pool of extra sockets: the second gets none until the first's close, then takes them", async () => {
-  const t = setup();
+Deno.test("hard-side rounds take sockets only once their peer is live, from one pool: the second waits for the first's", async () => {
+  const t = setup(40);
   try {
-    const pool = EXTRA_SOCKETS.max - EXTRA_SOCKETS.rerollReserve;
-    await t.punch("a", 1, "endpoint-dependent");
-    await t.clock.tick(10);
-    assert.equal(t.manager.extraSockets, pool, "the first round takes the pool");
-    await t.punch("b", 2, "endpoint-dependent");
-    await t.clock.tick(10);
-    assert.equal(t.manager.extraSockets, pool, "the second gets none of its own");
+    const pool = 40 - EXTRA_SOCKETS.rerollReserve;
+    for (const [i, id] of ["a", "b", "c"].entries()) await t.punch(id, i + 1, "endpoint-dependent");
+    await t.clock.tick(1500);
+    assert.equal(t.manager.extraSockets, 0, "members that only ask for introductions hold none");
+    await t.opened("a", 1);
+    assert.equal(t.manager.extraSockets, pool, "a's round takes what the pool has");
+    await t.opened("b", 2);
+    assert.equal(t.manager.extraSockets, pool, "b's gets none of its own");
     // a leaves: its round's sockets close, and b's next hard round takes them.
     t.manager.handle({ type: "peer_left", peer_id: "a" });
     assert.equal(t.manager.extraSockets, 0);

@@ -95,7 +95,7 @@ export class Histogram {
   }
 
   /** @ignore */
-  samples() {
+  samples(): MapIterator<{ labels: Labels; counts: number[]; sum: number; count: number }> {
     return this.#values.values();
   }
 }

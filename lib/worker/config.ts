@@ -6,6 +6,7 @@
  */
 
 import { defaultControlDir } from "./control.ts";
+import { parseSocks } from "./socks.ts";
 import {
   boolVar,
   ConfigError,
@@ -75,6 +76,8 @@ export interface WorkerConfig {
   peerExpose: number[];
   /** Local listeners carried to peers' ports (`PEER_FORWARD`). */
   peerForward: ForwardSpec[];
+  /** `PEER_SOCKS`: where the SOCKS5 door to the peers listens; unset: none. */
+  peerSocks?: { hostname: string; port: number };
   /** How long a forwarded connection waits for an unreachable peer (`PEER_FORWARD_WAIT_SEC`). */
   peerForwardWaitMs: number;
   /** QUIC's congestion controller for peer connections (`PEER_CONGESTION_CONTROL`). */
@@ -161,6 +164,11 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     name: "PEER_FORWARD",
     fallback: "(none)",
     meaning: "[HOST:]PORT:PEER:PORT,...: listen on HOST:PORT (127.0.0.1), carry to PEER's PORT",
+  },
+  {
+    name: "PEER_SOCKS",
+    fallback: "off",
+    meaning: "[HOST:]PORT of a SOCKS5 proxy whose host names are peer ids (HOST 127.0.0.1)",
   },
   {
     name: "PEER_FORWARD_WAIT_SEC",
@@ -309,6 +317,15 @@ function seconds(env: Env, name: string, fallback: number, min: number, max: num
   return Math.round(numberVar(env, name, fallback, { min, max }) * 1000);
 }
 
+/** `PEER_SOCKS`: where the SOCKS5 door listens, or nowhere. */
+function socksVar(env: Env): { hostname: string; port: number } | undefined {
+  try {
+    return parseSocks(stringVar(env, "PEER_SOCKS"));
+  } catch (error) {
+    throw new ConfigError("PEER_SOCKS", `Cannot read PEER_SOCKS: ${(error as Error).message}`);
+  }
+}
+
 /** `CONTROL_DIR`: a directory, the default one, or none (`off`). */
 function controlDir(env: Env): string | undefined {
   const value = stringVar(env, "CONTROL_DIR");
@@ -420,6 +437,7 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     groupSecret: groupSecret(env),
     peerExpose: listVar(env, "PEER_EXPOSE", parseExposes),
     peerForward: listVar(env, "PEER_FORWARD", parseForwards),
+    peerSocks: socksVar(env),
     peerForwardWaitMs: seconds(env, "PEER_FORWARD_WAIT_SEC", 30, 0.1, 3600),
     peerCongestionControl: congestionControl(env),
     group,

@@ -11,6 +11,14 @@
 import type { Logger } from "../core/log.ts";
 import type { ForwardRequest, PeerConnection, PeerStream } from "../peer/connection.ts";
 import { ForwardRefusedError } from "../peer/connection.ts";
+import {
+  readSocksRequest,
+  SOCKS_HANDSHAKE_MS,
+  SocksError,
+  SocksReply,
+  socksReply,
+  type SocksTarget,
+} from "./socks.ts";
 
 /** One `PEER_FORWARD` entry: `[HOST:]PORT:PEER:PORT`. */
 export interface ForwardSpec {
@@ -162,6 +170,10 @@ export interface ForwarderOptions {
   connect(peerId: string, timeoutMs: number): Promise<PeerConnection>;
   /** How long a local connection waits for an unreachable peer. */
   waitMs: number;
+  /** `PEER_SOCKS`: where the SOCKS5 door listens, if anywhere. */
+  socks?: { hostname: string; port: number };
+  /** Whether the rendezvous knows `peerId` (a SOCKS request for a stranger is refused at once). */
+  knows?(peerId: string): Promise<boolean>;
   /** Where forwarding logs. */
   logger: Logger;
 }
@@ -195,6 +207,16 @@ export class Forwarder {
         );
         options.logger.info("forward listening", { ...spec, peer_id: spec.peerId });
         this.#loops.push(this.#accept(listener, spec, stats));
+      }
+      if (options.socks) {
+        const { hostname, port } = options.socks;
+        const listener = Deno.listen({ hostname, port });
+        this.#listeners.push(listener);
+        const stats = newStats();
+        const bound = (listener.addr as Deno.NetAddr).port;
+        this.#forwardStats.set(`socks:${hostname}:${bound}`, stats);
+        options.logger.info("socks listening", { hostname, port: bound });
+        this.#loops.push(this.#acceptSocks(listener, stats));
       }
     } catch (error) {
       for (const listener of this.#listeners) listener.close();
@@ -239,6 +261,79 @@ export class Forwarder {
       stats.open++;
       await splice(tcp, stream, stats);
       stats.open--;
+    } finally {
+      this.#open.delete(tcp);
+      try {
+        tcp.close();
+      } catch {
+        // Closed by the splice.
+      }
+    }
+  }
+
+  async #acceptSocks(listener: Deno.TcpListener, stats: ForwardStats) {
+    while (!this.#closed) {
+      let tcp: Deno.TcpConn;
+      try {
+        tcp = await listener.accept();
+      } catch {
+        if (this.#closed) return;
+        continue;
+      }
+      void this.#socks(tcp, stats);
+    }
+  }
+
+  /** One SOCKS5 client: its CONNECT becomes a stream to the peer's port, as a forward. */
+  async #socks(tcp: Deno.TcpConn, stats: ForwardStats): Promise<void> {
+    const log = this.#o.logger;
+    this.#open.add(tcp);
+    stats.connections++;
+    const refuse = async (code: number, reason: string, fields = {}) => {
+      stats.refused++;
+      await tcp.write(socksReply(code)).catch(() => {});
+      log.warn("socks request refused", { ...fields, reason });
+    };
+    try {
+      let target: SocksTarget;
+      const slow = setTimeout(() => tcp.close(), SOCKS_HANDSHAKE_MS);
+      try {
+        tcp.setNoDelay(true);
+        target = await readSocksRequest(tcp);
+      } catch (error) {
+        const reply = error instanceof SocksError ? error.reply : undefined;
+        if (reply !== undefined) await refuse(reply, (error as Error).message);
+        else {
+          stats.refused++;
+          log.warn("socks handshake failed", { reason: (error as Error).message });
+        }
+        return;
+      } finally {
+        clearTimeout(slow);
+      }
+      const fields = { peer_id: target.peerId, peer_port: target.port };
+      if (this.#o.knows && !(await this.#o.knows(target.peerId))) {
+        return await refuse(SocksReply.HOST_UNREACHABLE, "no such peer in the group", fields);
+      }
+      let stream: PeerStream;
+      try {
+        const connection = await this.#o.connect(target.peerId, this.#o.waitMs);
+        stream = await connection.openForward(target.port);
+      } catch (error) {
+        return error instanceof ForwardRefusedError
+          ? await refuse(SocksReply.CONNECTION_REFUSED, error.message, fields)
+          : await refuse(
+            SocksReply.HOST_UNREACHABLE,
+            `not reachable within ${this.#o.waitMs} ms: ${(error as Error).message}`,
+            fields,
+          );
+      }
+      await tcp.write(socksReply(SocksReply.SUCCEEDED));
+      stats.open++;
+      await splice(tcp, stream, stats);
+      stats.open--;
+    } catch {
+      // The client went away.
     } finally {
       this.#open.delete(tcp);
       try {

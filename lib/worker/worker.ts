@@ -328,6 +328,11 @@ export async function startWorker(
       });
     },
     waitMs: config.peerForwardWaitMs,
+    socks: config.peerSocks,
+    knows: async (peerId) => {
+      const worker = await started.promise.catch(() => undefined);
+      return worker?.peers.peer(peerId) !== undefined;
+    },
     logger: log,
   });
 

@@ -55,7 +55,7 @@ export {
   TransportError,
   type TransportStats,
 } from "./peer/transport.ts";
-export { type ForwardSpec, type ForwardStats } from "./worker/forward.ts";
+export { type ExposeSpec, type ForwardSpec, type ForwardStats } from "./worker/forward.ts";
 
 // A whole rendezvous.
 export {

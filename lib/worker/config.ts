@@ -23,7 +23,7 @@ import { normalizeIp } from "../protocol/ip.ts";
 import { isValidWorkerId, REGISTER_PATH_PREFIX } from "../protocol/messages.ts";
 import { parseServerSpec } from "../stun/client.ts";
 import { DEFAULT_STUN_SERVERS } from "../stun/config.ts";
-import { type ForwardSpec, parseExposes, parseForwards } from "./forward.ts";
+import { type ExposeSpec, type ForwardSpec, parseExposes, parseForwards } from "./forward.ts";
 import type { CongestionControl } from "../peer/transport.ts";
 import { DEFAULT_OPENING_TTL } from "../peer/manager.ts";
 
@@ -73,7 +73,7 @@ export interface WorkerConfig {
    */
   groupSecret?: string;
   /** Local TCP ports peers may reach (`PEER_EXPOSE`). */
-  peerExpose: number[];
+  peerExpose: ExposeSpec[];
   /** Local listeners carried to peers' ports (`PEER_FORWARD`). */
   peerForward: ForwardSpec[];
   /** `PEER_SOCKS`: where the SOCKS5 door to the peers listens; unset: none. */
@@ -158,7 +158,8 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
   {
     name: "PEER_EXPOSE",
     fallback: "(none)",
-    meaning: "local TCP ports authenticated peers of the group may reach, e.g. 8080,5432",
+    meaning:
+      "local TCP ports peers of the group may reach; PORT@GLOB|GLOB names who, e.g. 5432@db-*,8080",
   },
   {
     name: "PEER_FORWARD",

@@ -143,29 +143,65 @@ export function parseForwards(text: string): ForwardSpec[] {
   return specs;
 }
 
+/** One `PEER_EXPOSE` entry: a local port, and who may reach it. */
+export interface ExposeSpec {
+  /** The local TCP port. */
+  port: number;
+  /** Globs over peer ids (`*`, `?`); null: any authenticated peer of the group. */
+  allow: string[] | null;
+}
+
+/** A glob over worker ids (`*` any run, `?` one character) as a whole-string pattern. */
+function globPattern(glob: string): RegExp {
+  const body = glob.replace(/[.]/g, "\\.").replace(/\*/g, ".*").replace(/\?/g, ".");
+  return new RegExp(`^${body}$`);
+}
+
+/** Whether `peerId` may reach the port `spec` exposes. */
+export function allowedBy(spec: ExposeSpec, peerId: string): boolean {
+  return spec.allow === null || spec.allow.some((glob) => globPattern(glob).test(peerId));
+}
+
 /**
- * Parses `PEER_EXPOSE`: comma-separated local TCP ports.
+ * Parses `PEER_EXPOSE`: comma-separated local TCP ports, each with an
+ * optional `@` and `|`-separated globs over the peer ids that may reach it
+ * (`5432@db-client-*|report-1,8080`).
  *
  * @throws {Error} naming the entry at fault
  */
-export function parseExposes(text: string): number[] {
-  const ports = new Set<number>();
+export function parseExposes(text: string): ExposeSpec[] {
+  const specs = new Map<number, ExposeSpec>();
   for (const entry of text.split(",").map((e) => e.trim()).filter((e) => e !== "")) {
-    const port = Number(entry);
+    const at = entry.indexOf("@");
+    const port = Number(at < 0 ? entry : entry.slice(0, at));
     if (!Number.isInteger(port) || port < 1 || port > 65535) {
-      throw new Error(`"${entry}" is not a TCP port (1-65535)`);
+      throw new Error(`"${entry}" is not a TCP port (1-65535), optionally @PEER|PEER…`);
     }
-    ports.add(port);
+    let allow: string[] | null = null;
+    if (at >= 0) {
+      allow = entry.slice(at + 1).split("|").map((g) => g.trim());
+      const bad = allow.find((g) => !/^[A-Za-z0-9._*?-]{1,128}$/.test(g));
+      if (bad !== undefined) {
+        throw new Error(
+          `"${entry}": "${bad}" is not a peer id or a glob over ids ([A-Za-z0-9._-], * and ?)`,
+        );
+      }
+    }
+    const before = specs.get(port);
+    if (before && JSON.stringify(before.allow) !== JSON.stringify(allow)) {
+      throw new Error(`"${entry}": port ${port} is exposed twice, to different peers`);
+    }
+    specs.set(port, { port, allow });
   }
-  return [...ports];
+  return [...specs.values()];
 }
 
 /** Options for {@linkcode Forwarder}. */
 export interface ForwarderOptions {
   /** Local listeners and where they lead. */
   forwards: readonly ForwardSpec[];
-  /** Local ports peers may reach. */
-  exposes: readonly number[];
+  /** Local ports peers may reach, and who. */
+  exposes: readonly ExposeSpec[];
   /** Gets (or makes) the connection to a peer, waiting at most `timeoutMs`. */
   connect(peerId: string, timeoutMs: number): Promise<PeerConnection>;
   /** How long a local connection waits for an unreachable peer. */
@@ -184,6 +220,7 @@ export class Forwarder {
   readonly #listeners: Deno.TcpListener[] = [];
   readonly #forwardStats = new Map<string, ForwardStats>();
   readonly #exposeStats = new Map<number, ForwardStats>();
+  readonly #exposes = new Map<number, ExposeSpec>();
   readonly #open = new Set<Deno.TcpConn>();
   readonly #loops: Promise<void>[] = [];
   #closed = false;
@@ -195,7 +232,10 @@ export class Forwarder {
    */
   constructor(options: ForwarderOptions) {
     this.#o = options;
-    for (const port of options.exposes) this.#exposeStats.set(port, newStats());
+    for (const spec of options.exposes) {
+      this.#exposeStats.set(spec.port, newStats());
+      this.#exposes.set(spec.port, spec);
+    }
     try {
       for (const spec of options.forwards) {
         const listener = Deno.listen({ hostname: spec.hostname, port: spec.port });
@@ -321,7 +361,13 @@ export class Forwarder {
         stream = await connection.openForward(target.port);
       } catch (error) {
         return error instanceof ForwardRefusedError
-          ? await refuse(SocksReply.CONNECTION_REFUSED, error.message, fields)
+          ? await refuse(
+            / is not allowed to reach /.test(error.message)
+              ? SocksReply.NOT_ALLOWED
+              : SocksReply.CONNECTION_REFUSED,
+            error.message,
+            fields,
+          )
           : await refuse(
             SocksReply.HOST_UNREACHABLE,
             `not reachable within ${this.#o.waitMs} ms: ${(error as Error).message}`,
@@ -352,6 +398,17 @@ export class Forwarder {
     if (stats === undefined) {
       log.warn("forward request refused: port not exposed", fields);
       await request.refuse(`port ${request.port} is not exposed (PEER_EXPOSE)`);
+      return;
+    }
+    const spec = this.#exposes.get(request.port)!;
+    if (!allowedBy(spec, request.peerId)) {
+      stats.refused++;
+      log.warn("forward request refused: not allowed", { ...fields, allow: spec.allow });
+      await request.refuse(
+        `${request.peerId} is not allowed to reach port ${request.port} (PEER_EXPOSE allows ${
+          spec.allow!.join("|")
+        })`,
+      );
       return;
     }
     stats.connections++;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Logger } from "../../lib/core/log.ts";
 import { loadWorkerConfig } from "../../lib/worker/config.ts";
-import { parseExposes, parseForwards } from "../../lib/worker/forward.ts";
+import { allowedBy, parseExposes, parseForwards } from "../../lib/worker/forward.ts";
 import { startWorker } from "../../lib/worker/worker.ts";
 import { startRendezvous, within } from "../_helpers.ts";
 
@@ -56,7 +56,21 @@ Deno.test("parseForwards() and parseExposes() read the documented forms and name
     { hostname: "127.0.0.1", port: 15432, peerId: "db-1", peerPort: 5432 },
     { hostname: "0.0.0.0", port: 18080, peerId: "web-2", peerPort: 8080 },
   ]);
-  assert.deepEqual(parseExposes("8080, 5432,8080"), [8080, 5432]);
+  assert.deepEqual(parseExposes("8080, 5432,8080"), [
+    { port: 8080, allow: null },
+    { port: 5432, allow: null },
+  ]);
+  assert.deepEqual(parseExposes("5432@db-client-*|report-1,8080"), [
+    { port: 5432, allow: ["db-client-*", "report-1"] },
+    { port: 8080, allow: null },
+  ]);
+  assert.throws(() => parseExposes("5432@a b"), /not a peer id or a glob/);
+  assert.throws(() => parseExposes("5432@a,5432@b"), /exposed twice, to different peers/);
+  const spec = parseExposes("1@db-?|x.y")[0];
+  assert.deepEqual(
+    ["db-1", "db-12", "x.y", "xzy", "db-"].map((id) => allowedBy(spec, id)),
+    [true, false, true, false, false],
+  );
   for (const bad of ["15432:db-1", "0:db:1", "1:db:70000", "1:bad id:2", "1:a:2,1:b:3"]) {
     assert.throws(() => parseForwards(bad), Error, bad);
   }

@@ -81,7 +81,7 @@ async function curl(
 
 Deno.test({
   name:
-    "curl --socks5-hostname reaches a peer's exposed port by its id; unknown peers and unexposed ports get their SOCKS replies",
+    "curl --socks5-hostname reaches a peer's exposed port by its id; unknown peers, unexposed ports and access rules get their SOCKS replies",
   ignore: skip !== undefined,
   async fn() {
     const site = Deno.serve(
@@ -89,6 +89,11 @@ Deno.test({
       (req) => new Response(`hello from b, ${new URL(req.url).pathname}`),
     );
     const sitePort = site.addr.port;
+    // A second port b exposes only to others: the access rules of PEER_EXPOSE.
+    const closedSite = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+      () => new Response("secret"),
+    );
     const rv = await spawnRendezvous({ STUN_PORT: "0" });
     const stunPort = (await rv.proc.waitForLog("stun server listening")).port as number;
     const stun = { STUN_SERVERS: `127.0.0.1:${stunPort}` };
@@ -96,7 +101,7 @@ Deno.test({
     const b = spawnWorker(rv.http, {
       ...stun,
       WORKER_ID: "socks-b",
-      PEER_EXPOSE: String(sitePort),
+      PEER_EXPOSE: `${sitePort}@socks-?|other-*,${closedSite.addr.port}@report-*`,
     });
     try {
       const socks = (await a.waitForLog("socks listening")).port as number;
@@ -118,12 +123,25 @@ Deno.test({
       assert.equal(stranger.code, 97, `curl: ${stranger.err}`); // SOCKS connect failed
       const closed = await curl(socks, "http://socks-b:9/");
       assert.equal(closed.code, 97, `curl: ${closed.err}`);
+      const denied = await curl(socks, `http://socks-b:${closedSite.addr.port}/`);
+      assert.equal(denied.code, 97, `curl: ${denied.err}`);
+      assert.match(denied.err, /\(2\)|not allowed/, "reply 2: not allowed by the ruleset");
+      // b says why (its log line may come a moment after a's reply).
+      await b.waitForLog("forward request refused: not allowed", (l) => l.peer_id === "socks-a");
       const ip = await curl(socks, `http://127.0.0.1:${sitePort}/`);
       assert.notEqual(ip.code, 0, "an IP literal reaches nothing");
       const reasons = a.lines.filter((l) => l.message === "socks request refused")
         .map((l) => String(l.reason));
       assert.ok(reasons.some((r) => r.includes("no such peer")), reasons.join("\n"));
       assert.ok(reasons.some((r) => r.includes("not exposed")), reasons.join("\n"));
+      assert.ok(
+        reasons.some((r) => r.includes("socks-a is not allowed to reach port")),
+        reasons.join("\n"),
+      );
+      const exposed = await fetch(
+        `http://127.0.0.1:${(await b.waitForLog("health server listening")).port}/`,
+      ).then((r) => r.json());
+      assert.equal(exposed.exposes[String(closedSite.addr.port)].refused, 1, "counted");
       const status = await fetch(
         `http://127.0.0.1:${(await a.waitForLog("health server listening")).port}/`,
       )
@@ -138,6 +156,7 @@ Deno.test({
       await b.stop();
       await rv.proc.stop();
       await site.shutdown();
+      await closedSite.shutdown();
     }
   },
 });

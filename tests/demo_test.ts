@@ -28,6 +28,11 @@ Deno.test("deno task demo registers three workers, prints the table and shuts do
       );
     }
   }
+  // The channel: megabytes over an encrypted stream, on the direct path, every byte counted.
+  assert.match(
+    demo.stdout,
+    /stream demo-worker-1 → demo-worker-2: 8\.4 MB over the direct path in \d+ ms \([\d.]+ MB\/s\), all arrived/,
+  );
   assert.match(demo.stdout, /every worker de-registered/);
   assert.match(demo.stdout, /rendezvous stopped. Demo done./);
 });

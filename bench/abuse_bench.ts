@@ -13,6 +13,9 @@
  *                 how many were checked before the 429s
  *   big frames  — eight 32 MiB frames: RSS growth until the sessions close
  *                 (Deno reads a frame whole before its size can be refused)
+ *   victim      — five registrants name a victim's ports as their endpoint
+ *                 and ask a real worker for introductions twice a second:
+ *                 packets that reach the victim, against the send budget
  *   fake members — `--members N` (500) group members against a real worker
  *                 behind an endpoint-dependent NAT, each asking for an
  *                 introduction and relaying QUIC Initials: the worker's
@@ -28,7 +31,7 @@
 import { machineState, numberFlag, percentile } from "./_common.ts";
 import { RawWebSocket } from "../tests/_raw_ws.ts";
 import { spawnRendezvous, TestClient } from "../tests/_helpers.ts";
-import { fakeMembersAttack, heartbeat, peakRss, rssMb } from "../tests/_abuse.ts";
+import { fakeMembersAttack, heartbeat, peakRss, rssMb, victimAttack } from "../tests/_abuse.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const CLIENTS = numberFlag("--clients", 40);
@@ -176,6 +179,18 @@ async function withHealthy(
   await sleep(1000);
   row("big frames", "RSS growth MB (peak)", ((await top.stop()) - before).toFixed(0));
   await rv.proc.stop();
+}
+
+// ---- registrants aiming a worker's probes at a victim -------------------------------
+{
+  const r = await victimAttack(SECONDS);
+  row("victim", `packets at the victim in ${r.seconds} s (5 registrants)`, r.received);
+  row("victim", "the send budget's bound for the run", r.allowed.toFixed(0));
+  row(
+    "victim",
+    "punch rounds (all plain checks)",
+    `${r.strategies.length} (${[...new Set(r.strategies)].join(", ")})`,
+  );
 }
 
 // ---- fake group members against a hard-side worker ---------------------------------

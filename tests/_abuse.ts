@@ -4,7 +4,9 @@
  * echo round trips), and the attackers' tools (local STUN servers that
  * describe an endpoint-dependent NAT, real QUIC Initials).
  */
-import type { TestClient } from "./_helpers.ts";
+import { listWorkers, spawnRendezvous, spawnWorker, TestClient, waitFor } from "./_helpers.ts";
+import { encodeRelayFrame } from "../lib/protocol/relay_frame.ts";
+import { SEND_BUDGET } from "../lib/peer/send_budget.ts";
 import { answerStun } from "../lib/stun/server.ts";
 
 /** The process's resident memory in MB (Linux). */
@@ -162,10 +164,6 @@ export async function fakeMembersAttack(
   members: number,
   options: { timeHealth?: boolean } = {},
 ): Promise<FakeMembersResult> {
-  const { encodeRelayFrame } = await import("../lib/protocol/relay_frame.ts");
-  const { listWorkers, spawnRendezvous, spawnWorker, TestClient, waitFor } = await import(
-    "./_helpers.ts"
-  );
   const rv = await spawnRendezvous();
   const stun = edmStun();
   const worker = spawnWorker(rv.http, {
@@ -174,7 +172,7 @@ export async function fakeMembersAttack(
     PEER_HELLO_MS: "0",
   });
   const pid = worker.child.pid;
-  const fakes: InstanceType<typeof TestClient>[] = [];
+  const fakes: TestClient[] = [];
   try {
     await waitFor(
       async () =>
@@ -258,5 +256,80 @@ export async function fakeMembersAttack(
     await worker.stop();
     await rv.proc.stop();
     await stun.close();
+  }
+}
+
+/** What {@linkcode victimAttack} measured. */
+export interface VictimResult {
+  /** Packets that reached the victim's host, and the budget's bound for the run. */
+  received: number;
+  allowed: number;
+  /** The strategies of the punch rounds the worker started toward the registrants. */
+  strategies: string[];
+  seconds: number;
+}
+
+/**
+ * Five registrants name ports of one victim host (127.0.0.2) as their UDP
+ * endpoint, claim an endpoint-dependent NAT and ask a real worker to be
+ * introduced twice a second for `seconds`: what reached the victim.
+ */
+export async function victimAttack(seconds: number): Promise<VictimResult> {
+  const rv = await spawnRendezvous({ STUN_PORT: "0" });
+  const stunPort = (await rv.proc.waitForLog("stun server listening")).port as number;
+  const victim = Deno.listenDatagram({ hostname: "127.0.0.2", port: 0, transport: "udp" });
+  const victimPort = (victim.addr as Deno.NetAddr).port;
+  // The registrants name ports next to the victim's: the victim host counts them all.
+  const others = Array.from(
+    { length: 4 },
+    (_, i) =>
+      Deno.listenDatagram({ hostname: "127.0.0.2", port: victimPort + i + 1, transport: "udp" }),
+  );
+  let received = 0;
+  const counting = Promise.all([victim, ...others].map(async (socket) => {
+    try {
+      for await (const _ of socket) received++;
+    } catch {
+      // closed
+    }
+  }));
+  const worker = spawnWorker(rv.http, {
+    WORKER_ID: "target",
+    STUN_SERVERS: `127.0.0.1:${stunPort}`,
+    PEER_HELLO_MS: "0",
+  });
+  const mallories: TestClient[] = [];
+  try {
+    await waitFor(
+      async () => (await listWorkers(rv.http)).workers.target?.udp_endpoint,
+      "the target's udp report",
+    );
+    // Five registrants (so five pairs, each with its own introduction backoff) aim at one victim.
+    for (let i = 0; i < 5; i++) {
+      const mallory = await TestClient.connect(
+        `ws://127.0.0.1:${rv.port}/ws/register/mallory-${i}`,
+      );
+      mallory.send({
+        type: "register_udp_endpoint",
+        public: { ip: "127.0.0.2", port: victimPort + i },
+        local: [],
+        nat: { mapping: "endpoint-dependent" },
+      });
+      mallories.push(mallory);
+    }
+    const started = performance.now();
+    while (performance.now() - started < seconds * 1000) {
+      for (const m of mallories) m.send({ type: "connect", peer_id: "target" });
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const punches = worker.lines.filter((l) => l.message === "peer punch started");
+    const allowed = SEND_BUDGET.burst + (SEND_BUDGET.perMinute * seconds) / 60;
+    return { received, allowed, strategies: punches.map((p) => String(p.strategy)), seconds };
+  } finally {
+    for (const m of mallories) await m.close().catch(() => {});
+    await worker.stop();
+    await rv.proc.stop();
+    for (const socket of [victim, ...others]) socket.close();
+    await counting;
   }
 }

@@ -246,7 +246,7 @@ export class Forwarder {
           stats,
         );
         options.logger.info("forward listening", { ...spec, peer_id: spec.peerId });
-        this.#loops.push(this.#accept(listener, spec, stats));
+        this.#loops.push(this.#accept(listener, (tcp) => this.#forward(tcp, spec, stats)));
       }
       if (options.socks) {
         const { hostname, port } = options.socks;
@@ -256,7 +256,7 @@ export class Forwarder {
         const bound = (listener.addr as Deno.NetAddr).port;
         this.#forwardStats.set(`socks:${hostname}:${bound}`, stats);
         options.logger.info("socks listening", { hostname, port: bound });
-        this.#loops.push(this.#acceptSocks(listener, stats));
+        this.#loops.push(this.#accept(listener, (tcp) => this.#socks(tcp, stats)));
       }
     } catch (error) {
       for (const listener of this.#listeners) listener.close();
@@ -264,7 +264,8 @@ export class Forwarder {
     }
   }
 
-  async #accept(listener: Deno.TcpListener, spec: ForwardSpec, stats: ForwardStats) {
+  /** Hands each connection `listener` accepts to `handle`, until the forwarder closes. */
+  async #accept(listener: Deno.TcpListener, handle: (tcp: Deno.TcpConn) => Promise<void>) {
     while (!this.#closed) {
       let tcp: Deno.TcpConn;
       try {
@@ -273,7 +274,7 @@ export class Forwarder {
         if (this.#closed) return;
         continue;
       }
-      void this.#forward(tcp, spec, stats);
+      void handle(tcp);
     }
   }
 
@@ -308,19 +309,6 @@ export class Forwarder {
       } catch {
         // Closed by the splice.
       }
-    }
-  }
-
-  async #acceptSocks(listener: Deno.TcpListener, stats: ForwardStats) {
-    while (!this.#closed) {
-      let tcp: Deno.TcpConn;
-      try {
-        tcp = await listener.accept();
-      } catch {
-        if (this.#closed) return;
-        continue;
-      }
-      void this.#socks(tcp, stats);
     }
   }
 

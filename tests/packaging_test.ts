@@ -7,7 +7,9 @@
  */
 
 import assert from "node:assert/strict";
-import { DENO, Proc, ROOT, startRendezvous, within } from "./_helpers.ts";
+import { DENO, Proc, ROOT, startRendezvous, waitFor, within } from "./_helpers.ts";
+import { loadWorkerConfig } from "../lib/worker/config.ts";
+import { startWorker } from "../lib/worker/worker.ts";
 
 interface Instruction {
   op: string;
@@ -114,6 +116,47 @@ Deno.test("Dockerfile.worker: its build and start commands work outside Docker",
     await rv.close();
     await Deno.remove(app, { recursive: true });
     await Deno.remove(denoDir, { recursive: true });
+  }
+});
+
+Deno.test("compile:ctl's permission flags are enough for holepunch status against a running worker", async () => {
+  const config = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT)));
+  const words = (config.tasks["compile:ctl"] as string).split(/\s+/);
+  assert.deepEqual(words.slice(0, 2), ["deno", "compile"]);
+  assert.ok(words.includes("--output"), "it names its output");
+  const entry = words.at(-1)!;
+  const flags = words.slice(2, -1).filter((w, i, all) =>
+    w !== "--output" && all[i - 1] !== "--output"
+  );
+  const dir = await Deno.makeTempDir();
+  const rv = await startRendezvous();
+  const worker = await startWorker(loadWorkerConfig({
+    RENDEZVOUS_SERVICE_URL: rv.http,
+    WORKER_ID: "compiled-ctl",
+    PORT: "0",
+    HOST: "127.0.0.1",
+    IP_ECHO_URL: "off",
+    STUN_SERVERS: "off",
+    CONTROL_DIR: dir,
+  }));
+  try {
+    await waitFor(async () => {
+      for await (const _ of Deno.readDir(dir)) return true;
+      return false;
+    }, "the control socket");
+    const { code, stdout, stderr } = await new Deno.Command(DENO, {
+      args: ["run", ...flags, entry, "status", "--dir", dir],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const out = new TextDecoder().decode(stdout);
+    assert.equal(code, 0, new TextDecoder().decode(stderr));
+    assert.match(out, /worker\s+compiled-ctl/);
+  } finally {
+    await worker.close();
+    await rv.close();
+    await Deno.remove(dir, { recursive: true });
   }
 });
 

@@ -100,15 +100,21 @@ Deno.test({
       await page.evaluate(
         "document.querySelector('#group').value = 'g'; document.querySelector('#group').dispatchEvent(new Event('change'))",
       );
+      // Each worker's report reaches the page on its own: wait for both.
+      const cells = () =>
+        page.evaluate<{ text: string; cls: string }[][]>(
+          "[...document.querySelectorAll('#matrix tbody tr')].map((r) => [...r.querySelectorAll('td')].map((c) => ({ text: c.textContent, cls: c.className })))",
+        );
       await waitFor(
-        async () => (await text(page, "#matrix")).includes("direct 4 ms"),
-        "the direct path in the matrix",
+        async () => {
+          const m = await cells();
+          return m[0]?.[1]?.text === "direct 4 ms" && m[1]?.[0]?.text === "relay";
+        },
+        "both paths in the matrix",
         10_000,
         50,
       );
-      const matrix = await page.evaluate<{ text: string; cls: string }[][]>(
-        "[...document.querySelectorAll('#matrix tbody tr')].map((r) => [...r.querySelectorAll('td')].map((c) => ({ text: c.textContent, cls: c.className })))",
-      );
+      const matrix = await cells();
       assert.deepEqual(matrix[0], [
         { text: "·", cls: "self" },
         { text: "direct 4 ms", cls: "direct" },

@@ -18,7 +18,7 @@ import { Dashboard } from "./dashboard_routes.ts";
 import { type Fleet, FleetRegistry } from "./fleet.ts";
 import { fleetHost, RemotePeers } from "./fleet_host.ts";
 import { Handlers } from "./handlers.ts";
-import { json, problem } from "./http.ts";
+import { problem } from "./http.ts";
 import { guessClient, Guesses } from "./guesses.ts";
 import { admitKey } from "./key_proof.ts";
 import { answerChallenge, readBinary, readText } from "./intake.ts";
@@ -36,13 +36,20 @@ import {
 import { route, type RouteTarget } from "./routes.ts";
 import { MemoryRegistry, type Registry } from "./registry.ts";
 import { Session, type SessionLimits, sessionLimits } from "./session.ts";
+import {
+  dashboardStats,
+  readyResponse,
+  type RendezvousState,
+  statsResponse,
+  type StatusSource,
+} from "./status.ts";
 
 export { forwardedClientIp } from "./http.ts";
 export type { RendezvousOptions } from "./options.ts";
 export type { ServeInfo } from "./registration.ts";
 
 /** Lifecycle of a {@linkcode Rendezvous}. */
-export type RendezvousState = "starting" | "running" | "closing" | "closed";
+export type { RendezvousState } from "./status.ts";
 
 /**
  * The rendezvous service.
@@ -93,6 +100,8 @@ export class Rendezvous {
   /** Which sessions' records name which peers, pruned when a peer leaves. */
   #pathReports = new PathReports<Session>();
   #handlers!: Handlers;
+  /** What the status answers (`status.ts`) read. */
+  #status!: StatusSource;
   /** When each worker id's last session here ended (for reconnects), pruned. */
   #endedAt = new Map<string, number>();
   #relayLimit: { rate: number; burst: number };
@@ -143,7 +152,7 @@ export class Rendezvous {
       token: this.#options.token,
       clock: this.#clock,
       workers: () => this.registry.list(),
-      stats: () => this.#dashboardStats(),
+      stats: () => dashboardStats(this.#status),
       refused: (fields) => this.#admission.note("sign_in", 401, fields),
       guesses: this.#guesses,
     });
@@ -171,6 +180,17 @@ export class Rendezvous {
       stun: options.stunStats,
       fleet: this.#fleet,
     });
+    this.#status = {
+      state: () => this.#state,
+      fleet: this.#fleet,
+      sessions: () => this.#sessions.size,
+      local: () => this.#byWorker.size,
+      registered: () => this.registry.size(),
+      peers: this.#peers.stats,
+      refused: () => this.refused,
+      metrics: this.#m,
+      clock: this.#clock,
+    };
     this.#handlers = new Handlers({
       registry: this.registry,
       peers: this.#peers,
@@ -192,22 +212,6 @@ export class Rendezvous {
         keyHoldMs: this.#options.keyHoldSec * 1000,
       }));
     }
-  }
-
-  /** The counters open dashboards get once a second. */
-  #dashboardStats(): unknown {
-    const outcomes: Record<string, Record<string, number>> = {};
-    for (const { labels, value } of this.#m.pathReports.samples()) {
-      (outcomes[labels.nat_pair] ??= {})[labels.path] = value;
-    }
-    return {
-      at: this.#clock.now(),
-      workers: this.#byWorker.size + (this.#fleet?.remoteCount ?? 0),
-      registrations: this.#m.registrations.get(),
-      introductions: this.#peers.stats.introductions,
-      relay_bytes: this.#peers.stats.relayBytes,
-      outcomes,
-    };
   }
 
   /** The options in force, every default filled in (`RENDEZVOUS_DEFAULTS`). */
@@ -238,49 +242,16 @@ export class Rendezvous {
   /** What the routes (`routes.ts`) reach. */
   #routes: RouteTarget = {
     register: (req, url, info) => this.#register(req, url, info),
-    ready: () => this.#ready(),
+    ready: () => readyResponse(this.#status),
     about: () => ({ name: this.#options.name, version: this.#options.version }),
     guard: (req, client) => this.#guesses.bearer(req, this.#options.token, client),
     client: (req, info) =>
       guessClient(clientAddress(req, info, this.#options.trustProxyHops)?.ip ?? null),
     listWorkers: () => this.#listWorkers(),
-    stats: () => this.#stats(),
+    stats: () => statsResponse(this.#status),
     metrics: () => this.metrics.render(),
     dashboard: () => this.#dashboard,
   };
-
-  /** `/ready`: an instance whose Redis is away still serves what it holds, and says so. */
-  #ready(): Response {
-    if (this.#state !== "running") return json({ status: this.#state }, 503);
-    const fleet = this.#fleet;
-    if (fleet && !fleet.up) {
-      return json({ status: "degraded", redis: "unavailable", instance: fleet.instance });
-    }
-    return json({ status: "ready", ...(fleet ? { redis: "up", instance: fleet.instance } : {}) });
-  }
-
-  /** Counts without listing anyone: cheap enough to poll during a storm. */
-  async #stats(): Promise<Response> {
-    const memory = Deno.memoryUsage();
-    return json({
-      state: this.#state,
-      sessions: this.#sessions.size,
-      registered: await this.registry.size(),
-      peers: this.#peers.stats,
-      refused: this.refused,
-      ...(this.#fleet
-        ? {
-          fleet: {
-            instance: this.#fleet.instance,
-            up: this.#fleet.up,
-            remote_workers: this.#fleet.remoteCount,
-            ...this.#fleet.stats,
-          },
-        }
-        : {}),
-      memory: { rss: memory.rss, heap_used: memory.heapUsed },
-    });
-  }
 
   /** The seed's listing of the fleet, streamed (`listing.ts`). */
   async #listWorkers(): Promise<Response> {

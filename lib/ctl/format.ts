@@ -5,6 +5,7 @@
  * @module
  */
 
+import { formatTable } from "../core/table.ts";
 import type { PeerView } from "../worker/control.ts";
 import type { WorkerStatus } from "../worker/health.ts";
 import type { Pong } from "../worker/ping.ts";
@@ -28,12 +29,6 @@ export function formatBytes(n: number): string {
     unit++;
   }
   return `${value.toFixed(1)} ${units[unit]}`;
-}
-
-/** Pads the columns of `rows` (the first is the header) to their widest cell. */
-export function table(rows: string[][]): string {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n");
 }
 
 /** `ctl status`: the worker, its rendezvous session and UDP endpoint, then a line per peer. */
@@ -68,7 +63,7 @@ export function formatStatus(status: WorkerStatus): string {
       idle,
     ]);
   }
-  return lines.join("\n") + table(rows);
+  return lines.join("\n") + formatTable(rows);
 }
 
 /** `ctl peers`: the group as this worker knows it. */
@@ -79,7 +74,7 @@ export function formatPeers(peers: PeerView[]): string {
     const path = p.path === "direct" ? `direct ${p.direct_to ?? ""}`.trim() : p.path ?? "-";
     rows.push([p.worker_id, p.nat_mapping ?? "-", p.public ?? "-", p.fingerprint ?? "-", path]);
   }
-  return table(rows);
+  return formatTable(rows);
 }
 
 /** `ctl forwards`: each `PEER_FORWARD` and `PEER_EXPOSE` with its connections and bytes. */
@@ -101,7 +96,7 @@ export function formatForwards(status: WorkerStatus): string {
       ]);
     }
   }
-  return rows.length === 1 ? "no PEER_FORWARD or PEER_EXPOSE" : table(rows);
+  return rows.length === 1 ? "no PEER_FORWARD or PEER_EXPOSE" : formatTable(rows);
 }
 
 /** One line of `ctl ping`, as `tailscale ping` says it. */

@@ -18,7 +18,8 @@ import { parseArgs } from "node:util";
 import { defaultControlDir, type PeerView } from "../worker/control.ts";
 import type { WorkerStatus } from "../worker/health.ts";
 import type { Pong } from "../worker/ping.ts";
-import { formatForwards, formatPeers, formatPong, formatStatus, table } from "./format.ts";
+import { formatTable } from "../core/table.ts";
+import { formatForwards, formatPeers, formatPong, formatStatus } from "./format.ts";
 
 const USAGE = `Usage: deno task ctl <command> [options]
 
@@ -108,7 +109,7 @@ async function pick(
       `No worker is running here: no control socket answers in ${dir} (is the worker started, with CONTROL_DIR the same as here?)`,
     );
   }
-  const list = table([
+  const list = formatTable([
     ["port", "worker"],
     ...all.map((r) => [String(r.found.port), r.status.worker_id]),
   ]);

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { formatTable } from "../core/table.ts";
 import { ipEchoHandler } from "../rendezvous/ip_echo.ts";
 import { loadRendezvousConfig } from "../rendezvous/config.ts";
 import { startRendezvous } from "../rendezvous/service.ts";
@@ -77,9 +78,7 @@ function table(listing: WorkerListing): string {
     w.udp_endpoint?.nat_mapping ?? "-",
     String(w.websocket_connected),
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd();
-  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+  return formatTable([header, ...rows], { rule: true });
 }
 
 const echoListening = Promise.withResolvers<number>();
@@ -169,11 +168,7 @@ try {
       ]);
     }
   }
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  for (const [i, row] of rows.entries()) {
-    console.log(row.map((c, j) => c.padEnd(widths[j])).join("  ").trimEnd());
-    if (i === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
-  }
+  console.log(formatTable(rows, { rule: true }));
 
   // The channel itself: a stream from the first worker to the second,
   // encrypted end to end, over the path the pair punched.

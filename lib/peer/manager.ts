@@ -56,9 +56,8 @@ export interface PeerManagerOptions {
    * Extra sockets open at once, worker-wide: the hard-side rounds of every
    * link share them (a round gets what is free and takes more as others
    * end), and `EXTRA_SOCKETS.rerollReserve` of them are kept for rerolls'
-   * fresh sockets. Whatever peers ask for, the worker's descriptors stay
-   * about 200.
-   * @default {128}
+   * fresh sockets. `EXTRA_SOCKETS.max` unless set.
+   * @default {512}
    */
   maxExtraSockets?: number;
   /**

@@ -289,15 +289,9 @@ export class PunchRound {
     this.#stage++;
     this.#sending = true;
     const ttl = ladder[this.#stage];
+    // (The hard side's extra sockets open apart from the stages, once the
+    // peer is live, at the top TTL: above.)
     const sends = plan.checks.map((to) => h.probe(this, to, this.via, false, ttl));
-    // The extra sockets open once, at the top TTL, beside the stages and not
-    // waited for: their packets cannot reach the peer's NAT at any stage,
-    // and a spray that comes before a mapping exists is only a miss.
-    if (this.#stage === 0 && this.strategy === "hard-side" && !this.#full) {
-      for (const v of this.#hardExtra) {
-        void h.probe(this, plan.publics[0], v, false, ladder.at(-1)!);
-      }
-    }
     void Promise.all(sends).then(() => {
       this.#sending = false;
       if (this.done || h.sessionId() !== this.session) return;

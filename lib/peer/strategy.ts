@@ -47,7 +47,7 @@ export function planPunch(
   const checks = noUdp ? [] : ownHard && peerHard ? locals : [...locals, ...allPublics];
   // A side without NAT takes any packet: the other side's checks reach it
   // and its answers go back through whatever mapping they came from, so
-  // plain checks do; 256 sockets and a spray would only load it.
+  // plain checks do; extra sockets and a spray would only load it.
   const noNat = own === "no-nat" || peer === "no-nat";
   const strategy: Strategy = noUdp
     ? "relay-only"

@@ -400,8 +400,9 @@ export class PeerTransport {
       const conn = await this.#dialThrough(peerId, held.standIn, hash, certHash, timeoutMs);
       held.done(true);
       return conn;
-    } finally {
-      held.done(false); // a no-op after done(true)
+    } catch (error) {
+      held.done(false);
+      throw error;
     }
   }
 

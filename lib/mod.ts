@@ -104,6 +104,7 @@ export {
   type ErrorMessage,
   type GoingAwayMessage,
   isValidWorkerId,
+  type LeaveReason,
   type ListPeersMessage,
   type NatMapping,
   type PathKind,

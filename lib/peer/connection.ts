@@ -394,6 +394,20 @@ export class PeerConnections {
     this.#wake(peerId);
   }
 
+  /**
+   * @ignore Call when the rendezvous revoked `peerId`: its connection is
+   * closed with `reason` (every stream on it ends), and anyone waiting to
+   * reach it hears at once. Returns whether one was open.
+   */
+  drop(peerId: string, reason: string): boolean {
+    const open = this.#open.get(peerId);
+    this.#open.delete(peerId);
+    open?.close(reason);
+    this.#wake(peerId);
+    if (open) this.#o.logger.warn("peer connection closed", { peer_id: peerId, reason });
+    return open !== undefined;
+  }
+
   /** @ignore Call when a peer's path changes. */
   pathChanged(peerId: string): void {
     this.#open.get(peerId)?.notePath(this.#o.pathOf(peerId));

@@ -14,6 +14,7 @@ import { SendBudget } from "./send_budget.ts";
 import { EXTRA_SOCKETS, PunchSockets } from "./punch_sockets.ts";
 import type {
   ClientMessage,
+  LeaveReason,
   PathKind,
   PeerInfo,
   PeerServerMessage,
@@ -52,6 +53,8 @@ export interface PeerManagerOptions {
   onPeerInfo?: (peer: PeerInfo) => void;
   /** A link's path changed. */
   onPath?: (peerId: string, path: PathKind, rttMs: number | null) => void;
+  /** The rendezvous said a peer left; `reason` "revoked": drop everything of it. */
+  onPeerLeft?: (peerId: string, reason?: LeaveReason) => void;
   /**
    * Extra sockets open at once, worker-wide: the hard-side rounds of every
    * link share them (a round gets what is free and takes more as others
@@ -130,7 +133,10 @@ export class PeerManager {
    * manager): replaces the handlers given as options. See `startWorker()`.
    */
   setHandlers(
-    handlers: Pick<PeerManagerOptions, "onPeer" | "onPeerInfo" | "onPath" | "onMessage">,
+    handlers: Pick<
+      PeerManagerOptions,
+      "onPeer" | "onPeerInfo" | "onPath" | "onMessage" | "onPeerLeft"
+    >,
   ): void {
     this.#o = { ...this.#o, ...handlers };
   }
@@ -399,7 +405,8 @@ export class PeerManager {
         }
         this.#transport?.forget(message.peer_id);
         this.#punched.delete(message.peer_id);
-        this.#o.logger.info("peer left", { peer_id: message.peer_id });
+        this.#o.logger.info("peer left", { peer_id: message.peer_id, reason: message.reason });
+        this.#o.onPeerLeft?.(message.peer_id, message.reason);
         return;
       }
       case "punch": {

@@ -38,6 +38,12 @@ export const CloseCode = {
    * passed `MAX_SEND_BUFFER_BYTES` with a message that cannot be dropped.
    */
   SEND_BUFFER_FULL: 4008,
+  /**
+   * An administrator revoked the worker's key or id (`POST /admin/revoke`);
+   * the reason says why. Reconnects are refused the same way until the ban
+   * is lifted or lapses.
+   */
+  REVOKED: 4009,
 } as const;
 
 /** One of the {@linkcode CloseCode} values. */

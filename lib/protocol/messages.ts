@@ -321,12 +321,20 @@ export interface PeerUpdatedMessage {
   peer: PeerInfo;
 }
 
+/**
+ * Why a peer left, when it was not simply its session ending: `revoked`,
+ * an administrator revoked its key or id (close every connection to it).
+ */
+export type LeaveReason = "revoked";
+
 /** A peer de-registered. */
 export interface PeerLeftMessage {
   /** The message type. */
   type: "peer_left";
   /** The peer that left. */
   peer_id: string;
+  /** Why, when it matters to the peers (absent: its session ended). */
+  reason?: LeaveReason;
 }
 
 /** A candidate address of a peer, in the order to try it. */

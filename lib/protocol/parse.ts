@@ -378,7 +378,10 @@ export function parseServerMessage(text: string): ServerMessage {
     case "peer_updated":
       return { type: record.type, peer: peerInfo(record.peer) };
     case "peer_left":
-      return { type: "peer_left", peer_id: requireWorkerId(record, "peer_id") };
+      // An unknown reason is read as none: a newer rendezvous may say more.
+      return record.reason === "revoked"
+        ? { type: "peer_left", peer_id: requireWorkerId(record, "peer_id"), reason: "revoked" }
+        : { type: "peer_left", peer_id: requireWorkerId(record, "peer_id") };
     case "punch": {
       const sessionId = requireString(record, "session_id");
       const key = requireString(record, "key");

@@ -26,6 +26,8 @@ export interface Refused {
   sign_in: number;
   /** A client out of wrong-credential guesses (429; `guesses.ts`). */
   guesses: number;
+  /** A revoked key or worker id (closed with 4009; `revocations.ts`). */
+  revoked: number;
 }
 
 /** The limits {@linkcode Admission} applies. */
@@ -53,6 +55,7 @@ export class Admission {
     handshake_rate: 0,
     sign_in: 0,
     guesses: 0,
+    revoked: 0,
   };
   #limits: AdmissionLimits;
   #log: Logger;

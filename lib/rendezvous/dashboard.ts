@@ -75,18 +75,33 @@ export async function signInCookie(token: string, now: number, secure: boolean):
   }${secure ? "; Secure" : ""}`;
 }
 
-/** Whether `req` carries a valid, unexpired sign-in cookie for `token`. */
-export async function hasSignIn(req: Request, token: string, now: number): Promise<boolean> {
+/** The valid, unexpired sign-in cookie `req` carries for `token`, or null. */
+async function signIn(req: Request, token: string, now: number): Promise<string | null> {
   const cookies = req.headers.get("cookie") ?? "";
   const match = new RegExp(`(?:^|;\\s*)${SIGN_IN_COOKIE}=(\\d{1,16})\\.([A-Za-z0-9_-]{43})`)
     .exec(cookies);
-  if (!match || Number(match[1]) <= now) return false;
+  if (!match || Number(match[1]) <= now) return null;
   const expected = await hmac(token, `dashboard:${match[1]}`);
   let diff = expected.length ^ match[2].length;
   for (let i = 0; i < expected.length; i++) {
     diff |= expected.charCodeAt(i) ^ match[2].charCodeAt(i % match[2].length);
   }
-  return diff === 0;
+  return diff === 0 ? `${match[1]}.${match[2]}` : null;
+}
+
+/** Whether `req` carries a valid, unexpired sign-in cookie for `token`. */
+export async function hasSignIn(req: Request, token: string, now: number): Promise<boolean> {
+  return await signIn(req, token, now) !== null;
+}
+
+/**
+ * The CSRF token of `req`'s sign-in: an HMAC under the token of the cookie
+ * itself, so it is only good with that cookie (and lapses with it). Null
+ * without a valid sign-in cookie.
+ */
+export async function csrfToken(req: Request, token: string, now: number): Promise<string | null> {
+  const cookie = await signIn(req, token, now);
+  return cookie === null ? null : await hmac(token, `csrf:${cookie}`);
 }
 
 const STYLE = `
@@ -107,8 +122,9 @@ td.self{background:#fff;color:#8c959f}
 const SCRIPT = `
 "use strict";
 const PAGE = 100, MATRIX = 30;
+const CSRF = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
 const workers = new Map();
-let page = 0, pending = false, stats = null, previous = null;
+let page = 0, pending = false, stats = null, previous = null, arming = null;
 const $ = (id) => document.getElementById(id);
 const cell = (tr, text, cls) => { const td = document.createElement("td"); td.textContent = text ?? "–"; if (cls) td.className = cls; tr.appendChild(td); return td; };
 function schedule() { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; render(); }); } }
@@ -128,6 +144,14 @@ function render() {
     for (const v of [w.id, w.group, w.observed, w.reported, w.udp, w.nat, w.since.replace("T", " ").slice(0, 19), w.key]) cell(tr, v);
     const paths = Object.values(w.paths);
     cell(tr, paths.filter((p) => p.path === "direct").length + " direct, " + paths.filter((p) => p.path === "relay").length + " relay");
+    const actions = cell(tr, CSRF ? "" : null);
+    if (CSRF) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.revoke = w.id;
+      button.textContent = arming === w.id ? "confirm revoke" : "revoke";
+      actions.appendChild(button);
+    }
     body.appendChild(tr);
   }
   $("workers").replaceChild(body, $("workers").tBodies[0]);
@@ -187,6 +211,23 @@ $("filter").addEventListener("input", () => { page = 0; schedule(); });
 $("group").addEventListener("change", () => schedule());
 $("prev").addEventListener("click", () => { page = Math.max(0, page - 1); schedule(); });
 $("next").addEventListener("click", () => { page++; schedule(); });
+$("workers").addEventListener("click", async (e) => {
+  const button = e.target.closest("button[data-revoke]");
+  if (!button) return;
+  const id = button.dataset.revoke;
+  if (arming !== id) {
+    arming = id;
+    button.textContent = "confirm revoke";
+    setTimeout(() => { if (arming === id) { arming = null; schedule(); } }, 5000);
+    return;
+  }
+  arming = null;
+  button.disabled = true;
+  const r = await fetch("/dashboard/revoke", { method: "POST", headers: { "content-type": "application/json", "x-csrf-token": CSRF }, body: JSON.stringify({ worker_id: id }) }).catch(() => null);
+  const answer = r ? await r.json().catch(() => ({})) : {};
+  $("notice").textContent = r?.ok ? "revoked " + id + " (sessions closed here: " + answer.sessions_closed + ")" : "cannot revoke " + id + ": " + (answer.error ?? (r ? r.status : "no answer"));
+  schedule();
+});
 `;
 
 const BODY = `<h1>holepunch fleet <small id="status" role="status">connecting</small></h1>
@@ -198,9 +239,10 @@ const BODY = `<h1>holepunch fleet <small id="status" role="status">connecting</s
 <div class="tile">relay<b id="relay">–</b></div>
 </div>
 <h2>Workers</h2>
+<p id="notice" role="status"></p>
 <div class="controls"><label>Filter <input id="filter" type="search" placeholder="id or group"></label>
 <button id="prev" type="button">previous</button><span id="page"></span><button id="next" type="button">next</button></div>
-<table id="workers"><thead><tr><th scope="col">id</th><th scope="col">group</th><th scope="col">observed</th><th scope="col">reported IP</th><th scope="col">UDP endpoint</th><th scope="col">NAT mapping</th><th scope="col">connected since (UTC)</th><th scope="col">key</th><th scope="col">paths</th></tr></thead><tbody></tbody></table>
+<table id="workers"><thead><tr><th scope="col">id</th><th scope="col">group</th><th scope="col">observed</th><th scope="col">reported IP</th><th scope="col">UDP endpoint</th><th scope="col">NAT mapping</th><th scope="col">connected since (UTC)</th><th scope="col">key</th><th scope="col">paths</th><th scope="col">actions</th></tr></thead><tbody></tbody></table>
 <h2>Peer paths</h2>
 <div class="controls"><label>Group <select id="group"></select></label></div>
 <table id="matrix"></table>
@@ -212,9 +254,14 @@ async function sha256(text: string): Promise<string> {
   return btoa(String.fromCharCode(...digest));
 }
 
-let pages: Promise<{ page: string; signIn: (error?: string) => string; csp: string }> | undefined;
+let pages:
+  | Promise<{ page: (csrf: string) => string; signIn: (error?: string) => string; csp: string }>
+  | undefined;
 
-/** The page, the sign-in form, and the CSP that allows exactly their inline style and script. */
+/**
+ * The page (with the CSRF token of its sign-in: empty, no revoke buttons),
+ * the sign-in form, and the CSP that allows exactly their inline style and script.
+ */
 export function dashboardPages() {
   pages ??= (async () => {
     const csp = [
@@ -226,13 +273,14 @@ export function dashboardPages() {
       "base-uri 'none'",
       "frame-ancestors 'none'",
     ].join("; ");
-    const html = (body: string, script: boolean) =>
-      `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>holepunch fleet</title><style>${STYLE}</style></head><body>${body}${
+    const html = (body: string, script: boolean, csrf = "") =>
+      `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="csrf-token" content="${csrf}"><title>holepunch fleet</title><style>${STYLE}</style></head><body>${body}${
         script ? `<script>${SCRIPT}</script>` : ""
       }</body></html>`;
     return {
       csp,
-      page: html(BODY, true),
+      // The token is base64url: nothing in it needs escaping.
+      page: (csrf: string) => html(BODY, true, csrf),
       signIn: (error?: string) =>
         html(
           `<h1>holepunch fleet</h1><form method="post" action="/dashboard/login"><p><label>Rendezvous token <input name="token" type="password" autocomplete="current-password" required></label> <button type="submit">Sign in</button></p>${

@@ -10,12 +10,14 @@
 import type { Clock, TimerId } from "../core/clock.ts";
 import type { WorkerRecord } from "./registry.ts";
 import {
+  csrfToken,
   DashboardHub,
   dashboardPages,
   dashboardWorker,
   hasSignIn,
   signInCookie,
 } from "./dashboard.ts";
+import { isValidWorkerId } from "../protocol/messages.ts";
 import { readAtMost } from "../core/streams.ts";
 import { constantTimeEqual, problem } from "./http.ts";
 import type { Guesses } from "./guesses.ts";
@@ -33,6 +35,8 @@ export interface DashboardDeps {
   refused: (fields: Record<string, unknown>) => void;
   /** Wrong credentials per client: the sign-in form and bearer tokens alike. */
   guesses: Guesses;
+  /** Revokes `workerId` (`admin.ts`); the answer is the admin API's. */
+  revoke: (workerId: string, client: string) => Promise<Response>;
 }
 
 /** The live dashboard (`/dashboard`, `/dashboard/login`, `/dashboard/events`). */
@@ -84,7 +88,42 @@ export class Dashboard {
     const refusal = await this.#refusal(req, client);
     if (refusal?.status === 429) return refusal;
     if (refusal) return new Response(pages.signIn(), { status: 401, headers });
-    return new Response(pages.page, { headers });
+    // Revoke buttons only for a cookie sign-in (the CSRF token is bound to it).
+    const csrf = this.#o.token === undefined
+      ? null
+      : await csrfToken(req, this.#o.token, this.#o.clock.now());
+    return new Response(pages.page(csrf ?? ""), { headers });
+  }
+
+  /**
+   * `POST /dashboard/revoke` from the page's button: the sign-in cookie,
+   * the CSRF token bound to it (`X-CSRF-Token`), and `{"worker_id"}`.
+   */
+  async revoke(req: Request, client: string): Promise<Response> {
+    const token = this.#o.token;
+    if (token === undefined) {
+      return problem(403, "Cannot revoke: set RENDEZVOUS_TOKEN on the rendezvous first");
+    }
+    const throttled = this.#o.guesses.refusal(client);
+    if (throttled) return throttled;
+    const expected = await csrfToken(req, token, this.#o.clock.now());
+    if (expected === null) return problem(401, "Cannot revoke: sign in to the dashboard first");
+    if (!constantTimeEqual(req.headers.get("x-csrf-token") ?? "", expected)) {
+      this.#o.guesses.wrong(client);
+      this.#o.refused({ path: "/dashboard/revoke", client, why: "csrf" });
+      return problem(403, "Cannot revoke: missing or wrong CSRF token (reload the dashboard)");
+    }
+    const bytes = req.body ? await readAtMost(req.body, 1024).catch(() => null) : null;
+    let workerId: unknown;
+    try {
+      workerId = bytes === null ? undefined : JSON.parse(new TextDecoder().decode(bytes)).worker_id;
+    } catch {
+      workerId = undefined;
+    }
+    if (typeof workerId !== "string" || !isValidWorkerId(workerId)) {
+      return problem(400, 'Cannot revoke: send {"worker_id"} with a valid worker id');
+    }
+    return await this.#o.revoke(workerId, client);
   }
 
   /** The sign-in form's POST: the token, checked, for a cookie; then back to the page. */

@@ -44,9 +44,10 @@ import {
   type RespValue,
   text,
 } from "../redis/client.ts";
-import type { ServerMessage } from "../protocol/messages.ts";
+import type { LeaveReason, ServerMessage } from "../protocol/messages.ts";
 import type { WorkerRecord } from "./registry.ts";
 import { RENDEZVOUS_DEFAULTS } from "./options.ts";
+import { FleetBans } from "./fleet_bans.ts";
 import { FleetKeys } from "./fleet_keys.ts";
 import { FleetView } from "./fleet_view.ts";
 import {
@@ -55,6 +56,7 @@ import {
   HEARTBEAT,
   Kind,
   parseEnvelope,
+  parseJson,
   PUT,
   REAP,
   REMOVE,
@@ -94,8 +96,8 @@ export interface FleetHost {
   joined(record: WorkerRecord): void;
   /** A worker on another instance changed its record (its UDP endpoint, say). */
   updated(record: WorkerRecord): void;
-  /** A worker on another instance left the fleet. */
-  left(workerId: string, group: string): void;
+  /** A worker on another instance left the fleet (`why`: "revoked", or none). */
+  left(workerId: string, group: string, why?: LeaveReason): void;
   /** Our sessions' records (written again when Redis comes back). */
   localRecords(): Promise<WorkerRecord[]>;
   /** The round trip a worker of ours reported, for introductions elsewhere. */
@@ -136,6 +138,8 @@ export class Fleet {
   #missedRemovals = new Map<string, { sessionId: string; group: string }>();
   /** @ignore Key bindings across the fleet; the fleet registry uses them. */
   readonly keys: FleetKeys;
+  /** @ignore Revocations across the fleet; the rendezvous's `Revocations` use them. */
+  readonly bans: FleetBans;
   #stop = new AbortController();
   #loops: Promise<void>[] = [];
   #synced = false;
@@ -173,13 +177,15 @@ export class Fleet {
         this.#synced = false;
       },
     });
-    this.keys = new FleetKeys({
-      eval: (script, keys, args) => this.#eval(script, keys, args),
-      key: (...parts) => this.#key(...parts),
+    const store = {
+      eval: (script: string, keys: string[], args: RedisArg[]) => this.#eval(script, keys, args),
+      key: (...parts: string[]) => this.#key(...parts),
       redisUp: () => this.#redis.up,
-      soft: (work) => this.#soft(work),
+      soft: (work: () => Promise<unknown>) => this.#soft(work),
       clock: this.#o.clock,
-    });
+    };
+    this.keys = new FleetKeys(store);
+    this.bans = new FleetBans(store, this.instance);
   }
 
   #key(...parts: string[]): string {
@@ -314,25 +320,32 @@ export class Fleet {
    * worker has left the fleet (false: it is registered on another instance
    * now, and no one should hear `peer_left`).
    */
-  remove(workerId: string, sessionId: string, group: string): boolean {
+  remove(workerId: string, sessionId: string, group: string, why?: LeaveReason): boolean {
     this.#view.oursEnded(workerId, sessionId);
     // Redis removes the record only if it is still this session's (the
     // script checks), so the removal goes there even when the worker has
     // moved: skipping it on a stale copy of an older session left the
     // record in Redis, and on every instance, for ever.
     if (!this.#redis.up) this.#missedRemovals.set(workerId, { sessionId, group });
-    this.#soft(() => this.#remove(workerId, sessionId, group));
+    this.#soft(() => this.#remove(workerId, sessionId, group, false, why));
     return this.#view.remote(workerId) === undefined;
   }
 
   /** `missed`: the removal happened while Redis was away (which may have come back empty). */
-  async #remove(workerId: string, sessionId: string, group: string, missed = false): Promise<void> {
+  async #remove(
+    workerId: string,
+    sessionId: string,
+    group: string,
+    missed = false,
+    why?: LeaveReason,
+  ): Promise<void> {
     const event: FleetEvent = {
       t: "del",
       i: this.instance,
       id: workerId,
       sid: sessionId,
       g: group,
+      ...(why ? { why } : {}),
     };
     const removed = await this.#eval(
       REMOVE,
@@ -402,13 +415,8 @@ export class Fleet {
     this.stats.messages_received++;
     switch (envelope.kind) {
       case Kind.Message: {
-        let message: ServerMessage;
-        try {
-          message = JSON.parse(decoder.decode(payload));
-        } catch {
-          return;
-        }
-        return host.deliver(workerId, group, message);
+        const message = parseJson<ServerMessage>(payload);
+        return message && host.deliver(workerId, group, message);
       }
       case Kind.Binary:
         return host.deliverBinary(workerId, group, payload);
@@ -424,19 +432,22 @@ export class Fleet {
   }
 
   #onEvent(payload: Uint8Array): void {
-    let event: FleetEvent;
-    try {
-      event = JSON.parse(decoder.decode(payload));
-    } catch {
-      return;
-    }
-    if (event.i === this.instance) return;
+    const event = parseJson<FleetEvent>(payload);
+    if (!event || event.i === this.instance) return;
     this.stats.events_received++;
     const host = this.#host;
     if (!host) return;
     if (event.t === "put") this.#view.put(event.i, event.r, event.rtt, host);
-    else if (event.t === "del") this.#view.del(event.id, event.sid, event.g, host);
-    else if (event.t === "sync") this.#view.synced(event.i, new Set(event.ids), host);
+    else if (event.t === "del") {
+      this.#view.del(
+        event.id,
+        event.sid,
+        event.g,
+        host,
+        event.why === "revoked" ? "revoked" : undefined,
+      );
+    } else if (event.t === "sync") this.#view.synced(event.i, new Set(event.ids), host);
+    else this.bans.heard(event);
   }
 
   // ---- liveness and recovery -------------------------------------------------
@@ -458,6 +469,7 @@ export class Fleet {
       await this.#redis.command("HSET", this.#key("synced"), this.instance, Date.now());
       await this.#publishEvent({ t: "sync", i: this.instance, ids: local.map((r) => r.worker_id) });
       await this.#resync();
+      await this.bans.reloaded();
       this.#synced = true;
       this.#o.logger.info("fleet synced", {
         instance: this.instance,

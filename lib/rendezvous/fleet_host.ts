@@ -61,8 +61,8 @@ export function fleetHost(d: FleetHostDeps): FleetHost {
       d.peers.remoteUpdated(record);
       d.dashboard.worker(record);
     },
-    left: (workerId, group) => {
-      d.peers.remoteLeft(workerId, group);
+    left: (workerId, group, why) => {
+      d.peers.remoteLeft(workerId, group, why);
       d.dashboard.left(workerId);
       d.handlers.prunePathsTo(workerId);
     },

@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { LeaveReason } from "../protocol/messages.ts";
 import { RedisUnavailableError } from "../redis/client.ts";
 import type { Fleet } from "./fleet.ts";
 import type { KeyClaim, MemoryRegistry, Registry, WorkerPatch, WorkerRecord } from "./registry.ts";
@@ -43,10 +44,10 @@ export class FleetRegistry implements Registry {
   }
 
   /** True when the worker left the fleet (not when it moved to another instance). */
-  async remove(workerId: string, sessionId: string): Promise<boolean> {
+  async remove(workerId: string, sessionId: string, why?: LeaveReason): Promise<boolean> {
     const record = await this.local.get(workerId);
     if (!record || !(await this.local.remove(workerId, sessionId))) return false;
-    return this.fleet.remove(workerId, sessionId, record.group);
+    return this.fleet.remove(workerId, sessionId, record.group, why);
   }
 
   async get(workerId: string): Promise<WorkerRecord | undefined> {

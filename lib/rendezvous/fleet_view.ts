@@ -8,6 +8,7 @@
  * @module
  */
 
+import type { LeaveReason } from "../protocol/messages.ts";
 import type { FleetHost, RemoteWorker } from "./fleet.ts";
 import { newer, type Stored } from "./fleet_wire.ts";
 import type { WorkerRecord } from "./registry.ts";
@@ -63,11 +64,17 @@ export class FleetView {
   }
 
   /** Session `sessionId` of `workerId` left the fleet (nothing, if we hold another). */
-  del(workerId: string, sessionId: string, group: string, host: FleetHost): void {
+  del(
+    workerId: string,
+    sessionId: string,
+    group: string,
+    host: FleetHost,
+    why?: LeaveReason,
+  ): void {
     const before = this.#remote.get(workerId);
     if (!before || before.record.session_id !== sessionId) return;
     this.#remote.delete(workerId);
-    host.left(workerId, group);
+    host.left(workerId, group, why);
   }
 
   /** Instance `instance` wrote all its sessions again: these `ids` are all it has. */

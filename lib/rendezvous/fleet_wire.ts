@@ -7,7 +7,9 @@
  * @module
  */
 
+import type { LeaveReason } from "../protocol/messages.ts";
 import type { WorkerRecord } from "./registry.ts";
+import type { Ban } from "./revocations.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -22,7 +24,12 @@ export interface Stored {
 /** What the `events` channel carries (JSON). */
 export type FleetEvent =
   | { t: "put"; i: string; r: WorkerRecord; rtt: number | null }
-  | { t: "del"; i: string; id: string; sid: string; g: string }
+  /** `why`: "revoked" when the worker's key or id was revoked (its peers are told). */
+  | { t: "del"; i: string; id: string; sid: string; g: string; why?: LeaveReason }
+  /** A revocation (`fleet_bans.ts`). */
+  | { t: "ban"; i: string; b: Ban }
+  /** Revocations lifted. */
+  | { t: "unban"; i: string; ids: string[] }
   /** Instance `i` has written all its sessions again (after Redis came back): these are all. */
   | { t: "sync"; i: string; ids: string[] };
 
@@ -167,6 +174,15 @@ export function parseEnvelope(bytes: Uint8Array): Envelope | undefined {
     group: decoder.decode(bytes.subarray(gAt + 1, payloadAt)),
     payload: bytes.subarray(payloadAt),
   };
+}
+
+/** The JSON in `bytes` (an event, a server message), or undefined when it is not JSON. */
+export function parseJson<T>(bytes: Uint8Array): T | undefined {
+  try {
+    return JSON.parse(decoder.decode(bytes)) as T;
+  } catch {
+    return undefined;
+  }
 }
 
 /**

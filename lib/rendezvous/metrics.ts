@@ -32,6 +32,8 @@ export interface MetricSources {
   /** Workers in the fleet. */
   workers: () => number;
   refused: () => Readonly<Refused>;
+  /** Revocations in force. */
+  bans: () => number;
   peers: PeerDirectory["stats"];
   stun?: () => StunServerStats;
   fleet?: Fleet;
@@ -50,6 +52,7 @@ export function defineRendezvousMetrics(
     "Workers registered in the fleet (this instance's and, with Redis, everyone else's).",
     sources.workers,
   );
+  m.gauge(`${ns}_revocations`, "Revocations in force (POST /admin/revoke).", sources.bans);
   const ms = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000].map((x) => x / 1000);
   const sec = [0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60];
   const handles: RendezvousMetrics = {

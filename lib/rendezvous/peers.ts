@@ -18,6 +18,7 @@ import type { Logger } from "../core/log.ts";
 import type {
   Candidate,
   ClientMessage,
+  LeaveReason,
   NatMapping,
   PeerInfo,
   PunchMessage,
@@ -167,15 +168,10 @@ export class PeerDirectory {
     this.#notify(session.group, session.workerId, { type: "peer_updated", peer: peerInfo(record) });
   }
 
-  /** A worker de-registered (or its session ended). */
-  left(session: PeerSession, deregistered: boolean): void {
+  /** A worker de-registered (or its session ended); `why`: "revoked", or none. */
+  left(session: PeerSession, deregistered: boolean, why?: LeaveReason): void {
     this.#watchers.get(session.group)?.delete(session);
-    if (deregistered) {
-      this.#notify(session.group, session.workerId, {
-        type: "peer_left",
-        peer_id: session.workerId,
-      });
-    }
+    if (deregistered) this.remoteLeft(session.workerId, session.group, why);
   }
 
   /**
@@ -205,9 +201,13 @@ export class PeerDirectory {
     this.#notify(record.group, record.worker_id, { type: "peer_updated", peer: peerInfo(record) });
   }
 
-  /** A worker on another instance left the fleet. */
-  remoteLeft(workerId: string, group: string): void {
-    this.#notify(group, workerId, { type: "peer_left", peer_id: workerId });
+  /** A worker (here, or on another instance of the fleet) left the fleet. */
+  remoteLeft(workerId: string, group: string, why?: LeaveReason): void {
+    this.#notify(group, workerId, {
+      type: "peer_left",
+      peer_id: workerId,
+      ...(why ? { reason: why } : {}),
+    });
   }
 
   /** Handles the peer messages; returns false for any other message. */

@@ -11,6 +11,7 @@
  */
 
 import type {
+  LeaveReason,
   PeerPathRecord,
   TransportCredentials,
   UdpEndpointRecord,
@@ -64,8 +65,11 @@ export interface Registry {
   put(record: WorkerRecord): Promise<WorkerRecord | undefined>;
   /** Applies `patch` if the stored record belongs to `sessionId`; true when it did. */
   update(workerId: string, sessionId: string, patch: WorkerPatch): Promise<boolean>;
-  /** Removes the record if it belongs to `sessionId`; true when it did. */
-  remove(workerId: string, sessionId: string): Promise<boolean>;
+  /**
+   * Removes the record if it belongs to `sessionId`; true when it did.
+   * `why` travels with the removal to the fleet's other instances.
+   */
+  remove(workerId: string, sessionId: string, why?: LeaveReason): Promise<boolean>;
   /** The record of `workerId`, if registered. */
   get(workerId: string): Promise<WorkerRecord | undefined>;
   /** Every record, in registration order. */

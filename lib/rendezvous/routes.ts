@@ -12,6 +12,8 @@
  * | `GET /metrics`                | token         | Prometheus text                 |
  * | `GET /dashboard`, `/events`   | token/cookie  | the page, its event stream      |
  * | `POST /dashboard/login`       | the form      | the sign-in cookie              |
+ * | `POST /dashboard/revoke`      | cookie + CSRF | revokes a worker                |
+ * | `/admin/revoke`, `/revoked`   | token         | revocations (`admin.ts`)        |
  *
  * @module
  */
@@ -35,6 +37,8 @@ export interface RouteTarget {
   stats(): Promise<Response>;
   metrics(): string;
   dashboard(): Dashboard;
+  /** The admin API (`admin.ts`): bearer token, 403 without one. */
+  admin(req: Request, path: string, client: string): Promise<Response>;
 }
 
 /** Answers one HTTP request. */
@@ -49,6 +53,10 @@ export function route(
   if (path === "/dashboard/login" && req.method === "POST") {
     return t.dashboard().signIn(req, url, t.client(req, info));
   }
+  if (path === "/dashboard/revoke" && req.method === "POST") {
+    return t.dashboard().revoke(req, t.client(req, info));
+  }
+  if (path.startsWith("/admin/")) return t.admin(req, path, t.client(req, info));
   if (req.method !== "GET" && req.method !== "HEAD") {
     return problem(405, `Method ${req.method} is not allowed`, { allow: "GET, HEAD" });
   }

@@ -13,6 +13,7 @@ import { TokenBucket } from "../core/rate_limit.ts";
 import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
 import { fingerprint } from "../protocol/identity.ts";
 import { PROTOCOL_VERSION } from "../protocol/messages.ts";
+import { Admin } from "./admin.ts";
 import { Admission, type Refused } from "./admission.ts";
 import { Dashboard } from "./dashboard_routes.ts";
 import { type Fleet, FleetRegistry } from "./fleet.ts";
@@ -33,6 +34,7 @@ import {
   type RegistrationPolicy,
   type ServeInfo,
 } from "./registration.ts";
+import { revokedCloseReason } from "./revocations.ts";
 import { route, type RouteTarget } from "./routes.ts";
 import { MemoryRegistry, type Registry } from "./registry.ts";
 import { Session, type SessionLimits, sessionLimits } from "./session.ts";
@@ -97,6 +99,8 @@ export class Rendezvous {
   readonly metrics: Metrics = new Metrics();
   #m!: RendezvousMetrics;
   #dashboard: Dashboard;
+  /** The admin API and the revocations it makes (`admin.ts`, `revocations.ts`). */
+  #admin: Admin;
   /** Which sessions' records name which peers, pruned when a peer leaves. */
   #pathReports = new PathReports<Session>();
   #handlers!: Handlers;
@@ -147,6 +151,12 @@ export class Rendezvous {
       (client) => this.#admission.note("guesses", 429, { client }),
     );
     this.#registration = { ...this.#options, guesses: this.#guesses };
+    this.#admin = new Admin({
+      ...this.#options,
+      store: options.fleet?.bans,
+      sessions: () => this.#sessions.values(),
+      registry: this.registry,
+    });
     this.#sendLimit = sessionLimits(this.#options, this.#log, this.#clock);
     this.#dashboard = new Dashboard({
       token: this.#options.token,
@@ -155,6 +165,7 @@ export class Rendezvous {
       stats: () => dashboardStats(this.#status),
       refused: (fields) => this.#admission.note("sign_in", 401, fields),
       guesses: this.#guesses,
+      revoke: (workerId, client) => this.#admin.revokeFromDashboard(workerId, client),
     });
     this.#relayLimit = {
       rate: this.#options.relayRatePerSec,
@@ -176,6 +187,7 @@ export class Rendezvous {
       sessions: () => this.#sessions.size,
       workers: () => this.#byWorker.size + (this.#fleet?.remoteCount ?? 0),
       refused: () => this.refused,
+      bans: () => this.#admin.bans.size,
       peers: this.#peers.stats,
       stun: options.stunStats,
       fleet: this.#fleet,
@@ -251,6 +263,8 @@ export class Rendezvous {
     stats: () => statsResponse(this.#status),
     metrics: () => this.metrics.render(),
     dashboard: () => this.#dashboard,
+    admin: (req, path, client) =>
+      this.#admin.handle(req, path, client, () => this.#routes.guard(req, client)),
   };
 
   /** The seed's listing of the fleet, streamed (`listing.ts`). */
@@ -327,6 +341,16 @@ export class Rendezvous {
 
   async #onOpen(session: Session): Promise<void> {
     if (session.socket.readyState !== WebSocket.OPEN) return;
+    // A revoked key or id, before anything else (a ban made later closes it: #closeRevoked).
+    const ban = this.#admin.bans.match(session.workerId, session.key);
+    if (ban) {
+      this.#admission.note("revoked", CloseCode.REVOKED, {
+        worker_id: session.workerId,
+        ban: ban.id,
+        observed_ip: session.observedIp,
+      });
+      return session.close(CloseCode.REVOKED, revokedCloseReason(ban));
+    }
     if (!(await admitKey(session, this.registry, this.#options))) return;
     const { key } = session;
     const record = session.record(key === null ? null : await fingerprint(key));
@@ -412,9 +436,9 @@ export class Rendezvous {
     this.#enqueue(session, async () => {
       if (this.#byWorker.get(session.workerId) === session) this.#byWorker.delete(session.workerId);
       const removed = session.registered &&
-        await this.registry.remove(session.workerId, session.id);
+        await this.registry.remove(session.workerId, session.id, session.leaving);
       this.#pathReports.forget(session);
-      this.#peers.left(session, removed);
+      this.#peers.left(session, removed, session.leaving);
       if (removed) {
         this.#dashboard.left(session.workerId);
         this.#handlers.prunePathsTo(session.workerId);

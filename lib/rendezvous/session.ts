@@ -12,7 +12,7 @@ import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import { CloseCode, CloseReason } from "../protocol/close_codes.ts";
 import { TokenBucket } from "../core/rate_limit.ts";
-import { type ServerMessage } from "../protocol/messages.ts";
+import type { LeaveReason, ServerMessage } from "../protocol/messages.ts";
 import { encodeMessage } from "../protocol/parse.ts";
 import type { PeerSession } from "./peers.ts";
 import { NO_PEER_PATHS, type WorkerRecord } from "./registry.ts";
@@ -117,6 +117,8 @@ export class Session implements PeerSession {
   lastSeen: number;
   rttMs: number | null = null;
   watching = false;
+  /** Why it is being closed, when its peers must hear it (a revocation). */
+  leaving?: LeaveReason;
   /** Serializes this session's registry work so its writes land in order. */
   tail: Promise<unknown> = SETTLED;
   registered = false;

@@ -348,6 +348,15 @@ export class RendezvousClient {
             "the rendezvous refused this worker: its id is bound to another key (keep the key in WORKER_KEY_FILE, or wait out the rendezvous's KEY_HOLD_SEC)",
             { worker_id: this.#o.workerId, key_fingerprint: this.#o.identity?.fingerprint },
           );
+        } else if (outcome.code === CloseCode.REVOKED) {
+          logger.error(
+            "the rendezvous revoked this worker; it refuses it until the ban is lifted",
+            {
+              worker_id: this.#o.workerId,
+              key_fingerprint: this.#o.identity?.fingerprint,
+              reason: outcome.reason,
+            },
+          );
         } else if (outcome.code === CloseCode.KEY_PROOF_FAILED) {
           logger.error("the rendezvous did not accept this worker's key proof", {
             worker_id: this.#o.workerId,

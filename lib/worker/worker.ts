@@ -428,6 +428,10 @@ export async function startWorker(
     },
     onPeerInfo: (peer) => connections.peerChanged(peer.worker_id),
     onPath: (peerId) => connections.pathChanged(peerId),
+    // A revoked peer is not trusted a moment longer: its connection goes, streams and all.
+    onPeerLeft: (peerId, reason) => {
+      if (reason === "revoked") connections.drop(peerId, "peer revoked by the rendezvous");
+    },
     // Pings are answered here; every other message goes to the application, or the log.
     onMessage: (peerId, payload, path) => {
       if (pinger.receive(peerId, payload, path)) return;

@@ -147,9 +147,15 @@ export async function until(
 }
 
 /** Opens a keyed session at `port` and answers its challenge with `identity`. */
-export async function keyedAt(port: number, id: string, identity: Identity): Promise<TestClient> {
+export async function keyedAt(
+  port: number,
+  id: string,
+  identity: Identity,
+  headers: Record<string, string> = {},
+): Promise<TestClient> {
   const client = new TestClient(
     `ws://127.0.0.1:${port}/ws/register/${id}?key=${identity.publicKey}`,
+    headers,
   );
   await within(client.opened, 5000, "open");
   const challenge = await client.next();

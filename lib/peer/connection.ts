@@ -133,9 +133,14 @@ export class PeerConnection extends EventTarget {
   readonly peerId: string;
   /** Which side dialed. */
   readonly dialedBy: "us" | "peer";
-  /** Resolves when the connection is closed, by either side or by loss of the peer. */
+  /**
+   * Resolves when the connection is closed, by either side or by loss of
+   * the peer; a close of ours carries the reason we gave.
+   */
   readonly closed: Promise<PeerCloseInfo>;
   readonly #conn: Deno.QuicConn;
+  /** What we closed it with (Deno reports an empty reason for a local close). */
+  #ours?: PeerCloseInfo;
   readonly #incoming: ReadableStream<PeerStream>;
   readonly #pathOf: () => PathInfo;
   #lastPath: PathKind;
@@ -178,7 +183,7 @@ export class PeerConnection extends EventTarget {
       }
     })();
     this.closed = auth.conn.closed.then(
-      (info) => ({ code: info.closeCode, reason: info.reason }),
+      (info) => this.#ours ?? { code: info.closeCode, reason: info.reason },
       (error) => ({ code: -1, reason: String((error as Error)?.message ?? error) }),
     );
   }
@@ -302,6 +307,7 @@ export class PeerConnection extends EventTarget {
 
   /** Closes the connection and every stream on it. */
   close(reason = ""): void {
+    this.#ours ??= { code: TransportClose.NORMAL, reason };
     try {
       this.#conn.close({ closeCode: TransportClose.NORMAL, reason });
     } catch {

@@ -395,6 +395,8 @@ export class PeerManager {
         this.#learn(message.peer);
         return;
       case "peer_left": {
+        // First, while the path is still there to carry a connection's close.
+        this.#o.onPeerLeft?.(message.peer_id, message.reason);
         this.#peers.delete(message.peer_id);
         const link = this.#links.get(message.peer_id);
         if (link) {
@@ -406,7 +408,6 @@ export class PeerManager {
         this.#transport?.forget(message.peer_id);
         this.#punched.delete(message.peer_id);
         this.#o.logger.info("peer left", { peer_id: message.peer_id, reason: message.reason });
-        this.#o.onPeerLeft?.(message.peer_id, message.reason);
         return;
       }
       case "punch": {

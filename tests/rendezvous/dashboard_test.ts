@@ -9,7 +9,8 @@
 
 import assert from "node:assert/strict";
 import { MemoryRegistry, type WorkerRecord } from "../../lib/rendezvous/registry.ts";
-import { requireOrSkip, startRendezvous, TestClient, waitFor } from "../_helpers.ts";
+import { CloseCode } from "../../lib/protocol/close_codes.ts";
+import { requireOrSkip, startRendezvous, TestClient, waitFor, within } from "../_helpers.ts";
 import { Browser, chromiumUnavailable, type Page } from "../_chromium.ts";
 
 const skip = requireOrSkip(await chromiumUnavailable(), "dashboard tests");
@@ -250,6 +251,149 @@ Deno.test("dashboard sign-in: a wrong token gets the form again (401, counted), 
     assert.equal(page.status, 200);
     await page.body?.cancel();
   } finally {
+    await rv.close();
+  }
+});
+
+/** Signs `page` in with `token` through the form; resolves once the page is live. */
+async function signInAt(page: Page, token: string): Promise<void> {
+  await waitFor(
+    async () => (await text(page, "h1")).includes("holepunch fleet"),
+    "the form",
+    10_000,
+    50,
+  );
+  await page.evaluate(`(() => {
+    document.querySelector('input[name=token]').value = ${JSON.stringify(token)};
+    document.querySelector('form').submit();
+  })()`);
+  await waitFor(
+    async () => (await text(page, "#status")) === "live",
+    "the live dashboard",
+    10_000,
+    50,
+  );
+}
+
+Deno.test({
+  name:
+    "dashboard revoke button: two clicks revoke the worker (4009, its row goes), under the strict CSP",
+  ignore: skip !== undefined,
+  async fn() {
+    const rv = await startRendezvous({ token: "s3cret" });
+    const browser = await Browser.launch();
+    const auth = { authorization: "Bearer s3cret" };
+    const victim = await TestClient.connect(`${rv.ws}/ws/register/victim`, auth);
+    const keeper = await TestClient.connect(`${rv.ws}/ws/register/keeper`, auth);
+    try {
+      const page = await browser.open(`${rv.http}/dashboard`);
+      await signInAt(page, "s3cret");
+      const button = `document.querySelector('button[data-revoke="victim"]')`;
+      await waitFor(() => page.evaluate(`${button} !== null`), "the revoke button", 10_000, 50);
+      // One click arms it; nothing is revoked yet.
+      await page.evaluate(`${button}.click()`);
+      assert.equal(await page.evaluate(`${button}.textContent`), "confirm revoke");
+      assert.equal(rv.rendezvous.connectionCount, 2);
+      await page.evaluate(`${button}.click()`);
+      const close = await within(victim.closed, 5000, "the victim's close");
+      assert.equal(close.code, CloseCode.REVOKED);
+      assert.equal(close.reason, "revoked: revoked from the dashboard");
+      await waitFor(
+        async () => (await text(page, "#notice")).startsWith("revoked victim"),
+        "the notice",
+        10_000,
+        50,
+      );
+      await waitFor(
+        () => page.evaluate(`${button} === null`),
+        "the victim's row leaving",
+        10_000,
+        50,
+      );
+      assert.equal(
+        await page.evaluate(`document.querySelector('button[data-revoke="keeper"]').textContent`),
+        "revoke",
+      );
+      const bans = (await (await fetch(`${rv.http}/admin/revoked`, { headers: auth })).json()).bans;
+      assert.deepEqual(bans.map((b: { id: string }) => b.id), ["id:victim"]);
+      assert.deepEqual(
+        browser.console.filter((l) => /Content Security Policy|exceptionDetails|Uncaught/i.test(l)),
+        [],
+      );
+    } finally {
+      await Promise.all([victim, keeper].map((c) => c.close().catch(() => {})));
+      await browser.close();
+      await rv.close();
+    }
+  },
+});
+
+Deno.test("dashboard revoke: needs the sign-in cookie and the CSRF token bound to that cookie; none without a token", async () => {
+  const open = await startRendezvous();
+  try {
+    const r = await fetch(`${open.http}/dashboard/revoke`, { method: "POST", body: "{}" });
+    assert.equal(r.status, 403);
+    await r.body?.cancel();
+    const page = await (await fetch(`${open.http}/dashboard`)).text();
+    assert.match(page, /<meta name="csrf-token" content="">/, "no token: no buttons");
+  } finally {
+    await open.close();
+  }
+  const rv = await startRendezvous({ token: "s3cret" });
+  const target = await TestClient.connect(`${rv.ws}/ws/register/target`, {
+    authorization: "Bearer s3cret",
+  });
+  try {
+    const signIn = async () => {
+      const r = await fetch(`${rv.http}/dashboard/login`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        body: "token=s3cret",
+        redirect: "manual",
+      });
+      return r.headers.get("set-cookie")!.split(";")[0];
+    };
+    const csrfOf = async (cookie: string) => {
+      const html = await (await fetch(`${rv.http}/dashboard`, { headers: { cookie } })).text();
+      return /<meta name="csrf-token" content="([^"]*)">/.exec(html)![1];
+    };
+    const first = await signIn();
+    let second = await signIn();
+    while (second === first) second = await signIn(); // the cookie names its millisecond
+    const csrf = await csrfOf(first);
+    assert.match(csrf, /^[A-Za-z0-9_-]{43}$/);
+    assert.notEqual(await csrfOf(second), csrf, "each sign-in has its own");
+    // Signed in with the bearer only: the page, but no buttons.
+    const bearerPage = await (await fetch(`${rv.http}/dashboard`, {
+      headers: { authorization: "Bearer s3cret" },
+    })).text();
+    assert.match(bearerPage, /<meta name="csrf-token" content="">/);
+    const post = (headers: Record<string, string>, body = '{"worker_id":"target"}') =>
+      fetch(`${rv.http}/dashboard/revoke`, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body,
+      });
+    const cases: [Record<string, string>, string | undefined, number, RegExp][] = [
+      [{}, undefined, 401, /sign in/],
+      [{ "x-csrf-token": csrf }, undefined, 401, /sign in/],
+      [{ cookie: first }, undefined, 403, /CSRF/],
+      [{ cookie: second, "x-csrf-token": csrf }, undefined, 403, /CSRF/],
+      [{ cookie: first, "x-csrf-token": csrf }, '{"worker_id":"no spaces"}', 400, /worker_id/],
+      [{ cookie: first, "x-csrf-token": csrf }, "not json", 400, /worker_id/],
+    ];
+    for (const [headers, body, status, message] of cases) {
+      const r = await post(headers, body);
+      assert.equal(r.status, status, JSON.stringify(headers));
+      assert.match((await r.json()).error, message);
+    }
+    assert.equal(rv.rendezvous.connectionCount, 1, "nothing was revoked");
+    const done = await post({ cookie: first, "x-csrf-token": csrf });
+    assert.equal(done.status, 201);
+    assert.equal((await done.json()).sessions_closed, 1);
+    assert.equal((await within(target.closed, 5000, "close")).code, CloseCode.REVOKED);
+  } finally {
+    await target.close().catch(() => {});
     await rv.close();
   }
 });

@@ -12,6 +12,7 @@ import { createLogger, loadOrExit, processEnv } from "./lib/core/env.ts";
 import { NAME, VERSION } from "./lib/core/version.ts";
 import { loadRendezvousConfig, RENDEZVOUS_VARIABLES } from "./lib/rendezvous/config.ts";
 import { type RendezvousService, startRendezvous } from "./lib/rendezvous/service.ts";
+import { BansFileError } from "./lib/rendezvous/bans_file.ts";
 import { BindingsFileError } from "./lib/rendezvous/bindings_file.ts";
 import { logStunStartFailure } from "./lib/stun/config.ts";
 
@@ -35,8 +36,8 @@ let service: RendezvousService;
 try {
   service = startRendezvous(config, { logger: log });
 } catch (error) {
-  if (error instanceof BindingsFileError) {
-    log.error("cannot start: cannot use KEY_BINDINGS_FILE", { error: error.message });
+  if (error instanceof BindingsFileError || error instanceof BansFileError) {
+    log.error("cannot start: cannot use its state file", { error: error.message });
     exitAfterLogs(2);
   }
   logStunStartFailure(config.stun!, log, error);

@@ -12,6 +12,7 @@
  * @module
  */
 
+import { writeTextFileAtomic } from "../core/files.ts";
 import { type Logger } from "../core/log.ts";
 import { isValidWorkerId } from "../protocol/messages.ts";
 import { parsePublicKey } from "../protocol/identity.ts";
@@ -119,15 +120,10 @@ export class BindingsFile {
   }
 
   async #write(): Promise<void> {
-    const temp = `${this.#path}.${crypto.randomUUID()}.tmp`;
     try {
-      await Deno.writeTextFile(temp, JSON.stringify({ bindings: this.#snapshot() }), {
-        mode: 0o600,
-      });
-      await Deno.rename(temp, this.#path);
+      await writeTextFileAtomic(this.#path, JSON.stringify({ bindings: this.#snapshot() }));
     } catch (error) {
       this.#log.error("cannot write KEY_BINDINGS_FILE", { path: this.#path, error });
-      await Deno.remove(temp).catch(() => {});
     }
   }
 }

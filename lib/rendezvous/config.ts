@@ -63,6 +63,8 @@ export interface RendezvousConfig {
   listRatePerMin: number;
   /** Where a single instance keeps its key bindings across restarts (`KEY_BINDINGS_FILE`). */
   keyBindingsFile?: string;
+  /** Where a single instance keeps its revocations across restarts (`REVOCATIONS_FILE`). */
+  revocationsFile?: string;
   /** Refuse workers without a key (`REQUIRE_WORKER_KEYS`). */
   requireWorkerKeys: boolean;
   /** How long an id stays bound to its key once idle (`KEY_HOLD_SEC`). */
@@ -100,7 +102,8 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
   {
     name: "RENDEZVOUS_TOKEN",
     fallback: "(unset: open)",
-    meaning: "bearer token workers and /debug/list_workers must present",
+    meaning:
+      "bearer token workers, /debug/*, /metrics, the dashboard and the admin API must present (unset: open, and no admin API)",
   },
   {
     name: "TRUST_PROXY",
@@ -183,6 +186,12 @@ export const RENDEZVOUS_VARIABLES: readonly VariableDoc[] = [
     fallback: "unset (in memory)",
     meaning:
       "a single instance keeps its key bindings here across restarts (a fleet keeps them in Redis)",
+  },
+  {
+    name: "REVOCATIONS_FILE",
+    fallback: "unset (in memory)",
+    meaning:
+      "a single instance keeps its revocations (`POST /admin/revoke`) here across restarts (a fleet keeps them in Redis)",
   },
   {
     name: "LIST_RATE_PER_MIN",
@@ -323,12 +332,20 @@ export function loadRendezvousConfig(env: Env, isTerminal = false): RendezvousCo
       "Cannot use KEY_BINDINGS_FILE with REDIS_URL: a fleet keeps its key bindings in Redis",
     );
   }
+  const revocationsFile = stringVar(env, "REVOCATIONS_FILE");
+  if (revocationsFile !== undefined && fleet !== undefined) {
+    throw new ConfigError(
+      "REVOCATIONS_FILE",
+      "Cannot use REVOCATIONS_FILE with REDIS_URL: a fleet keeps its revocations in Redis",
+    );
+  }
   return {
     port: portVar(env, "PORT", 8080),
     hostname,
     stun: loadStunConfig(env, { hostname }),
     fleet,
     ...(keyBindingsFile === undefined ? {} : { keyBindingsFile }),
+    ...(revocationsFile === undefined ? {} : { revocationsFile }),
     token,
     trustProxyHops: trustProxyHops(env),
     maxConnections,

@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { BanStore } from "./revocations.ts";
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import type { StunServerStats } from "../stun/server.ts";
@@ -51,6 +52,11 @@ export interface RendezvousOptions {
    * {@linkcode Rendezvous.close}.
    */
   fleet?: Fleet;
+  /**
+   * Where a single instance keeps its revocations (`REVOCATIONS_FILE`:
+   * `BansFile`); a fleet keeps them in Redis. @default {in memory}
+   */
+  bans?: BanStore;
   /** Bearer token required of workers and of the debug list; unset = open. */
   token?: string;
   /**
@@ -152,7 +158,9 @@ export interface RendezvousOptions {
 
 /** Options with every default filled in. */
 export type ResolvedOptions =
-  & Required<Omit<RendezvousOptions, "registry" | "fleet" | "token" | "publicHosts" | "stunStats">>
+  & Required<
+    Omit<RendezvousOptions, "registry" | "fleet" | "bans" | "token" | "publicHosts" | "stunStats">
+  >
   & { token?: string; publicHosts?: readonly string[] };
 
 /** `options` with the defaults of {@linkcode RENDEZVOUS_DEFAULTS} filled in. */

@@ -153,7 +153,7 @@ export class Rendezvous {
     this.#registration = { ...this.#options, guesses: this.#guesses };
     this.#admin = new Admin({
       ...this.#options,
-      store: options.fleet?.bans,
+      store: options.fleet?.bans ?? options.bans,
       sessions: () => this.#sessions.values(),
       registry: this.registry,
     });

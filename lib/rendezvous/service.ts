@@ -15,6 +15,7 @@ import type { RendezvousConfig } from "./config.ts";
 import { serveResilient } from "./resilient_serve.ts";
 import { Rendezvous } from "./server.ts";
 import { Fleet } from "./fleet.ts";
+import { BansFile } from "./bans_file.ts";
 import { BindingsFile, loadBindings } from "./bindings_file.ts";
 import { MemoryRegistry } from "./registry.ts";
 
@@ -76,8 +77,15 @@ export class RendezvousService {
       this.#bindingsFile = file;
       log.info("key bindings loaded", { path: config.keyBindingsFile, bindings: bindings.length });
     }
+    // …and its revocations.
+    let bans: BansFile | undefined;
+    if (config.revocationsFile !== undefined) {
+      bans = new BansFile(config.revocationsFile);
+      log.info("revocations loaded", { path: config.revocationsFile, bans: bans.size });
+    }
     const rendezvous = new Rendezvous({
       ...(registry ? { registry } : {}),
+      ...(bans ? { bans } : {}),
       fleet: this.fleet,
       token: config.token,
       trustProxyHops: config.trustProxyHops,
@@ -155,6 +163,7 @@ export class RendezvousService {
  *
  * @throws {Error} when the STUN port cannot be bound (nothing is left running)
  * @throws {BindingsFileError} when `KEY_BINDINGS_FILE` cannot be read or is not one
+ * @throws {BansFileError} when `REVOCATIONS_FILE` cannot be read or is not one
  *
  * @example
  * ```ts

@@ -274,3 +274,18 @@ Deno.test("peer infos carry a well-formed key, or null (an older rendezvous send
   assert.equal(read({}), null);
   assert.equal(read({ key: "not a key" }), null);
 });
+
+Deno.test("peer_left carries reason revoked; an unknown reason is read as none", () => {
+  assert.deepEqual(parseServerMessage('{"type":"peer_left","peer_id":"w2","reason":"revoked"}'), {
+    type: "peer_left",
+    peer_id: "w2",
+    reason: "revoked",
+  });
+  for (const reason of ['"moved"', "7", "null"]) {
+    assert.deepEqual(
+      parseServerMessage(`{"type":"peer_left","peer_id":"w2","reason":${reason}}`),
+      { type: "peer_left", peer_id: "w2" },
+    );
+  }
+  assert.throws(() => parseServerMessage('{"type":"peer_left","peer_id":"a b"}'), ProtocolError);
+});

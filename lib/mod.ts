@@ -70,6 +70,8 @@ export {
   type RendezvousConfig,
 } from "./rendezvous/config.ts";
 export { type Refused } from "./rendezvous/admission.ts";
+export { type Ban, type BanListener, type BanStore } from "./rendezvous/revocations.ts";
+export { BansFile, BansFileError } from "./rendezvous/bans_file.ts";
 export {
   Fleet,
   type FleetHost,

@@ -16,6 +16,7 @@ const MAX_FILE_BYTES = 64 * 1024 * 1024;
 
 /** The file cannot be read or is not a revocations file; its text is never quoted. */
 export class BansFileError extends Error {
+  /** Always `"BansFileError"`. */
   override name = "BansFileError";
 }
 

@@ -168,6 +168,7 @@ Deno.test("the instance-wide handshake rate refuses with 503 and Retry-After, lo
       handshake_rate: 6,
       sign_in: 0,
       guesses: 0,
+      revoked: 0,
     });
   } finally {
     await Promise.all(clients.map((c) => c.close().catch(() => {})));

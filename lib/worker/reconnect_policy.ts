@@ -13,13 +13,15 @@
  *   `stableSessionMs`), the rendezvous most likely crashed: retry within the
  *   same short windows for `restartGraceMs`, but never at once (a fleet
  *   cut at the same instant would come back as one herd), then back off.
+ * - After a revocation (4009), half to all of the longest wait: the ban
+ *   stays until an admin lifts it, and a revoked fleet must not knock often.
  * - Otherwise exponential backoff with full jitter ({@linkcode Backoff}).
  *
  * @module
  */
 
 import { Backoff } from "../core/backoff.ts";
-import { reconnectsImmediately } from "../protocol/close_codes.ts";
+import { CloseCode, reconnectsImmediately } from "../protocol/close_codes.ts";
 
 /**
  * Close codes that say the connection dropped rather than that the server
@@ -95,6 +97,11 @@ export class ReconnectPolicy {
       }
     }
     this.#lastImmediate = false;
+    // Revoked: nothing changes until an admin lifts the ban; ask rarely (half to all of the longest wait).
+    if (outcome.code === CloseCode.REVOKED) {
+      this.backoff.next();
+      return Math.floor(this.backoff.maxMs * (0.5 + this.#random() / 2));
+    }
     if (now < this.#restartUntil) {
       return Math.floor(this.#random() * Math.min(this.#windowMs, this.backoff.maxMs));
     }

@@ -33,6 +33,8 @@ async function worker(http: string, id: string) {
       STUN_SERVERS: "off",
       UDP_HOST: "127.0.0.1",
       CONTROL_DIR: "off",
+      // A revoked worker waits half to all of this between attempts.
+      RECONNECT_MAX_SEC: "0.5",
     }),
     {
       health: false,

@@ -82,3 +82,11 @@ Deno.test("ReconnectPolicy: a short session that drops, or a deliberate close, g
     assert.equal(p.next({ opened: true, code, durationMs: 60_000 }, 0), 50, `code ${code}`);
   }
 });
+
+Deno.test("ReconnectPolicy: a revoked worker (4009) waits half to all of the longest wait, every time", () => {
+  for (const [r, wait] of [[0, 15_000], [0.5, 22_500], [0.99, 29_850]] as const) {
+    const p = new ReconnectPolicy({ random: () => r });
+    assert.equal(p.next({ opened: true, code: 4009, durationMs: 60_000 }, 0), wait);
+    assert.equal(p.next({ opened: true, code: 4009, durationMs: 0 }, 1000), wait);
+  }
+});

@@ -346,6 +346,21 @@ export async function spawnRendezvous(
   return { proc, port, http: `http://127.0.0.1:${port}` };
 }
 
+/** `rendezvous.ts` allowed to read and write `dir` only (its state files), with `env`. */
+export function rendezvousIn(dir: string, env: Record<string, string>): Proc {
+  return Proc.deno(
+    [
+      "run",
+      "--allow-net",
+      "--allow-env",
+      `--allow-read=${dir}`,
+      `--allow-write=${dir}`,
+      "rendezvous.ts",
+    ],
+    { HOST: "127.0.0.1", ...env },
+  );
+}
+
 /** Starts `worker.ts` against `rendezvousUrl`. */
 export function spawnWorker(rendezvousUrl: string, env: Record<string, string> = {}): Proc {
   return Proc.deno([

@@ -21,3 +21,35 @@ export async function writeTextFileAtomic(path: string, text: string): Promise<v
     throw error;
   }
 }
+
+/**
+ * The JSON value in `path`, or undefined when there is no such file. A
+ * file over `maxBytes`, unreadable, or not JSON throws `fail(message)`,
+ * with a message that names the file by `name` and never quotes it (it may
+ * hold secrets).
+ */
+export function readJsonFileSync(
+  path: string,
+  name: string,
+  maxBytes: number,
+  fail: (message: string) => Error,
+): unknown {
+  const read = <T>(what: () => T): T | undefined => {
+    try {
+      return what();
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return undefined;
+      throw fail(`Cannot read ${name} ${path}: ${(error as Error).message}`);
+    }
+  };
+  const size = read(() => Deno.statSync(path).size);
+  if (size === undefined) return undefined;
+  if (size > maxBytes) throw fail(`Cannot use ${name} ${path}: ${size} bytes, at most ${maxBytes}`);
+  const text = read(() => Deno.readTextFileSync(path));
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw fail(`Cannot use ${name} ${path}: it is not JSON`);
+  }
+}

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { writeTextFileAtomic } from "../core/files.ts";
+import { readJsonFileSync, writeTextFileAtomic } from "../core/files.ts";
 import { type Ban, type BanListener, type BanStore, MAX_BANS, parseBan } from "./revocations.ts";
 
 /** Most bytes the file may have (100,000 bans are about 40 MB). */
@@ -76,26 +76,14 @@ export class BansFile implements BanStore {
 }
 
 function loadBans(path: string): Ban[] {
-  let text: string;
-  try {
-    const size = Deno.statSync(path).size;
-    if (size > MAX_FILE_BYTES) {
-      throw new BansFileError(
-        `Cannot use REVOCATIONS_FILE ${path}: ${size} bytes, at most ${MAX_FILE_BYTES}`,
-      );
-    }
-    text = Deno.readTextFileSync(path);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return [];
-    if (error instanceof BansFileError) throw error;
-    throw new BansFileError(`Cannot read REVOCATIONS_FILE ${path}: ${(error as Error).message}`);
-  }
-  let list: unknown;
-  try {
-    list = (JSON.parse(text) as { bans?: unknown })?.bans;
-  } catch {
-    throw new BansFileError(`Cannot use REVOCATIONS_FILE ${path}: it is not JSON`);
-  }
+  const value = readJsonFileSync(
+    path,
+    "REVOCATIONS_FILE",
+    MAX_FILE_BYTES,
+    (message) => new BansFileError(message),
+  );
+  if (value === undefined) return [];
+  const list = (value as { bans?: unknown })?.bans;
   if (!Array.isArray(list) || list.length > MAX_BANS) {
     throw new BansFileError(
       `Cannot use REVOCATIONS_FILE ${path}: expected {"bans":[…]} with at most ${MAX_BANS}`,

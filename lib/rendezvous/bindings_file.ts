@@ -12,7 +12,7 @@
  * @module
  */
 
-import { writeTextFileAtomic } from "../core/files.ts";
+import { readJsonFileSync, writeTextFileAtomic } from "../core/files.ts";
 import { type Logger } from "../core/log.ts";
 import { isValidWorkerId } from "../protocol/messages.ts";
 import { parsePublicKey } from "../protocol/identity.ts";
@@ -40,28 +40,13 @@ export class BindingsFileError extends Error {
  * @throws {BindingsFileError} when it cannot be read or holds anything else
  */
 export function loadBindings(path: string): StoredBinding[] {
-  let text: string;
-  try {
-    const size = Deno.statSync(path).size;
-    if (size > MAX_BINDINGS_FILE_BYTES) {
-      throw new BindingsFileError(
-        `Cannot use KEY_BINDINGS_FILE ${path}: ${size} bytes, at most ${MAX_BINDINGS_FILE_BYTES}`,
-      );
-    }
-    text = Deno.readTextFileSync(path);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return [];
-    if (error instanceof BindingsFileError) throw error;
-    throw new BindingsFileError(
-      `Cannot read KEY_BINDINGS_FILE ${path}: ${(error as Error).message}`,
-    );
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    throw new BindingsFileError(`Cannot use KEY_BINDINGS_FILE ${path}: it is not JSON`);
-  }
+  const value = readJsonFileSync(
+    path,
+    "KEY_BINDINGS_FILE",
+    MAX_BINDINGS_FILE_BYTES,
+    (message) => new BindingsFileError(message),
+  );
+  if (value === undefined) return [];
   const list = (value as { bindings?: unknown })?.bindings;
   if (!Array.isArray(list)) {
     throw new BindingsFileError(

@@ -7,23 +7,17 @@ import assert from "node:assert/strict";
 import { CloseCode } from "../../lib/protocol/close_codes.ts";
 import { ConfigError } from "../../lib/core/env.ts";
 import { loadRendezvousConfig } from "../../lib/rendezvous/config.ts";
-import { Proc, TestClient, within } from "../_helpers.ts";
+import { Proc, rendezvousIn, TestClient, within } from "../_helpers.ts";
 
 const AUTH = { authorization: "Bearer s3cret" };
 
 /** `rendezvous.ts` on `port` (0: any), allowed to read and write `dir` only. */
 async function start(dir: string, port: number, file: string) {
-  const proc = Proc.deno(
-    [
-      "run",
-      "--allow-net",
-      "--allow-env",
-      `--allow-read=${dir}`,
-      `--allow-write=${dir}`,
-      "rendezvous.ts",
-    ],
-    { HOST: "127.0.0.1", PORT: String(port), RENDEZVOUS_TOKEN: "s3cret", REVOCATIONS_FILE: file },
-  );
+  const proc = rendezvousIn(dir, {
+    PORT: String(port),
+    RENDEZVOUS_TOKEN: "s3cret",
+    REVOCATIONS_FILE: file,
+  });
   const line = await proc.waitForLog("rendezvous listening");
   return { proc, port: line.port as number, http: `http://127.0.0.1:${line.port}` };
 }

@@ -8,22 +8,7 @@ import { CloseCode } from "../../lib/protocol/close_codes.ts";
 import { Identity } from "../../lib/protocol/identity.ts";
 import { BindingsFileError, loadBindings } from "../../lib/rendezvous/bindings_file.ts";
 import { keyedAt } from "../_fleet.ts";
-import { Proc, waitFor, within } from "../_helpers.ts";
-
-/** `rendezvous.ts` allowed to read and write `dir` only, with `env`. */
-function rendezvousIn(dir: string, env: Record<string, string>): Proc {
-  return Proc.deno(
-    [
-      "run",
-      "--allow-net",
-      "--allow-env",
-      `--allow-read=${dir}`,
-      `--allow-write=${dir}`,
-      "rendezvous.ts",
-    ],
-    { HOST: "127.0.0.1", ...env },
-  );
-}
+import { Proc, rendezvousIn, waitFor, within } from "../_helpers.ts";
 
 /** A rendezvous on `port` (0: any), keeping its bindings in `dir` unless `file` is false. */
 async function start(dir: string, port: number, file = true) {

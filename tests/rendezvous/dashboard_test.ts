@@ -47,16 +47,7 @@ Deno.test({
         50,
       );
       assert.equal(await page.evaluate("document.querySelector('#workers')"), null);
-      await page.evaluate(`(() => {
-        document.querySelector('input[name=token]').value = 's3cret';
-        document.querySelector('form').submit();
-      })()`);
-      await waitFor(
-        async () => (await text(page, "#status")) === "live",
-        "the live dashboard",
-        10_000,
-        50,
-      );
+      await signInAt(page, "s3cret");
       assert.equal(
         await page.evaluate("location.href"),
         `${rv.http}/dashboard`,

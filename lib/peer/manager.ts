@@ -412,6 +412,7 @@ export class PeerManager {
       }
       case "punch": {
         this.#punched.add(message.peer_id);
+        this.#transport?.introduced(message.peer_id);
         const link = this.#link(message.peer_id);
         for (const id of link.sessionIds.slice(1)) this.#bySession.delete(id);
         this.#bySession.set(message.session_id, link);

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { EarlyPackets } from "./early_packets.ts";
 import type { TransportStats } from "./transport.ts";
 import { TRANSPORT_MAGIC } from "./udp_endpoint.ts";
 
@@ -139,6 +140,8 @@ interface Held {
 export class StandIns {
   /** Peers by stand-in port (the warm-up's loop registers itself here too). */
   readonly byPort = new Map<number, string>();
+  /** Packets of named peers that came before their introduction (no stand-in for them yet). */
+  readonly early = new EarlyPackets();
   #held = new Map<string, Held>();
   #quic: Deno.NetAddr;
   #stats: TransportStats;
@@ -226,6 +229,7 @@ export class StandIns {
 
   /** Closes `peerId`'s stand-in (its connection has timed out or closed). */
   forget(peerId: string): void {
+    this.early.take(peerId);
     const held = this.#held.get(peerId);
     if (!held) return;
     held.standIn.close();

@@ -43,6 +43,7 @@ import {
   issue,
   type IssuedCertificate,
   readMessage,
+  TransportClose,
   TransportError,
   vouchPayload,
   within,
@@ -54,6 +55,7 @@ export {
   certificatePayload,
   dialerPayload,
   importGroupSecret,
+  TransportClose,
   TransportError,
   vouchFor,
   vouchPayload,
@@ -75,17 +77,6 @@ const AUTH_TIMEOUT_MS = 10_000;
  * slot for this long, never the accept of anyone else.
  */
 export const HANDSHAKE_LIMITS = { maxPending: 64, timeoutMs: 5000 } as const;
-/** Connection close codes of the transport (QUIC application error codes). */
-export const TransportClose = {
-  /** The application closed the connection. */
-  NORMAL: 0,
-  /** The dialer's proof was missing, malformed or wrong. */
-  AUTH_FAILED: 1,
-  /** A connection for this pair already exists (simultaneous dials). */
-  DUPLICATE: 2,
-  /** The worker is shutting down. */
-  SHUTDOWN: 3,
-} as const;
 
 /** The congestion controllers Deno's QUIC offers. */
 export type CongestionControl = "default" | "throughput" | "low-latency";
@@ -333,16 +324,23 @@ export class PeerTransport {
   receive(peerId: string, packet: Uint8Array): Promise<unknown> | undefined {
     if (this.#closed || packet.length === 0 || packet.length > MAX_PACKET) return undefined;
     // Only peers the rendezvous named, and introduced, get a stand-in (within
-    // STAND_IN_LIMITS): anyone else's packets go nowhere.
-    const standIn = this.#standIns.get(peerId) ??
-      (this.#o.peer(peerId) !== undefined && (this.#o.admits?.(peerId) ?? true)
-        ? this.#standIns.admit(peerId)
-        : undefined);
+    // STAND_IN_LIMITS); a named peer's packets that overtake its introduction
+    // wait for it (`early_packets.ts`); anyone else's go nowhere.
+    let standIn = this.#standIns.get(peerId);
+    if (!standIn && this.#o.peer(peerId) !== undefined) {
+      if (this.#o.admits?.(peerId) ?? true) standIn = this.#standIns.admit(peerId);
+      else if (this.#standIns.early.hold(peerId, packet)) return undefined;
+    }
     if (!standIn) {
       this.refusedPackets++;
       return undefined;
     }
     return standIn.deliver(packet);
+  }
+
+  /** The rendezvous introduced `peerId`: what it sent before that goes to QUIC now. */
+  introduced(peerId: string): void {
+    for (const packet of this.#standIns.early.take(peerId)) void this.receive(peerId, packet);
   }
 
   /** Transport bytes each way through `peerId`'s stand-in, and ms since its last packet. */

@@ -11,6 +11,18 @@ import { type Identity, toBase64Url, verifySignature } from "../protocol/identit
 import type { TransportCredentials } from "../protocol/messages.ts";
 import { createPeerCertificate, type PeerCertificate } from "./cert.ts";
 
+/** Connection close codes of the transport (QUIC application error codes). */
+export const TransportClose = {
+  /** The application closed the connection. */
+  NORMAL: 0,
+  /** The dialer's proof was missing, malformed or wrong. */
+  AUTH_FAILED: 1,
+  /** A connection for this pair already exists (simultaneous dials). */
+  DUPLICATE: 2,
+  /** The worker is shutting down. */
+  SHUTDOWN: 3,
+} as const;
+
 /** The dialer's proof and the answer: small, bounded. */
 const MAX_AUTH_BYTES = 1024;
 

@@ -199,10 +199,11 @@ Deno.test("an attacker on the path replays, reorders and forges packets: nothing
   }
 });
 
-Deno.test("only introduced peers' packets open a stand-in; at most 32 unproven ones at once, each for 15 s at most", async () => {
+Deno.test("only introduced peers' packets open a stand-in (others' wait for their introduction, 64 peers at most); at most 32 unproven ones at once, each for 15 s at most", async () => {
   // 500 group members each relay one (Initial-sized) packet; one of them was introduced.
   const members = Array.from({ length: 1100 }, (_, i) => `member-${i}`);
   let admitAll = false;
+  const introduced = new Set(["member-7"]);
   const unprovenMs = 400;
   const t = await PeerTransport.start({
     workerId: "w",
@@ -210,21 +211,31 @@ Deno.test("only introduced peers' packets open a stand-in; at most 32 unproven o
     logger: new Logger({ sink: () => {} }),
     sendPacket: () => {},
     peer: (id) => id.startsWith("member-") ? { key: "k", transport: null } : undefined,
-    admits: (id) => admitAll || id === "member-7",
+    admits: (id) => admitAll || introduced.has(id),
     standIns: { unprovenMs },
   });
   try {
     const initial = new Uint8Array(1200).fill(0xc0);
     for (const id of members.slice(0, 500)) await t.receive(id, initial);
     assert.equal(t.standIns, 1, "only the introduced peer");
-    assert.equal(t.refusedPackets, 499);
+    await t.receive("stranger", initial);
+    assert.equal(t.refusedPackets, 1, "a peer the rendezvous never named: refused");
+    // The others' packets wait for an introduction, the newest 64 peers' only.
+    introduced.add("member-3");
+    t.introduced("member-3");
+    assert.equal(t.standIns, 1, "member-3's packet made way for newer ones");
+    introduced.add("member-499");
+    t.introduced("member-499");
+    assert.equal(t.standIns, 2, "member-499's packet went to QUIC once it was introduced");
+    t.introduced("member-499");
+    assert.equal(t.stats.packetsReceived, 2, "each held packet is delivered once");
     // Were every member introduced, those that never finish a handshake
     // hold at most maxUnproven sockets…
     admitAll = true;
     for (const id of members) await t.receive(id, initial);
     const cap = STAND_IN_LIMITS.maxUnproven;
     assert.equal(t.standIns, cap);
-    assert.equal(t.refusedPackets, 499 + members.length - cap);
+    assert.equal(t.refusedPackets, 1 + members.length - cap);
     // …and only for unprovenMs: then others get theirs.
     await waitFor(() => t.standIns === 0, "the unproven stand-ins to close", unprovenMs + 3000);
     await t.receive("member-1099", initial);

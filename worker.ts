@@ -7,6 +7,7 @@
  * @module
  */
 
+import { UdpIoError } from "./lib/worker/udp.ts";
 import { exitAfterLogs, exitOnHelp, onStopSignal } from "./lib/core/entry.ts";
 import { CONFIG_EXIT_CODE, createLogger, loadOrExit, processEnv } from "./lib/core/env.ts";
 import { KeyFileError } from "./lib/worker/key_file.ts";
@@ -32,6 +33,10 @@ try {
 } catch (error) {
   if (error instanceof KeyFileError) {
     log.error(error.message, { path: error.path });
+    exitAfterLogs(CONFIG_EXIT_CODE);
+  }
+  if (error instanceof UdpIoError) {
+    log.error(error.message);
     exitAfterLogs(CONFIG_EXIT_CODE);
   }
   if (error instanceof Deno.errors.AddrInUse || error instanceof Deno.errors.PermissionDenied) {

@@ -8,7 +8,8 @@
  * first-byte target is measured against).
  *
  * Args (JSON): { role: "send" | "recv", rendezvous, id, peer, bytes, streams,
- * stun: "host:port,host:port" | "off", direct: boolean, cc?: congestion control }
+ * stun: "host:port,host:port" | "off", direct: boolean, cc?: congestion control,
+ * io?: PEER_UDP_IO }
  */
 import process from "node:process";
 import { loadWorkerConfig } from "../lib/worker/config.ts";
@@ -26,6 +27,7 @@ const worker = await startWorker(
     STUN_SERVERS: o.stun,
     UDP_HOST: "127.0.0.1",
     PEER_CONGESTION_CONTROL: o.cc ?? "default",
+    PEER_UDP_IO: o.io ?? "auto",
   }),
   { health: false, onConnection: (c) => accepted.resolve(c) },
 );

@@ -14,7 +14,7 @@
  * the first byte (on the relay, which carries a connection until the punch
  * is through): the first-byte target is "relay RTT + 20 ms". Flags: `--mb N`
  * (payload per run, default 500; the relay moves a fifth of it), `--runs N`,
- * `--cc default|throughput|low-latency`, `--quick`. Prints a table and
+ * `--cc default|throughput|low-latency`, `--io auto|ffi|deno` (`PEER_UDP_IO`), `--quick`. Prints a table and
  * writes bench/results/transport-*.json.
  *
  * @module
@@ -29,6 +29,7 @@ const quick = Deno.args.includes("--quick");
 const MB = numberFlag("--mb", quick ? 20 : 500);
 const RUNS = numberFlag("--runs", quick ? 1 : 3);
 const CC = stringFlag("--cc", "default");
+const IO = stringFlag("--io", "auto");
 const round = (x: number, d = 1) => Number(x.toFixed(d));
 
 interface Child {
@@ -136,7 +137,7 @@ async function transfer(
   streams: number,
   direct: boolean,
 ) {
-  const base = { rendezvous, bytes, streams, stun, direct, cc: CC };
+  const base = { rendezvous, bytes, streams, stun, direct, cc: CC, io: IO };
   const tag = `${direct ? "d" : "r"}${streams}-${run}`;
   const recv = spawn("bench/_transport_peer.ts", [
     JSON.stringify({ ...base, role: "recv", id: `recv-${tag}`, peer: `send-${tag}` }),
@@ -167,7 +168,7 @@ async function transfer(
 const started = new Date();
 const machine = machineState(started);
 console.error(
-  `transport benchmark: ${MB} MB per run, ${RUNS} runs, congestion control ${CC}; load ${
+  `transport benchmark: ${MB} MB per run, ${RUNS} runs, congestion control ${CC}, udp io ${IO}; load ${
     machine.loadavg_before.join(" ")
   }`,
 );
@@ -295,6 +296,7 @@ const out = {
   machine: { ...machine, loadavg_after: Deno.loadavg() },
   mb_per_run: MB,
   congestion_control: CC,
+  udp_io: IO,
   runs: RUNS,
   results,
 };

@@ -140,6 +140,7 @@ export { encodeMessage, parseClientMessage, parseServerMessage } from "./protoco
 export { CloseCode, CloseReason } from "./protocol/close_codes.ts";
 export { fingerprint, Identity, IdentityError } from "./protocol/identity.ts";
 export { KeyFileError, loadIdentity } from "./worker/key_file.ts";
+export { UdpIoError } from "./worker/udp.ts";
 
 // STUN: the server a rendezvous runs beside it.
 export {

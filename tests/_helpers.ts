@@ -370,6 +370,7 @@ export function spawnWorker(rendezvousUrl: string, env: Record<string, string> =
     "--allow-sys=networkInterfaces",
     "--allow-read",
     "--allow-write",
+    "--allow-ffi",
     "worker.ts",
   ], {
     RENDEZVOUS_SERVICE_URL: rendezvousUrl,

@@ -492,6 +492,7 @@ export class NetLab {
       "--allow-sys=networkInterfaces",
       "--allow-read",
       "--allow-write",
+      "--allow-ffi",
       "worker.ts",
     ], {
       RENDEZVOUS_SERVICE_URL: `http://${PUBLIC_IP}:8080`,

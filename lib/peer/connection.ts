@@ -75,9 +75,21 @@ async function readExactly(
   return { head: buffered.subarray(0, n), rest: buffered.subarray(n) };
 }
 
-/** `reader`'s stream again, with `rest` (bytes already read past a header) in front. */
-function prepend(rest: Uint8Array, reader: ReadableStreamDefaultReader<Uint8Array>) {
-  let first = rest.length > 0 ? rest : undefined;
+/**
+ * `reader`'s stream again, with `rest` (bytes already read past a header)
+ * in front. With nothing in front, the stream itself (the lock released):
+ * a wrapper would cost every later chunk a second trip through a stream.
+ */
+function prepend(
+  rest: Uint8Array,
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  stream: ReadableStream<Uint8Array>,
+): ReadableStream<Uint8Array> {
+  if (rest.length === 0) {
+    reader.releaseLock();
+    return stream;
+  }
+  let first: Uint8Array | undefined = rest;
   return new ReadableStream<Uint8Array>({
     pull: async (controller) => {
       if (first) {
@@ -211,7 +223,7 @@ export class PeerConnection extends EventTarget {
     const first = await readExactly(reader, 1);
     if (first === null) return undefined;
     if (first.head[0] === STREAM_APP) {
-      return { readable: prepend(first.rest, reader), writable: stream.writable };
+      return { readable: prepend(first.rest, reader, stream.readable), writable: stream.writable };
     }
     if (first.head[0] !== STREAM_FORWARD) {
       await reader.cancel().catch(() => {});
@@ -230,7 +242,7 @@ export class PeerConnection extends EventTarget {
         if (answered) throw new Error("Cannot answer a forward request twice");
         answered = true;
         await writeHeader(stream, new Uint8Array([FORWARD_OK]));
-        return { readable: prepend(rest, reader), writable: stream.writable };
+        return { readable: prepend(rest, reader, stream.readable), writable: stream.writable };
       },
       refuse: async (reason) => {
         if (answered) throw new Error("Cannot answer a forward request twice");
@@ -282,7 +294,7 @@ export class PeerConnection extends EventTarget {
         `${this.peerId} refused port ${port}: ${reason.slice(0, MAX_REASON)}`,
       );
     }
-    return { readable: prepend(answer.rest, reader), writable: stream.writable };
+    return { readable: prepend(answer.rest, reader, stream.readable), writable: stream.writable };
   }
 
   /** Streams the peer opens, in order. Read it, or they wait (QUIC limits how many). */

@@ -53,6 +53,12 @@ export interface PeerManagerOptions {
   onPeerInfo?: (peer: PeerInfo) => void;
   /** A link's path changed. */
   onPath?: (peerId: string, path: PathKind, rttMs: number | null) => void;
+  /**
+   * The transport's stand-ins are batched sockets, which hand packets over
+   * in buffers reused at once: a packet for one of Deno's sockets (IPv6)
+   * is copied first.
+   */
+  batchedStandIns?: boolean;
   /** The rendezvous said a peer left; `reason` "revoked": drop everything of it. */
   onPeerLeft?: (peerId: string, reason?: LeaveReason) => void;
   /**
@@ -180,7 +186,8 @@ export class PeerManager {
       const socket = this.#sockets.socket(direct.via, direct.to);
       if (socket) {
         this.pathBytes.direct.sent += packet.length - 1;
-        return socket.send(packet, direct.to).catch(() => {});
+        const bytes = !socket.ffi && this.#o.batchedStandIns ? packet.slice() : packet;
+        return socket.send(bytes, direct.to).catch(() => {});
       }
     }
     if (this.#o.sendRelayPacket?.(peerId, packet.subarray(1))) {

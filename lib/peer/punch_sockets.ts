@@ -92,7 +92,7 @@ export class PunchSockets {
     for (let i = 0; i < Math.min(count, room); i++) {
       let socket: UdpEndpoint;
       try {
-        socket = UdpEndpoint.bind({ hostname: main.local.ip, port: 0 });
+        socket = UdpEndpoint.bind({ hostname: main.local.ip, port: 0, ffi: main.ffi });
       } catch (error) {
         this.#o.logger.warn("cannot open more udp sockets", { opened: i, error });
         break;

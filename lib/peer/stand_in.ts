@@ -7,6 +7,7 @@
  */
 
 import { EarlyPackets } from "./early_packets.ts";
+import type { FfiUdp, FfiUdpSocket } from "./ffi_udp.ts";
 import type { TransportStats } from "./transport.ts";
 import { TRANSPORT_MAGIC } from "./udp_endpoint.ts";
 
@@ -15,11 +16,17 @@ const STAND_IN_LOOPS = 8;
 /** Largest datagram QUIC sends (its MTU discovery stays below this on every path we use). */
 export const MAX_PACKET = 2048;
 
-/** A peer's stand-in: a loopback socket that is the peer's address to QUIC. */
+/**
+ * A peer's stand-in: a loopback socket that is the peer's address to QUIC.
+ * With batched sockets (`ffi`), what QUIC sends is handed to `out` in a
+ * buffer reused right after, so `out` must copy or send at once (the relay
+ * frames it, a batched socket copies; the peer manager copies for Deno's).
+ */
 export class StandIn {
   readonly peerId: string;
   readonly port: number;
-  #conn: Deno.DatagramConn;
+  #conn?: Deno.DatagramConn;
+  #socket?: FfiUdpSocket;
   #quic: Deno.NetAddr;
   #closed = false;
   /** When a packet last went through (`performance.now()`), either way. */
@@ -34,13 +41,28 @@ export class StandIn {
     quic: Deno.NetAddr,
     stats: TransportStats,
     out: (packet: Uint8Array) => unknown,
+    ffi?: FfiUdp,
   ) {
     this.#stats = stats;
     this.peerId = peerId;
     this.#quic = { transport: "udp", hostname: quic.hostname, port: quic.port } as Deno.NetAddr;
+    if (ffi) {
+      const socket = this.#socket = ffi.bind("127.0.0.1", 0, { headroom: 1 });
+      this.port = socket.port;
+      socket.onPacket = (packet) => {
+        packet[0] = TRANSPORT_MAGIC;
+        const size = packet.length - 1;
+        this.#stats.packetsSent++;
+        this.#stats.bytesSent += size;
+        this.bytes.sent += size;
+        this.lastActive = performance.now();
+        out(packet);
+      };
+      return;
+    }
     this.#conn = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
     this.port = (this.#conn.addr as Deno.NetAddr).port;
-    for (let i = 0; i < STAND_IN_LOOPS; i++) void this.#loop(out);
+    for (let i = 0; i < STAND_IN_LOOPS; i++) void this.#loop(this.#conn, out);
   }
 
   /**
@@ -48,14 +70,14 @@ export class StandIn {
    * byte in so the envelope needs no copy, and waits until it is sent
    * before reusing the buffer.
    */
-  async #loop(out: (packet: Uint8Array) => unknown): Promise<void> {
+  async #loop(conn: Deno.DatagramConn, out: (packet: Uint8Array) => unknown): Promise<void> {
     const buffer = new Uint8Array(MAX_PACKET + 1);
     buffer[0] = TRANSPORT_MAGIC;
     const body = buffer.subarray(1);
     while (!this.#closed) {
       let size: number;
       try {
-        const [data] = await this.#conn.receive(body);
+        const [data] = await conn.receive(body);
         size = data.length;
       } catch {
         if (this.#closed) return;
@@ -73,25 +95,36 @@ export class StandIn {
     }
   }
 
-  /** Hands a packet from the peer to QUIC. */
-  deliver(packet: Uint8Array): Promise<unknown> {
+  /** Hands a packet from the peer to QUIC; `packet` may be reused once the promise settles (batched: at once). */
+  deliver(packet: Uint8Array): Promise<unknown> | undefined {
     this.#stats.packetsReceived++;
     this.#stats.bytesReceived += packet.length;
     this.bytes.received += packet.length;
     this.lastActive = performance.now();
-    return this.#conn.send(packet, this.#quic).catch(() => {});
+    if (this.#socket) {
+      this.#socket.send(packet, this.#quic.hostname, this.#quic.port);
+      return undefined;
+    }
+    return this.#conn!.send(packet, this.#quic).catch(() => {});
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     try {
-      this.#conn.close();
+      this.#socket?.close();
+      this.#conn?.close();
     } catch {
       // Already closed.
     }
   }
 }
+
+/** How stand-ins are made: their limits, and batched sockets to open them with. */
+export type StandInOptions = Partial<StandInLimits> & {
+  /** Batched sockets (`ffi_udp.ts`); unset: Deno's own. */
+  ffi?: FfiUdp;
+};
 
 /** How many stand-ins a worker keeps, and for how long. */
 export interface StandInLimits {
@@ -148,13 +181,16 @@ export class StandIns {
   #send: (peerId: string, packet: Uint8Array) => unknown;
   #limits: Readonly<StandInLimits>;
   #sweep: ReturnType<typeof setInterval>;
+  /** The batched sockets stand-ins are opened with, if any. */
+  readonly ffi: FfiUdp | undefined;
 
   constructor(
     quic: Deno.NetAddr,
     stats: TransportStats,
     send: (peerId: string, packet: Uint8Array) => unknown,
-    limits: Partial<StandInLimits> = {},
+    limits: StandInOptions = {},
   ) {
+    this.ffi = limits.ffi;
     this.#quic = quic;
     this.#stats = stats;
     this.#send = send;
@@ -255,7 +291,13 @@ export class StandIns {
   }
 
   #open(peerId: string): Held {
-    const standIn = new StandIn(peerId, this.#quic, this.#stats, (p) => this.#send(peerId, p));
+    const standIn = new StandIn(
+      peerId,
+      this.#quic,
+      this.#stats,
+      (p) => this.#send(peerId, p),
+      this.ffi,
+    );
     const held = { standIn, openedAt: performance.now(), proven: false, dialing: 0 };
     this.#held.set(peerId, held);
     this.byPort.set(standIn.port, peerId);

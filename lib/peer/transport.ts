@@ -33,7 +33,7 @@ import {
   verifySignature,
 } from "../protocol/identity.ts";
 import type { PeerCertificate } from "./cert.ts";
-import { MAX_PACKET, type StandIn, type StandInLimits, StandIns } from "./stand_in.ts";
+import { MAX_PACKET, type StandIn, type StandInOptions, StandIns } from "./stand_in.ts";
 import { answerWarmUp, WARM_UP, warmUp } from "./warm_up.ts";
 import {
   certificatePayload,
@@ -113,7 +113,7 @@ export interface PeerTransportOptions {
    */
   admits?(peerId: string): boolean;
   /** How many stand-ins, for how long (`STAND_IN_LIMITS`, `stand_in.ts`). */
-  standIns?: Partial<StandInLimits>;
+  standIns?: StandInOptions;
   /** Whether to take a proven dial from `peerId` (false: refused as a duplicate). @default {() => true} */
   accepts?(peerId: string): boolean;
   /**
@@ -236,6 +236,7 @@ export class PeerTransport {
       certHash: this.#certHash,
       congestionControl: options.congestionControl,
       byPort: this.#standIns.byPort,
+      ffi: options.standIns?.ffi,
     }).then(() => true, (error) => {
       if (!this.#closed) {
         options.logger.warn("transport warm-up failed", { error: (error as Error).message });

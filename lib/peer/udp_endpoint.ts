@@ -8,6 +8,7 @@
 
 import dgram from "node:dgram";
 import { isStun } from "../stun/codec.ts";
+import { type FfiUdp, FfiUdpSocket } from "./ffi_udp.ts";
 import { toTransportAddress, type TransportAddress } from "../stun/attributes.ts";
 
 /** Receives datagrams of one kind. */
@@ -63,7 +64,14 @@ export interface UdpBindOptions {
   hostname?: string;
   /** 0 picks a free port. @default {0} */
   port?: number;
+  /**
+   * Batched sockets through FFI (`ffi_udp.ts`): an IPv4 socket is opened
+   * there instead of with `Deno.listenDatagram` (IPv6 stays Deno's).
+   */
+  ffi?: FfiUdp;
 }
+
+const SENT: Promise<void> = Promise.resolve();
 
 /**
  * A bound UDP socket with a receive loop that dispatches STUN and other
@@ -82,18 +90,44 @@ export class UdpEndpoint {
   onOther: DatagramHandler = () => {};
   /** Packets whose first byte is the transport's (0x51): the hot path. */
   onTransport: PacketHandler = () => {};
-  #conn: Deno.DatagramConn;
+  /**
+   * The batched sockets this one belongs to, or undefined for Deno's own.
+   * A batched socket hands each datagram over once, in a buffer reused right
+   * after (whatever a handler returns); its sends copy at once.
+   */
+  readonly ffi: FfiUdp | undefined;
+  #conn?: Deno.DatagramConn;
+  #socket?: FfiUdpSocket;
   #closed = false;
   #loop: Promise<unknown>;
 
-  private constructor(conn: Deno.DatagramConn) {
+  private constructor(conn: Deno.DatagramConn | FfiUdpSocket, ffi?: FfiUdp) {
+    if (conn instanceof FfiUdpSocket) {
+      this.#socket = conn;
+      this.ffi = ffi;
+      this.local = { family: 4, ip: conn.ip, port: conn.port };
+      conn.onPacket = (bytes, from) => {
+        try {
+          void Promise.resolve(this.#dispatch(bytes, from)).catch(() => {});
+        } catch {
+          // A handler's bug must not stop the socket.
+        }
+      };
+      this.#loop = SENT;
+      return;
+    }
     this.#conn = conn;
     this.local = toTransportAddress(conn.addr as Deno.NetAddr)!;
     this.#loop = Promise.all(Array.from({ length: RECEIVE_LOOPS }, () => this.#receive()));
   }
 
-  /** Binds a socket (needs `--allow-net` and `--unstable-net`). */
+  /** Binds a socket (needs `--allow-net` and `--unstable-net`; `--allow-ffi` for `ffi`). */
   static bind(options: UdpBindOptions = {}): UdpEndpoint {
+    const hostname = options.hostname ?? "0.0.0.0";
+    if (options.ffi && !hostname.includes(":")) {
+      const socket = options.ffi.bind(hostname, options.port ?? 0, { reusePort: true });
+      return new UdpEndpoint(socket, options.ffi);
+    }
     return new UdpEndpoint(Deno.listenDatagram({
       transport: "udp",
       hostname: options.hostname ?? "0.0.0.0",
@@ -104,9 +138,18 @@ export class UdpEndpoint {
     }));
   }
 
-  /** Sends one datagram; errors (unreachable, no route) reject. */
-  async send(bytes: Uint8Array, to: { ip: string; port: number }): Promise<void> {
-    await this.#conn.send(bytes, { transport: "udp", hostname: to.ip, port: to.port });
+  /**
+   * Sends one datagram; errors (unreachable, no route) reject. `bytes` may
+   * be reused once the promise settles (a batched socket: at once).
+   */
+  send(bytes: Uint8Array, to: { ip: string; port: number }): Promise<void> {
+    if (this.#socket) {
+      return this.#socket.send(bytes, to.ip, to.port)
+        ? SENT
+        : Promise.reject(new Error(`Cannot send to ${to.ip}:${to.port}`));
+    }
+    return this.#conn!.send(bytes, { transport: "udp", hostname: to.ip, port: to.port })
+      .then(() => {});
   }
 
   /** Opening packets waiting for the `node:dgram` socket, and whether it is up. */
@@ -131,6 +174,8 @@ export class UdpEndpoint {
    */
   sendWithTtl(bytes: Uint8Array, to: { ip: string; port: number }, ttl: number): Promise<boolean> {
     if (this.#closed) return Promise.resolve(false);
+    // A batched socket sets its own TTL: no second socket needed.
+    if (this.#socket) return Promise.resolve(this.#socket.sendWithTtl(bytes, to.ip, to.port, ttl));
     const { promise, resolve } = Promise.withResolvers<boolean>();
     this.#toOpen.push({ bytes, to, ttl, done: resolve });
     this.#opening ??= this.#drainOpenings();
@@ -207,7 +252,7 @@ export class UdpEndpoint {
       let bytes: Uint8Array;
       let addr: Deno.NetAddr;
       try {
-        const [data, from] = await this.#conn.receive(buffer);
+        const [data, from] = await this.#conn!.receive(buffer);
         bytes = data;
         addr = from as Deno.NetAddr;
       } catch {
@@ -244,7 +289,8 @@ export class UdpEndpoint {
     // current packet).
     for (const waiting of this.#toOpen.splice(0)) waiting.done(false);
     try {
-      this.#conn.close();
+      this.#socket?.close();
+      this.#conn?.close();
     } catch {
       // Already closed.
     }

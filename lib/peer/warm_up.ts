@@ -17,6 +17,7 @@ import {
   toBase64Url,
   verifySignature,
 } from "../protocol/identity.ts";
+import type { FfiUdp } from "./ffi_udp.ts";
 import { StandIn } from "./stand_in.ts";
 import { dialerPayload, frameMessage, readMessage, within } from "./transport_auth.ts";
 
@@ -40,6 +41,8 @@ export interface WarmUpDial {
   congestionControl?: Deno.ConnectQuicOptions<false>["congestionControl"];
   /** The transport's stand-ins by port: the loop's is registered as {@linkcode WARM_UP}. */
   byPort: Map<number, string>;
+  /** Batched sockets, when the stand-ins use them (the warm-up takes the same path). */
+  ffi?: FfiUdp;
 }
 
 /** Dials our own listener once, the whole way; throws when it does not go through. */
@@ -50,6 +53,7 @@ export async function warmUp(d: WarmUpDial): Promise<void> {
     d.endpoint.addr,
     loopStats,
     (packet) => loop.deliver(packet.subarray(1)),
+    d.ffi,
   );
   d.byPort.set(loop.port, WARM_UP);
   let conn: Deno.QuicConn | undefined;

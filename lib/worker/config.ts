@@ -82,6 +82,8 @@ export interface WorkerConfig {
   peerForwardWaitMs: number;
   /** QUIC's congestion controller for peer connections (`PEER_CONGESTION_CONTROL`). */
   peerCongestionControl: CongestionControl;
+  /** How the transport's UDP sockets are read and written (`PEER_UDP_IO`). */
+  peerUdpIo: "auto" | "ffi" | "deno";
   /** Introduce ourselves to every peer of the group as it appears. */
   peerAutoConnect: boolean;
   /** Send a hello to every peer this often (0: never); for demos and the lab. */
@@ -175,6 +177,12 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     name: "PEER_FORWARD_WAIT_SEC",
     fallback: "30",
     meaning: "how long a forwarded connection waits for its peer before it is refused",
+  },
+  {
+    name: "PEER_UDP_IO",
+    fallback: "auto",
+    meaning:
+      "ffi: batched UDP (recvmmsg/sendmmsg through FFI; Linux, --allow-ffi); deno: Deno's own sockets; auto: ffi where it can be had",
   },
   {
     name: "PEER_CONGESTION_CONTROL",
@@ -280,6 +288,17 @@ export function registrationUrl(base: URL, workerId: string, group = "default"):
     encodeURIComponent(workerId)
   }`;
   return url;
+}
+
+function udpIo(env: Env): "auto" | "ffi" | "deno" {
+  const value = stringVar(env, "PEER_UDP_IO", "auto");
+  if (value !== "auto" && value !== "ffi" && value !== "deno") {
+    throw new ConfigError(
+      "PEER_UDP_IO",
+      `Cannot read PEER_UDP_IO: it must be auto, ffi or deno: current value is "${value}"`,
+    );
+  }
+  return value;
 }
 
 function congestionControl(env: Env): CongestionControl {
@@ -441,6 +460,7 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     peerSocks: socksVar(env),
     peerForwardWaitMs: seconds(env, "PEER_FORWARD_WAIT_SEC", 30, 0.1, 3600),
     peerCongestionControl: congestionControl(env),
+    peerUdpIo: udpIo(env),
     group,
     peerAutoConnect: boolVar(env, "PEER_AUTOCONNECT", false),
     peerHelloMs: seconds(env, "PEER_HELLO_SEC", 0, 0, 3600),

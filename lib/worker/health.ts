@@ -22,6 +22,8 @@ export interface WorkerStatus {
   rendezvous: ClientSnapshot;
   /** The last UDP discovery report; null before the first or without UDP. */
   udp: UdpEndpointReport | null;
+  /** How the transport's UDP is read and written: batched through FFI, or Deno's sockets (`PEER_UDP_IO`). */
+  udp_io: "ffi" | "deno";
   /** Each peer link's path, RTT and counters, by peer id. */
   peers: Record<string, unknown>;
   /** `PEER_FORWARD` listeners (`host:port:peer:port`) with connections and bytes. */

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { FfiUdp } from "../peer/ffi_udp.ts";
 import type { Logger } from "../core/log.ts";
 import { addressScope } from "../protocol/ip.ts";
 import { StunClient } from "../stun/client.ts";
@@ -24,6 +25,8 @@ export interface WorkerUdpOptions {
   port: number;
   stunServers: readonly string[];
   keepaliveMs: number;
+  /** Batched sockets for the IPv4 socket (`PEER_UDP_IO`); unset: Deno's own. */
+  ffi?: FfiUdp;
   logger: Logger;
   /** Sends a report to the rendezvous; false when no session is open. */
   report: (report: UdpEndpointReport) => boolean;
@@ -48,7 +51,11 @@ export interface WorkerUdp {
 /** Binds the socket and starts the keepalive. */
 export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   const { logger } = options;
-  const udp = UdpEndpoint.bind({ hostname: options.hostname, port: options.port });
+  const udp = UdpEndpoint.bind({
+    hostname: options.hostname,
+    port: options.port,
+    ffi: options.ffi,
+  });
   const stun = new StunClient((bytes, to) => udp.send(bytes, to), {
     family: udp.local.family,
     ...DISCOVERY_SCHEDULE,
@@ -111,4 +118,36 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
       reported = listener;
     },
   };
+}
+
+/** `PEER_UDP_IO=ffi` where batched sockets cannot be had; the message says why. */
+export class UdpIoError extends Error {
+  /** Always `"UdpIoError"`. */
+  override name = "UdpIoError";
+}
+
+/**
+ * The batched sockets `PEER_UDP_IO` asks for: none for `deno`; for `auto`,
+ * FFI's where it can be had (Linux, `--allow-ffi`), else none; for `ffi`,
+ * FFI's or an error. Says which in the log.
+ *
+ * @throws {UdpIoError} for `ffi` when batched sockets cannot be had here
+ */
+export function openUdpIo(mode: "auto" | "ffi" | "deno", logger: Logger): FfiUdp | undefined {
+  if (mode === "deno") {
+    logger.info("udp io: Deno's sockets", { udp_io: "deno", why: "PEER_UDP_IO=deno" });
+    return undefined;
+  }
+  const opened = FfiUdp.open();
+  if (opened instanceof FfiUdp) {
+    logger.info("udp io: batched (recvmmsg/sendmmsg through FFI)", { udp_io: "ffi" });
+    return opened;
+  }
+  if (mode === "ffi") {
+    throw new UdpIoError(
+      `Cannot use PEER_UDP_IO=ffi: ${opened.reason} (run with --allow-ffi on Linux, or set PEER_UDP_IO=auto)`,
+    );
+  }
+  logger.info("udp io: Deno's sockets", { udp_io: "deno", why: opened.reason });
+  return undefined;
 }

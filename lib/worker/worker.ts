@@ -26,7 +26,8 @@ import { fingerprint } from "../protocol/identity.ts";
 import { Pinger, type Pong } from "./ping.ts";
 import { fetchPublicIp } from "./public_ip.ts";
 import type { Identity } from "../protocol/identity.ts";
-import { startWorkerUdp, type WorkerUdp } from "./udp.ts";
+import { openUdpIo, startWorkerUdp, type WorkerUdp } from "./udp.ts";
+import type { FfiUdp } from "../peer/ffi_udp.ts";
 
 /** How long {@linkcode Worker.close} gives closing connections' last packets to leave. */
 const CLOSE_FLUSH_MS = 50;
@@ -73,6 +74,8 @@ interface WorkerParts {
   transport: PeerTransport;
   forwarder: Forwarder;
   pinger: Pinger;
+  /** The batched sockets (`PEER_UDP_IO`), if in use. */
+  ffi: FfiUdp | undefined;
 }
 
 /**
@@ -100,6 +103,7 @@ export class Worker {
   readonly #health: Deno.HttpServer<Deno.NetAddr> | undefined;
   readonly #hello: ReturnType<typeof setInterval> | undefined;
   readonly #pinger: Pinger;
+  readonly #ffi: FfiUdp | undefined;
   /** The control socket for `deno task ctl`, once the health server listens. */
   #control: Promise<Control | undefined> = Promise.resolve(undefined);
   #closed: Promise<void> | undefined;
@@ -121,6 +125,7 @@ export class Worker {
     this.#transport = parts.transport;
     this.#forwarder = parts.forwarder;
     this.#pinger = parts.pinger;
+    this.#ffi = parts.ffi;
     this.#hello = config.peerHelloMs > 0
       ? startHello(this.peers, config.workerId, config.peerHelloMs)
       : undefined;
@@ -233,6 +238,7 @@ export class Worker {
       key: { public_key: this.identity.publicKey, fingerprint: this.identity.fingerprint },
       rendezvous: this.#client.snapshot(),
       udp: this.#udp?.presence.last ?? null,
+      udp_io: this.#ffi ? "ffi" : "deno",
       peers: Object.fromEntries(
         Object.entries(this.peers.snapshot()).map(([id, link]) => {
           const traffic = this.#transport.traffic(id);
@@ -281,6 +287,7 @@ export class Worker {
     await this.#running;
     await this.peers.close();
     await this.#udp?.close();
+    await this.#ffi?.close();
     if (this.#health) await settleWithin(this.#health.finished, HEALTH_DRAIN_MS);
   }
 }
@@ -292,6 +299,7 @@ export class Worker {
  * health endpoint, until {@linkcode Worker.close}.
  *
  * @throws {KeyFileError} when `WORKER_KEY_FILE` exists but holds no usable key
+ * @throws {UdpIoError} when `PEER_UDP_IO=ffi` and batched sockets cannot be had here
  *
  * @example
  * ```ts
@@ -354,7 +362,10 @@ export async function startWorker(
       : (signal) => fetchPublicIp(ipEchoUrl, { signal, timeoutMs: ipEchoTimeoutMs }),
     logger: log,
   });
+  // Batched UDP where it can be had (PEER_UDP_IO): the socket, its extra sockets, the stand-ins.
+  const ffi = openUdpIo(config.peerUdpIo, log);
   const udp = config.stunServers.length === 0 ? undefined : startWorkerUdp({
+    ffi,
     hostname: config.udpHost,
     port: config.udpPort,
     stunServers: config.stunServers,
@@ -370,6 +381,7 @@ export async function startWorker(
     sendRelayPacket: (peerId, packet) => client.sendPacket(peerId, packet),
     autoConnect: config.peerAutoConnect,
     openingTtl: config.punchOpeningTtl,
+    batchedStandIns: ffi !== undefined,
     stunServers: config.stunServers,
     logger: log,
   });
@@ -388,6 +400,7 @@ export async function startWorker(
       // Peers pin our certificate only as our key vouches for it (again after each rotation).
       onCredentials: (credentials) => client.send({ type: "register_transport", ...credentials }),
       congestionControl: config.peerCongestionControl,
+      standIns: { ffi },
       group: config.groupSecret === undefined
         ? undefined
         : { name: config.group, secret: await importGroupSecret(config.groupSecret) },
@@ -395,6 +408,7 @@ export async function startWorker(
   } catch (error) {
     started.reject(error);
     await Promise.all([forwarder.close(), peers.close(), udp?.close()]);
+    await ffi?.close();
     throw error;
   }
   peers.setTransport(transport);
@@ -465,7 +479,7 @@ export async function startWorker(
   const worker = new Worker(
     config,
     identity,
-    { client, udp, peers, connections, transport, forwarder, pinger },
+    { client, udp, peers, connections, transport, forwarder, pinger, ffi },
     options,
   );
   started.resolve(worker);

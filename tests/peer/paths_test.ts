@@ -254,6 +254,7 @@ Deno.test("the peer manager takes a peer's transport packets from every path its
       delivered.push({ peer, bytes: [...bytes] });
       return Promise.resolve();
     },
+    introduced: () => {},
   } as unknown as PeerTransport);
   try {
     manager.handle({

@@ -90,7 +90,7 @@ Deno.test("REVOCATIONS_FILE that cannot be written: the ban is not made (503), t
     const listed = await (await fetch(`${rv.http}/admin/revoked`, { headers: AUTH })).json();
     assert.deepEqual(listed.bans, []);
     assert.equal(worker.socket.readyState, WebSocket.OPEN);
-    assert.ok(rv.proc.lines.some((l) => l.message === "cannot store a revocation"));
+    await rv.proc.waitForLog("cannot store a revocation");
   } finally {
     await worker.close().catch(() => {});
     await rv.proc.stop().catch(() => {});

@@ -1,0 +1,82 @@
+/**
+ * The FFI sockets against the real kernel: batches both ways, sender
+ * addresses, headroom, TTL, many sockets on one wait, and closing.
+ */
+import assert from "node:assert/strict";
+import { FfiUdp, ffiUnavailable } from "../../lib/peer/ffi_udp.ts";
+import { requireOrSkip, within } from "../_helpers.ts";
+
+const skip = requireOrSkip(ffiUnavailable(), "FFI socket tests");
+
+Deno.test({
+  name: "FfiUdp: 1,000 datagrams each way in batches, in order, with their senders; TTL; closing",
+  ignore: skip !== undefined,
+  async fn() {
+    const hub = FfiUdp.open();
+    if (!(hub instanceof FfiUdp)) throw new Error(hub.reason);
+    try {
+      const a = hub.bind("127.0.0.1", 0);
+      const b = hub.bind("127.0.0.1", 0, { headroom: 1 });
+      const got: number[] = [];
+      const all = Promise.withResolvers<void>();
+      b.onPacket = (bytes, from) => {
+        assert.deepEqual(from, { family: 4, ip: "127.0.0.1", port: a.port });
+        bytes[0] = 0x51; // the headroom is ours to write
+        got.push(new DataView(bytes.buffer, bytes.byteOffset + 1).getUint32(0));
+        assert.equal(bytes.length, 1 + 1200);
+        if (got.length === 1000) all.resolve();
+      };
+      const packet = new Uint8Array(1200);
+      for (let i = 0; i < 1000; i++) {
+        new DataView(packet.buffer).setUint32(0, i);
+        assert.ok(a.send(packet, "127.0.0.1", b.port));
+        if (i % 100 === 99) await new Promise((r) => setTimeout(r, 0)); // the receive buffer is finite
+      }
+      await within(all.promise, 5000, "1,000 datagrams");
+      assert.deepEqual(got, Array.from({ length: 1000 }, (_, i) => i));
+      assert.equal(a.counts.sent, 1000);
+      assert.equal(b.counts.received, 1000);
+      // An opening packet (TTL 2) still arrives on loopback; refusals are false, not throws.
+      const one = Promise.withResolvers<number>();
+      b.onPacket = (bytes) => one.resolve(bytes.length);
+      assert.ok(a.sendWithTtl(new Uint8Array(5), "127.0.0.1", b.port, 2));
+      assert.equal(await within(one.promise, 5000, "the TTL packet"), 6);
+      assert.equal(a.send(new Uint8Array(5000), "127.0.0.1", b.port), false, "too large");
+      assert.equal(a.send(new Uint8Array(5), "::1", b.port), false, "IPv4 only");
+      assert.throws(() => hub.bind("127.0.0.1", b.port), /in use/);
+      assert.equal(hub.size, 2);
+      b.close();
+      b.close();
+      assert.equal(hub.size, 1);
+      assert.equal(b.send(packet, "127.0.0.1", a.port), false, "closed");
+    } finally {
+      await hub.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "FfiUdp: 200 sockets share one wait; a busy one does not starve the others",
+  ignore: skip !== undefined,
+  async fn() {
+    const hub = FfiUdp.open();
+    if (!(hub instanceof FfiUdp)) throw new Error(hub.reason);
+    try {
+      const sender = hub.bind("127.0.0.1", 0);
+      const sockets = Array.from({ length: 200 }, () => hub.bind("127.0.0.1", 0));
+      const heard = new Set<number>();
+      const all = Promise.withResolvers<void>();
+      sockets.forEach((s, i) =>
+        s.onPacket = () => {
+          heard.add(i);
+          if (heard.size === sockets.length) all.resolve();
+        }
+      );
+      for (let n = 0; n < 3000; n++) sender.send(new Uint8Array(100), "127.0.0.1", sockets[0].port);
+      for (const s of sockets) sender.send(new Uint8Array(100), "127.0.0.1", s.port);
+      await within(all.promise, 5000, "every socket's datagram");
+    } finally {
+      await hub.close();
+    }
+  },
+});

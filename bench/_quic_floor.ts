@@ -6,6 +6,7 @@
  * Args: `quic-server PORTFILE`, `quic-client PORTFILE BYTES`, `udp-recv PORTFILE SECONDS`,
  * `udp-send PORTFILE SECONDS`.
  */
+import process from "node:process";
 import { createPeerCertificate } from "../lib/peer/cert.ts";
 import { fromBase64Url, toBase64Url } from "../lib/protocol/identity.ts";
 
@@ -17,7 +18,10 @@ if (mode === "quic-server") {
   await Deno.writeTextFile(file, JSON.stringify({ port: ep.addr.port, hash: toBase64Url(c.hash) }));
   const conn = await listener.accept();
   for await (const s of conn.incomingBidirectionalStreams) {
+    const cpu0 = process.cpuUsage();
     for await (const _ of s.readable) { /* count nothing: the client times */ }
+    const cpu = process.cpuUsage(cpu0);
+    console.log(JSON.stringify({ cpu_s: (cpu.user + cpu.system) / 1e6 }));
     const w = s.writable.getWriter();
     await w.write(new Uint8Array([1]));
     await w.close();
@@ -36,13 +40,22 @@ if (mode === "quic-server") {
   const bytes = Number(arg);
   const chunk = crypto.getRandomValues(new Uint8Array(64 * 1024));
   const t = performance.now();
+  const cpu0 = process.cpuUsage();
   const s = await conn.createBidirectionalStream();
   const w = s.writable.getWriter();
   for (let sent = 0; sent < bytes; sent += chunk.length) await w.write(chunk);
   await w.close();
   for await (const _ of s.readable) break;
   const secs = (performance.now() - t) / 1000;
-  console.log(JSON.stringify({ bytes, secs, mb_per_s: bytes / secs / 1e6 }));
+  const cpu = process.cpuUsage(cpu0);
+  console.log(
+    JSON.stringify({
+      bytes,
+      secs,
+      mb_per_s: bytes / secs / 1e6,
+      cpu_s: (cpu.user + cpu.system) / 1e6,
+    }),
+  );
   Deno.exit(0);
 } else if (mode === "udp-recv") {
   const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });

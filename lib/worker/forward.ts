@@ -54,19 +54,40 @@ const newStats = (): ForwardStats => ({
   bytes_in: 0,
 });
 
-/** Copies `from` to `to`, counting bytes; closes `to` at the end (a half-close). */
-async function pump(
+/**
+ * Copies a peer stream into a TCP connection, counting bytes, and
+ * half-closes the socket at the end. A QUIC stream is read into one buffer
+ * of our own (a BYOB read): read as a plain stream, Deno allocates 64 KiB
+ * for every chunk, however small (many streams at once deliver small ones).
+ */
+async function pumpToTcp(
   from: ReadableStream<Uint8Array>,
-  to: WritableStream<Uint8Array>,
+  tcp: Deno.TcpConn,
   count: (n: number) => void,
 ): Promise<void> {
-  const counted = new TransformStream<Uint8Array, Uint8Array>({
-    transform(chunk, controller) {
-      count(chunk.length);
-      controller.enqueue(chunk);
-    },
-  });
-  await from.pipeThrough(counted).pipeTo(to);
+  const write = async (chunk: Uint8Array) => {
+    count(chunk.length);
+    let written = 0;
+    while (written < chunk.length) written += await tcp.write(chunk.subarray(written));
+  };
+  let byob: ReadableStreamBYOBReader | undefined;
+  try {
+    byob = from.getReader({ mode: "byob" });
+  } catch {
+    byob = undefined; // Not a byte stream (a header's leftovers in front): read it plainly.
+  }
+  if (byob) {
+    let buffer = new ArrayBuffer(64 * 1024);
+    while (true) {
+      const { value, done } = await byob.read(new Uint8Array(buffer));
+      if (done || value === undefined) break;
+      await write(value);
+      buffer = value.buffer as ArrayBuffer;
+    }
+  } else {
+    for await (const chunk of from) await write(chunk);
+  }
+  await tcp.closeWrite().catch(() => {});
 }
 
 /**
@@ -92,16 +113,7 @@ export async function splice(
     }
     await writer.close();
   })().catch(() => {});
-  const tcpWriter = new WritableStream<Uint8Array>({
-    write: async (chunk) => {
-      let written = 0;
-      while (written < chunk.length) written += await tcp.write(chunk.subarray(written));
-    },
-    close: async () => {
-      await tcp.closeWrite().catch(() => {});
-    },
-  });
-  const back = pump(stream.readable, tcpWriter, (n) => stats.bytes_in += n).catch(() => {});
+  const back = pumpToTcp(stream.readable, tcp, (n) => stats.bytes_in += n).catch(() => {});
   await Promise.all([out, back]);
   try {
     tcp.close();

@@ -105,6 +105,37 @@ function prepend(
   }, { highWaterMark: 0 });
 }
 
+/**
+ * An application stream's bytes: read into one buffer of our own (a BYOB
+ * read) and handed on as chunks of their own size, with `rest` in front.
+ * Read plainly, Deno allocates 64 KiB for every chunk however small, and
+ * many streams at once deliver small ones.
+ */
+function compact(
+  rest: Uint8Array,
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  stream: ReadableStream<Uint8Array>,
+): ReadableStream<Uint8Array> {
+  reader.releaseLock();
+  const byob = stream.getReader({ mode: "byob" });
+  let first: Uint8Array | undefined = rest.length > 0 ? rest : undefined;
+  let scratch = new ArrayBuffer(64 * 1024);
+  return new ReadableStream<Uint8Array>({
+    pull: async (controller) => {
+      if (first) {
+        controller.enqueue(first);
+        first = undefined;
+        return;
+      }
+      const { value, done } = await byob.read(new Uint8Array(scratch));
+      if (done || value === undefined) return controller.close();
+      controller.enqueue(value.slice());
+      scratch = value.buffer as ArrayBuffer;
+    },
+    cancel: (reason) => byob.cancel(reason),
+  }, { highWaterMark: 0 });
+}
+
 async function writeHeader(stream: Deno.QuicBidirectionalStream, header: Uint8Array) {
   const writer = stream.writable.getWriter();
   await writer.write(header);
@@ -223,7 +254,7 @@ export class PeerConnection extends EventTarget {
     const first = await readExactly(reader, 1);
     if (first === null) return undefined;
     if (first.head[0] === STREAM_APP) {
-      return { readable: prepend(first.rest, reader, stream.readable), writable: stream.writable };
+      return { readable: compact(first.rest, reader, stream.readable), writable: stream.writable };
     }
     if (first.head[0] !== STREAM_FORWARD) {
       await reader.cancel().catch(() => {});

@@ -173,9 +173,7 @@ export class FfiUdpSocket {
   /** Datagrams received, sent, and refused by the kernel on sending. */
   readonly counts = { received: 0, sent: 0, sendErrors: 0 };
   #hub: FfiUdp;
-  #in: Slots;
-  #out = new Slots(0);
-  #queued = 0;
+  #headroom: number;
   #closed = false;
   #lastIp = "";
   #lastAddress = -1;
@@ -188,12 +186,13 @@ export class FfiUdpSocket {
     this.fd = fd;
     this.ip = ip;
     this.port = port;
-    this.#in = new Slots(headroom);
+    this.#headroom = headroom;
   }
 
   /** @ignore Reads what is waiting, up to a few batches; called by the hub. */
   drain(libc: Libc): void {
-    const slots = this.#in;
+    // Receive slots are the hub's, shared: a datagram lives only during its handler.
+    const slots = this.#hub.receiveSlots(this.#headroom);
     for (let round = 0; round < DRAINS_PER_WAKE && !this.#closed; round++) {
       for (let k = 0; k < FFI_BATCH; k++) slots.h.setUint32(k * MMSGHDR + 8, SOCKADDR_IN, true);
       const n = libc.recvmmsg(this.fd, slots.headers, FFI_BATCH, MSG_DONTWAIT, null);
@@ -229,37 +228,14 @@ export class FfiUdpSocket {
     this.#lastIp = ip;
     this.#lastAddress = address;
     if (this.#closed || address < 0 || bytes.length > SLOT) return false;
-    const out = this.#out;
-    const k = this.#queued++;
-    out.data.set(bytes, k * SLOT);
-    out.i.setBigUint64(k * IOVEC + 8, BigInt(bytes.length), true);
-    const at = k * SOCKADDR_IN;
-    out.n.setUint16(at, AF_INET, true);
-    out.n.setUint16(at + 2, port, false);
-    out.n.setUint32(at + 4, address, false);
-    if (this.#queued === FFI_BATCH) this.flush();
-    else if (this.#queued === 1) this.#hub.later(this);
+    this.#hub.stage(this, bytes, address, port);
     return true;
   }
 
-  /** Writes what is queued (one `sendmmsg`, more if the kernel takes part of it). */
-  flush(): void {
-    const libc = this.#hub.libc;
-    let done = 0;
-    while (done < this.#queued && !this.#closed) {
-      const left = this.#queued - done;
-      const headers = this.#out.headers.subarray(done * MMSGHDR);
-      const n = libc.sendmmsg(this.fd, headers, left, 0);
-      if (n <= 0) {
-        // The first of them was refused (no route, buffer full): it is lost, the rest go on.
-        this.counts.sendErrors++;
-        done++;
-        continue;
-      }
-      this.counts.sent += n;
-      done += n;
-    }
-    this.#queued = 0;
+  /** @ignore `n` datagrams went, or one was refused (`n` 0). */
+  sent(n: number): void {
+    if (n > 0) this.counts.sent += n;
+    else this.counts.sendErrors++;
   }
 
   /**
@@ -268,18 +244,23 @@ export class FfiUdpSocket {
    */
   sendWithTtl(bytes: Uint8Array, ip: string, port: number, ttl: number): boolean {
     const libc = this.#hub.libc;
-    this.flush();
+    this.#hub.flush();
     if (libc.setsockopt(this.fd, IPPROTO_IP, IP_TTL, int32(ttl), 4) !== 0) return false;
     const sent = this.send(bytes, ip, port);
-    this.flush();
+    this.#hub.flush();
     libc.setsockopt(this.fd, IPPROTO_IP, IP_TTL, int32(64), 4);
     return sent;
+  }
+
+  /** Whether it is closed. */
+  get closed(): boolean {
+    return this.#closed;
   }
 
   /** Closes the socket; idempotent. */
   close(): void {
     if (this.#closed) return;
-    this.flush();
+    this.#hub.flush();
     this.#closed = true;
     this.#hub.forget(this);
   }
@@ -296,7 +277,12 @@ export class FfiUdp {
   #epoll: number;
   #wake: number;
   #sockets = new Map<number, FfiUdpSocket>();
-  #pending = new Set<FfiUdpSocket>();
+  /** Receive slots by headroom, shared by every socket (drained one at a time). */
+  #receive = new Map<number, Slots>();
+  /** Datagrams queued to send, from any socket, and which socket each is from. */
+  #out = new Slots(0);
+  #stagedBy: (FfiUdpSocket | undefined)[] = new Array(FFI_BATCH);
+  #staged = 0;
   #flushing = false;
   #closed = false;
   #events = new Uint8Array(FFI_BATCH * EPOLL_EVENT);
@@ -382,22 +368,64 @@ export class FfiUdp {
     return socket;
   }
 
-  /** @ignore `socket` has sends queued: written at the end of this task. */
-  later(socket: FfiUdpSocket): void {
-    this.#pending.add(socket);
-    if (this.#flushing) return;
-    this.#flushing = true;
-    queueMicrotask(() => {
-      this.#flushing = false;
-      for (const s of this.#pending) s.flush();
-      this.#pending.clear();
-    });
+  /** @ignore The shared receive slots for sockets with `headroom`. */
+  receiveSlots(headroom: number): Slots {
+    let slots = this.#receive.get(headroom);
+    if (!slots) this.#receive.set(headroom, slots = new Slots(headroom));
+    return slots;
+  }
+
+  /** @ignore Queues `bytes` from `socket` to `address:port`; written at the end of this task. */
+  stage(socket: FfiUdpSocket, bytes: Uint8Array, address: number, port: number): void {
+    const out = this.#out;
+    const k = this.#staged++;
+    this.#stagedBy[k] = socket;
+    out.data.set(bytes, k * SLOT);
+    out.i.setBigUint64(k * IOVEC + 8, BigInt(bytes.length), true);
+    const at = k * SOCKADDR_IN;
+    out.n.setUint16(at, AF_INET, true);
+    out.n.setUint16(at + 2, port, false);
+    out.n.setUint32(at + 4, address, false);
+    if (this.#staged === FFI_BATCH) this.flush();
+    else if (this.#staged === 1 && !this.#flushing) {
+      this.#flushing = true;
+      queueMicrotask(() => {
+        this.#flushing = false;
+        this.flush();
+      });
+    }
+  }
+
+  /**
+   * Writes what is queued: one `sendmmsg` per run of datagrams from the same
+   * socket (in order), more if the kernel takes part of one.
+   */
+  flush(): void {
+    const out = this.#out;
+    const by = this.#stagedBy;
+    let k = 0;
+    while (k < this.#staged) {
+      const socket = by[k]!;
+      let end = k + 1;
+      while (end < this.#staged && by[end] === socket) end++;
+      while (k < end) {
+        if (socket.closed) {
+          k = end;
+          break;
+        }
+        const n = this.libc.sendmmsg(socket.fd, out.headers.subarray(k * MMSGHDR), end - k, 0);
+        socket.sent(n);
+        // A refusal (no route, buffer full) loses that datagram; the rest go on.
+        k += n > 0 ? n : 1;
+      }
+    }
+    by.fill(undefined, 0, this.#staged);
+    this.#staged = 0;
   }
 
   /** @ignore A socket closed: unwatched and its descriptor closed. */
   forget(socket: FfiUdpSocket): void {
     if (!this.#sockets.delete(socket.fd)) return;
-    this.#pending.delete(socket);
     this.libc.epoll_ctl(this.#epoll, EPOLL_CTL_DEL, socket.fd, new Uint8Array(EPOLL_EVENT));
     this.libc.close(socket.fd);
   }
@@ -423,8 +451,7 @@ export class FfiUdp {
         this.#sockets.get(fd)?.drain(this.libc);
       }
       // What the handlers queued goes now, before the next wait.
-      for (const s of this.#pending) s.flush();
-      this.#pending.clear();
+      this.flush();
     }
   }
 

@@ -80,3 +80,35 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "FfiUdp: 1,000 sockets that each sent and received hold no buffers of their own",
+  ignore: skip !== undefined,
+  async fn() {
+    const hub = FfiUdp.open();
+    if (!(hub instanceof FfiUdp)) throw new Error(hub.reason);
+    try {
+      const before = Deno.memoryUsage().external;
+      const echo = hub.bind("127.0.0.1", 0);
+      echo.onPacket = (bytes, from) => echo.send(bytes, from.ip, from.port);
+      const sockets = Array.from({ length: 1000 }, () => hub.bind("127.0.0.1", 0, { headroom: 1 }));
+      let answered = 0;
+      const all = Promise.withResolvers<void>();
+      for (const s of sockets) {
+        s.onPacket = () => {
+          if (++answered === sockets.length) all.resolve();
+        };
+      }
+      for (let i = 0; i < sockets.length; i++) {
+        sockets[i].send(new Uint8Array(1200), "127.0.0.1", echo.port);
+        if (i % 100 === 99) await new Promise((r) => setTimeout(r, 0));
+      }
+      await within(all.promise, 10_000, "every echo");
+      const grown = Deno.memoryUsage().external - before;
+      // Buffers of their own would be ~270 KB a socket (270 MB); shared, a few hundred KB in all.
+      assert.ok(grown < 20 * 1024 * 1024, `external memory grew ${grown} bytes`);
+    } finally {
+      await hub.close();
+    }
+  },
+});

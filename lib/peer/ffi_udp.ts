@@ -130,15 +130,18 @@ export interface FfiAddress {
   readonly port: number;
 }
 
-/** The per-socket message slots of one direction: headers, iovecs, addresses, data. */
-class Slots {
-  readonly headers = new Uint8Array(FFI_BATCH * MMSGHDR);
-  readonly data = new Uint8Array(FFI_BATCH * SLOT);
-  readonly names = new Uint8Array(FFI_BATCH * SOCKADDR_IN);
-  readonly iov = new Uint8Array(FFI_BATCH * IOVEC);
-  readonly h = new DataView(this.headers.buffer);
-  readonly i = new DataView(this.iov.buffer);
-  readonly n = new DataView(this.names.buffer);
+/**
+ * @ignore A batch of message slots (headers, iovecs, addresses, data):
+ * the hub's shared receive batches and its one send batch.
+ */
+export class Slots {
+  readonly headers: Uint8Array<ArrayBuffer> = new Uint8Array(FFI_BATCH * MMSGHDR);
+  readonly data: Uint8Array<ArrayBuffer> = new Uint8Array(FFI_BATCH * SLOT);
+  readonly names: Uint8Array<ArrayBuffer> = new Uint8Array(FFI_BATCH * SOCKADDR_IN);
+  readonly iov: Uint8Array<ArrayBuffer> = new Uint8Array(FFI_BATCH * IOVEC);
+  readonly h: DataView = new DataView(this.headers.buffer);
+  readonly i: DataView = new DataView(this.iov.buffer);
+  readonly n: DataView = new DataView(this.names.buffer);
 
   /** `headroom` bytes are kept free before each datagram (for an envelope byte). */
   constructor(readonly headroom: number) {

@@ -75,6 +75,28 @@ async function readExactly(
   return { head: buffered.subarray(0, n), rest: buffered.subarray(n) };
 }
 
+/** A stream of `rest` (when not empty), then of what `next` reads until it says null. */
+function streamOf(
+  rest: Uint8Array,
+  next: () => Promise<Uint8Array | null>,
+  cancel: (reason: unknown) => Promise<void>,
+): ReadableStream<Uint8Array> {
+  let first: Uint8Array | undefined = rest.length > 0 ? rest : undefined;
+  return new ReadableStream<Uint8Array>({
+    pull: async (controller) => {
+      if (first) {
+        controller.enqueue(first);
+        first = undefined;
+        return;
+      }
+      const chunk = await next();
+      if (chunk === null) controller.close();
+      else controller.enqueue(chunk);
+    },
+    cancel,
+  }, { highWaterMark: 0 });
+}
+
 /**
  * `reader`'s stream again, with `rest` (bytes already read past a header)
  * in front. With nothing in front, the stream itself (the lock released):
@@ -89,20 +111,10 @@ function prepend(
     reader.releaseLock();
     return stream;
   }
-  let first: Uint8Array | undefined = rest;
-  return new ReadableStream<Uint8Array>({
-    pull: async (controller) => {
-      if (first) {
-        controller.enqueue(first);
-        first = undefined;
-        return;
-      }
-      const { value, done } = await reader.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
-    },
-    cancel: (reason) => reader.cancel(reason),
-  }, { highWaterMark: 0 });
+  return streamOf(rest, async () => {
+    const { value, done } = await reader.read();
+    return done ? null : value;
+  }, (reason) => reader.cancel(reason));
 }
 
 /**
@@ -118,22 +130,13 @@ function compact(
 ): ReadableStream<Uint8Array> {
   reader.releaseLock();
   const byob = stream.getReader({ mode: "byob" });
-  let first: Uint8Array | undefined = rest.length > 0 ? rest : undefined;
   let scratch = new ArrayBuffer(64 * 1024);
-  return new ReadableStream<Uint8Array>({
-    pull: async (controller) => {
-      if (first) {
-        controller.enqueue(first);
-        first = undefined;
-        return;
-      }
-      const { value, done } = await byob.read(new Uint8Array(scratch));
-      if (done || value === undefined) return controller.close();
-      controller.enqueue(value.slice());
-      scratch = value.buffer as ArrayBuffer;
-    },
-    cancel: (reason) => byob.cancel(reason),
-  }, { highWaterMark: 0 });
+  return streamOf(rest, async () => {
+    const { value, done } = await byob.read(new Uint8Array(scratch));
+    if (done || value === undefined) return null;
+    scratch = value.buffer as ArrayBuffer;
+    return value.slice();
+  }, (reason) => byob.cancel(reason));
 }
 
 async function writeHeader(stream: Deno.QuicBidirectionalStream, header: Uint8Array) {

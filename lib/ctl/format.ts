@@ -45,7 +45,7 @@ export function formatStatus(status: WorkerStatus): string {
     }`,
     `udp      ${udp?.public ? `${udp.public.ip}:${udp.public.port}` : "none"}, NAT ${
       udp?.nat?.mapping ?? "unknown"
-    }`,
+    }${status.udp_io === "ffi" ? ", batched" : status.udp_io === "deno" ? ", Deno's sockets" : ""}`,
     "",
   ];
   const peers = Object.entries(status.peers) as [string, LinkView & Record<string, unknown>][];

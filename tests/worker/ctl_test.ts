@@ -3,6 +3,7 @@
  * sockets: status, peers, forwards, ping (relay, then direct), and the
  * refusals a user meets (no worker running, several, an unknown peer).
  */
+import { ffiUnavailable } from "../../lib/peer/ffi_udp.ts";
 import assert from "node:assert/strict";
 import { DENO, ROOT, spawnRendezvous, spawnWorker, waitFor } from "../_helpers.ts";
 import { decodePing, encodePing } from "../../lib/worker/ping.ts";
@@ -94,6 +95,9 @@ Deno.test("ctl: status, peers, forwards and ping of live workers through their c
     assert.equal(status.code, 0, status.err);
     assert.match(status.out, /worker\s+ctl-a/);
     assert.match(status.out, /^ctl-b\s+direct [\d.]+:\d+\s+[\d.]+ ms/m);
+    // Batched UDP where FFI can be had (Linux: CI), and said so.
+    const io = ffiUnavailable() === undefined ? "batched" : "Deno's sockets";
+    assert.match(status.out, new RegExp(`^udp\\s+.*, NAT [a-z-]+, ${io}$`, "m"));
     const json = JSON.parse((await ctl(sockets, "status", "--json", "--port", String(portA))).out);
     assert.equal(json.worker_id, "ctl-a");
 

@@ -206,7 +206,7 @@ for (const row of rows) {
   console.error(
     `${row.connections} connection(s): ${r.median_mb_s} MB/s (${
       (r.median_mb_s / floorMbps * 100).toFixed(1)
-    } % of bare QUIC's ${floorMbps}), CPU ${median(r.cpu_s_per_gb)} s/GB (${
+    } % of bare QUIC's ${floorMbps}), CPU ${median(r.cpu_s_per_gb).toFixed(1)} s/GB (${
       (median(r.cpu_s_per_gb) / floorCpu).toFixed(1)
     }× bare QUIC's ${floorCpu})`,
   );

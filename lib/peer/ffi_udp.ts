@@ -38,6 +38,13 @@ const IOVEC = 16;
 const SOCKADDR_IN = 16;
 /** struct epoll_event is packed on x86_64 (12 bytes), aligned elsewhere (16). */
 const EPOLL_EVENT = Deno.build.arch === "x86_64" ? 12 : 16;
+const SOL_UDP = 17;
+const UDP_SEGMENT = 103;
+/** struct cmsghdr (16 bytes) and a u16: its length, and the space it takes aligned. */
+const CMSG_LEN = 18;
+const CMSG_SPACE = 24;
+/** A GSO message's payload stays under a UDP datagram's limit. */
+const GSO_MAX_BYTES = 65_000;
 /** Datagrams per system call, each way. */
 export const FFI_BATCH = 64;
 /** Largest datagram taken (QUIC's packets and our frames stay far below). */
@@ -285,13 +292,31 @@ export class FfiUdp {
   /** Datagrams queued to send, from any socket, and which socket each is from. */
   #out = new Slots(0);
   #stagedBy: (FfiUdpSocket | undefined)[] = new Array(FFI_BATCH);
+  #lengths = new Int32Array(FFI_BATCH);
   #staged = 0;
+  /** Whether to try UDP GSO (until the kernel refuses it once). */
+  #gso: boolean;
+  /** The GSO messages: headers and their control messages. */
+  #gsoSlots = (() => {
+    const headers = new Uint8Array(FFI_BATCH * MMSGHDR);
+    const control = new Uint8Array(FFI_BATCH * CMSG_SPACE);
+    return {
+      headers,
+      control,
+      h: new DataView(headers.buffer),
+      c: new DataView(control.buffer),
+    };
+  })();
+  #namesAt = pointer(this.#out.names);
+  #iovAt = pointer(this.#out.iov);
+  #controlAt = pointer(this.#gsoSlots.control);
   #flushing = false;
   #closed = false;
   #events = new Uint8Array(FFI_BATCH * EPOLL_EVENT);
   #loop: Promise<void>;
 
-  private constructor(library: Deno.DynamicLibrary<typeof SYMBOLS>) {
+  private constructor(library: Deno.DynamicLibrary<typeof SYMBOLS>, gso: boolean) {
+    this.#gso = gso;
     this.#library = library;
     this.libc = library.symbols;
     this.#epoll = this.libc.epoll_create1(SOCK_CLOEXEC);
@@ -303,15 +328,16 @@ export class FfiUdp {
 
   /**
    * The FFI sockets, or why they cannot be had (`reason`): not Linux, no
-   * `--allow-ffi`, or no C library to open.
+   * `--allow-ffi`, or no C library to open. `gso`: send runs of datagrams
+   * as UDP GSO messages where the kernel takes them (default true).
    */
-  static open(): FfiUdp | { reason: string } {
+  static open(options: { gso?: boolean } = {}): FfiUdp | { reason: string } {
     const found = libcPath();
     if ("reason" in found) return found;
     let last = "";
     for (const path of LIBC_PATHS.slice(LIBC_PATHS.indexOf(found.path))) {
       try {
-        return new FfiUdp(Deno.dlopen(path, SYMBOLS));
+        return new FfiUdp(Deno.dlopen(path, SYMBOLS), options.gso ?? true);
       } catch (error) {
         last = (error as Error).message;
       }
@@ -383,6 +409,7 @@ export class FfiUdp {
     const out = this.#out;
     const k = this.#staged++;
     this.#stagedBy[k] = socket;
+    this.#lengths[k] = bytes.length;
     out.data.set(bytes, k * SLOT);
     out.i.setBigUint64(k * IOVEC + 8, BigInt(bytes.length), true);
     const at = k * SOCKADDR_IN;
@@ -411,6 +438,10 @@ export class FfiUdp {
       const socket = by[k]!;
       let end = k + 1;
       while (end < this.#staged && by[end] === socket) end++;
+      if (this.#gso && !socket.closed && end - k > 1 && this.#sendSegmented(socket, k, end)) {
+        k = end;
+        continue;
+      }
       while (k < end) {
         if (socket.closed) {
           k = end;
@@ -424,6 +455,69 @@ export class FfiUdp {
     }
     by.fill(undefined, 0, this.#staged);
     this.#staged = 0;
+  }
+
+  /**
+   * Sends datagrams `from`–`to` of one socket as UDP GSO messages: each run
+   * of equal-sized datagrams to one address is one message (`UDP_SEGMENT`),
+   * which the kernel carries through its stack once. False when the kernel
+   * refused GSO (it is not tried again; the plain path sends them).
+   */
+  #sendSegmented(socket: FfiUdpSocket, from: number, to: number): boolean {
+    const out = this.#out;
+    const g = this.#gsoSlots;
+    let m = 0;
+    const groups: number[] = [];
+    for (let i = from; i < to;) {
+      const size = this.#lengths[i];
+      const at = i * SOCKADDR_IN;
+      const ip = out.n.getUint32(at + 4), port = out.n.getUint16(at + 2);
+      const most = Math.min(FFI_BATCH, Math.floor(GSO_MAX_BYTES / size));
+      let j = i + 1;
+      while (
+        j < to && j - i < most && out.n.getUint32(j * SOCKADDR_IN + 4) === ip &&
+        out.n.getUint16(j * SOCKADDR_IN + 2) === port && this.#lengths[j] <= size
+      ) {
+        j++;
+        if (this.#lengths[j - 1] < size) break; // the last of a run may be shorter
+      }
+      const h = m * MMSGHDR;
+      g.h.setBigUint64(h, this.#namesAt + BigInt(at), true);
+      g.h.setUint32(h + 8, SOCKADDR_IN, true);
+      g.h.setBigUint64(h + 16, this.#iovAt + BigInt(i * IOVEC), true);
+      g.h.setBigUint64(h + 24, BigInt(j - i), true);
+      if (j - i > 1) {
+        const c = m * CMSG_SPACE;
+        g.c.setBigUint64(c, BigInt(CMSG_LEN), true);
+        g.c.setInt32(c + 8, SOL_UDP, true);
+        g.c.setInt32(c + 12, UDP_SEGMENT, true);
+        g.c.setUint16(c + 16, size, true);
+        g.h.setBigUint64(h + 32, this.#controlAt + BigInt(c), true);
+        g.h.setBigUint64(h + 40, BigInt(CMSG_SPACE), true);
+      } else {
+        g.h.setBigUint64(h + 32, 0n, true);
+        g.h.setBigUint64(h + 40, 0n, true);
+      }
+      groups.push(j - i);
+      m++;
+      i = j;
+    }
+    let done = 0;
+    while (done < m && !socket.closed) {
+      const n = this.libc.sendmmsg(socket.fd, g.headers.subarray(done * MMSGHDR), m - done, 0);
+      if (n <= 0) {
+        if (done === 0 && groups[0] > 1) {
+          this.#gso = false; // no GSO here: the plain path takes them all
+          return false;
+        }
+        socket.sent(0);
+        done++;
+        continue;
+      }
+      for (let x = done; x < done + n; x++) socket.sent(groups[x]);
+      done += n;
+    }
+    return true;
   }
 
   /** @ignore A socket closed: unwatched and its descriptor closed. */

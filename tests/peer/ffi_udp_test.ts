@@ -112,3 +112,44 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "FfiUdp: datagrams sent as GSO messages arrive one by one with their own sizes, with or without GSO",
+  ignore: skip !== undefined,
+  async fn() {
+    for (const gso of [true, false]) {
+      const hub = FfiUdp.open({ gso });
+      if (!(hub instanceof FfiUdp)) throw new Error(hub.reason);
+      try {
+        const a = hub.bind("127.0.0.1", 0);
+        const b = hub.bind("127.0.0.1", 0);
+        const c = hub.bind("127.0.0.1", 0);
+        // Runs of equal sizes with a shorter last one, two destinations interleaved.
+        const sizes = [1452, 1452, 1452, 700, 1452, 1200, 1200, 1200, 1200, 30, 30, 2048];
+        const got: Record<number, number[]> = { [b.port]: [], [c.port]: [] };
+        const all = Promise.withResolvers<void>();
+        let count = 0;
+        const take = (port: number) => (bytes: Uint8Array) => {
+          got[port].push(bytes.length);
+          assert.ok(bytes.every((x) => x === (bytes.length & 0xff)), "each datagram's own bytes");
+          if (++count === sizes.length * 2) all.resolve();
+        };
+        b.onPacket = take(b.port);
+        c.onPacket = take(c.port);
+        for (const size of sizes) {
+          a.send(new Uint8Array(size).fill(size & 0xff), "127.0.0.1", b.port);
+        }
+        for (const size of sizes) {
+          a.send(new Uint8Array(size).fill(size & 0xff), "127.0.0.1", c.port);
+        }
+        await within(all.promise, 5000, `every datagram (gso ${gso})`);
+        assert.deepEqual(got[b.port], sizes, `gso ${gso}`);
+        assert.deepEqual(got[c.port], sizes, `gso ${gso}`);
+        assert.equal(a.counts.sent, sizes.length * 2);
+      } finally {
+        await hub.close();
+      }
+    }
+  },
+});

@@ -27,6 +27,7 @@ const SO_REUSEPORT = 15;
 const IPPROTO_IP = 0;
 const IP_TTL = 2;
 const MSG_DONTWAIT = 0x40;
+const MSG_TRUNC = 0x20;
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
 const EPOLLIN = 1;
@@ -180,8 +181,8 @@ export class FfiUdpSocket {
    * during the call; `from` says who sent it (one object per sender, kept).
    */
   onPacket: (bytes: Uint8Array, from: FfiAddress) => void = () => {};
-  /** Datagrams received, sent, and refused by the kernel on sending. */
-  readonly counts = { received: 0, sent: 0, sendErrors: 0 };
+  /** Datagrams received, sent, refused by the kernel on sending, and dropped as too large. */
+  readonly counts = { received: 0, sent: 0, sendErrors: 0, truncated: 0 };
   #hub: FfiUdp;
   #headroom: number;
   #closed = false;
@@ -210,6 +211,11 @@ export class FfiUdpSocket {
       this.counts.received += n;
       for (let k = 0; k < n && !this.#closed; k++) {
         const length = slots.h.getUint32(k * MMSGHDR + 56, true);
+        // Larger than a slot: cut short by the kernel, so not the datagram that was sent.
+        if (slots.h.getInt32(k * MMSGHDR + 48, true) & MSG_TRUNC) {
+          this.counts.truncated++;
+          continue;
+        }
         const at = k * SOCKADDR_IN;
         const key = slots.n.getUint32(at + 4, false) * 65536 + slots.n.getUint16(at + 2, false);
         let from = this.#from.get(key);
@@ -258,7 +264,8 @@ export class FfiUdpSocket {
     if (libc.setsockopt(this.fd, IPPROTO_IP, IP_TTL, int32(ttl), 4) !== 0) return false;
     const sent = this.send(bytes, ip, port);
     this.#hub.flush();
-    libc.setsockopt(this.fd, IPPROTO_IP, IP_TTL, int32(64), 4);
+    // -1: back to the route's default (ip_default_ttl), whatever it is.
+    libc.setsockopt(this.fd, IPPROTO_IP, IP_TTL, int32(-1), 4);
     return sent;
   }
 

@@ -42,6 +42,16 @@ Deno.test({
       assert.ok(a.sendWithTtl(new Uint8Array(5), "127.0.0.1", b.port, 2));
       assert.equal(await within(one.promise, 5000, "the TTL packet"), 6);
       assert.equal(a.send(new Uint8Array(5000), "127.0.0.1", b.port), false, "too large");
+      // A datagram larger than a slot (from a socket that is not ours) is dropped, not cut.
+      const plain = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+      const after = Promise.withResolvers<number>();
+      b.onPacket = (bytes) => after.resolve(bytes.length);
+      const to = { transport: "udp", hostname: "127.0.0.1", port: b.port } as const;
+      await plain.send(new Uint8Array(3000), to);
+      await plain.send(new Uint8Array(9), to);
+      assert.equal(await within(after.promise, 5000, "the datagram after"), 10);
+      assert.equal(b.counts.truncated, 1);
+      plain.close();
       assert.equal(a.send(new Uint8Array(5), "::1", b.port), false, "IPv4 only");
       assert.throws(() => hub.bind("127.0.0.1", b.port), /in use/);
       assert.equal(hub.size, 2);

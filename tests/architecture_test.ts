@@ -15,6 +15,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   rendezvous: ["core", "protocol", "stun", "redis"],
   worker: ["core", "protocol", "stun", "peer"],
   netcheck: ["core", "protocol", "stun", "peer"],
+  portmap: ["core", "protocol"],
   demo: ["core", "protocol", "redis", "stun", "peer", "rendezvous", "worker"],
   ctl: ["core", "protocol", "worker"],
 };

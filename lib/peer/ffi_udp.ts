@@ -330,7 +330,38 @@ export class FfiUdp {
     this.#wake = this.libc.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.#epoll < 0 || this.#wake < 0) throw new Error("epoll or eventfd unavailable");
     this.#watch(this.#wake);
+    // A kernel (or a sandbox's network stack) may refuse GSO, or worse ignore
+    // it and send one large datagram: tried once on loopback before it is used.
+    if (this.#gso) this.#gso = this.#gsoWorks();
     this.#loop = this.#run();
+  }
+
+  /** Whether UDP GSO is in use (false where the kernel does not cut messages as asked). */
+  get gso(): boolean {
+    return this.#gso;
+  }
+
+  /** Two datagrams sent as one GSO message must arrive as those two. */
+  #gsoWorks(): boolean {
+    let a: FfiUdpSocket | undefined;
+    let b: FfiUdpSocket | undefined;
+    try {
+      a = this.bind("127.0.0.1", 0);
+      b = this.bind("127.0.0.1", 0);
+      const got: number[] = [];
+      b.onPacket = (bytes) => got.push(bytes.length);
+      const probe = new Uint8Array(100);
+      a.send(probe, "127.0.0.1", b.port);
+      a.send(probe.subarray(0, 60), "127.0.0.1", b.port);
+      this.flush();
+      b.drain(this.libc);
+      return this.#gso && got.length === 2 && got[0] === 100 && got[1] === 60;
+    } catch {
+      return false;
+    } finally {
+      a?.close();
+      b?.close();
+    }
   }
 
   /**

@@ -140,7 +140,10 @@ export function openUdpIo(mode: "auto" | "ffi" | "deno", logger: Logger): FfiUdp
   }
   const opened = FfiUdp.open();
   if (opened instanceof FfiUdp) {
-    logger.info("udp io: batched (recvmmsg/sendmmsg through FFI)", { udp_io: "ffi" });
+    logger.info("udp io: batched (recvmmsg/sendmmsg through FFI)", {
+      udp_io: "ffi",
+      gso: opened.gso,
+    });
     return opened;
   }
   if (mode === "ffi") {

@@ -163,3 +163,21 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "FfiUdp: GSO is tried on loopback first, and used only where it cuts messages as asked",
+  ignore: skip !== undefined,
+  async fn() {
+    const on = FfiUdp.open();
+    const off = FfiUdp.open({ gso: false });
+    if (!(on instanceof FfiUdp) || !(off instanceof FfiUdp)) throw new Error("cannot open");
+    try {
+      assert.equal(on.gso, true, "this kernel cuts GSO messages");
+      assert.equal(off.gso, false);
+      assert.equal(on.size, 0, "the probe's sockets are closed");
+    } finally {
+      await on.close();
+      await off.close();
+    }
+  },
+});

@@ -13,60 +13,18 @@
 import { StunServer } from "../lib/stun/server.ts";
 import { formatAddress } from "../lib/stun/client.ts";
 import { machineState, median, numberFlag, stringFlag } from "./_common.ts";
+import { spawnRendezvous, spawnWorker } from "../tests/_helpers.ts";
+import { freeTcpPort } from "../tests/_redis.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const MB = numberFlag("--mb", 256);
 const RUNS = numberFlag("--runs", 2);
 const IO = stringFlag("--io", "auto");
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
 /** CPU seconds (user + system) of a process so far, from /proc. */
 function cpuOf(pid: number): number {
   const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
-}
-
-function spawn(args: string[], env: Record<string, string>): Deno.ChildProcess {
-  return new Deno.Command(Deno.execPath(), {
-    args,
-    cwd: ROOT,
-    env: { LOG_FORMAT: "json", ...env },
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-}
-
-async function waitLog(
-  child: Deno.ChildProcess,
-  message: string,
-): Promise<Record<string, unknown>> {
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  while (true) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`process ended before "${message}"`);
-    buffer += value;
-    let i;
-    while ((i = buffer.indexOf("\n")) >= 0) {
-      const line = buffer.slice(0, i);
-      buffer = buffer.slice(i + 1);
-      try {
-        const parsed = JSON.parse(line);
-        if (parsed.message === message) {
-          void (async () => {
-            while (!(await reader.read()).done) { /* drain */ }
-          })();
-          return parsed;
-        }
-      } catch { /* not JSON */ }
-    }
-  }
 }
 
 async function curl(port: number, bytes: number): Promise<void> {
@@ -104,41 +62,30 @@ const filePort = files.addr.port;
 const stunA = StunServer.listen({ hostname: "127.0.0.1", port: 0 });
 const stunB = StunServer.listen({ hostname: "127.0.0.1", port: 0 });
 const stun = [stunA, stunB].map((s) => formatAddress(s.addresses[0])).join(",");
-const rvPort = freePort();
-const rendezvous = spawn(["run", "-A", "rendezvous.ts"], {
-  PORT: String(rvPort),
-  HOST: "127.0.0.1",
-  STUN_PORT: "0",
-});
-await waitLog(rendezvous, "rendezvous listening");
-const forwardPort = freePort();
+const rendezvous = await spawnRendezvous({ STUN_PORT: "0" });
+const forwardPort = freeTcpPort();
 const common = {
-  RENDEZVOUS_SERVICE_URL: `http://127.0.0.1:${rvPort}`,
-  IP_ECHO_URL: "off",
   STUN_SERVERS: stun,
   UDP_HOST: "127.0.0.1",
-  PORT: "0",
-  HOST: "127.0.0.1",
-  CONTROL_DIR: "off",
   PEER_UDP_IO: IO,
 };
-const server = spawn(["run", "-A", "worker.ts"], {
+const server = spawnWorker(rendezvous.http, {
   ...common,
   WORKER_ID: "files",
   PEER_EXPOSE: String(filePort),
 });
-const client = spawn(["run", "-A", "worker.ts"], {
+const client = spawnWorker(rendezvous.http, {
   ...common,
   WORKER_ID: "fetch",
   PEER_FORWARD: `127.0.0.1:${forwardPort}:files:${filePort}`,
 });
 await Promise.all([
-  waitLog(server, "registered with rendezvous"),
-  waitLog(client, "registered with rendezvous"),
+  server.waitForLog("registered with rendezvous"),
+  client.waitForLog("registered with rendezvous"),
 ]);
-// A first small fetch: the connection and the direct path are up before the clock starts.
+// A first small fetch: the connection is up, and the direct path, before the clock starts.
 await curl(forwardPort, 1 << 20);
-await new Promise((r) => setTimeout(r, 1500));
+await client.waitForLog("peer path direct", () => true, 15_000);
 
 /** Deno's bare QUIC between two processes, one stream of `bytes`: MB/s and CPU s/GB of both. */
 async function floorQuic(bytes: number): Promise<{ mb_s: number; cpu_s_per_gb: number }> {
@@ -178,12 +125,16 @@ for (const parallel of [1, 4]) {
   const mbps: number[] = [];
   const cpu: number[] = [];
   for (let run = 0; run < RUNS; run++) {
-    const cpu0 = cpuOf(server.pid) + cpuOf(client.pid);
+    const cpu0 = cpuOf(server.child.pid) + cpuOf(client.child.pid);
     const t0 = performance.now();
     await Promise.all(Array.from({ length: parallel }, () => curl(forwardPort, bytes / parallel)));
     const secs = (performance.now() - t0) / 1000;
     mbps.push(Number((bytes / secs / 1e6).toFixed(1)));
-    cpu.push(Number(((cpuOf(server.pid) + cpuOf(client.pid) - cpu0) / (bytes / 1e9)).toFixed(1)));
+    cpu.push(
+      Number(
+        ((cpuOf(server.child.pid) + cpuOf(client.child.pid) - cpu0) / (bytes / 1e9)).toFixed(1),
+      ),
+    );
   }
   const row = {
     connections: parallel,
@@ -194,8 +145,7 @@ for (const parallel of [1, 4]) {
   console.error(JSON.stringify(row));
   rows.push(row);
 }
-for (const p of [server, client, rendezvous]) p.kill("SIGTERM");
-await Promise.all([server.status, client.status, rendezvous.status]);
+await Promise.all([server, client, rendezvous.proc].map((p) => p.stop("SIGTERM")));
 await files.shutdown();
 stunA.close();
 stunB.close();

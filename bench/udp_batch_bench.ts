@@ -5,7 +5,8 @@
  * (stand-in ↔ punched socket) — with Deno's own sockets (the workers' way:
  * one `receive` and one `send` op per packet, eight receive loops) and with
  * sockets opened through FFI (`recvmmsg` on a helper thread, `sendmmsg`,
- * up to 64 datagrams a call); `node:dgram`, Deno's Node layer over the
+ * up to 64 datagrams a call: the workers' own `lib/peer/ffi_udp.ts`, GSO
+ * included where the kernel takes it); `node:dgram`, Deno's Node layer over the
  * same ops, for completeness.
  *
  * A generator in this process sends 1,200-byte datagrams through FFI (so it
@@ -20,7 +21,7 @@
 
 import dgram from "node:dgram";
 import process from "node:process";
-import { FfiUdp } from "./_udp_ffi.ts";
+import { FfiUdp } from "../lib/peer/ffi_udp.ts";
 import { machineState, numberFlag } from "./_common.ts";
 
 const SIZE = 1200;
@@ -62,21 +63,16 @@ async function forward(mode: string, sinkPort: number, seconds: number): Promise
       output.send(message, sinkPort, "127.0.0.1");
     });
   } else {
-    const input = new FfiUdp();
-    const output = new FfiUdp();
+    // The workers' own batched sockets (lib/peer/ffi_udp.ts), GSO where the kernel takes it.
+    const hub = FfiUdp.open();
+    if (!(hub instanceof FfiUdp)) throw new Error(`no batched UDP here: ${hub.reason}`);
+    const input = hub.bind("127.0.0.1", 0);
+    const output = hub.bind("127.0.0.1", 0);
     console.log(JSON.stringify({ port: input.port }));
-    const batch = FfiUdp.batch(64, 2048);
-    const to = FfiUdp.address("127.0.0.1", sinkPort);
-    void (async () => {
-      while (true) {
-        const n = await input.receive(batch);
-        if (n <= 0) continue;
-        if (packets === 0) started.resolve();
-        packets += n;
-        for (let i = 0; i < n; i++) batch.setSend(i, batch.length(i), to);
-        output.send(batch, n);
-      }
-    })();
+    input.onPacket = (bytes) => {
+      if (packets++ === 0) started.resolve();
+      output.send(bytes, "127.0.0.1", sinkPort);
+    };
   }
   await started.promise;
   const cpu0 = process.cpuUsage();
@@ -91,7 +87,9 @@ const rate = numberFlag("--rate", 50_000);
 
 /** One row: a forwarder in `mode`, fed at `pps` (0: flat out). */
 async function row(mode: "deno" | "node" | "ffi", pps: number) {
-  const sink = new FfiUdp("127.0.0.1", 0, 1 << 16);
+  // Nobody reads the sink: the kernel drops what its buffer cannot hold.
+  const sink = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const sinkPort = (sink.addr as Deno.NetAddr).port;
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -100,7 +98,7 @@ async function row(mode: "deno" | "node" | "ffi", pps: number) {
       new URL(import.meta.url).pathname,
       "forward",
       mode,
-      String(sink.port),
+      String(sinkPort),
       String(seconds),
     ],
     stdout: "piped",
@@ -120,10 +118,16 @@ async function row(mode: "deno" | "node" | "ffi", pps: number) {
     return line;
   };
   const { port } = await next();
-  const gen = new FfiUdp();
-  const batch = FfiUdp.batch(64, SIZE);
-  const to = FfiUdp.address("127.0.0.1", port);
-  for (let i = 0; i < 64; i++) batch.setSend(i, SIZE, to);
+  const generator = FfiUdp.open();
+  if (!(generator instanceof FfiUdp)) throw new Error(`no batched UDP here: ${generator.reason}`);
+  const gen = generator.bind("127.0.0.1", 0);
+  const datagram = new Uint8Array(SIZE);
+  /** Sends `n` datagrams in one batch; returns `n`. */
+  const burst = (n: number) => {
+    for (let i = 0; i < n; i++) gen.send(datagram, "127.0.0.1", port);
+    generator.flush();
+    return n;
+  };
   let stop = false;
   const result = next().finally(() => (stop = true));
   const t0 = performance.now();
@@ -135,16 +139,16 @@ async function row(mode: "deno" | "node" | "ffi", pps: number) {
         await new Promise((r) => setTimeout(r, 1));
         continue;
       }
-      sent += gen.send(batch, Math.min(64, due));
+      sent += burst(Math.min(64, due));
     } else {
-      sent += gen.send(batch, 64);
+      sent += burst(64);
       if (sent % 4096 < 64) await new Promise((r) => setTimeout(r, 0));
     }
   }
   const { packets, cpu_s } = await result;
   child.kill();
   await child.status;
-  gen.close();
+  await generator.close();
   sink.close();
   return {
     mode,

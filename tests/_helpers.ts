@@ -361,8 +361,12 @@ export function rendezvousIn(dir: string, env: Record<string, string>): Proc {
   );
 }
 
-/** Starts `worker.ts` against `rendezvousUrl`. */
-export function spawnWorker(rendezvousUrl: string, env: Record<string, string> = {}): Proc {
+/** Starts `worker.ts` against `rendezvousUrl` (without `--allow-ffi` when `ffi` is false). */
+export function spawnWorker(
+  rendezvousUrl: string,
+  env: Record<string, string> = {},
+  options: { ffi?: boolean } = {},
+): Proc {
   return Proc.deno([
     "run",
     "--allow-net",
@@ -370,7 +374,7 @@ export function spawnWorker(rendezvousUrl: string, env: Record<string, string> =
     "--allow-sys=networkInterfaces",
     "--allow-read",
     "--allow-write",
-    "--allow-ffi",
+    ...(options.ffi === false ? [] : ["--allow-ffi"]),
     "worker.ts",
   ], {
     RENDEZVOUS_SERVICE_URL: rendezvousUrl,

@@ -193,6 +193,8 @@ export class FfiUdp {
   #out = new Slots(0);
   #stagedBy: (FfiUdpSocket | undefined)[] = new Array(FFI_BATCH);
   #lengths = new Int32Array(FFI_BATCH);
+  /** Datagrams in each GSO message of a flush. */
+  #groups = new Int32Array(FFI_BATCH);
   #staged = 0;
   /** Whether to try UDP GSO (until the kernel refuses it once). */
   #gso: boolean;
@@ -398,7 +400,7 @@ export class FfiUdp {
     const out = this.#out;
     const g = this.#gsoSlots;
     let m = 0;
-    const groups: number[] = [];
+    const groups = this.#groups;
     for (let i = from; i < to;) {
       const size = this.#lengths[i];
       const at = i * SOCKADDR_IN;
@@ -429,7 +431,7 @@ export class FfiUdp {
         g.h.setBigUint64(h + 32, 0n, true);
         g.h.setBigUint64(h + 40, 0n, true);
       }
-      groups.push(j - i);
+      groups[m] = j - i;
       m++;
       i = j;
     }

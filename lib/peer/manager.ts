@@ -187,7 +187,7 @@ export class PeerManager {
       if (socket) {
         this.pathBytes.direct.sent += packet.length - 1;
         const bytes = !socket.ffi && this.#o.batchedStandIns ? packet.slice() : packet;
-        return socket.send(bytes, direct.to).catch(() => {});
+        return socket.sendPacket(bytes, direct.to);
       }
     }
     if (this.#o.sendRelayPacket?.(peerId, packet.subarray(1))) {
@@ -368,7 +368,7 @@ export class PeerManager {
   #sendUdp(bytes: Uint8Array, to: UdpAddress, via: number): void {
     if (!this.budget.take(to.ip)) return; // an address that never answered: paced
     const socket = this.#sockets.socket(via, to);
-    socket?.send(bytes, to).catch(() => {}); // UDP: a failed send is a lost packet
+    socket?.sendPacket(bytes, to); // UDP: a failed send is a lost packet
   }
 
   async #sendOpening(bytes: Uint8Array, to: UdpAddress, via: number, ttl: number): Promise<void> {

@@ -22,7 +22,7 @@ export type DatagramHandler = (bytes: Uint8Array, from: TransportAddress) => voi
 export type PacketHandler = (
   bytes: Uint8Array,
   from: TransportAddress,
-) => Promise<unknown> | undefined | void;
+) => Promise<unknown> | undefined;
 
 /**
  * First byte of a transport (QUIC) packet on the shared UDP socket (STUN's
@@ -108,7 +108,8 @@ export class UdpEndpoint {
       this.local = { family: 4, ip: conn.ip, port: conn.port };
       conn.onPacket = (bytes, from) => {
         try {
-          void Promise.resolve(this.#dispatch(bytes, from)).catch(() => {});
+          // Per datagram: a promise (and its catch) only where a handler returned one.
+          this.#dispatch(bytes, from)?.catch(() => {});
         } catch {
           // A handler's bug must not stop the socket.
         }
@@ -150,6 +151,20 @@ export class UdpEndpoint {
     }
     return this.#conn!.send(bytes, { transport: "udp", hostname: to.ip, port: to.port })
       .then(() => {});
+  }
+
+  /**
+   * The transport's hot path: sends one datagram, a failure being a lost
+   * packet (nothing thrown or rejected). Returns what to wait for before
+   * `bytes` is reused: nothing for a batched socket, which copied them.
+   */
+  sendPacket(bytes: Uint8Array, to: { ip: string; port: number }): Promise<unknown> | undefined {
+    if (this.#socket) {
+      this.#socket.send(bytes, to.ip, to.port);
+      return undefined;
+    }
+    return this.#conn!.send(bytes, { transport: "udp", hostname: to.ip, port: to.port })
+      .catch(() => {});
   }
 
   /** Opening packets waiting for the `node:dgram` socket, and whether it is up. */
@@ -274,7 +289,7 @@ export class UdpEndpoint {
    * is reused (the hot path: no promise of its own per packet). A handler's
    * error rejects or throws here, for the caller to swallow.
    */
-  #dispatch(bytes: Uint8Array, from: TransportAddress): Promise<unknown> | undefined | void {
+  #dispatch(bytes: Uint8Array, from: TransportAddress): Promise<unknown> | undefined {
     if (bytes[0] === TRANSPORT_MAGIC) return this.onTransport(bytes, from);
     // STUN and peer frames are few and their handlers keep them: a copy each.
     (isStun(bytes) ? this.onStun : this.onOther)(bytes.slice(), from);

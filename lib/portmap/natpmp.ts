@@ -8,6 +8,7 @@
  * @module
  */
 
+import { checkMapping } from "./_mapping.ts";
 /** The port a NAT-PMP (and PCP) server listens on (RFC 6886 §3.1). */
 export const NATPMP_PORT = 5351;
 /** NAT-PMP's version number (PCP is 2). */
@@ -57,8 +58,8 @@ export function encodePublicAddressRequest(): Uint8Array {
 
 /**
  * A UDP mapping request for `internalPort`, suggesting `externalPort`
- * (0: any), for `lifetime` seconds (0 with both ports 0… deletes; RFC 6886
- * §3.4: lifetime 0 deletes the mapping of `internalPort`).
+ * (0: any), for `lifetime` seconds (0 deletes the mapping of
+ * `internalPort`, RFC 6886 §3.4).
  *
  * @throws {RangeError} for a port or lifetime out of range
  */
@@ -67,17 +68,7 @@ export function encodeMapRequest(
   externalPort: number,
   lifetime: number,
 ): Uint8Array {
-  for (
-    const [name, value, max] of [
-      ["internal port", internalPort, 65535],
-      ["external port", externalPort, 65535],
-      ["lifetime", lifetime, 0xffffffff],
-    ] as const
-  ) {
-    if (!Number.isInteger(value) || value < 0 || value > max) {
-      throw new RangeError(`Cannot encode a NAT-PMP mapping: ${name} ${value} is out of range`);
-    }
-  }
+  checkMapping("a NAT-PMP mapping", internalPort, externalPort, lifetime);
   const bytes = new Uint8Array(12);
   const view = new DataView(bytes.buffer);
   bytes[0] = NATPMP_VERSION;

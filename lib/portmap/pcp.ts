@@ -9,6 +9,7 @@
  * @module
  */
 
+import { checkMapping } from "./_mapping.ts";
 import { formatIp, normalizeIp, parseIp } from "../protocol/ip.ts";
 
 /** PCP's version number (NAT-PMP's is 0). */
@@ -101,17 +102,7 @@ export function encodeMapRequest(request: PcpMapRequest): Uint8Array {
       `Cannot encode a PCP MAP request: the nonce is ${nonce.length} bytes, not 12`,
     );
   }
-  for (
-    const [name, value, max] of [
-      ["internal port", internalPort, 65535],
-      ["external port", externalPort, 65535],
-      ["lifetime", lifetime, 0xffffffff],
-    ] as const
-  ) {
-    if (!Number.isInteger(value) || value < 0 || value > max) {
-      throw new RangeError(`Cannot encode a PCP MAP request: ${name} ${value} is out of range`);
-    }
-  }
+  checkMapping("a PCP MAP request", internalPort, externalPort, lifetime);
   if (internalPort === 0) {
     throw new RangeError("Cannot encode a PCP MAP request: internal port 0 means all ports");
   }

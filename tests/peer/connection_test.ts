@@ -5,6 +5,7 @@ import type { PeerConnection } from "../../lib/peer/connection.ts";
 import { StunServer } from "../../lib/stun/server.ts";
 import { formatAddress } from "../../lib/stun/client.ts";
 import { startRendezvous, type TestRendezvous, within } from "../_helpers.ts";
+import { assertIntact, transfer } from "../_peer_streams.ts";
 import { MemoryRegistry, type WorkerRecord } from "../../lib/rendezvous/registry.ts";
 import { Identity, toBase64Url } from "../../lib/protocol/identity.ts";
 import { createPeerCertificate } from "../../lib/peer/cert.ts";
@@ -39,31 +40,6 @@ async function pair(rv: TestRendezvous, env: Record<string, string> = {}) {
   return { a, b, accepted: accepted.promise };
 }
 
-async function readAll(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
-  return new Uint8Array(
-    await new Response(stream as ReadableStream<Uint8Array<ArrayBuffer>>).arrayBuffer(),
-  );
-}
-
-/** Sends `size` random bytes on a new stream from `from` and returns what `to` received. */
-async function transfer(from: PeerConnection, to: PeerConnection, size: number) {
-  const data = crypto.getRandomValues(new Uint8Array(Math.min(size, 65536)));
-  const stream = await from.openStream();
-  const writing = (async () => {
-    const writer = stream.writable.getWriter();
-    for (let sent = 0; sent < size; sent += data.length) {
-      await writer.write(data.subarray(0, Math.min(data.length, size - sent)));
-    }
-    await writer.close();
-  })();
-  const reader = to.incomingStreams.getReader();
-  const { value: incoming } = await reader.read();
-  reader.releaseLock();
-  const received = await readAll(incoming!.readable);
-  await writing;
-  return { data, received };
-}
-
 async function closeAll(rv: TestRendezvous, ...workers: Worker[]) {
   for (const w of workers) await w.close();
   await rv.close();
@@ -82,13 +58,7 @@ Deno.test("two workers connect over the relay: an authenticated stream moves byt
     assert.equal(ab.path, "relay");
     const size = 3 * 1024 * 1024 + 17;
     const { data, received } = await transfer(ab, ba, size);
-    assert.equal(received.length, size);
-    for (let i = 0; i < size; i += data.length) {
-      assert.deepEqual(
-        received.subarray(i, Math.min(size, i + data.length)),
-        data.subarray(0, Math.min(data.length, size - i)),
-      );
-    }
+    assertIntact(data, received, size);
     // connect() from the other side returns the same connection.
     assert.equal(await b.connect("a"), ba);
   } finally {

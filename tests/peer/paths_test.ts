@@ -231,6 +231,7 @@ function fakeSocket() {
     onTransport: (_bytes: Uint8Array, _from: UdpAddress): unknown => undefined,
     onStun: () => {},
     send: (bytes: Uint8Array, to: UdpAddress) => (sent.push({ bytes, to }), Promise.resolve()),
+    sendPacket: (bytes: Uint8Array, to: UdpAddress) => void sent.push({ bytes, to }),
     sendWithTtl: () => Promise.resolve(true),
     close: () => Promise.resolve(),
   };

@@ -15,6 +15,7 @@ function gateway(answer: Answer) {
   const socket = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
   const requests: Uint8Array[] = [];
   const senders: Deno.NetAddr[] = [];
+  const first = Promise.withResolvers<void>();
   const done = (async () => {
     const buffer = new Uint8Array(2048);
     while (true) {
@@ -27,6 +28,7 @@ function gateway(answer: Answer) {
       const [bytes, from] = got;
       requests.push(bytes.slice());
       senders.push(from as Deno.NetAddr);
+      first.resolve();
       for (const reply of answer(bytes)) await socket.send(reply, from).catch(() => {});
     }
   })();
@@ -34,6 +36,8 @@ function gateway(answer: Answer) {
     port: (socket.addr as Deno.NetAddr).port,
     requests,
     senders,
+    /** Resolves when the first request arrives. */
+    asked: first.promise,
     socket,
     async close() {
       socket.close();
@@ -132,13 +136,7 @@ Deno.test("port mapping: a silent gateway costs three tries and under two second
       counts,
     );
     // Someone else answers, from another port: not the gateway.
-    await within(
-      (async () => {
-        while (gw.requests.length === 0) await new Promise((r) => setTimeout(r, 5));
-      })(),
-      2000,
-      "the first request",
-    );
+    await within(gw.asked, 2000, "the first request");
     await stranger.send(pcpAnswer(gw.requests[0]), gw.senders[0]);
     await assert.rejects(
       () => pending,

@@ -13,7 +13,8 @@ import { loadWorkerConfig } from "../../lib/worker/config.ts";
 import { openUdpIo } from "../../lib/worker/udp.ts";
 import { startWorker, type Worker } from "../../lib/worker/worker.ts";
 import type { PeerConnection } from "../../lib/peer/connection.ts";
-import { Proc, requireOrSkip, spawnWorker, startRendezvous, within } from "../_helpers.ts";
+import { requireOrSkip, spawnWorker, startRendezvous, within } from "../_helpers.ts";
+import { assertIntact, transfer } from "../_peer_streams.ts";
 
 const skip = requireOrSkip(ffiUnavailable(), "FFI socket tests");
 
@@ -35,28 +36,10 @@ Deno.test("openUdpIo: deno means none; auto and ffi open FFI's here (logged)", a
 
 Deno.test("a worker without --allow-ffi keeps Deno's sockets and says why; PEER_UDP_IO=ffi there stops it (exit 2)", async () => {
   const rv = await startRendezvous();
-  const args = [
-    "run",
-    "--allow-net",
-    "--allow-env",
-    "--allow-sys=networkInterfaces",
-    "--allow-read",
-    "--allow-write",
-    "worker.ts",
-  ];
-  const env = {
-    RENDEZVOUS_SERVICE_URL: rv.http,
-    PORT: "0",
-    HOST: "127.0.0.1",
-    IP_ECHO_URL: "off",
-    STUN_SERVERS: "off",
-    CONTROL_DIR: "off",
-  };
-  const plain = Proc.deno(args, { ...env, WORKER_ID: "plain" });
-  const strict = Proc.deno(args, { ...env, WORKER_ID: "strict", PEER_UDP_IO: "ffi" });
-  const granted = skip
-    ? undefined
-    : spawnWorker(rv.http, { WORKER_ID: "granted", HOST: "127.0.0.1" });
+  // Deno's sandbox whole: no --allow-ffi.
+  const plain = spawnWorker(rv.http, { WORKER_ID: "plain" }, { ffi: false });
+  const strict = spawnWorker(rv.http, { WORKER_ID: "strict", PEER_UDP_IO: "ffi" }, { ffi: false });
+  const granted = skip ? undefined : spawnWorker(rv.http, { WORKER_ID: "granted" });
   try {
     const io = await plain.waitForLog("udp io: Deno's sockets");
     assert.equal(io.why, "no --allow-ffi");
@@ -121,30 +104,8 @@ Deno.test({
           });
           await within(direct.promise, 15_000, "the direct path");
           const size = 4 * 1024 * 1024 + 3;
-          const data = crypto.getRandomValues(new Uint8Array(65536));
-          const stream = await ab.openStream();
-          const writing = (async () => {
-            const w = stream.writable.getWriter();
-            for (let sent = 0; sent < size; sent += data.length) {
-              await w.write(data.subarray(0, Math.min(data.length, size - sent)));
-            }
-            await w.close();
-          })();
-          const reader = ba.incomingStreams.getReader();
-          const { value: incoming } = await reader.read();
-          reader.releaseLock();
-          const received = new Uint8Array(
-            await new Response(incoming!.readable as ReadableStream<Uint8Array<ArrayBuffer>>)
-              .arrayBuffer(),
-          );
-          await writing;
-          assert.equal(received.length, size, `${ioA} → ${ioB}`);
-          for (let i = 0; i < size; i += data.length) {
-            assert.deepEqual(
-              received.subarray(i, Math.min(size, i + data.length)),
-              data.subarray(0, Math.min(data.length, size - i)),
-            );
-          }
+          const { data, received } = await transfer(ab, ba, size);
+          assertIntact(data, received, size, `${ioA} → ${ioB}`);
         } finally {
           for (const w of workers) await w.close();
         }

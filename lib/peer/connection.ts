@@ -11,6 +11,7 @@
  * @module
  */
 
+import { settleWithin } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
 import type { PathKind } from "../protocol/messages.ts";
 import {
@@ -376,6 +377,11 @@ export interface PeerConnectionsOptions {
   workerId: string;
   /** The transport to dial and accept on. */
   transport: PeerTransport;
+  /**
+   * Warms the connections' code up at start (`rehearsal.ts`); dials wait
+   * for it, so they neither compete with it nor run cold. @default {none}
+   */
+  warmUp?: (transport: PeerTransport) => Promise<unknown>;
   /** Asks the rendezvous to introduce us (punching starts; the relay works meanwhile). */
   introduce(peerId: string): void;
   /** True once the rendezvous has told us the peer's key and certificate. */
@@ -398,10 +404,16 @@ export class PeerConnections {
   /** Waiters for a peer's credentials, or for a connection the peer dials. */
   readonly #waiters = new Map<string, Set<() => void>>();
   #closed = false;
+  /** Resolves once the warm-up is over, whether it went through or not. */
+  readonly warmedUp: Promise<void>;
 
   /** @ignore Made by the worker. */
   constructor(options: PeerConnectionsOptions) {
     this.#o = options;
+    this.warmedUp = (options.warmUp?.(options.transport) ?? Promise.resolve()).then(
+      () => {},
+      () => {},
+    );
   }
 
   /** The open connection to `peerId`, if any. */
@@ -501,6 +513,7 @@ export class PeerConnections {
       }
       await this.#change(peerId, left(), signal);
     }
+    await settleWithin(this.warmedUp, Math.max(0, left()));
     while (true) {
       const open = this.#open.get(peerId);
       if (open) return open;

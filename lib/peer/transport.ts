@@ -34,18 +34,19 @@ import {
 } from "../protocol/identity.ts";
 import type { PeerCertificate } from "./cert.ts";
 import { MAX_PACKET, type StandIn, type StandInOptions, StandIns } from "./stand_in.ts";
-import { answerWarmUp, WARM_UP, warmUp } from "./warm_up.ts";
+import { type LoopEnds, WARM_UP, WarmUp } from "./warm_up.ts";
 import {
   certificatePayload,
   checkDialerProof,
   dialerPayload,
   frameMessage,
+  type GroupSecret,
   issue,
   type IssuedCertificate,
   readMessage,
   TransportClose,
   TransportError,
-  vouchPayload,
+  unvouched,
   within,
 } from "./transport_auth.ts";
 import type { TransportCredentials } from "../protocol/messages.ts";
@@ -121,7 +122,7 @@ export interface PeerTransportOptions {
    * worker's group: every peer's key must then be vouched for by it, so the
    * rendezvous cannot substitute keys. Unset: the rendezvous's word is taken.
    */
-  group?: { name: string; secret: CryptoKey };
+  group?: GroupSecret;
   /**
    * QUIC's congestion controller, in Deno's names. `"default"` moves the
    * most on clean paths; `"low-latency"` holds up far better under random
@@ -205,6 +206,8 @@ export class PeerTransport {
    * `#warmUp`); false when it failed, which costs only speed, and is logged.
    */
   readonly warmedUp: Promise<boolean>;
+  readonly #warmUp: WarmUp;
+  #loopClaimed = false;
 
   /**
    * Who takes the peers' connections (the layer above, made after the
@@ -228,7 +231,7 @@ export class PeerTransport {
       (peerId, packet) => this.#o.sendPacket(peerId, packet),
       options.standIns,
     );
-    this.warmedUp = warmUp({
+    this.#warmUp = new WarmUp({
       endpoint: this.#endpoint,
       workerId: options.workerId,
       identity: options.identity,
@@ -237,12 +240,29 @@ export class PeerTransport {
       congestionControl: options.congestionControl,
       byPort: this.#standIns.byPort,
       ffi: options.standIns?.ffi,
-    }).then(() => true, (error) => {
-      if (!this.#closed) {
-        options.logger.warn("transport warm-up failed", { error: (error as Error).message });
-      }
-      return false;
     });
+    this.warmedUp = this.#warmUp.dialed;
+    this.#warmUp.failure.then((error) => {
+      if (error && !this.#closed) {
+        options.logger.warn("transport warm-up failed", { error: error.message });
+      }
+    });
+  }
+
+  /**
+   * Both ends of the warm-up's loop connection, for the layer above to
+   * rehearse on, once (else null, as when the warm-up failed); call
+   * {@linkcode PeerTransport.loopDone} after. Unclaimed, they close in 5 s.
+   */
+  loop(): Promise<LoopEnds | null> {
+    if (this.#loopClaimed) return Promise.resolve(null);
+    this.#loopClaimed = true;
+    return this.#warmUp.ends;
+  }
+
+  /** The rehearsal on the loop connection is over: it closes. */
+  loopDone(): void {
+    this.#warmUp.release();
   }
 
   /** Makes the certificate, signs it, and starts listening (on loopback only). */
@@ -295,27 +315,6 @@ export class PeerTransport {
     });
     this.#o.onCredentials?.(this.credentials);
     this.#scheduleRotation();
-  }
-
-  /** Null when `GROUP_SECRET` is unset or vouches for the peer's key; else why not. */
-  async #unvouched(peerId: string, peer: TransportPeer): Promise<string | null> {
-    const group = this.#o.group;
-    if (!group) return null;
-    const vouch = peer.transport?.vouch;
-    if (!vouch || !peer.key) return "its key is not vouched for by GROUP_SECRET";
-    let bytes: Uint8Array<ArrayBuffer>;
-    try {
-      bytes = fromBase64Url(vouch, "vouch");
-    } catch {
-      return "its key is not vouched for by GROUP_SECRET";
-    }
-    const ok = await crypto.subtle.verify(
-      "HMAC",
-      group.secret,
-      bytes,
-      vouchPayload(group.name, peerId, peer.key),
-    );
-    return ok ? null : "its key is not vouched for by GROUP_SECRET";
   }
 
   /**
@@ -378,10 +377,10 @@ export class PeerTransport {
       this.#o.logger.warn("peer certificate refused: not signed by its key", { peer_id: peerId });
       throw new TransportError(`Cannot dial ${peerId}: its certificate is not signed by its key`);
     }
-    const unvouched = await this.#unvouched(peerId, peer);
-    if (unvouched !== null) {
+    const refusal = await unvouched(this.#o.group, peerId, peer);
+    if (refusal !== null) {
       this.#o.logger.warn("peer refused: key not vouched for", { peer_id: peerId });
-      throw new TransportError(`Cannot dial ${peerId}: ${unvouched}`);
+      throw new TransportError(`Cannot dial ${peerId}: ${refusal}`);
     }
     let hash: Uint8Array<ArrayBuffer>;
     try {
@@ -515,7 +514,7 @@ export class PeerTransport {
       return;
     }
     if (peerId === WARM_UP) {
-      return await answerWarmUp(conn, this.#o.workerId, this.#o.identity, this.#certHash);
+      return await this.#warmUp.answer(conn);
     }
     await this.#authenticate(peerId, conn);
   }
@@ -535,7 +534,7 @@ export class PeerTransport {
       const reason = await checkDialerProof(
         { peerId, ourId: this.#o.workerId, key: peer?.key ?? null, proof },
         [this.#certHash, this.#previousCertHash],
-        () => this.#unvouched(peerId, peer!),
+        () => unvouched(this.#o.group, peerId, peer!),
       );
       if (reason !== null) {
         log.warn("peer connection refused", { peer_id: peerId, reason });
@@ -593,7 +592,8 @@ export class PeerTransport {
     clearTimeout(this.#rotateTimer);
     this.#listener.stop();
     this.#endpoint.close({ closeCode: TransportClose.SHUTDOWN, reason: "worker shutting down" });
+    this.#warmUp.release();
     this.#standIns.close();
-    await Promise.all([...this.#accepting, this.warmedUp]);
+    await Promise.all([...this.#accepting, this.#warmUp.finished]);
   }
 }

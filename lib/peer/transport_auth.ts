@@ -7,7 +7,12 @@
  * @module
  */
 
-import { type Identity, toBase64Url, verifySignature } from "../protocol/identity.ts";
+import {
+  fromBase64Url,
+  type Identity,
+  toBase64Url,
+  verifySignature,
+} from "../protocol/identity.ts";
 import type { TransportCredentials } from "../protocol/messages.ts";
 import { createPeerCertificate, type PeerCertificate } from "./cert.ts";
 
@@ -193,4 +198,40 @@ export async function checkDialerProof(
     }
   }
   return "the signature does not verify under the peer's key";
+}
+
+/** A worker group's shared secret, by name (`GROUP_SECRET`, `GROUP`). */
+export interface GroupSecret {
+  /** The group's name. */
+  name: string;
+  /** The HMAC key made from the secret ({@linkcode importGroupSecret}). */
+  secret: CryptoKey;
+}
+
+/**
+ * Null when there is no group, or when its secret vouches for `peerId`'s
+ * key (the vouch it published with its certificate); else why not.
+ */
+export async function unvouched(
+  group: GroupSecret | undefined,
+  peerId: string,
+  peer: { key: string | null; transport: { vouch?: string } | null },
+): Promise<string | null> {
+  if (!group) return null;
+  const vouch = peer.transport?.vouch;
+  const refusal = "its key is not vouched for by GROUP_SECRET";
+  if (!vouch || !peer.key) return refusal;
+  let bytes: Uint8Array<ArrayBuffer>;
+  try {
+    bytes = fromBase64Url(vouch, "vouch");
+  } catch {
+    return refusal;
+  }
+  const ok = await crypto.subtle.verify(
+    "HMAC",
+    group.secret,
+    bytes,
+    vouchPayload(group.name, peerId, peer.key),
+  );
+  return ok ? null : refusal;
 }

@@ -14,6 +14,7 @@ import { VERSION } from "../core/version.ts";
 import { PeerManager } from "../peer/manager.ts";
 import { type PeerConnection, PeerConnections } from "../peer/connection.ts";
 import { importGroupSecret, PeerTransport, type TransportStats } from "../peer/transport.ts";
+import { rehearse } from "../peer/rehearsal.ts";
 import { Forwarder } from "./forward.ts";
 import type { PathKind } from "../protocol/messages.ts";
 import { type ClientEvent, RendezvousClient } from "./client.ts";
@@ -415,6 +416,9 @@ export async function startWorker(
   const connections = new PeerConnections({
     workerId: config.workerId,
     transport,
+    // A fresh process compiles a connection's code at start, on a loop
+    // connection of its own, not on the first connect() (see rehearsal.ts).
+    warmUp: (it) => rehearse(it, log),
     // Once introduced, the link punches again by itself when it must.
     introduce: (peerId) => {
       if (!peers.introduced(peerId)) peers.connect(peerId);
@@ -468,7 +472,11 @@ export async function startWorker(
           rtt_ms: client.rttMs,
         });
       }
-      client.send({ type: "register_transport", ...transport.credentials });
+      // Peers can dial us once they have our certificate: we publish it once
+      // a dial is quick (the warm-up done), not while we still compile.
+      void connections.warmedUp.then(() =>
+        client.send({ type: "register_transport", ...transport.credentials })
+      );
       peers.onRegistered();
     },
     onPeerMessage: (message) => peers.handle(message),

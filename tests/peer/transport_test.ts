@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { Logger } from "../../lib/core/log.ts";
 import { Identity } from "../../lib/protocol/identity.ts";
-import { PeerTransport } from "../../lib/peer/transport.ts";
+import { PeerTransport, TransportError } from "../../lib/peer/transport.ts";
+import { PeerConnections } from "../../lib/peer/connection.ts";
+import { rehearse } from "../../lib/peer/rehearsal.ts";
 import { STAND_IN_LIMITS, type StandInLimits } from "../../lib/peer/stand_in.ts";
 import { waitFor } from "../_helpers.ts";
 
@@ -48,6 +50,76 @@ Deno.test("packets from strangers, empty ones and oversized ones never reach QUI
     await t.receive("known", new Uint8Array(100));
     assert.equal(t.stats.packetsReceived, 1);
   } finally {
+    await t.close();
+  }
+});
+
+Deno.test("the connections rehearse on the warm-up's loop: a stream and a datagram each way, nothing counted or sent, the loop closed after", async () => {
+  const logs: Record<string, unknown>[] = [];
+  const { t, sent } = await transport(logs);
+  try {
+    const logger = new Logger({
+      sink: (l) => logs.push(JSON.parse(l)),
+      format: "json",
+      level: "debug",
+    });
+    assert.equal(await rehearse(t, logger), true);
+    assert.ok(logs.some((l) => l.message === "peer connection rehearsed"), JSON.stringify(logs));
+    assert.deepEqual(t.stats, {
+      packetsSent: 0,
+      bytesSent: 0,
+      packetsReceived: 0,
+      bytesReceived: 0,
+    });
+    assert.deepEqual(sent, [], "no packet left for a peer");
+    assert.equal(t.standIns, 0, "the loop's stand-in is gone");
+    // Once is all: the loop is closed, a second rehearsal has nothing to run on.
+    assert.equal(await rehearse(t, logger), false);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a dial waits for the connections' warm-up, within its own timeout", async () => {
+  const { t } = await transport();
+  const warm = Promise.withResolvers<void>();
+  const dialed: string[] = [];
+  const stub = Object.create(t) as PeerTransport;
+  stub.dial = (peerId: string) => {
+    dialed.push(peerId);
+    return Promise.reject(new TransportError("refused: test"));
+  };
+  const connections = new PeerConnections({
+    workerId: "w1",
+    transport: stub,
+    warmUp: () => warm.promise,
+    introduce: () => {},
+    ready: () => true,
+    pathOf: () => ({ path: "relay", rttMs: null }),
+    logger: new Logger({ sink: () => {}, format: "json" }),
+  });
+  try {
+    const connecting = connections.connect("w2", { timeoutMs: 5000 });
+    connecting.catch(() => {});
+    // Nothing dials while the warm-up runs (a turn of the event loop later still).
+    await new Promise((r) => setTimeout(r, 0));
+    assert.deepEqual(dialed, []);
+    warm.resolve();
+    await assert.rejects(connecting, /refused: test/);
+    assert.deepEqual(dialed, ["w2"]);
+    // A warm-up that never ends holds a dial only until the dial's own deadline.
+    const stuck = new PeerConnections({
+      workerId: "w1",
+      transport: stub,
+      warmUp: () => new Promise(() => {}),
+      introduce: () => {},
+      ready: () => true,
+      pathOf: () => ({ path: "relay", rttMs: null }),
+      logger: new Logger({ sink: () => {}, format: "json" }),
+    });
+    await assert.rejects(stuck.connect("w3", { timeoutMs: 50 }), /timed out|refused: test/);
+  } finally {
+    connections.close();
     await t.close();
   }
 });

@@ -67,7 +67,10 @@ if (o.role === "recv") {
   await conn.closed;
 } else {
   // First byte counts from connect() with the peer already known, as for a
-  // worker that has been up a while (startWorker returns before it registers).
+  // worker that has been up a while: registered (startWorker returns before
+  // it registers) and its warm-up done (the peer publishes its certificate
+  // only once its own is). Both processes are fresh: a few hundred ms old.
+  await worker.connections.warmedUp;
   while (!worker.peers.peer(o.peer)?.transport) await new Promise((r) => setTimeout(r, 5));
   const t0 = performance.now();
   const conn = await worker.connect(o.peer, { timeoutMs: 30_000 });

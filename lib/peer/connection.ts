@@ -406,13 +406,14 @@ export class PeerConnections {
   #closed = false;
   /** Resolves once the warm-up is over, whether it went through or not. */
   readonly warmedUp: Promise<void>;
+  #warm = false;
 
   /** @ignore Made by the worker. */
   constructor(options: PeerConnectionsOptions) {
     this.#o = options;
     this.warmedUp = (options.warmUp?.(options.transport) ?? Promise.resolve()).then(
-      () => {},
-      () => {},
+      () => void (this.#warm = true),
+      () => void (this.#warm = true),
     );
   }
 
@@ -513,7 +514,7 @@ export class PeerConnections {
       }
       await this.#change(peerId, left(), signal);
     }
-    await settleWithin(this.warmedUp, Math.max(0, left()));
+    if (!this.#warm) await settleWithin(this.warmedUp, Math.max(0, left()));
     while (true) {
       const open = this.#open.get(peerId);
       if (open) return open;

@@ -412,6 +412,9 @@ export class PeerTransport {
     certHash: string,
     timeoutMs: number,
   ): Promise<AuthenticatedConnection> {
+    // The proof is signed while the handshake runs.
+    const signing = this.#o.identity.sign(dialerPayload(this.#o.workerId, peerId, certHash));
+    signing.catch(() => {});
     const connecting = Deno.connectQuic({
       endpoint: this.#endpoint,
       hostname: "127.0.0.1",
@@ -434,9 +437,7 @@ export class PeerTransport {
     try {
       const control = await conn.createBidirectionalStream();
       const writer = control.writable.getWriter();
-      const proof = await this.#o.identity.sign(
-        dialerPayload(this.#o.workerId, peerId, certHash),
-      );
+      const proof = await signing;
       await writer.write(frameMessage({
         worker_id: this.#o.workerId,
         signature: toBase64Url(proof),

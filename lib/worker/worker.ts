@@ -15,6 +15,7 @@ import { PeerManager } from "../peer/manager.ts";
 import { type PeerConnection, PeerConnections } from "../peer/connection.ts";
 import { importGroupSecret, PeerTransport, type TransportStats } from "../peer/transport.ts";
 import { rehearse } from "../peer/rehearsal.ts";
+import { rehearseLinks } from "../peer/link_rehearsal.ts";
 import { Forwarder } from "./forward.ts";
 import type { PathKind } from "../protocol/messages.ts";
 import { type ClientEvent, RendezvousClient } from "./client.ts";
@@ -417,8 +418,9 @@ export async function startWorker(
     workerId: config.workerId,
     transport,
     // A fresh process compiles a connection's code at start, on a loop
-    // connection of its own, not on the first connect() (see rehearsal.ts).
-    warmUp: (it) => rehearse(it, log),
+    // connection of its own, and the punching code on two links in memory,
+    // not on the first connect() (rehearsal.ts, link_rehearsal.ts).
+    warmUp: (it) => Promise.all([rehearse(it, log), rehearseLinks()]),
     // Once introduced, the link punches again by itself when it must.
     introduce: (peerId) => {
       if (!peers.introduced(peerId)) peers.connect(peerId);

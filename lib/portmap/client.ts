@@ -32,7 +32,7 @@ export const PORTMAP_WAITS_MS: readonly number[] = [250, 500, 1000];
 
 /** A mapping a gateway made. */
 export interface PortMapping {
-  protocol: "nat-pmp" | "pcp";
+  protocol: "nat-pmp" | "pcp" | "upnp";
   /** The public address and port peers can reach us at. */
   externalIp: string;
   externalPort: number;

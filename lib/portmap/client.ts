@@ -20,7 +20,9 @@ import {
   parsePublicAddressResponse,
 } from "./natpmp.ts";
 import {
+  encodeAnnounceRequest,
   encodeMapRequest as encodePcp,
+  parseAnnounceResponse,
   parseMapResponse as parsePcp,
   PCP_MAX_BYTES,
   PCP_RESULTS,
@@ -41,6 +43,8 @@ export interface PortMapping {
   lifetime: number;
   /** The gateway's epoch, for the restart check. */
   epoch: number;
+  /** PCP: the request's nonce (its renewals and its deletion carry the same). */
+  nonce?: Uint8Array;
 }
 
 /** Why no mapping: the gateway's refusal (with its code), silence, or an error here. */
@@ -179,6 +183,7 @@ export async function mapNatPmp(
 /**
  * Maps UDP `internalPort` with PCP for `lifetime` seconds (0 deletes);
  * `clientIp` is our address on the gateway's network (the request's source).
+ * A renewal or a deletion passes the mapping's `nonce` (RFC 6887 §11.2.1).
  *
  * @throws {PortMapError} when the gateway refuses or says nothing
  */
@@ -188,8 +193,8 @@ export async function mapPcp(
   internalPort: number,
   lifetime: number,
   counts: PortMapCounts = { ignored: 0 },
+  nonce: Uint8Array = crypto.getRandomValues(new Uint8Array(12)),
 ): Promise<PortMapping> {
-  const nonce = crypto.getRandomValues(new Uint8Array(12));
   const request = { nonce, clientIp, internalPort, lifetime };
   const answer: PcpMapResponse = await exchange(
     target,
@@ -210,5 +215,52 @@ export async function mapPcp(
     internalPort,
     lifetime: answer.lifetime,
     epoch: answer.epoch,
+    nonce,
   };
+}
+
+/**
+ * Whether the gateway speaks NAT-PMP (its public-address answer), without
+ * mapping anything. Resolves with the public address; throws on silence or refusal.
+ */
+export async function probeNatPmp(
+  target: PortMapTarget,
+  counts: PortMapCounts = { ignored: 0 },
+): Promise<string> {
+  const address = await exchange(
+    target,
+    encodePublicAddressRequest(),
+    parsePublicAddressResponse,
+    counts,
+  );
+  if (address.result !== 0) {
+    throw new PortMapError(
+      `NAT-PMP: ${NATPMP_RESULTS[address.result] ?? `result ${address.result}`}`,
+      address.result,
+    );
+  }
+  return address.ip;
+}
+
+/**
+ * Whether the gateway speaks PCP (its answer to an ANNOUNCE request, RFC
+ * 6887 §14.1), without mapping anything. Throws on silence or refusal.
+ */
+export async function probePcp(
+  target: PortMapTarget,
+  clientIp: string,
+  counts: PortMapCounts = { ignored: 0 },
+): Promise<void> {
+  const answer = await exchange(
+    target,
+    encodeAnnounceRequest(clientIp),
+    parseAnnounceResponse,
+    counts,
+  );
+  if (answer.result !== 0) {
+    throw new PortMapError(
+      `PCP: ${PCP_RESULTS[answer.result] ?? `result ${answer.result}`}`,
+      answer.result,
+    );
+  }
 }

@@ -158,3 +158,24 @@ export function isAnnounce(bytes: Uint8Array): boolean {
   return bytes.length >= 24 && bytes.length <= PCP_MAX_BYTES && bytes[0] === PCP_VERSION &&
     bytes[1] === (0x80 | PCP_ANNOUNCE);
 }
+
+/** The ANNOUNCE request (§14.1): 24 bytes, lifetime 0; the probe of whether a gateway speaks PCP. */
+export function encodeAnnounceRequest(clientIp: string): Uint8Array {
+  const bytes = new Uint8Array(24);
+  bytes[0] = PCP_VERSION;
+  bytes[1] = PCP_ANNOUNCE;
+  bytes.set(address16(clientIp), 8);
+  return bytes;
+}
+
+/**
+ * The answer to an ANNOUNCE request: its result and the gateway's epoch;
+ * undefined when `bytes` is not one.
+ */
+export function parseAnnounceResponse(
+  bytes: Uint8Array,
+): { result: number; epoch: number } | undefined {
+  if (!isAnnounce(bytes) || bytes.length % 4 !== 0) return undefined;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return { result: bytes[3], epoch: view.getUint32(8) };
+}

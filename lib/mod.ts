@@ -38,6 +38,18 @@ export type { PeerView } from "./worker/control.ts";
 export type { ClientEvent, ClientSnapshot, ClientStatus } from "./worker/client.ts";
 export type { UdpEndpointReport } from "./stun/discovery.ts";
 
+// Port mapping: PCP, NAT-PMP and UPnP-IGD on the default gateway.
+export {
+  DEFAULT_MAPPING_LIFETIME_SEC,
+  type MappingProtocol,
+  PortMapper,
+  type PortMapperOptions,
+  type PortMapStatus,
+} from "./portmap/mapper.ts";
+export { PortMapError, type PortMapping, type PortMapTarget } from "./portmap/client.ts";
+export type { Gateway } from "./portmap/gateway.ts";
+export type { UpnpTarget } from "./portmap/upnp_client.ts";
+
 // Peers: links, punching, relay, messages.
 export { PeerManager } from "./peer/manager.ts";
 export {
@@ -108,6 +120,8 @@ export {
   isValidWorkerId,
   type LeaveReason,
   type ListPeersMessage,
+  type MappedEndpoint,
+  MAPPING_PROTOCOLS,
   type NatMapping,
   type PathKind,
   type PathUpdateMessage,

@@ -385,6 +385,8 @@ export function spawnWorker(
     STUN_SERVERS: "off",
     // Tests that use `deno task ctl` give a directory of their own.
     CONTROL_DIR: "off",
+    // Tests never ask this machine's gateway for a mapping; the port-mapping lab asks its own.
+    PORT_MAPPING: "off",
     ...env,
   });
 }

@@ -13,7 +13,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   stun: ["core", "protocol"],
   peer: ["core", "protocol", "stun"],
   rendezvous: ["core", "protocol", "stun", "redis"],
-  worker: ["core", "protocol", "stun", "peer"],
+  worker: ["core", "protocol", "stun", "peer", "portmap"],
   netcheck: ["core", "protocol", "stun", "peer"],
   portmap: ["core", "protocol"],
   demo: ["core", "protocol", "redis", "stun", "peer", "rendezvous", "worker"],

@@ -233,6 +233,7 @@ export class PeerLink {
       candidates: message.candidates,
       peerNat: message.peer_nat,
       ownNat: message.own_nat,
+      ownMapped: this.#d.ownMapped?.() ?? false,
       window: same?.window ?? new ReplayWindow(),
       nextSeq: same?.nextSeq ?? 0,
     };

@@ -60,6 +60,8 @@ export interface PeerLinkDeps {
   trace?(event: LinkEvent): void;
   /** @default {Math.random} */
   random?: () => number;
+  /** Whether our gateway mapped our socket now (a port mapping). @default {() => false} */
+  ownMapped?(): boolean;
 }
 
 /** Counters and timings, for the health endpoint and the lab. */

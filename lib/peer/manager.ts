@@ -327,6 +327,7 @@ export class PeerManager {
         this.#o.onPath?.(peerId, path, rttMs);
       },
       onPaths: () => this.#indexPaths(link!),
+      ownMapped: () => this.#ownMapped,
       trace: (event) => {
         this.#indexPaths(link!);
         this.#logLink(log, link!, event);
@@ -425,7 +426,7 @@ export class PeerManager {
         this.#bySession.set(message.session_id, link);
         // The rendezvous sees the peer come from these: they may be punched hard.
         for (const c of message.candidates) {
-          if (c.kind === "public" && c.vouched !== false) this.budget.vouch(c.ip);
+          if (c.kind !== "local" && c.vouched !== false) this.budget.vouch(c.ip);
         }
         void link.punch(message);
         return;
@@ -456,7 +457,24 @@ export class PeerManager {
       (before === undefined || before.nat_mapping === null);
     const moved = before?.public != null &&
       (before.public.ip !== peer.public?.ip || before.public.port !== peer.public?.port);
-    if ((newlyReported || moved) && this.#ownEndpoint !== undefined) this.connect(peer.worker_id);
+    // A gateway mapping that came (or moved) is a candidate that may open
+    // what punching could not: introduced again, unless already direct.
+    const mapped = peer.mapped != null && before !== undefined &&
+      (before.mapped?.ip !== peer.mapped.ip || before.mapped?.port !== peer.mapped.port) &&
+      this.#links.get(peer.worker_id)?.path !== "direct";
+    if ((newlyReported || moved || mapped) && this.#ownEndpoint !== undefined) {
+      this.connect(peer.worker_id);
+    }
+  }
+
+  #ownMapped = false;
+
+  /**
+   * Call when our gateway's mapping of the socket comes or goes: rounds
+   * planned from now on know the peer can reach us through it.
+   */
+  ownMappingReported(mapped: boolean): void {
+    this.#ownMapped = mapped;
   }
 
   #ownEndpoint?: string;

@@ -39,6 +39,8 @@ export interface RoundsIntroduction {
   candidates: Candidate[];
   peerNat: NatMapping | null;
   ownNat: NatMapping | null;
+  /** Our gateway mapped our socket (the peer checks that address). */
+  ownMapped?: boolean;
 }
 
 /** What the rounds need from their link. */
@@ -156,7 +158,12 @@ export class Rounds {
         c.kind === "public" ? { ...c, vouched: vouchedIps.has(c.ip) } : c
       )
       : intro.candidates;
-    const { strategy, checks, publics } = planPunch(intro.ownNat, intro.peerNat, candidates);
+    const { strategy, checks, publics } = planPunch(
+      intro.ownNat,
+      intro.peerNat,
+      candidates,
+      intro.ownMapped,
+    );
     const ownHard = intro.ownNat === "endpoint-dependent";
     const peerHard = intro.peerNat === "endpoint-dependent";
     const probing = new PunchRound(this.#roundHost, sessionId, n, via, strategy);

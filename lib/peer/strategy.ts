@@ -15,6 +15,11 @@
  * rendezvous vouches for (it sees the peer at that IP); without one, `ice`:
  * paced checks that stop when the address does not answer.
  *
+ * A port mapping (PCP, NAT-PMP, UPnP) on either side's gateway makes that
+ * side reachable from anywhere, whatever its NAT does to other flows: then
+ * `ice`, its mapped candidate checked first — also between two
+ * endpoint-dependent NATs, which nothing else opens.
+ *
  * @module
  */
 
@@ -26,25 +31,33 @@ export type Strategy = "relay-only" | "both-hard" | "ice" | "hard-side" | "easy-
 /** What a round does: its strategy, the candidates it checks, and the peer's public ones. */
 export interface PunchPlan {
   strategy: Strategy;
-  /** Checked one after another (local first, then public). */
+  /** Checked one after another (the gateway-mapped first, then local, then public). */
   checks: Candidate[];
   /** The peer's vouched public candidates (the hard side's and the spray's target). */
   publics: Candidate[];
 }
 
-/** The plan for a round between our NAT `own` and the peer's `peer`, to `candidates`. */
+/**
+ * The plan for a round between our NAT `own` and the peer's `peer`, to
+ * `candidates`; `ownMapped`: our gateway mapped our socket (the peer checks
+ * that address).
+ */
 export function planPunch(
   own: NatMapping | null,
   peer: NatMapping | null,
   candidates: readonly Candidate[],
+  ownMapped = false,
 ): PunchPlan {
-  const ownHard = own === "endpoint-dependent";
-  const peerHard = peer === "endpoint-dependent";
+  const mapped = candidates.filter((c) => c.kind === "mapped");
+  // Either side mapped: reachable from anywhere, so neither is hard.
+  const anyMapped = ownMapped || mapped.length > 0;
+  const ownHard = own === "endpoint-dependent" && !anyMapped;
+  const peerHard = peer === "endpoint-dependent" && !anyMapped;
   const noUdp = own === "no-udp" || peer === "no-udp";
   const locals = candidates.filter((c) => c.kind === "local");
   const allPublics = candidates.filter((c) => c.kind === "public");
   const publics = allPublics.filter((c) => c.vouched !== false);
-  const checks = noUdp ? [] : ownHard && peerHard ? locals : [...locals, ...allPublics];
+  const checks = noUdp ? [] : ownHard && peerHard ? locals : [...mapped, ...locals, ...allPublics];
   // A side without NAT takes any packet: the other side's checks reach it
   // and its answers go back through whatever mapping they came from, so
   // plain checks do; extra sockets and a spray would only load it.

@@ -34,10 +34,13 @@ export const PORTMAP_WAITS_MS: readonly number[] = [250, 500, 1000];
 
 /** A mapping a gateway made. */
 export interface PortMapping {
+  /** How it was mapped. */
   protocol: "nat-pmp" | "pcp" | "upnp";
   /** The public address and port peers can reach us at. */
   externalIp: string;
+  /** The public port. */
   externalPort: number;
+  /** Our socket's port it leads to. */
   internalPort: number;
   /** Seconds it lives: renew at half. */
   lifetime: number;
@@ -49,9 +52,11 @@ export interface PortMapping {
 
 /** Why no mapping: the gateway's refusal (with its code), silence, or an error here. */
 export class PortMapError extends Error {
+  /** Always `"PortMapError"`. */
   override name = "PortMapError";
   /** The protocol's result code, for a refusal. */
   readonly result?: number;
+  /** `message` says why; `result` is the gateway's code, for a refusal. */
   constructor(message: string, result?: number) {
     super(message);
     this.result = result;
@@ -66,6 +71,7 @@ export interface PortMapTarget {
   port?: number;
   /** Retransmission waits. @default {PORTMAP_WAITS_MS} */
   waitsMs?: readonly number[];
+  /** Stops between tries. */
   signal?: AbortSignal;
 }
 

@@ -16,7 +16,9 @@ export interface DefaultRoute {
 
 /** The gateway to ask, and our address on its network (PCP's client address, UPnP's internal client). */
 export interface Gateway {
+  /** The gateway's IPv4 address. */
   gateway: string;
+  /** Ours on its network. */
   clientIp: string;
 }
 

@@ -49,8 +49,9 @@ export interface PortMapperOptions {
   target?: Pick<PortMapTarget, "port" | "waitsMs"> & Pick<UpnpTarget, "searchTo">;
   /** A mapping was made, renewed to another address, or lost (null). */
   onMapping?(mapping: PortMapping | null): void;
+  /** Where mappings, refusals and silences are logged. */
   logger: Logger;
-  /** @default {systemClock} */
+  /** The renewals' timers. @default {systemClock} */
   clock?: Clock;
 }
 
@@ -66,8 +67,21 @@ export interface PortMapStatus {
   counts: { mapped: number; renewed: number; failed: number; ignored: number };
 }
 
+/** A mapping as shown: without the PCP nonce or the UPnP control endpoint. */
+function shown(m: PortMapping): PortMapping {
+  return {
+    protocol: m.protocol,
+    externalIp: m.externalIp,
+    externalPort: m.externalPort,
+    internalPort: m.internalPort,
+    lifetime: m.lifetime,
+    epoch: m.epoch,
+  };
+}
+
 /** Keeps one UDP port mapping on the default gateway. */
 export class PortMapper {
+  /** What the mapper knows now (`GET /`'s `port_mapping`). */
   readonly status: PortMapStatus = {
     gateway: null,
     offered: { pcp: null, "nat-pmp": null, upnp: null },
@@ -77,6 +91,8 @@ export class PortMapper {
   readonly #o: PortMapperOptions;
   readonly #clock: Clock;
   #gateway: Gateway | null = null;
+  /** The mapping held, with what renews and deletes it (`status.mapping` shows it without). */
+  #mapping: PortMapping | null = null;
   #control: IgdControl | undefined;
   #timer: TimerId | undefined;
   #retries = 0;
@@ -85,6 +101,7 @@ export class PortMapper {
   #running: Promise<unknown> = Promise.resolve();
   #probing: Promise<unknown> = Promise.resolve();
 
+  /** Nothing is asked until {@linkcode PortMapper.start}. */
   constructor(options: PortMapperOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
@@ -189,8 +206,9 @@ export class PortMapper {
 
   /** A mapping is held: say so if it changed, renew it at half its lifetime. */
   #held(mapping: PortMapping): void {
-    const before = this.status.mapping;
-    this.status.mapping = mapping;
+    const before = this.#mapping;
+    this.#mapping = mapping;
+    this.status.mapping = shown(mapping);
     this.#retries = 0;
     if (
       !before || before.externalIp !== mapping.externalIp ||
@@ -204,7 +222,7 @@ export class PortMapper {
   }
 
   async #renew(): Promise<void> {
-    const held = this.status.mapping;
+    const held = this.#mapping;
     if (!held || this.#stopped) return;
     const gateway = await (this.#o.findGateway ?? findDefaultGateway)().catch(() => null);
     if (this.#stopped) return;
@@ -236,7 +254,8 @@ export class PortMapper {
   }
 
   #lost(): void {
-    if (this.status.mapping === null) return;
+    if (this.#mapping === null) return;
+    this.#mapping = null;
     this.status.mapping = null;
     this.#o.onMapping?.(null);
   }
@@ -286,8 +305,9 @@ export class PortMapper {
     this.#abort.abort();
     await this.#running.catch(() => {});
     await this.#probing;
-    const held = this.status.mapping;
+    const held = this.#mapping;
     if (held) await this.#delete(held);
+    this.#mapping = null;
     this.status.mapping = null;
   }
 }

@@ -41,6 +41,7 @@ export interface UpnpTarget {
   searchTo?: { hostname: string; port: number }[];
   /** Retransmission waits of the search. @default {PORTMAP_WAITS_MS} */
   waitsMs?: readonly number[];
+  /** Stops the search and the HTTP exchanges. */
   signal?: AbortSignal;
 }
 

@@ -108,6 +108,24 @@ export interface RegisterUdpEndpointMessage {
   nat: { mapping: NatMapping };
   /** The worker's round trip to the rendezvous, to time introductions. */
   rtt_ms?: number | null;
+  /** A port mapping its gateway made for the socket (absent from older workers). */
+  mapped?: MappedEndpoint | null;
+}
+
+/** The port-mapping protocols a gateway may speak. */
+export const MAPPING_PROTOCOLS = ["pcp", "nat-pmp", "upnp"] as const;
+
+/**
+ * The public address a worker's gateway mapped to its UDP socket (PCP,
+ * NAT-PMP or UPnP-IGD): reachable by any peer, whatever its NAT does to
+ * other flows — unless the gateway itself is behind another NAT (the address
+ * is then private or shared, and no candidate).
+ */
+export interface MappedEndpoint extends UdpAddress {
+  /** How it was mapped. */
+  protocol: (typeof MAPPING_PROTOCOLS)[number];
+  /** Seconds the gateway gave it at its last renewal. */
+  lifetime_sec: number;
 }
 
 /** Asks for the peers in this worker's group; `watch` subscribes to changes. */
@@ -281,6 +299,8 @@ export interface PeerInfo {
   local: UdpAddress[];
   /** Its NAT's mapping behaviour, if known. */
   nat_mapping: NatMapping | null;
+  /** A port mapping its gateway made, if any (absent from older rendezvous). */
+  mapped?: MappedEndpoint | null;
   /** Its Ed25519 public key (base64url), proven to the rendezvous; null for a keyless worker. */
   key: string | null;
   /** Its transport certificate hash and the key's signature over it; null until published. */
@@ -339,8 +359,12 @@ export interface PeerLeftMessage {
 
 /** A candidate address of a peer, in the order to try it. */
 export interface Candidate extends UdpAddress {
-  /** A host candidate (an interface address) or server-reflexive (STUN-mapped). */
-  kind: "local" | "public";
+  /**
+   * A host candidate (an interface address), server-reflexive (STUN-mapped),
+   * or mapped by the peer's gateway (PCP, NAT-PMP, UPnP: reachable from
+   * anywhere). Older workers read any kind but `local` as `public`.
+   */
+  kind: "local" | "public" | "mapped";
   /**
    * A public candidate's IP is the one the rendezvous sees the peer's session
    * come from: only such an address may get a birthday spray or a hard
@@ -412,6 +436,8 @@ export interface UdpEndpointRecord {
   local: UdpAddress[];
   /** How the worker's NAT maps its socket. */
   nat_mapping: NatMapping;
+  /** A port mapping its gateway made, if any. */
+  mapped?: MappedEndpoint | null;
   /** ISO time of the last report. */
   updated_at: string;
 }

@@ -13,6 +13,8 @@ import {
   type Candidate,
   type ClientMessage,
   isValidWorkerId,
+  type MappedEndpoint,
+  MAPPING_PROTOCOLS,
   MAX_LOCAL_CANDIDATES,
   MAX_RELAY_DATA,
   NAT_MAPPINGS,
@@ -165,10 +167,39 @@ function udpEndpointFields(
       }: current value is ${describe(mapping)}`,
     );
   }
-  return {
+  const fields: Omit<RegisterUdpEndpointMessage, "type"> = {
     public: publicAddress,
     local: local.map((entry, i) => udpAddress(entry, type, `local[${i}]`)),
     nat: { mapping: mapping as NatMapping },
+  };
+  if (record.mapped !== undefined) fields.mapped = mappedEndpoint(record.mapped, type);
+  return fields;
+}
+
+/** Longest mapping lifetime taken (a day; gateways give hours). */
+const MAX_MAPPING_LIFETIME_SEC = 86_400;
+
+/** A port mapping's endpoint, or null. @throws {ProtocolError} naming what is wrong */
+function mappedEndpoint(value: unknown, type: string): MappedEndpoint | null {
+  if (value === null) return null;
+  const address = udpAddress(value, type, "mapped");
+  const { protocol, lifetime_sec: lifetime } = value as Record<string, unknown>;
+  if (
+    typeof protocol !== "string" || !(MAPPING_PROTOCOLS as readonly string[]).includes(protocol) ||
+    typeof lifetime !== "number" || !Number.isInteger(lifetime) || lifetime < 0 ||
+    lifetime > MAX_MAPPING_LIFETIME_SEC
+  ) {
+    throw new ProtocolError(
+      "invalid_message",
+      `Cannot parse "${type}": "mapped" must be {ip, port, protocol: ${
+        MAPPING_PROTOCOLS.join(" | ")
+      }, lifetime_sec: 0-${MAX_MAPPING_LIFETIME_SEC}}`,
+    );
+  }
+  return {
+    ...address,
+    protocol: protocol as MappedEndpoint["protocol"],
+    lifetime_sec: lifetime,
   };
 }
 
@@ -212,9 +243,19 @@ function peerInfo(value: unknown): PeerInfo {
     nat_mapping: record.nat_mapping === null || record.nat_mapping === undefined
       ? null
       : fields.nat.mapping,
+    mapped: mappedOrNull(record.mapped),
     key: keyOrNull(record.key),
     transport: transportOrNull(record.transport),
   };
+}
+
+/** A well-formed port mapping, else null (a peer's: read, never refused). */
+function mappedOrNull(value: unknown): MappedEndpoint | null {
+  try {
+    return value === undefined ? null : mappedEndpoint(value, "peer");
+  } catch {
+    return null;
+  }
 }
 
 /** Well-formed transport credentials, else null. */
@@ -390,9 +431,11 @@ export function parseServerMessage(text: string): ServerMessage {
         throw new ProtocolError("invalid_message", 'Cannot parse "punch": bad session_id or key');
       }
       const list = Array.isArray(record.candidates) ? record.candidates : [];
-      const candidates = list.slice(0, MAX_LOCAL_CANDIDATES + 1).map((c, i) => {
+      // Locals, then the STUN-mapped one and the gateway-mapped one.
+      const candidates = list.slice(0, MAX_LOCAL_CANDIDATES + 2).map((c, i) => {
         const address = udpAddress(c, "punch", `candidates[${i}]`);
-        const kind = (c as Record<string, unknown>).kind === "local" ? "local" : "public";
+        const given = (c as Record<string, unknown>).kind;
+        const kind = given === "local" || given === "mapped" ? given : "public";
         const vouched = (c as Record<string, unknown>).vouched;
         return (typeof vouched === "boolean"
           ? { ...address, kind, vouched }

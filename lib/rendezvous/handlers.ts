@@ -100,6 +100,7 @@ export class Handlers {
     };
     const pub = message.public && usable(message.public) ? message.public : null;
     const local = message.local.filter(usable);
+    const mapped = message.mapped && usable(message.mapped) ? message.mapped : null;
     if (refused.length > 0) {
       this.#d.metrics.candidatesRefused.inc({}, refused.length);
       this.#d.logger.warn("worker reported unusable addresses", {
@@ -119,6 +120,7 @@ export class Handlers {
       public: pub,
       local,
       nat_mapping: message.nat.mapping,
+      ...(mapped ? { mapped } : {}),
       updated_at: new Date(this.#d.clock.now()).toISOString(),
     };
     if (message.rtt_ms !== null && message.rtt_ms !== undefined) {
@@ -133,6 +135,7 @@ export class Handlers {
     this.#d.logger.info("worker reported udp endpoint", {
       worker_id: session.workerId,
       udp_public: pub ? `${pub.ip}:${pub.port}` : null,
+      udp_mapped: mapped ? `${mapped.ip}:${mapped.port} (${mapped.protocol})` : null,
       nat_mapping: message.nat.mapping,
       local_candidates: message.local.length,
     });

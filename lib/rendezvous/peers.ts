@@ -11,7 +11,7 @@
  */
 
 import { randomHex } from "../core/encoding.ts";
-import { normalizeIp } from "../protocol/ip.ts";
+import { addressScope, normalizeIp } from "../protocol/ip.ts";
 
 import type { Clock } from "../core/clock.ts";
 import type { Logger } from "../core/log.ts";
@@ -85,6 +85,8 @@ export function peerInfo(record: WorkerRecord): PeerInfo {
     public: record.udp_endpoint?.public ?? null,
     local: record.udp_endpoint?.local ?? [],
     nat_mapping: record.udp_endpoint?.nat_mapping ?? null,
+    // Only when there is one: the seed's and older workers see the shape they know.
+    ...(record.udp_endpoint?.mapped ? { mapped: record.udp_endpoint.mapped } : {}),
     key: record.key,
     transport: record.transport,
   };
@@ -101,6 +103,14 @@ function candidates(record: WorkerRecord): Candidate[] {
     const vouched = record.observed_ip !== null &&
       normalizeIp(udp.public.ip) === record.observed_ip;
     out.push({ ...udp.public, kind: "public", vouched });
+  }
+  // A gateway's mapping, last (older workers keep the first 17): a candidate
+  // only where it is public; a private or shared one says the gateway is
+  // behind another NAT, and reaches no peer outside it.
+  const mapped = udp.mapped;
+  if (mapped && addressScope(mapped.ip) === "global") {
+    const vouched = record.observed_ip !== null && normalizeIp(mapped.ip) === record.observed_ip;
+    out.push({ ip: mapped.ip, port: mapped.port, kind: "mapped", vouched });
   }
   return out;
 }

@@ -90,6 +90,8 @@ export interface WorkerConfig {
   peerHelloMs: number;
   /** IP TTL of a punch's opening packets (`PUNCH_OPENING_TTL`); 0: none. */
   punchOpeningTtl: number;
+  /** Ask the gateway for a port mapping of the UDP socket (`PORT_MAPPING`). */
+  portMapping: "auto" | "off";
   /** Log level and format (`LOG_LEVEL`, `LOG_FORMAT`). */
   log: LogConfig;
 }
@@ -212,6 +214,12 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
       "highest TTL of the opening packets a punch sends first (past your own NATs, short of the peer's); 0: none",
   },
   {
+    name: "PORT_MAPPING",
+    fallback: "auto",
+    meaning:
+      "auto: ask the default gateway for a mapping of the UDP socket (PCP, NAT-PMP, UPnP-IGD, probed at once) and offer it to peers; off: never",
+  },
+  {
     name: "PEER_HELLO_SEC",
     fallback: "0 (off)",
     meaning: "send a small hello to every known peer this often (demo, lab)",
@@ -288,6 +296,17 @@ export function registrationUrl(base: URL, workerId: string, group = "default"):
     encodeURIComponent(workerId)
   }`;
   return url;
+}
+
+function portMapping(env: Env): "auto" | "off" {
+  const value = stringVar(env, "PORT_MAPPING", "auto");
+  if (value !== "auto" && value !== "off") {
+    throw new ConfigError(
+      "PORT_MAPPING",
+      `Cannot read PORT_MAPPING: it must be auto or off: current value is "${value}"`,
+    );
+  }
+  return value;
 }
 
 function udpIo(env: Env): "auto" | "ffi" | "deno" {
@@ -461,6 +480,7 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     peerForwardWaitMs: seconds(env, "PEER_FORWARD_WAIT_SEC", 30, 0.1, 3600),
     peerCongestionControl: congestionControl(env),
     peerUdpIo: udpIo(env),
+    portMapping: portMapping(env),
     group,
     peerAutoConnect: boolVar(env, "PEER_AUTOCONNECT", false),
     peerHelloMs: seconds(env, "PEER_HELLO_SEC", 0, 0, 3600),

@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { PortMapStatus } from "../portmap/mapper.ts";
 import { type Labels, Metrics, METRICS_CONTENT_TYPE } from "../core/metrics.ts";
 import type { UdpEndpointReport } from "../stun/discovery.ts";
 import type { ClientSnapshot } from "./client.ts";
@@ -24,6 +25,12 @@ export interface WorkerStatus {
   udp: UdpEndpointReport | null;
   /** How the transport's UDP is read and written: batched through FFI, or Deno's sockets (`PEER_UDP_IO`). */
   udp_io: "ffi" | "deno";
+  /**
+   * The gateway's port mapping (`PORT_MAPPING`): the gateway asked, which
+   * protocols it answered, the mapping held, counters; null when off or
+   * without UDP.
+   */
+  port_mapping: PortMapStatus | null;
   /** Each peer link's path, RTT and counters, by peer id. */
   peers: Record<string, unknown>;
   /** `PEER_FORWARD` listeners (`host:port:peer:port`) with connections and bytes. */

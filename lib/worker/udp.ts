@@ -7,6 +7,9 @@
  */
 
 import { FfiUdp } from "../peer/ffi_udp.ts";
+import { PortMapper, type PortMapperOptions } from "../portmap/mapper.ts";
+import { findGateway } from "../portmap/gateway.ts";
+import type { MappedEndpoint } from "../protocol/messages.ts";
 import type { Logger } from "../core/log.ts";
 import { addressScope } from "../protocol/ip.ts";
 import { StunClient } from "../stun/client.ts";
@@ -30,6 +33,10 @@ export interface WorkerUdpOptions {
   logger: Logger;
   /** Sends a report to the rendezvous; false when no session is open. */
   report: (report: UdpEndpointReport) => boolean;
+  /** Ask the gateway to map the socket's port (`PORT_MAPPING=auto`). @default {false} */
+  portMapping?: boolean;
+  /** Where the mapper looks for the gateway (tests). @default {the default route's} */
+  portMapper?: Pick<PortMapperOptions, "findGateway" | "target">;
 }
 
 /** Hears each report the rendezvous took (its public address, null without one). */
@@ -45,6 +52,9 @@ export interface WorkerUdp {
   onRegistered(): void;
   /** Sets who hears each report the rendezvous took (the peer manager, made after the socket). */
   setReportedListener(listener: ReportedListener): void;
+  /** The gateway's port mapping of the socket (`PORT_MAPPING=auto`), if asked for. */
+  portMapper?: PortMapper;
+  /** Deletes the port mapping (if any), then closes the sockets. */
   close(): Promise<void>;
 }
 
@@ -63,13 +73,44 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   udp.onStun = (bytes, from) => stun.handle(bytes, from);
   let sentThisSession: string | undefined;
   let reported: ReportedListener | undefined;
-  const sendIfNew = (report: UdpEndpointReport) => {
+  // The last discovery's report, and the gateway's mapping (sent with every report).
+  let last: UdpEndpointReport | undefined;
+  let mapped: MappedEndpoint | null = null;
+  const sendIfNew = (discovered: UdpEndpointReport) => {
+    last = discovered;
+    const report = mapped === null ? discovered : { ...discovered, mapped };
     const text = JSON.stringify(report);
     if (text === sentThisSession) return;
     if (!options.report(report)) return;
     sentThisSession = text;
     reported?.(report);
   };
+  // A mapping reaches the socket only where it listens on the gateway's side:
+  // bound to all addresses, or to our address toward the gateway (a socket
+  // on loopback, as in tests, asks nobody).
+  const lookUp = options.portMapper?.findGateway ?? findGateway;
+  const portMapper = options.portMapping
+    ? new PortMapper({
+      internalPort: udp.local.port,
+      logger,
+      ...options.portMapper,
+      findGateway: async () => {
+        const gateway = await lookUp();
+        const bound = options.hostname;
+        return gateway && (bound === "0.0.0.0" || bound === gateway.clientIp) ? gateway : null;
+      },
+      onMapping: (mapping) => {
+        mapped = mapping && {
+          ip: mapping.externalIp,
+          port: mapping.externalPort,
+          protocol: mapping.protocol,
+          lifetime_sec: mapping.lifetime,
+        };
+        if (last) sendIfNew(last);
+      },
+    })
+    : undefined;
+  void portMapper?.start();
   // IPv6: no NAT to discover, so no STUN; the socket's global addresses are
   // candidates as they are (a stateful firewall lets the punch through).
   let udp6: UdpEndpoint | undefined;
@@ -108,7 +149,9 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
       sentThisSession = undefined;
       presence.discover(stop.signal).then(sendIfNew, () => {});
     },
+    portMapper,
     async close() {
+      await portMapper?.stop();
       stop.abort();
       await keepalive;
       await udp.close();

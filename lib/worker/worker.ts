@@ -29,6 +29,7 @@ import { Pinger, type Pong } from "./ping.ts";
 import { fetchPublicIp } from "./public_ip.ts";
 import type { Identity } from "../protocol/identity.ts";
 import { openUdpIo, startWorkerUdp, type WorkerUdp } from "./udp.ts";
+import type { PortMapperOptions } from "../portmap/mapper.ts";
 import type { FfiUdp } from "../peer/ffi_udp.ts";
 
 /** How long {@linkcode Worker.close} gives closing connections' last packets to leave. */
@@ -60,6 +61,8 @@ export interface StartWorkerOptions {
    * {@linkcode Worker.connect} returns them.
    */
   onConnection?: (connection: PeerConnection) => void;
+  /** Where the port mapper looks for the gateway (tests). @default {the default route's} */
+  portMapper?: Pick<PortMapperOptions, "findGateway" | "target">;
   /**
    * The worker's key. By default it comes from `config.keyFile`
    * (`WORKER_KEY_FILE`), or is made fresh for this worker.
@@ -241,6 +244,7 @@ export class Worker {
       rendezvous: this.#client.snapshot(),
       udp: this.#udp?.presence.last ?? null,
       udp_io: this.#ffi ? "ffi" : "deno",
+      port_mapping: this.#udp?.portMapper?.status ?? null,
       peers: Object.fromEntries(
         Object.entries(this.peers.snapshot()).map(([id, link]) => {
           const traffic = this.#transport.traffic(id);
@@ -375,6 +379,8 @@ export async function startWorker(
     logger: log,
     report: (report) =>
       client.send({ type: "register_udp_endpoint", ...report, rtt_ms: client.rttMs }),
+    portMapping: config.portMapping === "auto",
+    portMapper: options.portMapper,
   });
   const peers = new PeerManager({
     udp: udp?.udp,
@@ -388,7 +394,10 @@ export async function startWorker(
     logger: log,
   });
   const pinger = new Pinger((peerId, payload) => peers.send(peerId, payload));
-  udp?.setReportedListener((report) => peers.ownEndpointReported(report.public));
+  udp?.setReportedListener((report) => {
+    peers.ownMappingReported(report.mapped != null);
+    peers.ownEndpointReported(report.public);
+  });
   let transport: PeerTransport;
   try {
     transport = await PeerTransport.start({

@@ -41,3 +41,25 @@ Deno.test("planPunch() picks the strategy from both NATs and the candidates, the
     );
   }
 });
+
+Deno.test("planPunch(): a gateway's port mapping on either side means plain checks, the mapped candidate first — also between two endpoint-dependent NATs", () => {
+  const EIM = "endpoint-independent";
+  const EDM = "endpoint-dependent";
+  const mapped: Candidate = { ip: "203.0.113.9", port: 41641, kind: "mapped", vouched: true };
+  const table: [NatMapping, NatMapping, Candidate[], boolean, Strategy, Candidate[]][] = [
+    // own, peer, candidates, own mapped → strategy, checks
+    [EDM, EDM, [local, vouched, mapped], false, "ice", [mapped, local, vouched]], // the peer maps
+    [EDM, EDM, [local, vouched], true, "ice", [local, vouched]], // we map: the peer checks us
+    [EIM, EDM, [local, vouched, mapped], false, "ice", [mapped, local, vouched]], // no spray
+    [EDM, EIM, [local, vouched], true, "ice", [local, vouched]], // no extra sockets
+    [EIM, EIM, [local, vouched, mapped], false, "ice", [mapped, local, vouched]],
+    ["no-udp", EDM, [mapped], false, "relay-only", []],
+    [EDM, EDM, [local, vouched], false, "both-hard", [local]], // nobody maps: as before
+  ];
+  for (const [own, peer, candidates, ownMapped, strategy, checks] of table) {
+    const plan = planPunch(own, peer, candidates, ownMapped);
+    const what = `${own} ↔ ${peer}, own mapped ${ownMapped}, ${candidates.length} candidates`;
+    assert.equal(plan.strategy, strategy, what);
+    assert.deepEqual(plan.checks, checks, what);
+  }
+});

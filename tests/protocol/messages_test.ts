@@ -289,3 +289,77 @@ Deno.test("peer_left carries reason revoked; an unknown reason is read as none",
   }
   assert.throws(() => parseServerMessage('{"type":"peer_left","peer_id":"a b"}'), ProtocolError);
 });
+
+Deno.test("port mappings on the wire: a worker's report is checked, a peer's read leniently, a punch's mapped candidate kept as such", () => {
+  const mapped = { ip: "203.0.113.7", port: 41641, protocol: "nat-pmp", lifetime_sec: 7200 };
+  const report = {
+    type: "register_udp_endpoint",
+    public: { ip: "203.0.113.7", port: 5000 },
+    local: [],
+    nat: { mapping: "endpoint-dependent" },
+  };
+  assert.deepEqual(
+    parseClientMessage(JSON.stringify({ ...report, mapped })),
+    { ...report, mapped, rtt_ms: null },
+  );
+  assert.equal(
+    (parseClientMessage(JSON.stringify({ ...report, mapped: null })) as { mapped: unknown }).mapped,
+    null,
+  );
+  assert.equal("mapped" in parseClientMessage(JSON.stringify(report)), false, "older workers");
+  for (
+    const bad of [
+      { ...mapped, protocol: "igd" },
+      { ...mapped, lifetime_sec: -1 },
+      { ...mapped, lifetime_sec: 1e9 },
+      { ...mapped, port: 0 },
+      { ...mapped, ip: "not an ip" },
+      "203.0.113.7:41641",
+    ]
+  ) {
+    assert.throws(
+      () => parseClientMessage(JSON.stringify({ ...report, mapped: bad })),
+      ProtocolError,
+      JSON.stringify(bad),
+    );
+  }
+  // A peer's mapping that does not parse is none (a newer rendezvous may say more).
+  const peer = {
+    worker_id: "w2",
+    public: null,
+    local: [],
+    nat_mapping: "endpoint-dependent",
+    key: null,
+    transport: null,
+  };
+  const peers = (m: unknown) =>
+    (parseServerMessage(JSON.stringify({ type: "peers", peers: [{ ...peer, mapped: m }] })) as {
+      peers: { mapped: unknown }[];
+    }).peers[0].mapped;
+  assert.deepEqual(peers(mapped), mapped);
+  assert.equal(peers({ ...mapped, protocol: "x" }), null);
+  assert.equal(peers(undefined), null);
+  const punch = parseServerMessage(JSON.stringify({
+    type: "punch",
+    peer_id: "w2",
+    session_id: "00000000000000a1",
+    key: "A".repeat(43) + "=",
+    candidates: [
+      ...Array.from({ length: 16 }, (_, i) => ({ ip: `10.0.0.${i + 1}`, port: 1, kind: "local" })),
+      { ip: "203.0.113.7", port: 5000, kind: "public", vouched: true },
+      { ip: "203.0.113.7", port: 41641, kind: "mapped", vouched: true },
+      { ip: "203.0.113.8", port: 1, kind: "strange" },
+    ],
+    peer_nat: "endpoint-dependent",
+    own_nat: "endpoint-independent",
+    role: "initiator",
+    delay_ms: 0,
+  })) as { candidates: { kind: string; port: number }[] };
+  assert.equal(punch.candidates.length, 18, "16 locals, the public one and the mapped one");
+  assert.deepEqual(punch.candidates.at(-1), {
+    ip: "203.0.113.7",
+    port: 41641,
+    kind: "mapped",
+    vouched: true,
+  });
+});

@@ -103,3 +103,55 @@ Deno.test("a punch vouches for a peer's public candidate only at the IP its sess
     await rv.close();
   }
 });
+
+Deno.test("a gateway's port mapping is kept, shown to peers and offered as a candidate only where it is public (a private or shared one: a second NAT)", async () => {
+  const rv = await startRendezvous({ trustProxyHops: 1 });
+  try {
+    const home = await TestClient.connect(`${rv.ws}/ws/register/home`, {
+      "x-forwarded-for": "203.0.113.50",
+    });
+    const cgnat = await TestClient.connect(`${rv.ws}/ws/register/cgnat`, {
+      "x-forwarded-for": "203.0.113.70",
+    });
+    const asker = await TestClient.connect(`${rv.ws}/ws/register/asker`, {
+      "x-forwarded-for": "198.51.100.1",
+    });
+    const mapped = (ip: string) => ({ ip, port: 41641, protocol: "pcp", lifetime_sec: 7200 });
+    home.send({ ...endpoint("203.0.113.50", []), mapped: mapped("203.0.113.50") });
+    assert.equal((await home.next()).type, "udp_endpoint_registered");
+    cgnat.send({ ...endpoint("203.0.113.70", []), mapped: mapped("100.64.3.9") });
+    assert.equal((await cgnat.next()).type, "udp_endpoint_registered");
+    await report(asker, "198.51.100.1", []);
+    asker.send({ type: "list_peers", watch: false });
+    let list = await asker.next();
+    while (list.type !== "peers") list = await asker.next();
+    const peers = list.peers as { worker_id: string; mapped: unknown }[];
+    assert.deepEqual(peers.find((p) => p.worker_id === "home")?.mapped, mapped("203.0.113.50"));
+    assert.deepEqual(peers.find((p) => p.worker_id === "cgnat")?.mapped, mapped("100.64.3.9"));
+    const candidatesOf = async (peer: string) => {
+      asker.send({ type: "connect", peer_id: peer });
+      let punch = await asker.next();
+      while (punch.type !== "punch") punch = await asker.next();
+      return punch.candidates as { ip: string; port: number; kind: string; vouched?: boolean }[];
+    };
+    assert.deepEqual((await candidatesOf("home")).at(-1), {
+      ip: "203.0.113.50",
+      port: 41641,
+      kind: "mapped",
+      vouched: true,
+    });
+    assert.equal((await candidatesOf("cgnat")).some((c) => c.kind === "mapped"), false);
+    // A malformed mapping is refused with the reason, and nothing is stored.
+    home.send({
+      ...endpoint("203.0.113.50", []),
+      mapped: { ...mapped("203.0.113.50"), protocol: "upnp2" },
+    });
+    let refused = await home.next();
+    while (refused.type === "punch") refused = await home.next(); // the asker's introductions
+    assert.equal(refused.type, "error");
+    assert.match(String(refused.message), /"mapped" must be/);
+    await Promise.all([home.close(), cgnat.close(), asker.close()]);
+  } finally {
+    await rv.close();
+  }
+});

@@ -81,6 +81,8 @@ export interface Segment {
   publicIp?: string;
   /** A transit segment's IPv6: its /48 (`2001:db8:j`), routed to it by the core. */
   v6?: string;
+  /** A transit segment's router's address on the core (where the core routes to it). */
+  core?: string;
 }
 
 /** Options for {@linkcode NetLab.addNatted}. */
@@ -101,13 +103,58 @@ export interface NatOptions {
    * rendezvous sees the WebSocket come from another address than STUN's.
    */
   splitUdp?: boolean;
+  /**
+   * The router runs miniupnpd (NAT-PMP, PCP and UPnP-IGD for its LAN) with
+   * a public address of its own, `11.0.i.1` (miniupnpd maps nothing on a
+   * documentation or private address): everything the LAN sends leaves from
+   * it, and the core routes it back. (Transit segments only.)
+   */
+  portMapping?: boolean;
 }
+
+/** Why a mapping router cannot run here (root and the lab aside), or undefined. */
+export async function portMappingUnavailable(): Promise<string | undefined> {
+  for (const [tool, pkg] of [["miniupnpd", "miniupnpd"], ["nft", "nftables"]]) {
+    try {
+      await new Deno.Command(tool, { args: ["--version"], stdout: "null", stderr: "null" })
+        .output();
+    } catch {
+      return `${tool} is not installed (Debian: apt-get install ${pkg})`;
+    }
+  }
+  return undefined;
+}
+
+/** miniupnpd's chains (its nftables backend's defaults); NAT itself stays iptables'. */
+const MINIUPNPD_RULES = `table inet filter {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    jump miniupnpd
+  }
+  chain miniupnpd {
+  }
+  chain prerouting {
+    type nat hook prerouting priority -100; policy accept;
+    jump prerouting_miniupnpd
+  }
+  chain postrouting {
+    type nat hook postrouting priority 100; policy accept;
+    jump postrouting_miniupnpd
+  }
+  chain prerouting_miniupnpd {
+  }
+  chain postrouting_miniupnpd {
+  }
+}
+`;
 
 export class NetLab {
   readonly prefix: string;
   readonly pub: string;
   #namespaces: string[] = [];
   #procs: Proc[] = [];
+  /** Directories of the lab's daemons (miniupnpd's), removed on destroy. */
+  #dirs: string[] = [];
   #next = 0;
   #transits = 0;
   #carriers = 0;
@@ -222,7 +269,14 @@ export class NetLab {
     // deno-fmt-ignore
     await this.#sh("ip", "-n", this.pub, "-6", "route", "add", `${v6}::/48`, "via",
       `2001:db8:ffff::${200 + j}`);
-    return { ns, gateway: `203.0.113.${base + 1}`, addresses, prefix: 28, v6 };
+    return {
+      ns,
+      gateway: `203.0.113.${base + 1}`,
+      addresses,
+      prefix: 28,
+      v6,
+      core: `198.51.100.${200 + j}`,
+    };
   }
 
   /**
@@ -344,6 +398,10 @@ export class NetLab {
     }
     await this.#sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
     await this.#nat(router, `w${i}`, kind, options.filtering ?? true, out[0].ip);
+    if (options.portMapping) {
+      const ext = await this.#mapping(router, i, wan, lan, kind, segment);
+      for (const host of out) host.publicIp = ext;
+    }
     if (options.splitUdp) {
       const udpIp = segment.addresses.shift();
       if (udpIp === undefined) throw new Error("netlab: the segment has no address left");
@@ -364,6 +422,57 @@ export class NetLab {
     }
     if (options.ipv6) await this.#dualStack(router, `w${i}`, i, segment, out);
     return out;
+  }
+
+  /**
+   * miniupnpd on router `ns` (number `i`): its own public address, SNAT to
+   * it (a new port per destination for `edm`), routes back to it, the
+   * chains, and the daemon, listening when this resolves. Returns the address.
+   */
+  async #mapping(
+    ns: string,
+    i: number,
+    wan: string,
+    lan: string,
+    kind: NatKind,
+    segment: Segment,
+  ): Promise<string> {
+    if (!segment.core) throw new Error("netlab: a mapping router needs a transit segment");
+    const ext = `11.0.${i}.1`;
+    const inRouter = (...args: string[]) => this.#sh("ip", "netns", "exec", ns, ...args);
+    await this.#sh("ip", "-n", ns, "addr", "add", `${ext}/32`, "dev", `w${i}`);
+    // deno-fmt-ignore
+    await inRouter("iptables", "-t", "nat", "-I", "POSTROUTING", "-o", `w${i}`, "-j", "SNAT",
+      "--to-source", ext, ...(kind === "edm" ? ["--random-fully"] : []));
+    await this.#sh("ip", "-n", segment.ns, "route", "add", `${ext}/32`, "via", wan);
+    await this.#sh("ip", "-n", this.pub, "route", "add", `${ext}/32`, "via", segment.core);
+    const dir = await Deno.makeTempDir({ prefix: "netlab-miniupnpd-" });
+    this.#dirs.push(dir);
+    await Deno.writeTextFile(`${dir}/rules.nft`, MINIUPNPD_RULES);
+    await inRouter("nft", "-f", `${dir}/rules.nft`);
+    await Deno.writeTextFile(
+      `${dir}/miniupnpd.conf`,
+      [
+        `ext_ifname=w${i}`,
+        `ext_ip=${ext}`,
+        "listening_ip=lan",
+        "enable_natpmp=yes",
+        "enable_upnp=yes",
+        "secure_mode=yes",
+        `lease_file=${dir}/leases`,
+        "uuid=1a0e8d0b-c2d7-4cf2-bf43-8dfe1392fe2e",
+        `allow 1024-65535 ${lan}.0/24 1024-65535`,
+        "",
+      ].join("\n"),
+    );
+    const daemon = new Proc(
+      "ip",
+      ["netns", "exec", ns, "miniupnpd", "-f", `${dir}/miniupnpd.conf`, "-P", `${dir}/pid`, "-d"],
+      {},
+    );
+    this.#procs.push(daemon);
+    await daemon.waitForLine((l) => l.message.includes("Listening for NAT-PMP/PCP traffic"));
+    return ext;
   }
 
   /** A host with a public address, no NAT: on the core segment, or on `segment` (a transit router's). */
@@ -513,5 +622,6 @@ export class NetLab {
       await new Deno.Command("ip", { args: ["netns", "del", ns], stdout: "null", stderr: "null" })
         .output();
     }
+    for (const dir of this.#dirs) await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }

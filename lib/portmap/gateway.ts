@@ -1,9 +1,10 @@
 /**
  * Where to ask for a mapping: the default IPv4 route's gateway and our
  * address toward it. On Linux from `/proc/net/route` (pure parsing apart
- * from the read) and `Deno.networkInterfaces()`; elsewhere, or without a
- * default route (Cloud Run's sandbox has a gateway that answers none of
- * the protocols, but a route), null.
+ * from the read) and `Deno.networkInterfaces()`; where `/proc` cannot be
+ * read (Deno allows it only with `--allow-all`) or elsewhere, the first
+ * address of the LAN's subnet; null without a default route or an
+ * interface to guess from.
  *
  * @module
  */
@@ -57,23 +58,55 @@ export function addressOn(
   return interfaces.find((i) => i.name === iface && i.family === "IPv4")?.address;
 }
 
-/** The gateway to ask and our address toward it; null where there is none to ask. */
-export async function findGateway(): Promise<Gateway | null> {
-  if (Deno.build.os !== "linux") return null;
-  let text: string;
-  try {
-    text = await Deno.readTextFile("/proc/net/route");
-  } catch {
-    return null;
+/**
+ * Without the route table (Deno lets only `--allow-all` read `/proc`): the
+ * first host address of the first LAN interface's subnet, where routers
+ * sit by convention (192.168.1.1 for 192.168.1.20/24). A wrong guess costs
+ * one unanswered probe round.
+ */
+export function guessGateway(
+  interfaces: readonly Deno.NetworkInterfaceInfo[],
+): Gateway | undefined {
+  for (const i of interfaces) {
+    if (
+      i.family !== "IPv4" || /^(lo|docker|br-|veth|virbr|cni|flannel|tailscale|wg)/.test(i.name)
+    ) {
+      continue;
+    }
+    const bytes = i.address.split(".").map(Number);
+    const mask = i.netmask.split(".").map(Number);
+    if (bytes.length !== 4 || mask.length !== 4 || bytes[0] === 127) continue;
+    if (bytes[0] === 169 && bytes[1] === 254) continue;
+    const first = bytes.map((b, k) => b & mask[k]);
+    first[3] += 1;
+    const gateway = first.join(".");
+    if (gateway === i.address || mask[3] === 255) continue; // a /32, or we are the .1
+    return { gateway, clientIp: i.address };
   }
-  const route = parseRouteTable(text);
-  if (!route) return null;
+  return undefined;
+}
+
+/**
+ * The gateway to ask and our address toward it: from the default route
+ * where `/proc/net/route` can be read (Linux, `--allow-all`), else guessed
+ * ({@linkcode guessGateway}); null where there is none to ask.
+ */
+export async function findGateway(): Promise<Gateway | null> {
   let interfaces: Deno.NetworkInterfaceInfo[];
   try {
     interfaces = Deno.networkInterfaces();
   } catch {
     return null;
   }
-  const clientIp = addressOn(route.iface, interfaces);
-  return clientIp ? { gateway: route.gateway, clientIp } : null;
+  if (Deno.build.os === "linux") {
+    try {
+      const route = parseRouteTable(await Deno.readTextFile("/proc/net/route"));
+      const clientIp = route && addressOn(route.iface, interfaces);
+      if (route && clientIp) return { gateway: route.gateway, clientIp };
+      if (!route) return null; // read, and no default route
+    } catch {
+      // Not readable with these permissions: guessed below.
+    }
+  }
+  return guessGateway(interfaces) ?? null;
 }

@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { addressOn, findGateway, parseRouteTable } from "../../lib/portmap/gateway.ts";
+import {
+  addressOn,
+  findGateway,
+  guessGateway,
+  parseRouteTable,
+} from "../../lib/portmap/gateway.ts";
 import { encodeAnnounceRequest, parseAnnounceResponse } from "../../lib/portmap/pcp.ts";
 
 const HEADER =
@@ -73,4 +78,29 @@ Deno.test("PCP ANNOUNCE: the probe is a 24-byte request with lifetime 0; only an
     undefined,
     "not a multiple of 4",
   );
+});
+
+Deno.test("without the route table, the gateway is guessed as the LAN subnet's first address; loopback, link-local, bridges and /32s are passed over", () => {
+  const i = (name: string, address: string, netmask: string) =>
+    ({ name, family: "IPv4", address, netmask }) as Deno.NetworkInterfaceInfo;
+  assert.deepEqual(
+    guessGateway([
+      i("lo", "127.0.0.1", "255.0.0.0"),
+      i("docker0", "172.17.0.1", "255.255.0.0"),
+      i("eth1", "169.254.3.4", "255.255.0.0"),
+      i("tun0", "10.8.0.6", "255.255.255.255"),
+      i("eth0", "192.168.1.20", "255.255.255.0"),
+    ]),
+    { gateway: "192.168.1.1", clientIp: "192.168.1.20" },
+  );
+  assert.deepEqual(guessGateway([i("en0", "10.0.5.7", "255.255.252.0")]), {
+    gateway: "10.0.4.1",
+    clientIp: "10.0.5.7",
+  });
+  assert.equal(
+    guessGateway([i("eth0", "192.168.1.1", "255.255.255.0")]),
+    undefined,
+    "we are the .1",
+  );
+  assert.equal(guessGateway([i("lo", "127.0.0.1", "255.0.0.0")]), undefined);
 });

@@ -1,0 +1,92 @@
+/**
+ * Port mapping in the NAT lab: two hosts behind endpoint-dependent NATs
+ * (a new port per destination, filtering), over IPv4 only — a pair no
+ * punching opens, relayed until now. One router runs miniupnpd: its worker
+ * maps its socket with PCP, the rendezvous offers the mapping to the peer
+ * as a candidate, and the pair goes direct on its first introduction. On
+ * SIGTERM the worker deletes its mapping before it exits.
+ */
+import assert from "node:assert/strict";
+import { requireOrSkip, waitFor } from "../_helpers.ts";
+import { NetLab, netlabUnavailable, portMappingUnavailable } from "../_netlab.ts";
+
+const skip = requireOrSkip(
+  await netlabUnavailable() ?? await portMappingUnavailable(),
+  "port-mapping NAT lab tests",
+);
+
+Deno.test({
+  name:
+    "NAT lab: endpoint-dependent ↔ endpoint-dependent over IPv4 goes direct on the first introduction when one router maps (PCP); SIGTERM deletes the mapping",
+  ignore: skip !== undefined,
+  async fn() {
+    const lab = await NetLab.create();
+    try {
+      const [mapped] = await lab.addNatted("edm", 1, { portMapping: true });
+      const [plain] = await lab.addNatted("edm", 1);
+      const rendezvous = await lab.startServices();
+      const env = { PEER_AUTOCONNECT: "true", PEER_HELLO_SEC: "0.5" };
+      const a = lab.worker(mapped, "mapped-1", env);
+      const b = lab.worker(plain, "edm-2", env);
+      const log = await a.waitForLog("port mapped", () => true, 20_000);
+      assert.equal(log.protocol, "pcp");
+      assert.equal(log.external, `${mapped.publicIp}:${String(log.external).split(":")[1]}`);
+      await rendezvous.waitForLog(
+        "worker reported udp endpoint",
+        (l) => l.worker_id === "mapped-1" && l.udp_mapped !== null,
+        20_000,
+      );
+      // Both ways direct: the hellos arrive over the direct path.
+      const direct = (p: typeof a, peer: string) => () =>
+        p.lines.some((l) =>
+          l.message === "peer message received" && l.peer_id === peer && l.path === "direct"
+        );
+      await waitFor(direct(a, "edm-2"), "mapped-1 hears edm-2 directly", 20_000, 100);
+      await waitFor(direct(b, "mapped-1"), "edm-2 hears mapped-1 directly", 20_000, 100);
+      const punches = (p: typeof a, peer: string) =>
+        p.lines.filter((l) => l.message === "peer punch started" && l.peer_id === peer).length;
+      const toDirect = (p: typeof a, peer: string) => {
+        const at = (l?: Record<string, unknown>) => l ? Date.parse(String(l.time)) : NaN;
+        const punch = p.lines.find((l) => l.message === "peer punch started" && l.peer_id === peer);
+        const first = p.lines.find((l) =>
+          l.message === "peer message received" && l.peer_id === peer && l.path === "direct"
+        );
+        return at(first) - at(punch);
+      };
+      console.log(
+        `direct after ${toDirect(a, "edm-2")} / ${toDirect(b, "mapped-1")} ms; introductions: ` +
+          `mapped-1 ${punches(a, "edm-2")}, edm-2 ${punches(b, "mapped-1")}`,
+      );
+      assert.equal(punches(b, "mapped-1"), 1, "direct on the first introduction");
+      // The plain side was not the one that had to open: it checked the mapping.
+      const rules = async () => {
+        const out = await new Deno.Command("ip", {
+          args: [
+            "netns",
+            "exec",
+            `${mapped.ns.replace(/-h(\d+)x\d+$/, "-r$1")}`,
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "filter",
+            "prerouting_miniupnpd",
+          ],
+          stdout: "piped",
+        }).output();
+        return [...new TextDecoder().decode(out.stdout).matchAll(/dnat ip to (\S+)/g)].map((m) =>
+          m[1]
+        );
+      };
+      assert.equal((await rules()).length, 1, "one mapping on the router");
+      const stoppedAt = Date.now();
+      a.signal("SIGTERM");
+      await a.status;
+      assert.deepEqual(await rules(), [], "no mapping left once the worker stopped");
+      console.log(`mapping deleted; the worker exited ${Date.now() - stoppedAt} ms after SIGTERM`);
+      assert.ok(Date.now() - stoppedAt < 5000);
+    } finally {
+      await lab.destroy();
+    }
+  },
+});

@@ -14,7 +14,7 @@ const ALLOWED: Readonly<Record<string, readonly string[]>> = {
   peer: ["core", "protocol", "stun"],
   rendezvous: ["core", "protocol", "stun", "redis"],
   worker: ["core", "protocol", "stun", "peer", "portmap"],
-  netcheck: ["core", "protocol", "stun", "peer"],
+  netcheck: ["core", "protocol", "stun", "peer", "portmap"],
   portmap: ["core", "protocol"],
   demo: ["core", "protocol", "redis", "stun", "peer", "rendezvous", "worker"],
   ctl: ["core", "protocol", "worker"],

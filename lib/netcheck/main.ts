@@ -25,7 +25,10 @@ if (args.includes("--help") || args.includes("-h")) {
                 (RFC 5780: holepunch's STUN_ALT_HOST, coturn) its filtering
   --rendezvous  a rendezvous to time WebSocket echoes to (default: RENDEZVOUS_SERVICE_URL;
                 RENDEZVOUS_TOKEN is sent if set)
-  --json        the report as JSON, for scripts`);
+  --json        the report as JSON, for scripts
+
+  It also asks the default gateway which port-mapping protocols it speaks
+  (PCP, NAT-PMP, UPnP-IGD; nothing is mapped); PORT_MAPPING=off skips that.`);
   Deno.exit(0);
 }
 
@@ -35,5 +38,6 @@ const report = await runNetcheck({
   stunServers,
   rendezvousUrl: flag("--rendezvous") ?? Deno.env.get("RENDEZVOUS_SERVICE_URL"),
   token: Deno.env.get("RENDEZVOUS_TOKEN"),
+  portMapping: Deno.env.get("PORT_MAPPING") === "off" ? false : undefined,
 });
 console.log(args.includes("--json") ? JSON.stringify(report, null, 2) : formatReport(report));

@@ -8,11 +8,12 @@
  * @module
  */
 
+import { type GatewayOffer, probeGateway } from "../portmap/mapper.ts";
 import type { NatMapping } from "../protocol/messages.ts";
 import { UdpEndpoint } from "../peer/udp_endpoint.ts";
 import { type BindingResult, formatAddress, StunClient } from "../stun/client.ts";
 import { classifyMapping, DISCOVERY_SCHEDULE, hostInterfaces } from "../stun/discovery.ts";
-import { normalizeIp } from "../protocol/ip.ts";
+import { addressScope, normalizeIp } from "../protocol/ip.ts";
 
 /** RFC 4787 filtering, as RFC 5780 §4.4 tells it. */
 export type NatFiltering =
@@ -39,6 +40,14 @@ export interface NetcheckReport {
   ipv6: string[];
   /** IPv6 UDP: the endpoint the first STUN server with an IPv6 address saw; null when none answered over IPv6. */
   ipv6_udp: string | null;
+  /**
+   * Port mapping on the default gateway: which of PCP, NAT-PMP and UPnP-IGD
+   * answered (probed, nothing mapped), and the public address it claims; a
+   * private or shared one means it sits behind another NAT.
+   */
+  port_mapping: GatewayOffer | null;
+  /** The gateway is behind another NAT (see {@linkcode doubleNat}); null when it did not say. */
+  double_nat: boolean | null;
   /** Round trips of WebSocket echoes to the rendezvous; null when none was given. */
   rendezvous: { url: string; rtt_ms: number[]; median_ms: number | null; error?: string } | null;
   /** Whether a direct path to a typical peer is likely, and with whom. */
@@ -57,6 +66,11 @@ export interface NetcheckOptions {
   echoes?: number;
   /** Address to bind the UDP socket to. @default {"0.0.0.0"} */
   hostname?: string;
+  /**
+   * Where the port-mapping probe looks for the gateway (tests); false: not
+   * probed (`PORT_MAPPING=off`). @default {the default route's}
+   */
+  portMapping?: Parameters<typeof probeGateway>[0] | false;
 }
 
 /**
@@ -106,6 +120,9 @@ export async function runNetcheck(options: NetcheckOptions): Promise<NetcheckRep
   const rendezvous = options.rendezvousUrl
     ? rendezvousRoundTrips(options.rendezvousUrl, options.token, options.echoes ?? 5)
     : Promise.resolve(null);
+  const portMapping = options.portMapping === false
+    ? Promise.resolve(null)
+    : probeGateway(options.portMapping);
   try {
     const started = options.stunServers.map(() => performance.now());
     const results = await Promise.all(
@@ -150,6 +167,8 @@ export async function runNetcheck(options: NetcheckOptions): Promise<NetcheckRep
       hairpinning,
       ipv6,
       ipv6_udp: ipv6Udp,
+      port_mapping: await portMapping,
+      double_nat: doubleNat(await portMapping, first?.mapped.ip ?? null),
       rendezvous: await rendezvous,
       direct: directVerdict(mapping, filtering, ipv6.length > 0),
     };
@@ -305,6 +324,7 @@ export function formatReport(r: NetcheckReport): string {
   row("Hairpinning", r.hairpinning === null ? "not tested" : r.hairpinning ? "yes" : "no");
   row("IPv6", r.ipv6.length ? r.ipv6.join(", ") : "no global address");
   row("IPv6 UDP", r.ipv6_udp ? `yes, seen as ${r.ipv6_udp}` : "no STUN server answered over IPv6");
+  row("Port mapping", describeOffer(r.port_mapping, r.public_ip));
   if (r.rendezvous) {
     row(
       "Rendezvous",
@@ -315,4 +335,34 @@ export function formatReport(r: NetcheckReport): string {
   }
   row("Direct paths", r.direct.detail);
   return lines.join("\n");
+}
+
+/**
+ * Whether the gateway sits behind another NAT: its own public address is
+ * private or shared (100.64/10, a carrier's), or STUN sees us at another one.
+ * Null when the gateway did not say.
+ */
+export function doubleNat(offer: GatewayOffer | null, stunIp: string | null): boolean | null {
+  const ip = offer?.externalIp ?? null;
+  if (ip === null) return null;
+  return addressScope(ip) !== "global" ||
+    (stunIp !== null && normalizeIp(ip) !== normalizeIp(stunIp));
+}
+
+/** The "Port mapping" line, as `tailscale netcheck` says "PortMapping". */
+export function describeOffer(offer: GatewayOffer | null, stunIp: string | null): string {
+  if (offer === null) return "not asked (PORT_MAPPING=off)";
+  if (offer.gateway === null) return "no gateway to ask";
+  const names = { pcp: "PCP", "nat-pmp": "NAT-PMP", upnp: "UPnP" } as const;
+  const offered = (Object.keys(names) as (keyof typeof names)[]).filter((p) => offer.offered[p]);
+  if (offered.length === 0) return `none (gateway ${offer.gateway} answered no probe)`;
+  const ip = offer.externalIp;
+  const behind = doubleNat(offer, stunIp)
+    ? `; it says ${ip}, STUN sees ${
+      stunIp ?? "nothing"
+    }: another NAT is in front of it (double NAT), so its mappings reach no one outside`
+    : ip
+    ? `; public address ${ip}`
+    : "";
+  return `${offered.map((p) => names[p]).join(", ")} (gateway ${offer.gateway}${behind})`;
 }

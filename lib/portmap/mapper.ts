@@ -311,3 +311,36 @@ export class PortMapper {
     this.status.mapping = null;
   }
 }
+
+/** What a gateway offers (netcheck's "Port mapping" line). */
+export interface GatewayOffer {
+  /** The gateway asked; null when there is none to ask. */
+  gateway: string | null;
+  /** Which protocols answered a probe (none maps anything). */
+  offered: Record<MappingProtocol, boolean>;
+  /** The public address the gateway says it has (NAT-PMP's or UPnP's answer), if any. */
+  externalIp: string | null;
+}
+
+/**
+ * Probes the default gateway for PCP, NAT-PMP and UPnP-IGD at once, maps
+ * nothing; about 2 s where nothing answers.
+ */
+export async function probeGateway(
+  options: Pick<PortMapperOptions, "findGateway" | "target"> = {},
+): Promise<GatewayOffer> {
+  const offered = { pcp: false, "nat-pmp": false, upnp: false };
+  const found = await (options.findGateway ?? findDefaultGateway)().catch(() => null);
+  if (!found) return { gateway: null, offered, externalIp: null };
+  const target = { gateway: found.gateway, ...options.target };
+  let externalIp: string | null = null;
+  await Promise.allSettled([
+    probePcp(target, found.clientIp).then(() => offered.pcp = true),
+    probeNatPmp(target).then((ip) => {
+      offered["nat-pmp"] = true;
+      externalIp ??= ip;
+    }),
+    discoverIgd(target).then(() => offered.upnp = true),
+  ]);
+  return { gateway: found.gateway, offered, externalIp };
+}

@@ -5,7 +5,13 @@
  */
 
 import assert from "node:assert/strict";
-import { directVerdict, formatReport, runNetcheck } from "../../lib/netcheck/netcheck.ts";
+import {
+  describeOffer,
+  directVerdict,
+  doubleNat,
+  formatReport,
+  runNetcheck,
+} from "../../lib/netcheck/netcheck.ts";
 import { StunServer } from "../../lib/stun/server.ts";
 import {
   listWorkers,
@@ -33,12 +39,27 @@ Deno.test("netcheck with our STUN servers (RFC 5780 on 127.0.0.1 and 127.0.0.2) 
   const rv = await startRendezvous({ token: "s3cret" });
   try {
     const servers = [rfc5780, plain].map((s) => `127.0.0.1:${s.addresses[0].port}`);
+    const gw = natPmpGateway("100.64.0.9"); // a gateway behind a carrier's NAT
     const report = await runNetcheck({
       stunServers: servers,
       rendezvousUrl: rv.http,
       token: "s3cret",
       echoes: 3,
+      portMapping: {
+        findGateway: () => Promise.resolve({ gateway: "127.0.0.1", clientIp: "127.0.0.1" }),
+        target: {
+          port: gw.port,
+          waitsMs: [50, 100],
+          searchTo: [{ hostname: "127.0.0.1", port: 9 }],
+        },
+      },
+    }).finally(() => gw.close());
+    assert.deepEqual(report.port_mapping, {
+      gateway: "127.0.0.1",
+      offered: { pcp: false, "nat-pmp": true, upnp: false },
+      externalIp: "100.64.0.9",
     });
+    assert.equal(report.double_nat, true);
     assert.equal(report.udp, true);
     assert.deepEqual(report.stun.map((s) => s.mapped?.split(":")[0]), ["127.0.0.1", "127.0.0.1"]);
     assert.equal(report.mapping, "no-nat", "loopback: the host's own address");
@@ -63,6 +84,10 @@ Deno.test("netcheck with our STUN servers (RFC 5780 on 127.0.0.1 and 127.0.0.2) 
     assert.match(text, /NAT filtering\s+endpoint-independent \(RFC 5780/);
     assert.match(
       text,
+      /Port mapping\s+NAT-PMP \(gateway 127\.0\.0\.1; it says 100\.64\.0\.9, STUN sees 127\.0\.0\.1: another NAT is in front of it \(double NAT\)/,
+    );
+    assert.match(
+      text,
       /Rendezvous\s+http:\/\/127\.0\.0\.1:\d+: [\d.]+ ms \(median of 3 WebSocket echoes\)/,
     );
   } finally {
@@ -81,7 +106,10 @@ Deno.test("netcheck sees IPv6 UDP through a STUN server with an IPv6 address", a
     return;
   }
   try {
-    const report = await runNetcheck({ stunServers: [`[::1]:${server.addresses[0].port}`] });
+    const report = await runNetcheck({
+      stunServers: [`[::1]:${server.addresses[0].port}`],
+      portMapping: false,
+    });
     assert.equal(report.udp, false, "no IPv4 answer from an IPv6-only server");
     assert.match(report.ipv6_udp ?? "", /^\[::1\]:\d+$/);
     assert.match(formatReport(report), /IPv6 UDP\s+yes, seen as \[::1\]/);
@@ -97,6 +125,7 @@ Deno.test("netcheck where nothing answers: no UDP, relay only, and a refused ren
       stunServers: ["127.0.0.1:1", "127.0.0.1:2"],
       rendezvousUrl: rv.http,
       echoes: 1,
+      portMapping: false,
     });
     assert.equal(report.udp, false);
     assert.equal(report.mapping, "no-udp");
@@ -119,7 +148,7 @@ Deno.test({
       try {
         const report = await waitFor(
           async () => {
-            const r = await runNetcheck({ stunServers: [`127.0.0.1:${port}`] });
+            const r = await runNetcheck({ stunServers: [`127.0.0.1:${port}`], portMapping: false });
             return r.udp && r;
           },
           "turnserver to answer",
@@ -165,4 +194,55 @@ Deno.test("directVerdict: what each NAT lets through", () => {
     /full-cone/,
   );
   assert.match(directVerdict("unknown", "unknown", false).detail, /two STUN servers/);
+});
+
+/** A NAT-PMP gateway on loopback that answers public-address requests with `ip`. */
+function natPmpGateway(ip: string) {
+  const socket = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const done = (async () => {
+    const buffer = new Uint8Array(1100);
+    while (true) {
+      let got;
+      try {
+        got = await socket.receive(buffer);
+      } catch {
+        return;
+      }
+      if (got[0][0] !== 0 || got[0][1] !== 0) continue; // only NAT-PMP's public-address request
+      const reply = new Uint8Array([0, 128, 0, 0, 0, 0, 0, 9, ...ip.split(".").map(Number)]);
+      await socket.send(reply, got[1]).catch(() => {});
+    }
+  })();
+  return {
+    port: (socket.addr as Deno.NetAddr).port,
+    async close() {
+      socket.close();
+      await done;
+    },
+  };
+}
+
+Deno.test("the port-mapping line: what the gateway offers, a public address, a double NAT, nothing to ask, not asked", () => {
+  const offer = (
+    externalIp: string | null,
+    offered = { pcp: true, "nat-pmp": true, upnp: true },
+  ) => ({
+    gateway: "192.168.1.1",
+    offered,
+    externalIp,
+  });
+  assert.equal(
+    describeOffer(offer("203.0.113.7"), "203.0.113.7"),
+    "PCP, NAT-PMP, UPnP (gateway 192.168.1.1; public address 203.0.113.7)",
+  );
+  assert.equal(doubleNat(offer("203.0.113.7"), "203.0.113.7"), false);
+  assert.equal(doubleNat(offer("203.0.113.7"), "198.51.100.4"), true, "STUN sees another address");
+  assert.equal(doubleNat(offer("192.168.0.5"), null), true, "a private one");
+  assert.equal(doubleNat(offer(null), "203.0.113.7"), null, "the gateway did not say");
+  assert.equal(
+    describeOffer(offer(null, { pcp: false, "nat-pmp": false, upnp: false }), null),
+    "none (gateway 192.168.1.1 answered no probe)",
+  );
+  assert.equal(describeOffer({ ...offer(null), gateway: null }, null), "no gateway to ask");
+  assert.equal(describeOffer(null, null), "not asked (PORT_MAPPING=off)");
 });

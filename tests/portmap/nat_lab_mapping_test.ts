@@ -4,11 +4,12 @@
  * punching opens, relayed until now. One router runs miniupnpd: its worker
  * maps its socket with PCP, the rendezvous offers the mapping to the peer
  * as a candidate, and the pair goes direct on its first introduction. On
- * SIGTERM the worker deletes its mapping before it exits.
+ * SIGTERM the worker deletes its mapping before it exits. netcheck behind
+ * each router says what the gateway offers.
  */
 import assert from "node:assert/strict";
 import { requireOrSkip, waitFor } from "../_helpers.ts";
-import { NetLab, netlabUnavailable, portMappingUnavailable } from "../_netlab.ts";
+import { NetLab, netlabUnavailable, portMappingUnavailable, PUBLIC_IP } from "../_netlab.ts";
 
 const skip = requireOrSkip(
   await netlabUnavailable() ?? await portMappingUnavailable(),
@@ -25,6 +26,21 @@ Deno.test({
       const [mapped] = await lab.addNatted("edm", 1, { portMapping: true });
       const [plain] = await lab.addNatted("edm", 1);
       const rendezvous = await lab.startServices();
+      // netcheck behind each router: what the gateway offers (nothing is mapped).
+      const netcheck = async (ns: string) => {
+        const proc = lab.deno(ns, ["task", "netcheck", "--json", "--stun", `${PUBLIC_IP}:3478`]);
+        assert.equal((await proc.status).code, 0, proc.dump());
+        return JSON.parse(proc.stdout);
+      };
+      const [withMapping, without] = [await netcheck(mapped.ns), await netcheck(plain.ns)];
+      assert.deepEqual(withMapping.port_mapping.offered, {
+        pcp: true,
+        "nat-pmp": true,
+        upnp: true,
+      });
+      assert.equal(withMapping.port_mapping.externalIp, mapped.publicIp);
+      assert.equal(withMapping.double_nat, false);
+      assert.deepEqual(without.port_mapping.offered, { pcp: false, "nat-pmp": false, upnp: false });
       const env = { PEER_AUTOCONNECT: "true", PEER_HELLO_SEC: "0.5" };
       const a = lab.worker(mapped, "mapped-1", env);
       const b = lab.worker(plain, "edm-2", env);

@@ -13,6 +13,7 @@
 
 import { toBase64Url } from "../core/encoding.ts";
 import type { WorkerRecord } from "./registry.ts";
+import type { MappedEndpoint } from "../protocol/messages.ts";
 
 /** A worker as the dashboard shows it. */
 export interface DashboardWorker {
@@ -22,9 +23,18 @@ export interface DashboardWorker {
   reported: string | null;
   udp: string | null;
   nat: string | null;
+  /** The gateway's port mapping: address, protocol and lifetime. */
+  mapped: string | null;
   since: string;
   key: string | null;
   paths: Record<string, { path: string; rtt_ms: number | null }>;
+}
+
+/** A port mapping as the dashboard shows it: `11.0.1.1:41641 (PCP, 7200 s)`. */
+function mappedText(m: MappedEndpoint | null | undefined): string | null {
+  if (!m) return null;
+  const name = { pcp: "PCP", "nat-pmp": "NAT-PMP", upnp: "UPnP" }[m.protocol];
+  return `${m.ip}:${m.port} (${name}, ${m.lifetime_sec} s)`;
 }
 
 /** The dashboard's view of a record. */
@@ -41,6 +51,7 @@ export function dashboardWorker(r: WorkerRecord): DashboardWorker {
     reported: r.http_reported_public_ip,
     udp: pub ? (pub.ip.includes(":") ? `[${pub.ip}]:${pub.port}` : `${pub.ip}:${pub.port}`) : null,
     nat: r.udp_endpoint?.nat_mapping ?? null,
+    mapped: mappedText(r.udp_endpoint?.mapped),
     since: new Date(r.connected_at).toISOString(),
     key: r.key_fingerprint,
     paths: Object.fromEntries(
@@ -141,7 +152,7 @@ function render() {
   for (const w of all.slice(page * PAGE, page * PAGE + PAGE)) {
     const tr = document.createElement("tr");
     tr.dataset.id = w.id;
-    for (const v of [w.id, w.group, w.observed, w.reported, w.udp, w.nat, w.since.replace("T", " ").slice(0, 19), w.key]) cell(tr, v);
+    for (const v of [w.id, w.group, w.observed, w.reported, w.udp, w.nat, w.mapped, w.since.replace("T", " ").slice(0, 19), w.key]) cell(tr, v);
     const paths = Object.values(w.paths);
     cell(tr, paths.filter((p) => p.path === "direct").length + " direct, " + paths.filter((p) => p.path === "relay").length + " relay");
     const actions = cell(tr, CSRF ? "" : null);
@@ -242,7 +253,7 @@ const BODY = `<h1>holepunch fleet <small id="status" role="status">connecting</s
 <p id="notice" role="status"></p>
 <div class="controls"><label>Filter <input id="filter" type="search" placeholder="id or group"></label>
 <button id="prev" type="button">previous</button><span id="page"></span><button id="next" type="button">next</button></div>
-<table id="workers"><thead><tr><th scope="col">id</th><th scope="col">group</th><th scope="col">observed</th><th scope="col">reported IP</th><th scope="col">UDP endpoint</th><th scope="col">NAT mapping</th><th scope="col">connected since (UTC)</th><th scope="col">key</th><th scope="col">paths</th><th scope="col">actions</th></tr></thead><tbody></tbody></table>
+<table id="workers"><thead><tr><th scope="col">id</th><th scope="col">group</th><th scope="col">observed</th><th scope="col">reported IP</th><th scope="col">UDP endpoint</th><th scope="col">NAT mapping</th><th scope="col">port mapping</th><th scope="col">connected since (UTC)</th><th scope="col">key</th><th scope="col">paths</th><th scope="col">actions</th></tr></thead><tbody></tbody></table>
 <h2>Peer paths</h2>
 <div class="controls"><label>Group <select id="group"></select></label></div>
 <table id="matrix"></table>

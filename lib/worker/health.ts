@@ -27,10 +27,11 @@ export interface WorkerStatus {
   udp_io: "ffi" | "deno";
   /**
    * The gateway's port mapping (`PORT_MAPPING`): the gateway asked, which
-   * protocols it answered, the mapping held, counters; null when off or
-   * without UDP.
+   * protocols it answered, the mapping held, counters, and whether the
+   * gateway sits behind another NAT (null: no mapping to tell by); null
+   * when off or without UDP.
    */
-  port_mapping: PortMapStatus | null;
+  port_mapping: (PortMapStatus & { double_nat: boolean | null }) | null;
   /** Each peer link's path, RTT and counters, by peer id. */
   peers: Record<string, unknown>;
   /** `PEER_FORWARD` listeners (`host:port:peer:port`) with connections and bytes. */

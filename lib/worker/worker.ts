@@ -25,6 +25,7 @@ import { describeHello, sendHello, startHello } from "./hello.ts";
 import { loadIdentity } from "./key_file.ts";
 import { type Control, type PeerView, startControl } from "./control.ts";
 import { fingerprint } from "../protocol/identity.ts";
+import { addressScope } from "../protocol/ip.ts";
 import { Pinger, type Pong } from "./ping.ts";
 import { fetchPublicIp } from "./public_ip.ts";
 import type { Identity } from "../protocol/identity.ts";
@@ -244,7 +245,7 @@ export class Worker {
       rendezvous: this.#client.snapshot(),
       udp: this.#udp?.presence.last ?? null,
       udp_io: this.#ffi ? "ffi" : "deno",
-      port_mapping: this.#udp?.portMapper?.status ?? null,
+      port_mapping: this.#portMapping(),
       peers: Object.fromEntries(
         Object.entries(this.peers.snapshot()).map(([id, link]) => {
           const traffic = this.#transport.traffic(id);
@@ -269,6 +270,21 @@ export class Worker {
         punch_packets_over_budget: this.peers.budget.dropped,
       },
     };
+  }
+
+  /**
+   * The port mapping's status, and whether the gateway is behind another
+   * NAT: its mapped address private or shared, or not the one STUN sees.
+   */
+  #portMapping(): WorkerStatus["port_mapping"] {
+    const status = this.#udp?.portMapper?.status;
+    if (!status) return null;
+    const mapped = status.mapping?.externalIp;
+    const seen = this.#udp?.presence.last?.public?.ip;
+    const double = mapped === undefined
+      ? null
+      : addressScope(mapped) !== "global" || (seen !== undefined && seen !== mapped);
+    return { ...status, double_nat: double };
   }
 
   /**

@@ -47,6 +47,27 @@ Deno.test({
       const log = await a.waitForLog("port mapped", () => true, 20_000);
       assert.equal(log.protocol, "pcp");
       assert.equal(log.external, `${mapped.publicIp}:${String(log.external).split(":")[1]}`);
+      // The worker's GET / says so (asked with curl inside the host's namespace).
+      const health = await a.waitForLog("health server listening", () => true, 20_000);
+      const status = async () => {
+        const out = await new Deno.Command("ip", {
+          args: ["netns", "exec", mapped.ns, "curl", "-sf", `http://127.0.0.1:${health.port}/`],
+          stdout: "piped",
+        }).output();
+        return JSON.parse(new TextDecoder().decode(out.stdout)).port_mapping;
+      };
+      // STUN's endpoint and the mapping each come in their own time.
+      let portMapping = await status();
+      await waitFor(
+        async () => (portMapping = await status()).double_nat !== null,
+        "GET / to know the mapping and STUN's address",
+        10_000,
+        100,
+      );
+      assert.equal(portMapping.mapping.protocol, "pcp");
+      assert.equal(portMapping.mapping.externalIp, mapped.publicIp);
+      assert.equal(portMapping.double_nat, false, "STUN sees the mapped address");
+      assert.equal(portMapping.mapping.nonce, undefined, "no nonce shown");
       await rendezvous.waitForLog(
         "worker reported udp endpoint",
         (l) => l.worker_id === "mapped-1" && l.udp_mapped !== null,

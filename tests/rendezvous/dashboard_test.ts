@@ -84,6 +84,10 @@ Deno.test({
           local: [],
           nat: { mapping: nat },
           rtt_ms: 10,
+          // w2's router mapped its socket (PCP): the page shows it.
+          ...(port === 4002
+            ? { mapped: { ip: "203.0.113.9", port: 41641, protocol: "pcp", lifetime_sec: 7200 } }
+            : {}),
         });
       }
       w1.send({ type: "connect", peer_id: "w2" });
@@ -116,6 +120,10 @@ Deno.test({
       const w1Row = await text(page, "#workers tbody tr[data-id=w1]");
       assert.match(w1Row, /203\.0\.113\.9:4001/);
       assert.match(w1Row, /endpoint-independent/);
+      assert.match(
+        await text(page, "#workers tbody tr[data-id=w2]"),
+        /203\.0\.113\.9:41641 \(PCP, 7200 s\)/,
+      );
       await waitFor(
         async () =>
           (await text(page, "#outcomes")).includes("endpoint-dependent/endpoint-independent"),

@@ -31,6 +31,24 @@ export function formatBytes(n: number): string {
   return `${value.toFixed(1)} ${units[unit]}`;
 }
 
+/** The gateway's port mapping in a line: held, or what the gateway answered. */
+export function portMapLine(pm: NonNullable<WorkerStatus["port_mapping"]>): string {
+  if (pm.gateway === null) return "no gateway to ask";
+  const m = pm.mapping;
+  if (m) {
+    const name = { pcp: "PCP", "nat-pmp": "NAT-PMP", upnp: "UPnP" }[m.protocol];
+    const behind = pm.double_nat ? ", but the gateway is behind another NAT" : "";
+    return `${m.externalIp}:${m.externalPort} by ${name} on ${pm.gateway}, ${m.lifetime} s${behind}`;
+  }
+  const answered = Object.values(pm.offered).some((o) => o === true);
+  const probing = Object.values(pm.offered).some((o) => o === null);
+  return probing
+    ? `asking ${pm.gateway}`
+    : answered
+    ? `none: ${pm.gateway} refused (${pm.counts.failed} refusals)`
+    : `none: ${pm.gateway} answered no probe`;
+}
+
 /** `ctl status`: the worker, its rendezvous session and UDP endpoint, then a line per peer. */
 export function formatStatus(status: WorkerStatus): string {
   const udp = status.udp as {
@@ -46,6 +64,7 @@ export function formatStatus(status: WorkerStatus): string {
     `udp      ${udp?.public ? `${udp.public.ip}:${udp.public.port}` : "none"}, NAT ${
       udp?.nat?.mapping ?? "unknown"
     }${status.udp_io === "ffi" ? ", batched" : status.udp_io === "deno" ? ", Deno's sockets" : ""}`,
+    ...(status.port_mapping ? [`portmap  ${portMapLine(status.port_mapping)}`] : []),
     "",
   ];
   const peers = Object.entries(status.peers) as [string, LinkView & Record<string, unknown>][];

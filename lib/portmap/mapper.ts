@@ -189,6 +189,15 @@ export class PortMapper {
         log.info("port mapping refused", { protocol: next, error: (error as Error).message });
       }
     }
+    if (this.#retries === 0) {
+      // Once, not at every retry: what a person reading the log wants to know.
+      const offered = MAPPING_PROTOCOLS.filter((p) => this.status.offered[p]);
+      log.info("no port mapping", {
+        gateway: this.#gateway.gateway,
+        offered,
+        reason: offered.length === 0 ? "the gateway answered no probe" : "the gateway refused",
+      });
+    }
     this.#retryLater();
     return null;
   }

@@ -331,8 +331,10 @@ export class PeerManager {
       trace: (event) => {
         this.#indexPaths(link!);
         this.#logLink(log, link!, event);
-        if (event.type === "punch_failed" && event.suspect) {
-          // Its mapping toward that peer failed: others from the same socket may too.
+        // Its mapping toward that peer failed: others from the same socket may
+        // too — unless the peer sits behind our own public address (our NAT, or
+        // our carrier's): no hairpinning explains that failure, not our mapping.
+        if (event.type === "punch_failed" && event.suspect && !this.#behindUs(peerId)) {
           for (const other of this.#links.values()) if (other !== link) other.suspectMapping();
         }
       },
@@ -415,11 +417,15 @@ export class PeerManager {
         }
         this.#transport?.forget(message.peer_id);
         this.#punched.delete(message.peer_id);
+        this.#peerPublicIp.delete(message.peer_id);
         this.#o.logger.info("peer left", { peer_id: message.peer_id, reason: message.reason });
         return;
       }
       case "punch": {
         this.#punched.add(message.peer_id);
+        const pub = message.candidates.find((c) => c.kind === "public")?.ip;
+        if (pub) this.#peerPublicIp.set(message.peer_id, pub);
+        else this.#peerPublicIp.delete(message.peer_id);
         this.#transport?.introduced(message.peer_id);
         const link = this.#link(message.peer_id);
         for (const id of link.sessionIds.slice(1)) this.#bySession.delete(id);
@@ -468,6 +474,15 @@ export class PeerManager {
   }
 
   #ownMapped = false;
+  #ownPublicIp: string | undefined;
+  /** Each introduced peer's public address, as its last introduction gave it. */
+  readonly #peerPublicIp = new Map<string, string>();
+
+  /** Whether `peerId` is seen at our own public address (behind our NAT, or our carrier's). */
+  #behindUs(peerId: string): boolean {
+    const theirs = this.#peerPublicIp.get(peerId);
+    return theirs !== undefined && theirs === this.#ownPublicIp;
+  }
 
   /**
    * Call when our gateway's mapping of the socket comes or goes: rounds
@@ -485,6 +500,7 @@ export class PeerManager {
    * every link.
    */
   ownEndpointReported(publicEndpoint: UdpAddress | null): void {
+    this.#ownPublicIp = publicEndpoint?.ip;
     const text = publicEndpoint ? `${publicEndpoint.ip}:${publicEndpoint.port}` : "none";
     const first = this.#ownEndpoint === undefined;
     if (text === this.#ownEndpoint) return;

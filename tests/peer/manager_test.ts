@@ -143,3 +143,42 @@ Deno.test("PeerManager: a first round that ran its course makes the other first 
     await manager.close();
   }
 });
+
+Deno.test("PeerManager: a first round that failed toward a peer behind our own public address (our NAT, our carrier's) makes no other round suspect", async () => {
+  const clock = new FakeClock(0);
+  const lines: Record<string, unknown>[] = [];
+  const manager = new PeerManager({
+    sendToRendezvous: () => true,
+    logger: new Logger({ sink: (l) => lines.push(JSON.parse(l)), format: "json" }),
+    stunServers: ["127.0.0.1:3478"],
+    openingTtl: 0,
+    clock,
+  });
+  manager.ownEndpointReported({ ip: "203.0.113.9", port: 5000 });
+  const punch = (peerId: string, session: string, ip: string) =>
+    manager.handle({
+      type: "punch",
+      peer_id: peerId,
+      session_id: session,
+      key: toBase64(new Uint8Array(32).fill(3)),
+      candidates: [{ ip, port: 4000, kind: "public" }],
+      peer_nat: "endpoint-independent",
+      own_nat: "endpoint-independent",
+      role: "initiator",
+      delay_ms: 0,
+    });
+  const failed = () =>
+    lines.filter((l) => l.message === "peer punch failed").map((l) => [l.peer_id, l.cause]);
+  try {
+    punch("sibling", "00000000000000a1", "203.0.113.9"); // behind the same NAT, no hairpinning
+    await clock.tick(1000);
+    punch("far", "00000000000000b1", "198.51.100.7");
+    await clock.tick(LINK_TIMING.rerollIceMs - 1000 + 10);
+    // The sibling's round ran out; far's goes on to its own end.
+    assert.deepEqual(failed(), [["sibling", "timeout"]]);
+    await clock.tick(1000);
+    assert.deepEqual(failed(), [["sibling", "timeout"], ["far", "timeout"]]);
+  } finally {
+    await manager.close();
+  }
+});

@@ -112,6 +112,17 @@ export interface NatOptions {
   portMapping?: boolean;
 }
 
+/** The DNAT rules miniupnpd holds in namespace `ns` now: one `host:port` per mapping. */
+export async function miniupnpdMappings(ns: string): Promise<string[]> {
+  const out = await new Deno.Command("ip", {
+    args: ["netns", "exec", ns, "nft", "list", "chain", "inet", "filter", "prerouting_miniupnpd"],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  return [...text.matchAll(/dport (\d+) dnat ip to (\S+)/g)].map((m) => `${m[1]} -> ${m[2]}`);
+}
+
 /** Why a mapping router cannot run here (root and the lab aside), or undefined. */
 export async function portMappingUnavailable(): Promise<string | undefined> {
   for (const [tool, pkg] of [["miniupnpd", "miniupnpd"], ["nft", "nftables"]]) {
@@ -126,7 +137,7 @@ export async function portMappingUnavailable(): Promise<string | undefined> {
 }
 
 /** miniupnpd's chains (its nftables backend's defaults); NAT itself stays iptables'. */
-const MINIUPNPD_RULES = `table inet filter {
+export const MINIUPNPD_RULES = `table inet filter {
   chain forward {
     type filter hook forward priority 0; policy accept;
     jump miniupnpd

@@ -44,6 +44,7 @@ import {
   issue,
   type IssuedCertificate,
   readMessage,
+  restOfStreams,
   TransportClose,
   TransportError,
   unvouched,
@@ -550,19 +551,8 @@ export class PeerTransport {
       await writer.write(frameMessage({ ok: true }));
       reader.releaseLock();
       writer.releaseLock();
-      const incomingStreams = new ReadableStream<Deno.QuicBidirectionalStream>({
-        pull: async (controller) => {
-          const next = await streams.read().catch(() => ({
-            done: true as const,
-            value: undefined,
-          }));
-          if (next.done) controller.close();
-          else controller.enqueue(next.value);
-        },
-        cancel: () => streams.cancel().catch(() => {}),
-      });
       this.#standIns.proven(peerId);
-      take(peerId, { conn, incoming: incomingStreams, dialedBy: "peer" });
+      take(peerId, { conn, incoming: restOfStreams(streams), dialedBy: "peer" });
     } catch (error) {
       log.warn("peer connection failed", { peer_id: peerId, error: (error as Error).message });
       conn.close({ closeCode: TransportClose.AUTH_FAILED, reason: "auth failed" });

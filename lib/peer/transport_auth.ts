@@ -235,3 +235,20 @@ export async function unvouched(
   );
   return ok ? null : refusal;
 }
+
+/**
+ * The streams `streams` (a connection's incoming streams, the proof stream
+ * already read) has yet to give, as a stream of their own.
+ */
+export function restOfStreams(
+  streams: ReadableStreamDefaultReader<Deno.QuicBidirectionalStream>,
+): ReadableStream<Deno.QuicBidirectionalStream> {
+  return new ReadableStream<Deno.QuicBidirectionalStream>({
+    pull: async (controller) => {
+      const next = await streams.read().catch(() => ({ done: true as const, value: undefined }));
+      if (next.done) controller.close();
+      else controller.enqueue(next.value);
+    },
+    cancel: () => streams.cancel().catch(() => {}),
+  });
+}

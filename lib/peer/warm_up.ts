@@ -20,7 +20,13 @@ import {
 } from "../protocol/identity.ts";
 import type { FfiUdp } from "./ffi_udp.ts";
 import { StandIn } from "./stand_in.ts";
-import { dialerPayload, frameMessage, readMessage, within } from "./transport_auth.ts";
+import {
+  dialerPayload,
+  frameMessage,
+  readMessage,
+  restOfStreams,
+  within,
+} from "./transport_auth.ts";
 
 /**
  * The stand-in of the warm-up dial: not a worker id (ids are never empty),
@@ -160,20 +166,7 @@ export class WarmUp {
       reader.releaseLock();
       writer.releaseLock();
       if (!ok) throw new Error("warm-up proof refused");
-      this.#listener.resolve({
-        conn,
-        incoming: new ReadableStream<Deno.QuicBidirectionalStream>({
-          pull: async (controller) => {
-            const next = await streams.read().catch(() => ({
-              done: true as const,
-              value: undefined,
-            }));
-            if (next.done) controller.close();
-            else controller.enqueue(next.value);
-          },
-          cancel: () => streams.cancel().catch(() => {}),
-        }),
-      });
+      this.#listener.resolve({ conn, incoming: restOfStreams(streams) });
     } catch (error) {
       this.#listener.reject(error);
       conn.close({ closeCode: NORMAL, reason: "" });

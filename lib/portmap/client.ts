@@ -149,18 +149,7 @@ export async function mapNatPmp(
   lifetime: number,
   counts: PortMapCounts = { ignored: 0 },
 ): Promise<PortMapping> {
-  const address = await exchange(
-    target,
-    encodePublicAddressRequest(),
-    parsePublicAddressResponse,
-    counts,
-  );
-  if (address.result !== 0) {
-    throw new PortMapError(
-      `NAT-PMP: ${NATPMP_RESULTS[address.result] ?? `result ${address.result}`}`,
-      address.result,
-    );
-  }
+  const externalIp = await probeNatPmp(target, counts);
   const mapped: NatPmpMapping = await exchange(
     target,
     encodeNatPmp(internalPort, lifetime === 0 ? 0 : internalPort, lifetime),
@@ -178,7 +167,7 @@ export async function mapNatPmp(
   }
   return {
     protocol: "nat-pmp",
-    externalIp: address.ip,
+    externalIp,
     externalPort: mapped.externalPort,
     internalPort,
     lifetime: mapped.lifetime,

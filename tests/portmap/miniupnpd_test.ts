@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { DENO, requireOrSkip, ROOT, toolMissing, within } from "../_helpers.ts";
-import { netlabUnavailable } from "../_netlab.ts";
+import { MINIUPNPD_RULES, miniupnpdMappings, netlabUnavailable } from "../_netlab.ts";
 
 async function unavailable(): Promise<string | undefined> {
   return await netlabUnavailable() ??
@@ -28,29 +28,6 @@ async function run(...args: string[]): Promise<string> {
   if (!out.success) throw new Error(`${args.join(" ")}: ${text}`);
   return text;
 }
-
-const RULES = `table inet filter {
-  chain forward {
-    type filter hook forward priority 0; policy accept;
-    jump miniupnpd
-  }
-  chain miniupnpd {
-  }
-  chain prerouting {
-    type nat hook prerouting priority -100; policy accept;
-    jump prerouting_miniupnpd
-  }
-  chain postrouting {
-    type nat hook postrouting priority 100; policy accept;
-    jump postrouting_miniupnpd
-    oifname "wan" masquerade
-  }
-  chain prerouting_miniupnpd {
-  }
-  chain postrouting_miniupnpd {
-  }
-}
-`;
 
 /** The lab: LAN host 10.9.0.2 → gateway 10.9.0.1 / 11.0.0.1 (miniupnpd) → WAN 11.0.0.2. */
 async function lab() {
@@ -90,7 +67,7 @@ async function lab() {
       await inNs(n, "ip", "link", "set", "lo", "up");
     }
     await inNs(ns.lan, "ip", "route", "add", "default", "via", "10.9.0.1");
-    await Deno.writeTextFile(`${dir}/rules.nft`, RULES);
+    await Deno.writeTextFile(`${dir}/rules.nft`, MINIUPNPD_RULES);
     await inNs(ns.gw, "nft", "-f", `${dir}/rules.nft`);
     await Deno.writeTextFile(
       `${dir}/miniupnpd.conf`,
@@ -135,20 +112,7 @@ async function lab() {
       ns,
       log,
       /** The gateway's DNAT rules now, one "port -> host:port" each. */
-      async dnat(): Promise<string[]> {
-        const text = await inNs(
-          ns.gw,
-          "nft",
-          "list",
-          "chain",
-          "inet",
-          "filter",
-          "prerouting_miniupnpd",
-        );
-        return [...text.matchAll(/dport (\d+) dnat ip to ([\d.]+:\d+)/g)].map((m) =>
-          `${m[1]} -> ${m[2]}`
-        );
-      },
+      dnat: () => miniupnpdMappings(ns.gw),
       async stopDaemon() {
         try {
           daemon.kill("SIGTERM");

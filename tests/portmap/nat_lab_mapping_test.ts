@@ -9,7 +9,13 @@
  */
 import assert from "node:assert/strict";
 import { requireOrSkip, waitFor } from "../_helpers.ts";
-import { NetLab, netlabUnavailable, portMappingUnavailable, PUBLIC_IP } from "../_netlab.ts";
+import {
+  miniupnpdMappings,
+  NetLab,
+  netlabUnavailable,
+  portMappingUnavailable,
+  PUBLIC_IP,
+} from "../_netlab.ts";
 
 const skip = requireOrSkip(
   await netlabUnavailable() ?? await portMappingUnavailable(),
@@ -95,26 +101,8 @@ Deno.test({
           `mapped-1 ${punches(a, "edm-2")}, edm-2 ${punches(b, "mapped-1")}`,
       );
       assert.equal(punches(b, "mapped-1"), 1, "direct on the first introduction");
-      // The plain side was not the one that had to open: it checked the mapping.
-      const rules = async () => {
-        const out = await new Deno.Command("ip", {
-          args: [
-            "netns",
-            "exec",
-            `${mapped.ns.replace(/-h(\d+)x\d+$/, "-r$1")}`,
-            "nft",
-            "list",
-            "chain",
-            "inet",
-            "filter",
-            "prerouting_miniupnpd",
-          ],
-          stdout: "piped",
-        }).output();
-        return [...new TextDecoder().decode(out.stdout).matchAll(/dnat ip to (\S+)/g)].map((m) =>
-          m[1]
-        );
-      };
+      const router = mapped.ns.replace(/-h(\d+)x\d+$/, "-r$1");
+      const rules = () => miniupnpdMappings(router);
       assert.equal((await rules()).length, 1, "one mapping on the router");
       const stoppedAt = Date.now();
       a.signal("SIGTERM");

@@ -107,9 +107,10 @@ export interface NatOptions {
    * The router runs miniupnpd (NAT-PMP, PCP and UPnP-IGD for its LAN) with
    * a public address of its own, `11.0.i.1` (miniupnpd maps nothing on a
    * documentation or private address): everything the LAN sends leaves from
-   * it, and the core routes it back. (Transit segments only.)
+   * it, and the core routes it back; `"upnp"` serves UPnP-IGD only,
+   * `"nat-pmp"` NAT-PMP and PCP only. (Transit segments only.)
    */
-  portMapping?: boolean;
+  portMapping?: boolean | "upnp" | "nat-pmp";
 }
 
 /** The DNAT rules miniupnpd holds in namespace `ns` now: one `host:port` per mapping. */
@@ -410,7 +411,8 @@ export class NetLab {
     await this.#sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
     await this.#nat(router, `w${i}`, kind, options.filtering ?? true, out[0].ip);
     if (options.portMapping) {
-      const ext = await this.#mapping(router, i, wan, lan, kind, segment);
+      const only = options.portMapping === true ? undefined : options.portMapping;
+      const ext = await this.#mapping(router, i, wan, lan, kind, segment, only);
       for (const host of out) host.publicIp = ext;
     }
     if (options.splitUdp) {
@@ -447,6 +449,7 @@ export class NetLab {
     lan: string,
     kind: NatKind,
     segment: Segment,
+    only?: "upnp" | "nat-pmp",
   ): Promise<string> {
     if (!segment.core) throw new Error("netlab: a mapping router needs a transit segment");
     const ext = `11.0.${i}.1`;
@@ -467,8 +470,8 @@ export class NetLab {
         `ext_ifname=w${i}`,
         `ext_ip=${ext}`,
         "listening_ip=lan",
-        "enable_natpmp=yes",
-        "enable_upnp=yes",
+        `enable_natpmp=${only === "upnp" ? "no" : "yes"}`,
+        `enable_upnp=${only === "nat-pmp" ? "no" : "yes"}`,
         "secure_mode=yes",
         `lease_file=${dir}/leases`,
         "uuid=1a0e8d0b-c2d7-4cf2-bf43-8dfe1392fe2e",
@@ -482,7 +485,8 @@ export class NetLab {
       {},
     );
     this.#procs.push(daemon);
-    await daemon.waitForLine((l) => l.message.includes("Listening for NAT-PMP/PCP traffic"));
+    const ready = only === "upnp" ? "HTTP listening on port" : "Listening for NAT-PMP/PCP traffic";
+    await daemon.waitForLine((l) => l.message.includes(ready));
     return ext;
   }
 

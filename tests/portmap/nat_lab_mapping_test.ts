@@ -115,3 +115,76 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "NAT lab: every pair with a mapping side is direct on its first introduction — PCP, NAT-PMP-only and UPnP-only routers beside plain endpoint-dependent and endpoint-independent ones",
+  ignore: skip !== undefined,
+  async fn() {
+    const lab = await NetLab.create();
+    try {
+      const hosts = {
+        "map-all": (await lab.addNatted("edm", 1, { portMapping: true }))[0],
+        "map-upnp": (await lab.addNatted("edm", 1, { portMapping: "upnp" }))[0],
+        "map-pmp": (await lab.addNatted("edm", 1, { portMapping: "nat-pmp" }))[0],
+        "plain-edm": (await lab.addNatted("edm", 1))[0],
+        "plain-eim": (await lab.addNatted("eim", 1))[0],
+      };
+      await lab.startServices();
+      const env = { PEER_AUTOCONNECT: "true", PEER_HELLO_SEC: "0.5" };
+      const procs = Object.fromEntries(
+        Object.entries(hosts).map(([id, host]) => [id, lab.worker(host, id, env)]),
+      );
+      const ids = Object.keys(hosts);
+      // How each mapping side mapped: the preferred protocol its router speaks.
+      const mappedBy: Record<string, string> = {};
+      for (const id of ["map-all", "map-upnp", "map-pmp"]) {
+        mappedBy[id] = String(
+          (await procs[id].waitForLog("port mapped", () => true, 20_000)).protocol,
+        );
+      }
+      assert.deepEqual(mappedBy, { "map-all": "pcp", "map-upnp": "upnp", "map-pmp": "pcp" });
+      const hears = (a: string, b: string) =>
+        procs[a].lines.find((l) =>
+          l.message === "peer message received" && l.peer_id === b && l.path === "direct"
+        );
+      const pairs = ids.flatMap((a) => ids.filter((b) => a < b).map((b) => [a, b]));
+      await waitFor(
+        () => pairs.every(([a, b]) => hears(a, b) && hears(b, a)),
+        "every pair direct both ways",
+        30_000,
+        250,
+      ).catch(() => {});
+      const rows: string[] = [];
+      const mappedPairMs: number[] = [];
+      for (const [a, b] of pairs) {
+        const punch = procs[a].lines.find((l) =>
+          l.message === "peer punch started" && l.peer_id === b
+        );
+        const first = [hears(a, b), hears(b, a)];
+        const ms = first.every(Boolean) && punch
+          ? Math.max(...first.map((l) => Date.parse(String(l!.time)))) -
+            Date.parse(String(punch.time))
+          : null;
+        const introductions = procs[a].lines.filter((l) =>
+          l.message === "peer punch started" && l.peer_id === b
+        ).length;
+        const mapping = a.startsWith("map") || b.startsWith("map");
+        if (mapping && ms !== null) mappedPairMs.push(ms);
+        rows.push(
+          `${a} ↔ ${b}: ${ms === null ? "not direct" : `direct in ${ms} ms`}, ` +
+            `${introductions} introduction(s)${mapping ? ", a side maps" : ""}`,
+        );
+        assert.notEqual(ms, null, `${a} ↔ ${b} not direct both ways:\n${rows.join("\n")}`);
+        if (mapping) assert.equal(introductions, 1, `${a} ↔ ${b}: not on the first introduction`);
+      }
+      mappedPairMs.sort((x, y) => x - y);
+      const p95 = mappedPairMs[Math.ceil(0.95 * mappedPairMs.length) - 1];
+      console.log(rows.join("\n"));
+      console.log(`pairs with a mapping side: ${mappedPairMs.length}, p95 to direct ${p95} ms`);
+      assert.ok(p95 <= 2000, `p95 ${p95} ms (target 2 s)`);
+    } finally {
+      await lab.destroy();
+    }
+  },
+});

@@ -475,6 +475,8 @@ export class NetLab {
         "secure_mode=yes",
         `lease_file=${dir}/leases`,
         "uuid=1a0e8d0b-c2d7-4cf2-bf43-8dfe1392fe2e",
+        // Lifetimes as short as a test wants (miniupnpd's default floor is 120 s).
+        "min_lifetime=2",
         `allow 1024-65535 ${lan}.0/24 1024-65535`,
         "",
       ].join("\n"),

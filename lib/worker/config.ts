@@ -5,6 +5,7 @@
  * @module
  */
 
+import { DEFAULT_MAPPING_LIFETIME_SEC } from "../portmap/mapper.ts";
 import { defaultControlDir } from "./control.ts";
 import { parseSocks } from "./socks.ts";
 import {
@@ -92,6 +93,8 @@ export interface WorkerConfig {
   punchOpeningTtl: number;
   /** Ask the gateway for a port mapping of the UDP socket (`PORT_MAPPING`). */
   portMapping: "auto" | "off";
+  /** The lifetime to ask for, seconds (`PORT_MAPPING_LIFETIME_SEC`); renewed at half. */
+  portMappingLifetimeSec: number;
   /** Log level and format (`LOG_LEVEL`, `LOG_FORMAT`). */
   log: LogConfig;
 }
@@ -218,6 +221,12 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
     fallback: "auto",
     meaning:
       "auto: ask the default gateway for a mapping of the UDP socket (PCP, NAT-PMP, UPnP-IGD, probed at once) and offer it to peers; off: never",
+  },
+  {
+    name: "PORT_MAPPING_LIFETIME_SEC",
+    fallback: "7200",
+    meaning:
+      "the lifetime a port mapping is asked for (renewed at half; what the router keeps after a crash)",
   },
   {
     name: "PEER_HELLO_SEC",
@@ -481,6 +490,12 @@ export function loadWorkerConfig(env: Env, isTerminal = false): WorkerConfig {
     peerCongestionControl: congestionControl(env),
     peerUdpIo: udpIo(env),
     portMapping: portMapping(env),
+    portMappingLifetimeSec: numberVar(
+      env,
+      "PORT_MAPPING_LIFETIME_SEC",
+      DEFAULT_MAPPING_LIFETIME_SEC,
+      { min: 2, max: 86_400, integer: true },
+    ),
     group,
     peerAutoConnect: boolVar(env, "PEER_AUTOCONNECT", false),
     peerHelloMs: seconds(env, "PEER_HELLO_SEC", 0, 0, 3600),

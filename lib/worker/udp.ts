@@ -35,6 +35,8 @@ export interface WorkerUdpOptions {
   report: (report: UdpEndpointReport) => boolean;
   /** Ask the gateway to map the socket's port (`PORT_MAPPING=auto`). @default {false} */
   portMapping?: boolean;
+  /** Its lifetime, seconds (`PORT_MAPPING_LIFETIME_SEC`). @default {DEFAULT_MAPPING_LIFETIME_SEC} */
+  portMappingLifetimeSec?: number;
   /** Where the mapper looks for the gateway (tests). @default {the default route's} */
   portMapper?: Pick<PortMapperOptions, "findGateway" | "target">;
 }
@@ -92,6 +94,7 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   const portMapper = options.portMapping
     ? new PortMapper({
       internalPort: udp.local.port,
+      lifetimeSec: options.portMappingLifetimeSec,
       logger,
       ...options.portMapper,
       findGateway: async () => {

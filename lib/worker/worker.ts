@@ -396,6 +396,7 @@ export async function startWorker(
     report: (report) =>
       client.send({ type: "register_udp_endpoint", ...report, rtt_ms: client.rttMs }),
     portMapping: config.portMapping === "auto",
+    portMappingLifetimeSec: config.portMappingLifetimeSec,
     portMapper: options.portMapper,
   });
   const peers = new PeerManager({

@@ -188,3 +188,52 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "NAT lab: a mapping is renewed at half its lifetime on a real router, and after kill -9 the router drops it when that lifetime runs out",
+  ignore: skip !== undefined,
+  async fn() {
+    const lab = await NetLab.create();
+    try {
+      const [host] = await lab.addNatted("edm", 1, { portMapping: true });
+      await lab.startServices();
+      const lifetime = 4;
+      const worker = lab.worker(host, "short-1", { PORT_MAPPING_LIFETIME_SEC: String(lifetime) });
+      const mapped = await worker.waitForLog("port mapped", () => true, 20_000);
+      assert.equal(mapped.lifetime_sec, lifetime);
+      const router = host.ns.replace(/-h(\d+)x\d+$/, "-r$1");
+      assert.equal((await miniupnpdMappings(router)).length, 1);
+      // Renewed (twice, so the first was not a fluke), through its GET /.
+      const health = await worker.waitForLog("health server listening", () => true, 20_000);
+      const renewed = async () => {
+        const out = await new Deno.Command("ip", {
+          args: ["netns", "exec", host.ns, "curl", "-sf", `http://127.0.0.1:${health.port}/`],
+          stdout: "piped",
+        }).output();
+        return JSON.parse(new TextDecoder().decode(out.stdout)).port_mapping.counts.renewed;
+      };
+      const mappedAt = Date.parse(String(mapped.time));
+      await waitFor(async () => (await renewed()) >= 2, "two renewals", 4 * lifetime * 1000, 200);
+      const twoRenewalsMs = Date.now() - mappedAt;
+      assert.equal((await miniupnpdMappings(router)).length, 1, "still one mapping");
+      // kill -9: nobody deletes it, nobody renews it; the router lets it expire.
+      const killedAt = Date.now();
+      await worker.stop("SIGKILL");
+      await waitFor(
+        async () => (await miniupnpdMappings(router)).length === 0,
+        "the router to drop the mapping",
+        (lifetime + 10) * 1000,
+        200,
+      );
+      const goneMs = Date.now() - killedAt;
+      console.log(
+        `two renewals ${twoRenewalsMs} ms after mapping (lifetime ${lifetime} s); ` +
+          `gone ${goneMs} ms after kill -9`,
+      );
+      assert.ok(goneMs <= (lifetime + 2) * 1000 + 2000, `gone after ${goneMs} ms`);
+    } finally {
+      await lab.destroy();
+    }
+  },
+});

@@ -97,6 +97,8 @@ export interface NatOptions {
    * answers traffic from inside (as home routers do).
    */
   ipv6?: boolean;
+  /** With `ipv6`: the router also rewrites its LAN's IPv6 source addresses to its own (NAT66). */
+  nat66?: boolean;
   /**
    * Two public addresses, as Cloud NAT with several IPs: UDP leaves from the
    * second (`LabHost.udpPublicIp`), everything else from the first, so the
@@ -434,6 +436,11 @@ export class NetLab {
       for (const host of out) host.udpPublicIp = udpIp;
     }
     if (options.ipv6) await this.#dualStack(router, `w${i}`, i, segment, out);
+    if (options.ipv6 && options.nat66) {
+      // deno-fmt-ignore
+      await this.#sh("ip", "netns", "exec", router, "ip6tables", "-t", "nat", "-A", "POSTROUTING",
+        "-o", `w${i}`, "-j", "MASQUERADE");
+    }
     return out;
   }
 
@@ -630,6 +637,16 @@ export class NetLab {
       CONTROL_DIR: "off",
       ...env,
     });
+  }
+
+  /** A STUN server on the core's IPv6 address, `[2001:db8:ffff::1]:port`, answering when this resolves. */
+  async startStun6(port = 3480): Promise<string> {
+    const stun = this.deno(this.pub, ["run", "--allow-net", "--allow-env", "stun.ts"], {
+      STUN_PORT: String(port),
+      STUN_HOST: "::",
+    });
+    await stun.waitForLog("stun server listening", () => true, 20_000);
+    return `[2001:db8:ffff::1]:${port}`;
   }
 
   /** Stops every process and deletes every namespace. */

@@ -57,7 +57,14 @@ export function planPunch(
   const locals = candidates.filter((c) => c.kind === "local");
   const allPublics = candidates.filter((c) => c.kind === "public");
   const publics = allPublics.filter((c) => c.vouched !== false);
-  const checks = noUdp ? [] : ownHard && peerHard ? locals : [...mapped, ...locals, ...allPublics];
+  // Two endpoint-dependent IPv4 NATs: only what they do not translate — the
+  // locals, and an IPv6 endpoint STUN saw (a NAT66's, or a rewriting firewall's).
+  const v6Publics = allPublics.filter((c) => c.ip.includes(":"));
+  const checks = noUdp
+    ? []
+    : ownHard && peerHard
+    ? [...locals, ...v6Publics]
+    : [...mapped, ...locals, ...allPublics];
   // A side without NAT takes any packet: the other side's checks reach it
   // and its answers go back through whatever mapping they came from, so
   // plain checks do; extra sockets and a spray would only load it.

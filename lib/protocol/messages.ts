@@ -110,6 +110,11 @@ export interface RegisterUdpEndpointMessage {
   rtt_ms?: number | null;
   /** A port mapping its gateway made for the socket (absent from older workers). */
   mapped?: MappedEndpoint | null;
+  /**
+   * The IPv6 socket's endpoint as an IPv6 STUN server saw it: a NAT66 or a
+   * rewriting firewall shows here (absent from older workers, and without IPv6).
+   */
+  public6?: UdpAddress | null;
 }
 
 /** The port-mapping protocols a gateway may speak. */
@@ -438,6 +443,8 @@ export interface UdpEndpointRecord {
   nat_mapping: NatMapping;
   /** A port mapping its gateway made, if any. */
   mapped?: MappedEndpoint | null;
+  /** The IPv6 socket's endpoint as IPv6 STUN saw it, if any. */
+  public6?: UdpAddress | null;
   /** ISO time of the last report. */
   updated_at: string;
 }

@@ -173,6 +173,16 @@ function udpEndpointFields(
     nat: { mapping: mapping as NatMapping },
   };
   if (record.mapped !== undefined) fields.mapped = mappedEndpoint(record.mapped, type);
+  if (record.public6 !== undefined && record.public6 !== null) {
+    const address = udpAddress(record.public6, type, "public6");
+    if (!address.ip.includes(":")) {
+      throw new ProtocolError(
+        "invalid_message",
+        `Cannot parse "${type}": "public6" must be an IPv6 endpoint: current value is ${address.ip}`,
+      );
+    }
+    fields.public6 = address;
+  } else if (record.public6 === null) fields.public6 = null;
   return fields;
 }
 
@@ -431,8 +441,8 @@ export function parseServerMessage(text: string): ServerMessage {
         throw new ProtocolError("invalid_message", 'Cannot parse "punch": bad session_id or key');
       }
       const list = Array.isArray(record.candidates) ? record.candidates : [];
-      // Locals, then the STUN-mapped one and the gateway-mapped one.
-      const candidates = list.slice(0, MAX_LOCAL_CANDIDATES + 2).map((c, i) => {
+      // Locals, then the STUN-mapped ones (IPv4, IPv6) and the gateway-mapped one.
+      const candidates = list.slice(0, MAX_LOCAL_CANDIDATES + 3).map((c, i) => {
         const address = udpAddress(c, "punch", `candidates[${i}]`);
         const given = (c as Record<string, unknown>).kind;
         const kind = given === "local" || given === "mapped" ? given : "public";

@@ -101,6 +101,7 @@ export class Handlers {
     const pub = message.public && usable(message.public) ? message.public : null;
     const local = message.local.filter(usable);
     const mapped = message.mapped && usable(message.mapped) ? message.mapped : null;
+    const public6 = message.public6 && usable(message.public6) ? message.public6 : null;
     if (refused.length > 0) {
       this.#d.metrics.candidatesRefused.inc({}, refused.length);
       this.#d.logger.warn("worker reported unusable addresses", {
@@ -121,6 +122,7 @@ export class Handlers {
       local,
       nat_mapping: message.nat.mapping,
       ...(mapped ? { mapped } : {}),
+      ...(public6 ? { public6 } : {}),
       updated_at: new Date(this.#d.clock.now()).toISOString(),
     };
     if (message.rtt_ms !== null && message.rtt_ms !== undefined) {
@@ -136,6 +138,7 @@ export class Handlers {
       worker_id: session.workerId,
       udp_public: pub ? `${pub.ip}:${pub.port}` : null,
       udp_mapped: mapped ? `${mapped.ip}:${mapped.port} (${mapped.protocol})` : null,
+      udp_public6: public6 ? `[${public6.ip}]:${public6.port}` : null,
       nat_mapping: message.nat.mapping,
       local_candidates: message.local.length,
     });

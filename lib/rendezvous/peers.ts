@@ -104,7 +104,14 @@ function candidates(record: WorkerRecord): Candidate[] {
       normalizeIp(udp.public.ip) === record.observed_ip;
     out.push({ ...udp.public, kind: "public", vouched });
   }
-  // A gateway's mapping, last (older workers keep the first 17): a candidate
+  // The IPv6 socket's endpoint as IPv6 STUN saw it, where it is not one of
+  // the locals already (a NAT66 or a rewriting firewall in front).
+  const v6 = udp.public6;
+  if (v6 && !out.some((c) => c.ip === v6.ip && c.port === v6.port)) {
+    const vouched = record.observed_ip !== null && normalizeIp(v6.ip) === record.observed_ip;
+    out.push({ ...v6, kind: "public", vouched });
+  }
+  // A gateway's mapping, last (older workers keep the first 18): a candidate
   // only where it is public; a private or shared one says the gateway is
   // behind another NAT, and reaches no peer outside it.
   const mapped = udp.mapped;

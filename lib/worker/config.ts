@@ -149,7 +149,8 @@ export const WORKER_VARIABLES: readonly VariableDoc[] = [
   {
     name: "STUN_SERVERS",
     fallback: DEFAULT_STUN_SERVERS,
-    meaning: "comma-separated host:port list, two or more to classify the NAT; off to skip UDP",
+    meaning:
+      "comma-separated host:port list (an IPv6 server as [addr]:port: asked by the IPv6 socket, to see a NAT66), two or more to classify the NAT; off to skip UDP",
   },
   {
     name: "STUN_KEEPALIVE_SEC",

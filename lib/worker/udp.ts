@@ -9,10 +9,10 @@
 import { FfiUdp } from "../peer/ffi_udp.ts";
 import { PortMapper, type PortMapperOptions } from "../portmap/mapper.ts";
 import { findGateway } from "../portmap/gateway.ts";
-import type { MappedEndpoint } from "../protocol/messages.ts";
+import type { MappedEndpoint, UdpAddress } from "../protocol/messages.ts";
 import type { Logger } from "../core/log.ts";
-import { addressScope } from "../protocol/ip.ts";
-import { StunClient } from "../stun/client.ts";
+import { addressScope, parseIp } from "../protocol/ip.ts";
+import { parseServerSpec, StunClient } from "../stun/client.ts";
 import { UdpEndpoint } from "../peer/udp_endpoint.ts";
 import {
   DISCOVERY_SCHEDULE,
@@ -78,9 +78,15 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   // The last discovery's report, and the gateway's mapping (sent with every report).
   let last: UdpEndpointReport | undefined;
   let mapped: MappedEndpoint | null = null;
+  // What an IPv6 STUN server saw of the IPv6 socket (sent with every report).
+  let public6: UdpAddress | null = null;
   const sendIfNew = (discovered: UdpEndpointReport) => {
     last = discovered;
-    const report = mapped === null ? discovered : { ...discovered, mapped };
+    const report = {
+      ...discovered,
+      ...(mapped === null ? {} : { mapped }),
+      ...(public6 === null ? {} : { public6 }),
+    };
     const text = JSON.stringify(report);
     if (text === sentThisSession) return;
     if (!options.report(report)) return;
@@ -117,6 +123,9 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   // IPv6: no NAT to discover, so no STUN; the socket's global addresses are
   // candidates as they are (a stateful firewall lets the punch through).
   let udp6: UdpEndpoint | undefined;
+  // IPv6 STUN: servers given as [IPv6]:port, and names (which may have IPv6 addresses).
+  const servers6 = options.stunServers.filter((s) => serverFamily(s) !== 4);
+  let discover6: ((signal: AbortSignal) => Promise<void>) | undefined;
   const globalV6 = (ip: string) =>
     ip.includes(":") && !/^::ffff:/i.test(ip) && addressScope(ip) === "global";
   if (
@@ -125,7 +134,23 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   ) {
     try {
       udp6 = UdpEndpoint.bind({ hostname: "::", port: 0 });
-      udp6.onStun = () => {};
+      const stun6 = new StunClient((bytes, to) => udp6!.send(bytes, to), {
+        family: 6,
+        ...DISCOVERY_SCHEDULE,
+      });
+      udp6.onStun = (bytes, from) => stun6.handle(bytes, from);
+      discover6 = async (signal) => {
+        if (servers6.length === 0) return;
+        const seen = await Promise.any(servers6.map((s) => stun6.binding(s, { signal })))
+          .then((r) => ({ ip: r.mapped.ip, port: r.mapped.port }), () => null);
+        if (signal.aborted || seen?.ip === public6?.ip && seen?.port === public6?.port) return;
+        public6 = seen;
+        logger.info("udp6 endpoint discovered", {
+          udp6_public: seen ? `[${seen.ip}]:${seen.port}` : null,
+          rewritten: seen !== null && !hostInterfaces().some((i) => i.address === seen.ip),
+        });
+        if (last) sendIfNew(last);
+      };
       logger.info("udp6 socket bound", { udp6_local: `[::]:${udp6.local.port}` });
     } catch (error) {
       logger.warn("cannot bind an IPv6 socket; IPv4 only", { error: (error as Error).message });
@@ -133,7 +158,8 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   }
   const presence = new UdpPresence({
     stun,
-    servers: options.stunServers,
+    // The IPv4 socket asks the servers that may have an IPv4 address.
+    servers: options.stunServers.filter((s) => serverFamily(s) !== 6),
     local: udp.local,
     moreLocal: () =>
       udp6 ? localCandidates(hostInterfaces(), udp6.local).filter((c) => globalV6(c.ip)) : [],
@@ -143,6 +169,9 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   });
   const stop = new AbortController();
   const keepalive = presence.keepAlive(stop.signal);
+  // The IPv6 endpoint is looked at again as often as the IPv4 mapping is kept alive.
+  const keepalive6 = discover6 &&
+    setInterval(() => void discover6!(stop.signal), options.keepaliveMs);
   logger.info("udp socket bound", { udp_local: `${udp.local.ip}:${udp.local.port}` });
   return {
     udp,
@@ -151,10 +180,12 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
     onRegistered() {
       sentThisSession = undefined;
       presence.discover(stop.signal).then(sendIfNew, () => {});
+      void discover6?.(stop.signal);
     },
     portMapper,
     async close() {
       await portMapper?.stop();
+      clearInterval(keepalive6);
       stop.abort();
       await keepalive;
       await udp.close();
@@ -164,6 +195,15 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
       reported = listener;
     },
   };
+}
+
+/** A STUN server's family when given as an address literal; undefined for a name. */
+function serverFamily(spec: string): 4 | 6 | undefined {
+  try {
+    return parseIp(parseServerSpec(spec).host)?.family;
+  } catch {
+    return undefined;
+  }
 }
 
 /** `PEER_UDP_IO=ffi` where batched sockets cannot be had; the message says why. */

@@ -63,3 +63,10 @@ Deno.test("planPunch(): a gateway's port mapping on either side means plain chec
     assert.deepEqual(plan.checks, checks, what);
   }
 });
+
+Deno.test("planPunch(): between two endpoint-dependent IPv4 NATs, an IPv6 endpoint STUN saw is checked beside the locals", () => {
+  const v6: Candidate = { ip: "2001:db8:1::2", port: 6000, kind: "public", vouched: false };
+  const plan = planPunch("endpoint-dependent", "endpoint-dependent", [local, vouched, v6]);
+  assert.equal(plan.strategy, "both-hard");
+  assert.deepEqual(plan.checks, [local, v6]);
+});

@@ -347,6 +347,7 @@ Deno.test("port mappings on the wire: a worker's report is checked, a peer's rea
     candidates: [
       ...Array.from({ length: 16 }, (_, i) => ({ ip: `10.0.0.${i + 1}`, port: 1, kind: "local" })),
       { ip: "203.0.113.7", port: 5000, kind: "public", vouched: true },
+      { ip: "2001:db8::7", port: 5001, kind: "public", vouched: false },
       { ip: "203.0.113.7", port: 41641, kind: "mapped", vouched: true },
       { ip: "203.0.113.8", port: 1, kind: "strange" },
     ],
@@ -355,11 +356,43 @@ Deno.test("port mappings on the wire: a worker's report is checked, a peer's rea
     role: "initiator",
     delay_ms: 0,
   })) as { candidates: { kind: string; port: number }[] };
-  assert.equal(punch.candidates.length, 18, "16 locals, the public one and the mapped one");
+  assert.equal(
+    punch.candidates.length,
+    19,
+    "16 locals, the public ones (IPv4, IPv6) and the mapped one; the 20th is dropped",
+  );
   assert.deepEqual(punch.candidates.at(-1), {
     ip: "203.0.113.7",
     port: 41641,
     kind: "mapped",
     vouched: true,
   });
+});
+
+Deno.test("public6 on the wire: an IPv6 endpoint only, null or absent", () => {
+  const report = {
+    type: "register_udp_endpoint",
+    public: { ip: "203.0.113.7", port: 5000 },
+    local: [],
+    nat: { mapping: "endpoint-independent" },
+  };
+  assert.deepEqual(
+    (parseClientMessage(JSON.stringify({ ...report, public6: { ip: "2001:db8::9", port: 7 } })) as {
+      public6: unknown;
+    }).public6,
+    { ip: "2001:db8::9", port: 7 },
+  );
+  assert.equal(
+    (parseClientMessage(JSON.stringify({ ...report, public6: null })) as { public6: unknown })
+      .public6,
+    null,
+  );
+  assert.equal("public6" in parseClientMessage(JSON.stringify(report)), false);
+  for (const bad of [{ ip: "203.0.113.9", port: 7 }, { ip: "2001:db8::9", port: 0 }, "x"]) {
+    assert.throws(
+      () => parseClientMessage(JSON.stringify({ ...report, public6: bad })),
+      ProtocolError,
+      JSON.stringify(bad),
+    );
+  }
 });

@@ -155,3 +155,51 @@ Deno.test("a gateway's port mapping is kept, shown to peers and offered as a can
     await rv.close();
   }
 });
+
+Deno.test("an IPv6 endpoint STUN saw is offered as a public candidate, once: not when it is one of the locals already", async () => {
+  const rv = await startRendezvous({ trustProxyHops: 1 });
+  try {
+    const nat66 = await TestClient.connect(`${rv.ws}/ws/register/nat66`, {
+      "x-forwarded-for": "203.0.113.50",
+    });
+    const plain6 = await TestClient.connect(`${rv.ws}/ws/register/plain6`, {
+      "x-forwarded-for": "203.0.113.60",
+    });
+    const asker = await TestClient.connect(`${rv.ws}/ws/register/asker`, {
+      "x-forwarded-for": "198.51.100.1",
+    });
+    // Behind a NAT66: its interface address is not what STUN saw.
+    nat66.send({
+      ...endpoint("203.0.113.50", ["2001:db8:1:1::2"]),
+      public6: { ip: "2001:db8:1::10", port: 6000 },
+    });
+    assert.equal((await nat66.next()).type, "udp_endpoint_registered");
+    // Without one: STUN saw its own address and port.
+    plain6.send({
+      ...endpoint("203.0.113.60", []),
+      local: [{ ip: "2001:db8:2:1::2", port: 4000 }],
+      public6: { ip: "2001:db8:2:1::2", port: 4000 },
+    });
+    assert.equal((await plain6.next()).type, "udp_endpoint_registered");
+    await report(asker, "198.51.100.1", []);
+    const candidatesOf = async (peer: string) => {
+      asker.send({ type: "connect", peer_id: peer });
+      let punch = await asker.next();
+      while (punch.type !== "punch") punch = await asker.next();
+      return (punch.candidates as { ip: string; port: number; kind: string }[])
+        .map((c) => `${c.kind} ${c.ip}:${c.port}`);
+    };
+    assert.deepEqual(await candidatesOf("nat66"), [
+      "local 2001:db8:1:1::2:4000",
+      "public 203.0.113.50:4000",
+      "public 2001:db8:1::10:6000",
+    ]);
+    assert.deepEqual(await candidatesOf("plain6"), [
+      "local 2001:db8:2:1::2:4000",
+      "public 203.0.113.60:4000",
+    ]);
+    await Promise.all([nat66.close(), plain6.close(), asker.close()]);
+  } finally {
+    await rv.close();
+  }
+});

@@ -63,6 +63,10 @@ Deno.test({
       a.send({ type: "path_update", peer_id: "mb", path: "direct", rtt_ms: 3 });
       b.send({ type: "path_update", peer_id: "ma", path: "direct", rtt_ms: 3 });
       a.send({ type: "relay", to: "mb", data: "aGVsbG8=" });
+      // b leaves once the frame reached it (two sessions: otherwise its close
+      // may be handled first and the frame dropped, not relayed).
+      let relayed = await b.next();
+      while (relayed.type !== "relayed") relayed = await b.next();
       await b.close();
 
       const scrape = async () => {

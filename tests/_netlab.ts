@@ -110,9 +110,11 @@ export interface NatOptions {
    * a public address of its own, `11.0.i.1` (miniupnpd maps nothing on a
    * documentation or private address): everything the LAN sends leaves from
    * it, and the core routes it back; `"upnp"` serves UPnP-IGD only,
-   * `"nat-pmp"` NAT-PMP and PCP only. (Transit segments only.)
+   * `"nat-pmp"` NAT-PMP and PCP only, `"refuse"` UPnP-IGD that refuses every
+   * mapping (miniupnpd answers a refused NAT-PMP or PCP request only after
+   * trying every other port, about 100 s). (Transit segments only.)
    */
-  portMapping?: boolean | "upnp" | "nat-pmp";
+  portMapping?: boolean | "upnp" | "nat-pmp" | "refuse";
 }
 
 /** The DNAT rules miniupnpd holds in namespace `ns` now: one `host:port` per mapping. */
@@ -456,7 +458,7 @@ export class NetLab {
     lan: string,
     kind: NatKind,
     segment: Segment,
-    only?: "upnp" | "nat-pmp",
+    only?: "upnp" | "nat-pmp" | "refuse",
   ): Promise<string> {
     if (!segment.core) throw new Error("netlab: a mapping router needs a transit segment");
     const ext = `11.0.${i}.1`;
@@ -477,14 +479,16 @@ export class NetLab {
         `ext_ifname=w${i}`,
         `ext_ip=${ext}`,
         "listening_ip=lan",
-        `enable_natpmp=${only === "upnp" ? "no" : "yes"}`,
+        `enable_natpmp=${only === "upnp" || only === "refuse" ? "no" : "yes"}`,
         `enable_upnp=${only === "nat-pmp" ? "no" : "yes"}`,
         "secure_mode=yes",
         `lease_file=${dir}/leases`,
         "uuid=1a0e8d0b-c2d7-4cf2-bf43-8dfe1392fe2e",
         // Lifetimes as short as a test wants (miniupnpd's default floor is 120 s).
         "min_lifetime=2",
-        `allow 1024-65535 ${lan}.0/24 1024-65535`,
+        only === "refuse"
+          ? "deny 0-65535 0.0.0.0/0 0-65535"
+          : `allow 1024-65535 ${lan}.0/24 1024-65535`,
         "",
       ].join("\n"),
     );
@@ -494,7 +498,9 @@ export class NetLab {
       {},
     );
     this.#procs.push(daemon);
-    const ready = only === "upnp" ? "HTTP listening on port" : "Listening for NAT-PMP/PCP traffic";
+    const ready = only === "upnp" || only === "refuse"
+      ? "HTTP listening on port"
+      : "Listening for NAT-PMP/PCP traffic";
     await daemon.waitForLine((l) => l.message.includes(ready));
     return ext;
   }

@@ -237,3 +237,38 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "NAT lab: a router that refuses every mapping costs a log line and a counter; its host still punches as before",
+  ignore: skip !== undefined,
+  async fn() {
+    const lab = await NetLab.create();
+    try {
+      const [refusing] = await lab.addNatted("edm", 1, { portMapping: "refuse" });
+      const [plain] = await lab.addNatted("eim", 1);
+      await lab.startServices();
+      const env = { PEER_AUTOCONNECT: "true", PEER_HELLO_SEC: "0.5" };
+      const a = lab.worker(refusing, "refused-1", env);
+      lab.worker(plain, "eim-1", env);
+      const none = await a.waitForLog("no port mapping", () => true, 20_000);
+      assert.equal(none.reason, "the gateway refused");
+      assert.deepEqual(none.offered, ["upnp"]);
+      assert.ok(a.lines.some((l) => l.message === "port mapping refused" && l.protocol === "upnp"));
+      // Punching goes on as it would without a router that maps (a birthday round here).
+      await waitFor(
+        () =>
+          a.lines.some((l) =>
+            l.message === "peer message received" && l.peer_id === "eim-1" && l.path === "direct"
+          ),
+        "refused-1 direct to eim-1",
+        20_000,
+        250,
+      );
+      const router = refusing.ns.replace(/-h(\d+)x\d+$/, "-r$1");
+      assert.deepEqual(await miniupnpdMappings(router), [], "nothing mapped");
+    } finally {
+      await lab.destroy();
+    }
+  },
+});

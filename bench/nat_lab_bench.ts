@@ -8,27 +8,37 @@
  * Both router kinds, each its own set of runs: routers that drop unsolicited
  * input and routers that do not (`--routers filtering|non-filtering|both`).
  *
- * Run: `deno task bench:natlab` (5 runs of each kind; `-- --runs N` for more).
+ * Run: `deno task bench:natlab` (5 runs of each kind; `-- --runs N` for more;
+ * `-- --all` adds every extra topology at once: routers that map ports
+ * (miniupnpd), a carrier NAT with two homes, split UDP).
  *
  * @module
  */
 
 import { numberFlag, percentile, stringFlag } from "./_common.ts";
-import { netlabUnavailable } from "../tests/_netlab.ts";
-import { LAB_WORKERS, type RouterKind, runPunchLab } from "../tests/_punch_lab.ts";
+import { netlabUnavailable, portMappingUnavailable } from "../tests/_netlab.ts";
+import {
+  EXTRA_LAB_WORKERS,
+  LAB_WORKERS,
+  type RouterKind,
+  runPunchLab,
+} from "../tests/_punch_lab.ts";
 
 const runs = numberFlag("--runs", 5);
+/** Every topology at once: the extra workers too (mapping routers, a carrier with two homes, split UDP). */
+const all = Deno.args.includes("--all");
 const routerArg = stringFlag("--routers", "both");
 const kinds: RouterKind[] = routerArg === "both"
   ? ["filtering", "non-filtering"]
   : [routerArg as RouterKind];
-const why = await netlabUnavailable();
+const why = await netlabUnavailable() ?? (all ? await portMappingUnavailable() : undefined);
 if (why) {
   console.error(`nat lab benchmark cannot run: ${why}`);
   Deno.exit(1);
 }
 
-const kind = (id: string) => LAB_WORKERS.find((w) => w.id === id)!.kind;
+const kind = (id: string) => [...LAB_WORKERS, ...EXTRA_LAB_WORKERS].find((w) => w.id === id)!.kind;
+const everyone = [...LAB_WORKERS, ...EXTRA_LAB_WORKERS].map((w) => w.id);
 const shared = (a: string, b: string) => a.startsWith("shared") && b.startsWith("shared");
 const segment = (a: string, b: string) => [a, b].sort().join() === "eim-2,eim-3";
 const category = (a: string, b: string) =>
@@ -54,12 +64,23 @@ const buckets = new Map<string, Bucket>();
 const misses = new Map<string, { segment: number; elsewhere: string[] }>();
 /** Time to direct of EIM ↔ EDM pairs (birthday) without a worker of the shared segment. */
 const edmPairMs = new Map<string, number[]>();
+/** Pairs with a mapping side that the NATs allow (a blocked side aside): time to direct, first attempts. */
+const mappedPairs = new Map<string, { ms: number[]; firstAttempt: number; pairs: number }>();
+/** Time to direct of every pair the NATs allow. */
+const allDirectMs = new Map<string, number[]>();
 const onSegment = (id: string) => id === "eim-2" || id === "eim-3";
 const pct = (p: number, xs: number[]) => percentile(xs, p / 100);
 
 for (const routers of kinds) {
   for (let run = 1; run <= runs; run++) {
-    const { results, seconds } = await runPunchLab(40, 0, 0, routers);
+    const { results, seconds } = await runPunchLab(
+      40,
+      0,
+      0,
+      routers,
+      {},
+      all ? everyone : undefined,
+    );
     console.error(`${routers} run ${run}/${runs}: ${seconds.toFixed(1)} s`);
     for (const r of results) {
       const key = `${routers}|${category(r.from, r.to)}`;
@@ -87,7 +108,16 @@ for (const routers of kinds) {
         }
         misses.set(routers, m);
       }
+      const mapping = kind(r.from) === "mapped" || kind(r.to) === "mapped";
+      if (mapping && r.expected === "direct") {
+        const m = mappedPairs.get(routers) ?? { ms: [], firstAttempt: 0, pairs: 0 };
+        m.pairs++;
+        if (r.path === "direct" && r.directMs !== null) m.ms.push(r.directMs);
+        if (r.path === "direct" && r.attempts === 1) m.firstAttempt++;
+        mappedPairs.set(routers, m);
+      }
       if (r.path === "direct" && r.directMs !== null) {
+        allDirectMs.set(routers, [...allDirectMs.get(routers) ?? [], r.directMs]);
         const birthday = r.strategy === "easy-side" || r.strategy === "hard-side";
         if (birthday && !onSegment(r.from) && !onSegment(r.to)) {
           edmPairMs.set(routers, [...edmPairMs.get(routers) ?? [], r.directMs]);
@@ -178,6 +208,14 @@ const summary = kinds.map((routers) => {
     delivered_pct: Number((100 * sum((b) => b.delivered) / sum((b) => b.pairs)).toFixed(1)),
     edm_pairs_direct_ms_p95: pct(95, eimEdm),
     edm_pairs_off_segment_direct_ms_p95: pct(95, eimEdmOffSegment),
+    all_pairs_direct_ms_p95: pct(95, allDirectMs.get(routers) ?? []),
+    mapped_pairs: mappedPairs.get(routers)?.pairs ?? 0,
+    mapped_pairs_first_attempt_pct: mappedPairs.get(routers)?.pairs
+      ? Number(
+        (100 * mappedPairs.get(routers)!.firstAttempt / mappedPairs.get(routers)!.pairs).toFixed(1),
+      )
+      : null,
+    mapped_pairs_direct_ms_p95: pct(95, mappedPairs.get(routers)?.ms ?? []),
     misses_with_a_shared_segment_worker: misses.get(routers)?.segment ?? 0,
     misses_elsewhere: misses.get(routers)?.elsewhere ?? [],
   };
@@ -190,5 +228,15 @@ for (const t of summary) {
     }`,
   );
 }
-await Deno.writeTextFile(file, JSON.stringify({ machine, runs, rows, summary }, null, 2) + "\n");
+if (all) {
+  for (const t of summary) {
+    console.log(
+      `${t.routers}, every topology at once: p95 to direct of every pair the NATs allow ${t.all_pairs_direct_ms_p95} ms (≤ 5000); pairs with a mapping side: ${t.mapped_pairs}, direct on the first attempt ${t.mapped_pairs_first_attempt_pct} % (target 100), p95 to direct ${t.mapped_pairs_direct_ms_p95} ms (≤ 2000)`,
+    );
+  }
+}
+await Deno.writeTextFile(
+  file,
+  JSON.stringify({ machine, runs, all, rows, summary }, null, 2) + "\n",
+);
 console.log(`\nwrote ${file.pathname}`);

@@ -16,7 +16,7 @@ export type RouterKind = "filtering" | "non-filtering" | "mixed";
 /** Where each worker sits. */
 export const LAB_WORKERS: {
   id: string;
-  kind: NatKind | "public" | "double" | "split";
+  kind: NatKind | "public" | "double" | "split" | "mapped" | "home";
   /** Dual-stack: a global IPv6 address behind a stateful firewall too. */
   v6?: true;
 }[] = [
@@ -39,7 +39,15 @@ export const LAB_WORKERS: {
  * than its TCP (Cloud NAT with several IPs), so the rendezvous cannot vouch
  * for its public candidate.
  */
-export const EXTRA_LAB_WORKERS: typeof LAB_WORKERS = [{ id: "split-1", kind: "split" }];
+export const EXTRA_LAB_WORKERS: typeof LAB_WORKERS = [
+  { id: "split-1", kind: "split" },
+  // Behind endpoint-dependent routers that map ports (miniupnpd: PCP, NAT-PMP, UPnP-IGD).
+  { id: "mapped-1", kind: "mapped" },
+  { id: "mapped-2", kind: "mapped" },
+  // Two homes (endpoint-independent) behind one carrier NAT of their own.
+  { id: "home-1", kind: "home" },
+  { id: "home-2", kind: "home" },
+];
 
 /** The workers of the lab test: the bench's eleven but eim-3 and double-1 (two cores, a whole suite beside it). */
 export const TEST_WORKERS = LAB_WORKERS.map((w) => w.id).filter((id) =>
@@ -63,6 +71,10 @@ export function expectedPath(
   const worker = (id: string) => [...LAB_WORKERS, ...EXTRA_LAB_WORKERS].find((w) => w.id === id)!;
   const [ka, kb] = [worker(a).kind, worker(b).kind];
   if (ka === "block-udp" || kb === "block-udp") return "relay";
+  // A side whose router maps: reachable from anywhere.
+  if (ka === "mapped" || kb === "mapped") return "direct";
+  // Two homes behind one carrier NAT that does not hairpin.
+  if (ka === "home" && kb === "home") return "relay";
   // Not vouched for: no hard side opens toward it, so an endpoint-dependent peer stays relayed.
   if ((ka === "split" && kb === "edm") || (ka === "edm" && kb === "split")) return "relay";
   const shared = new Set([a, b]);
@@ -147,6 +159,15 @@ export async function runPunchLab(
     const split = WORKERS.some((w) => w.kind === "split")
       ? (await nat("eim", 1, { splitUdp: true }))[0]
       : undefined;
+    const extra: Record<string, LabHost> = {};
+    for (const w of WORKERS.filter((w) => w.kind === "mapped")) {
+      extra[w.id] = (await nat("edm", 1, { portMapping: true }))[0];
+    }
+    const homes = WORKERS.filter((w) => w.kind === "home");
+    if (homes.length > 0) {
+      const homeCarrier = await lab.addCarrierNat({ filtering: filtering() });
+      for (const w of homes) extra[w.id] = (await nat("eim", 1, { segment: homeCarrier }))[0];
+    }
     for (
       const [id, host] of Object.entries({
         "eim-1": e1,
@@ -161,6 +182,7 @@ export async function runPunchLab(
         "shared-2": s2,
         "blocked-1": u1,
         ...(split ? { "split-1": split } : {}),
+        ...extra,
       })
     ) hosts.set(id, host);
 

@@ -7,6 +7,7 @@
  */
 
 import { type Clock, coarseClock, systemClock } from "../core/clock.ts";
+import { Reintroductions } from "./reintroductions.ts";
 import type { Logger } from "../core/log.ts";
 import { frameSessionId, fromBase64, isPeerFrame, toBase64 } from "./frame.ts";
 import { type LinkEvent, PeerLink } from "./link.ts";
@@ -153,6 +154,11 @@ export class PeerManager {
     this.#clock = options.clock ?? systemClock;
     this.#linkClock = coarseClock(this.#clock);
     this.budget = new SendBudget(this.#clock);
+    this.#reintroductions = new Reintroductions(
+      this.#clock,
+      (peerId) => this.connect(peerId),
+      (peerId) => this.#peers.has(peerId) && this.#links.get(peerId)?.path !== "direct",
+    );
     this.#sockets = new PunchSockets({
       udp: options.udp,
       udp6: options.udp6,
@@ -418,6 +424,7 @@ export class PeerManager {
         this.#transport?.forget(message.peer_id);
         this.#punched.delete(message.peer_id);
         this.#peerPublicIp.delete(message.peer_id);
+        this.#reintroductions.forget(message.peer_id);
         this.#o.logger.info("peer left", { peer_id: message.peer_id, reason: message.reason });
         return;
       }
@@ -468,11 +475,13 @@ export class PeerManager {
     const mapped = peer.mapped != null && before !== undefined &&
       (before.mapped?.ip !== peer.mapped.ip || before.mapped?.port !== peer.mapped.port) &&
       this.#links.get(peer.worker_id)?.path !== "direct";
-    if ((newlyReported || moved || mapped) && this.#ownEndpoint !== undefined) {
+    if (mapped && this.#ownEndpoint !== undefined) this.#reintroductions.request(peer.worker_id);
+    else if ((newlyReported || moved) && this.#ownEndpoint !== undefined) {
       this.connect(peer.worker_id);
     }
   }
 
+  readonly #reintroductions: Reintroductions;
   #ownMapped = false;
   #ownPublicIp: string | undefined;
   /** Each introduced peer's public address, as its last introduction gave it. */
@@ -489,7 +498,12 @@ export class PeerManager {
    * planned from now on know the peer can reach us through it.
    */
   ownMappingReported(mapped: boolean): void {
+    const came = mapped && !this.#ownMapped;
     this.#ownMapped = mapped;
+    if (!came || this.#ownEndpoint === undefined) return;
+    for (const [peerId, link] of this.#links) {
+      if (link.path !== "direct") this.#reintroductions.request(peerId);
+    }
   }
 
   #ownEndpoint?: string;
@@ -519,6 +533,7 @@ export class PeerManager {
 
   /** Closes every link and extra socket. */
   async close(): Promise<void> {
+    this.#reintroductions.close();
     for (const link of this.#links.values()) link.close();
     await this.#sockets.closeAll();
   }

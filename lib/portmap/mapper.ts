@@ -100,6 +100,9 @@ export class PortMapper {
   #abort = new AbortController();
   #running: Promise<unknown> = Promise.resolve();
   #probing: Promise<unknown> = Promise.resolve();
+  readonly #firstRound = Promise.withResolvers<void>();
+  /** Some probe has answered (this process). */
+  #answered = false;
 
   /** Nothing is asked until {@linkcode PortMapper.start}. */
   constructor(options: PortMapperOptions) {
@@ -114,8 +117,27 @@ export class PortMapper {
    */
   start(): Promise<PortMapping | null> {
     const run = this.#probeAndMap();
+    run.finally(() => this.#firstRound.resolve()).catch(() => {});
     this.#running = run;
     return run;
+  }
+
+  /**
+   * Resolves once the first round has an outcome (a mapping, or none), or
+   * after `quietMs` when no probe has answered by then: what a worker waits
+   * for before its first endpoint report, so that peers are introduced to
+   * the mapping at once where the gateway makes one, and a gateway that
+   * says nothing (Cloud Run's) holds it back `quietMs` at most.
+   */
+  firstRound(quietMs: number): Promise<void> {
+    const settled = this.#firstRound.promise;
+    const quiet = new Promise<void>((resolve) => {
+      const timer = this.#clock.setTimeout(() => {
+        if (!this.#answered) resolve();
+      }, quietMs);
+      settled.then(() => this.#clock.clearTimeout(timer));
+    });
+    return Promise.race([settled, quiet]);
   }
 
   /** Resolves once every probe of the last round has answered or given up. */
@@ -144,7 +166,9 @@ export class PortMapper {
     const probes: Record<MappingProtocol, Promise<unknown>> = {
       pcp: probePcp(target, clientIp, this.#counts),
       "nat-pmp": probeNatPmp(target, this.#counts),
-      upnp: discoverIgd(target, this.#counts).then((control) => this.#control = control),
+      // The gateway answered once its SSDP answer came (the description takes longer).
+      upnp: discoverIgd(target, this.#counts, () => this.#answered = true)
+        .then((control) => this.#control = control),
     };
     const answered: MappingProtocol[] = [];
     const open = new Set<Promise<void>>();
@@ -152,6 +176,7 @@ export class PortMapper {
       const done: Promise<void> = probes[p].then(
         () => {
           this.status.offered[p] = true;
+          this.#answered = true;
           answered.push(p);
         },
         (error) => {
@@ -310,6 +335,7 @@ export class PortMapper {
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
+    this.#firstRound.resolve();
     this.#clock.clearTimeout(this.#timer);
     this.#abort.abort();
     await this.#running.catch(() => {});

@@ -52,15 +52,18 @@ export interface UpnpMapping extends PortMapping {
 }
 
 /**
- * Finds the gateway's port-mapping service: SSDP, then its description.
+ * Finds the gateway's port-mapping service: SSDP, then its description;
+ * `onAnswer` hears the gateway's SSDP answer, before the description.
  *
  * @throws {PortMapError} when the gateway does not answer or offers no such service
  */
 export async function discoverIgd(
   target: UpnpTarget,
   counts: PortMapCounts = { ignored: 0 },
+  onAnswer?: () => void,
 ): Promise<IgdControl> {
   const location = await search(target, counts);
+  onAnswer?.();
   const xml = await httpText(location, { method: "GET" }, target.signal);
   if (xml === null) throw new PortMapError(`UPnP: no description at ${location}`);
   const control = parseDescription(xml.text, location);

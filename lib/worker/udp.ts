@@ -80,8 +80,19 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
   let mapped: MappedEndpoint | null = null;
   // What an IPv6 STUN server saw of the IPv6 socket (sent with every report).
   let public6: UdpAddress | null = null;
+  // The first report waits for the port mapper's first round (at most
+  // MAPPING_QUIET_MS where no gateway answers), so the first introductions
+  // already carry the mapping.
+  let gate: Promise<void> | undefined;
   const sendIfNew = (discovered: UdpEndpointReport) => {
     last = discovered;
+    if (gate) {
+      void gate.then(() => {
+        gate = undefined;
+        if (last) sendIfNew(last);
+      });
+      return;
+    }
     const report = {
       ...discovered,
       ...(mapped === null ? {} : { mapped }),
@@ -119,7 +130,10 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
       },
     })
     : undefined;
-  void portMapper?.start();
+  if (portMapper) {
+    void portMapper.start();
+    gate = portMapper.firstRound(MAPPING_QUIET_MS);
+  }
   // IPv6: no NAT to discover, so no STUN; the socket's global addresses are
   // candidates as they are (a stateful firewall lets the punch through).
   let udp6: UdpEndpoint | undefined;
@@ -196,6 +210,13 @@ export function startWorkerUdp(options: WorkerUdpOptions): WorkerUdp {
     },
   };
 }
+
+/**
+ * How long a worker's first endpoint report waits for a gateway that has
+ * not answered any port-mapping probe (one gateway round trip is a few ms;
+ * a silent gateway, Cloud Run's, costs this once).
+ */
+export const MAPPING_QUIET_MS = 250;
 
 /** A STUN server's family when given as an address literal; undefined for a name. */
 function serverFamily(spec: string): 4 | 6 | undefined {

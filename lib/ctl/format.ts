@@ -5,6 +5,7 @@
  * @module
  */
 
+import { MAPPING_PROTOCOL_NAMES } from "../protocol/messages.ts";
 import { formatTable } from "../core/table.ts";
 import type { PeerView } from "../worker/control.ts";
 import type { WorkerStatus } from "../worker/health.ts";
@@ -36,7 +37,7 @@ export function portMapLine(pm: NonNullable<WorkerStatus["port_mapping"]>): stri
   if (pm.gateway === null) return "no gateway to ask";
   const m = pm.mapping;
   if (m) {
-    const name = { pcp: "PCP", "nat-pmp": "NAT-PMP", upnp: "UPnP" }[m.protocol];
+    const name = MAPPING_PROTOCOL_NAMES[m.protocol];
     const behind = pm.double_nat ? ", but the gateway is behind another NAT" : "";
     return `${m.externalIp}:${m.externalPort} by ${name} on ${pm.gateway}, ${m.lifetime} s${behind}`;
   }

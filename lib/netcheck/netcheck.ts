@@ -9,7 +9,11 @@
  */
 
 import { type GatewayOffer, probeGateway } from "../portmap/mapper.ts";
-import type { NatMapping } from "../protocol/messages.ts";
+import {
+  MAPPING_PROTOCOL_NAMES,
+  MAPPING_PROTOCOLS,
+  type NatMapping,
+} from "../protocol/messages.ts";
 import { UdpEndpoint } from "../peer/udp_endpoint.ts";
 import { type BindingResult, formatAddress, StunClient } from "../stun/client.ts";
 import { classifyMapping, DISCOVERY_SCHEDULE, hostInterfaces } from "../stun/discovery.ts";
@@ -353,8 +357,7 @@ export function doubleNat(offer: GatewayOffer | null, stunIp: string | null): bo
 export function describeOffer(offer: GatewayOffer | null, stunIp: string | null): string {
   if (offer === null) return "not asked (PORT_MAPPING=off)";
   if (offer.gateway === null) return "no gateway to ask";
-  const names = { pcp: "PCP", "nat-pmp": "NAT-PMP", upnp: "UPnP" } as const;
-  const offered = (Object.keys(names) as (keyof typeof names)[]).filter((p) => offer.offered[p]);
+  const offered = MAPPING_PROTOCOLS.filter((p) => offer.offered[p]);
   if (offered.length === 0) return `none (gateway ${offer.gateway} answered no probe)`;
   const ip = offer.externalIp;
   const behind = doubleNat(offer, stunIp)
@@ -364,5 +367,7 @@ export function describeOffer(offer: GatewayOffer | null, stunIp: string | null)
     : ip
     ? `; public address ${ip}`
     : "";
-  return `${offered.map((p) => names[p]).join(", ")} (gateway ${offer.gateway}${behind})`;
+  return `${
+    offered.map((p) => MAPPING_PROTOCOL_NAMES[p]).join(", ")
+  } (gateway ${offer.gateway}${behind})`;
 }

@@ -120,6 +120,14 @@ export interface RegisterUdpEndpointMessage {
 /** The port-mapping protocols a gateway may speak. */
 export const MAPPING_PROTOCOLS = ["pcp", "nat-pmp", "upnp"] as const;
 
+/** Each port-mapping protocol's name, for people. */
+export const MAPPING_PROTOCOL_NAMES: Readonly<Record<(typeof MAPPING_PROTOCOLS)[number], string>> =
+  {
+    pcp: "PCP",
+    "nat-pmp": "NAT-PMP",
+    upnp: "UPnP",
+  };
+
 /**
  * The public address a worker's gateway mapped to its UDP socket (PCP,
  * NAT-PMP or UPnP-IGD): reachable by any peer, whatever its NAT does to

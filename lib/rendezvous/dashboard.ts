@@ -13,7 +13,7 @@
 
 import { toBase64Url } from "../core/encoding.ts";
 import type { WorkerRecord } from "./registry.ts";
-import type { MappedEndpoint } from "../protocol/messages.ts";
+import { type MappedEndpoint, MAPPING_PROTOCOL_NAMES } from "../protocol/messages.ts";
 
 /** A worker as the dashboard shows it. */
 export interface DashboardWorker {
@@ -33,8 +33,7 @@ export interface DashboardWorker {
 /** A port mapping as the dashboard shows it: `11.0.1.1:41641 (PCP, 7200 s)`. */
 function mappedText(m: MappedEndpoint | null | undefined): string | null {
   if (!m) return null;
-  const name = { pcp: "PCP", "nat-pmp": "NAT-PMP", upnp: "UPnP" }[m.protocol];
-  return `${m.ip}:${m.port} (${name}, ${m.lifetime_sec} s)`;
+  return `${m.ip}:${m.port} (${MAPPING_PROTOCOL_NAMES[m.protocol]}, ${m.lifetime_sec} s)`;
 }
 
 /** The dashboard's view of a record. */

@@ -41,7 +41,6 @@ export type { UdpEndpointReport } from "./stun/discovery.ts";
 // Port mapping: PCP, NAT-PMP and UPnP-IGD on the default gateway.
 export {
   DEFAULT_MAPPING_LIFETIME_SEC,
-  type MappingProtocol,
   PortMapper,
   type PortMapperOptions,
   type PortMapStatus,
@@ -122,6 +121,7 @@ export {
   type ListPeersMessage,
   type MappedEndpoint,
   MAPPING_PROTOCOLS,
+  type MappingProtocol,
   type NatMapping,
   type PathKind,
   type PathUpdateMessage,

@@ -9,6 +9,7 @@
  */
 
 import { type GatewayOffer, probeGateway } from "../portmap/mapper.ts";
+import { behindAnotherNat } from "../portmap/gateway.ts";
 import {
   MAPPING_PROTOCOL_NAMES,
   MAPPING_PROTOCOLS,
@@ -17,7 +18,7 @@ import {
 import { UdpEndpoint } from "../peer/udp_endpoint.ts";
 import { type BindingResult, formatAddress, StunClient } from "../stun/client.ts";
 import { classifyMapping, DISCOVERY_SCHEDULE, hostInterfaces } from "../stun/discovery.ts";
-import { addressScope, normalizeIp } from "../protocol/ip.ts";
+import { normalizeIp } from "../protocol/ip.ts";
 
 /** RFC 4787 filtering, as RFC 5780 §4.4 tells it. */
 export type NatFiltering =
@@ -347,10 +348,7 @@ export function formatReport(r: NetcheckReport): string {
  * Null when the gateway did not say.
  */
 export function doubleNat(offer: GatewayOffer | null, stunIp: string | null): boolean | null {
-  const ip = offer?.externalIp ?? null;
-  if (ip === null) return null;
-  return addressScope(ip) !== "global" ||
-    (stunIp !== null && normalizeIp(ip) !== normalizeIp(stunIp));
+  return behindAnotherNat(offer?.externalIp ?? null, stunIp);
 }
 
 /** The "Port mapping" line, as `tailscale netcheck` says "PortMapping". */

@@ -423,16 +423,12 @@ export class PeerManager {
         }
         this.#transport?.forget(message.peer_id);
         this.#punched.delete(message.peer_id);
-        this.#peerPublicIp.delete(message.peer_id);
         this.#reintroductions.forget(message.peer_id);
         this.#o.logger.info("peer left", { peer_id: message.peer_id, reason: message.reason });
         return;
       }
       case "punch": {
         this.#punched.add(message.peer_id);
-        const pub = message.candidates.find((c) => c.kind === "public")?.ip;
-        if (pub) this.#peerPublicIp.set(message.peer_id, pub);
-        else this.#peerPublicIp.delete(message.peer_id);
         this.#transport?.introduced(message.peer_id);
         const link = this.#link(message.peer_id);
         for (const id of link.sessionIds.slice(1)) this.#bySession.delete(id);
@@ -484,12 +480,10 @@ export class PeerManager {
   readonly #reintroductions: Reintroductions;
   #ownMapped = false;
   #ownPublicIp: string | undefined;
-  /** Each introduced peer's public address, as its last introduction gave it. */
-  readonly #peerPublicIp = new Map<string, string>();
 
   /** Whether `peerId` is seen at our own public address (behind our NAT, or our carrier's). */
   #behindUs(peerId: string): boolean {
-    const theirs = this.#peerPublicIp.get(peerId);
+    const theirs = this.#peers.get(peerId)?.public?.ip;
     return theirs !== undefined && theirs === this.#ownPublicIp;
   }
 

@@ -10,6 +10,7 @@
  * @module
  */
 
+import type { MappingProtocol } from "../protocol/messages.ts";
 import {
   encodeMapRequest as encodeNatPmp,
   encodePublicAddressRequest,
@@ -35,7 +36,7 @@ export const PORTMAP_WAITS_MS: readonly number[] = [250, 500, 1000];
 /** A mapping a gateway made. */
 export interface PortMapping {
   /** How it was mapped. */
-  protocol: "nat-pmp" | "pcp" | "upnp";
+  protocol: MappingProtocol;
   /** The public address and port peers can reach us at. */
   externalIp: string;
   /** The public port. */

@@ -9,6 +9,8 @@
  * @module
  */
 
+import { addressScope, normalizeIp } from "../protocol/ip.ts";
+
 /** The default route's gateway and the interface it leaves by. */
 export interface DefaultRoute {
   gateway: string;
@@ -109,4 +111,15 @@ export async function findGateway(): Promise<Gateway | null> {
     }
   }
   return guessGateway(interfaces) ?? null;
+}
+
+/**
+ * Whether a gateway sits behind another NAT: the public address it claims
+ * (its mapping's, or NAT-PMP's answer) is private or shared (100.64/10, a
+ * carrier's), or STUN sees us at another one. Null when it claims none.
+ */
+export function behindAnotherNat(claimed: string | null, stunIp: string | null): boolean | null {
+  if (claimed === null) return null;
+  return addressScope(claimed) !== "global" ||
+    (stunIp !== null && normalizeIp(claimed) !== normalizeIp(stunIp));
 }

@@ -24,11 +24,8 @@ import {
 } from "./client.ts";
 import { findGateway as findDefaultGateway, type Gateway } from "./gateway.ts";
 import type { IgdControl } from "./upnp.ts";
+import { MAPPING_PROTOCOLS, type MappingProtocol } from "../protocol/messages.ts";
 import { discoverIgd, mapUpnp, unmapUpnp, type UpnpTarget } from "./upnp_client.ts";
-
-/** The three protocols, in the order they are preferred when several answer at once. */
-export type MappingProtocol = "pcp" | "nat-pmp" | "upnp";
-export const MAPPING_PROTOCOLS: readonly MappingProtocol[] = ["pcp", "nat-pmp", "upnp"];
 
 /** Lifetime asked for (seconds): two hours, RFC 6886 §3.3's recommendation. */
 export const DEFAULT_MAPPING_LIFETIME_SEC = 7200;

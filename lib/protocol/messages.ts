@@ -117,16 +117,17 @@ export interface RegisterUdpEndpointMessage {
   public6?: UdpAddress | null;
 }
 
-/** The port-mapping protocols a gateway may speak. */
+/** The port-mapping protocols a gateway may speak, in the order a worker prefers them. */
 export const MAPPING_PROTOCOLS = ["pcp", "nat-pmp", "upnp"] as const;
+/** One of {@linkcode MAPPING_PROTOCOLS}. */
+export type MappingProtocol = (typeof MAPPING_PROTOCOLS)[number];
 
 /** Each port-mapping protocol's name, for people. */
-export const MAPPING_PROTOCOL_NAMES: Readonly<Record<(typeof MAPPING_PROTOCOLS)[number], string>> =
-  {
-    pcp: "PCP",
-    "nat-pmp": "NAT-PMP",
-    upnp: "UPnP",
-  };
+export const MAPPING_PROTOCOL_NAMES: Readonly<Record<MappingProtocol, string>> = {
+  pcp: "PCP",
+  "nat-pmp": "NAT-PMP",
+  upnp: "UPnP",
+};
 
 /**
  * The public address a worker's gateway mapped to its UDP socket (PCP,
@@ -136,7 +137,7 @@ export const MAPPING_PROTOCOL_NAMES: Readonly<Record<(typeof MAPPING_PROTOCOLS)[
  */
 export interface MappedEndpoint extends UdpAddress {
   /** How it was mapped. */
-  protocol: (typeof MAPPING_PROTOCOLS)[number];
+  protocol: MappingProtocol;
   /** Seconds the gateway gave it at its last renewal. */
   lifetime_sec: number;
 }

@@ -23,6 +23,7 @@ import type {
   PeerInfo,
   PunchMessage,
   ServerMessage,
+  UdpAddress,
 } from "../protocol/messages.ts";
 import type { Registry, WorkerRecord } from "./registry.ts";
 import { encodeRelayFrame, type RelayFrame } from "../protocol/relay_frame.ts";
@@ -96,28 +97,27 @@ function candidates(record: WorkerRecord): Candidate[] {
   const udp = record.udp_endpoint;
   if (udp === null) return [];
   // ICE order (RFC 8445 §5.1.2): host candidates first, then server-reflexive.
+  // Vouched: the worker's session comes from this IP, so a spray at it
+  // reaches that worker's own network, not someone it names.
+  const seenAt = (ip: string) =>
+    record.observed_ip !== null && normalizeIp(ip) === record.observed_ip;
   const out: Candidate[] = udp.local.map((a) => ({ ...a, kind: "local" as const }));
-  if (udp.public && !out.some((c) => c.ip === udp.public!.ip && c.port === udp.public!.port)) {
-    // Vouched: the worker's session comes from this IP, so a spray at it
-    // reaches that worker's own network, not someone it names.
-    const vouched = record.observed_ip !== null &&
-      normalizeIp(udp.public.ip) === record.observed_ip;
-    out.push({ ...udp.public, kind: "public", vouched });
+  const listed = (a: UdpAddress) => out.some((c) => c.ip === a.ip && c.port === a.port);
+  if (udp.public && !listed(udp.public)) {
+    out.push({ ...udp.public, kind: "public", vouched: seenAt(udp.public.ip) });
   }
   // The IPv6 socket's endpoint as IPv6 STUN saw it, where it is not one of
   // the locals already (a NAT66 or a rewriting firewall in front).
   const v6 = udp.public6;
-  if (v6 && !out.some((c) => c.ip === v6.ip && c.port === v6.port)) {
-    const vouched = record.observed_ip !== null && normalizeIp(v6.ip) === record.observed_ip;
-    out.push({ ...v6, kind: "public", vouched });
+  if (v6 && !listed(v6)) {
+    out.push({ ...v6, kind: "public", vouched: seenAt(v6.ip) });
   }
   // A gateway's mapping, last (older workers keep the first 18): a candidate
   // only where it is public; a private or shared one says the gateway is
   // behind another NAT, and reaches no peer outside it.
   const mapped = udp.mapped;
   if (mapped && addressScope(mapped.ip) === "global") {
-    const vouched = record.observed_ip !== null && normalizeIp(mapped.ip) === record.observed_ip;
-    out.push({ ip: mapped.ip, port: mapped.port, kind: "mapped", vouched });
+    out.push({ ip: mapped.ip, port: mapped.port, kind: "mapped", vouched: seenAt(mapped.ip) });
   }
   return out;
 }

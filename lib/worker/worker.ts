@@ -25,12 +25,12 @@ import { describeHello, sendHello, startHello } from "./hello.ts";
 import { loadIdentity } from "./key_file.ts";
 import { type Control, type PeerView, startControl } from "./control.ts";
 import { fingerprint } from "../protocol/identity.ts";
-import { addressScope } from "../protocol/ip.ts";
 import { Pinger, type Pong } from "./ping.ts";
 import { fetchPublicIp } from "./public_ip.ts";
 import type { Identity } from "../protocol/identity.ts";
 import { openUdpIo, startWorkerUdp, type WorkerUdp } from "./udp.ts";
 import type { PortMapperOptions } from "../portmap/mapper.ts";
+import { behindAnotherNat } from "../portmap/gateway.ts";
 import type { FfiUdp } from "../peer/ffi_udp.ts";
 
 /** How long {@linkcode Worker.close} gives closing connections' last packets to leave. */
@@ -279,12 +279,8 @@ export class Worker {
   #portMapping(): WorkerStatus["port_mapping"] {
     const status = this.#udp?.portMapper?.status;
     if (!status) return null;
-    const mapped = status.mapping?.externalIp;
-    const seen = this.#udp?.presence.last?.public?.ip;
-    const double = mapped === undefined
-      ? null
-      : addressScope(mapped) !== "global" || (seen !== undefined && seen !== mapped);
-    return { ...status, double_nat: double };
+    const seen = this.#udp?.presence.last?.public?.ip ?? null;
+    return { ...status, double_nat: behindAnotherNat(status.mapping?.externalIp ?? null, seen) };
   }
 
   /**

@@ -155,6 +155,14 @@ Deno.test("PeerManager: a first round that failed toward a peer behind our own p
     clock,
   });
   manager.ownEndpointReported({ ip: "203.0.113.9", port: 5000 });
+  // The rendezvous's listing: the sibling is seen at our own address.
+  manager.handle({
+    type: "peers",
+    peers: [
+      peer("sibling", 4000),
+      { ...peer("far", 4000), public: { ip: "198.51.100.7", port: 4000 } },
+    ],
+  });
   const punch = (peerId: string, session: string, ip: string) =>
     manager.handle({
       type: "punch",

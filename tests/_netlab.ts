@@ -65,6 +65,8 @@ export interface LabHost {
   ip6?: string;
   /** Where its UDP leaves from, when not `publicIp` (`NatOptions.splitUdp`). */
   udpPublicIp?: string;
+  /** The namespace of the NAT router in front of it, if any. */
+  router?: string;
 }
 
 /** A segment routers attach their WAN to: a transit router's, or a carrier NAT's LAN. */
@@ -410,7 +412,7 @@ export class NetLab {
       await this.#sh("ip", "-n", ns, "addr", "add", `${ip}/24`, "dev", "eth0");
       await this.#sh("ip", "-n", ns, "link", "set", "eth0", "up");
       await this.#sh("ip", "-n", ns, "route", "add", "default", "via", `${lan}.1`);
-      out.push({ ns, ip, publicIp: segment.publicIp ?? wan });
+      out.push({ ns, ip, publicIp: segment.publicIp ?? wan, router });
     }
     await this.#sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
     await this.#nat(router, `w${i}`, kind, options.filtering ?? true, out[0].ip);

@@ -7,7 +7,7 @@
  * any other two NATs); double-1 is behind a home NAT behind a carrier NAT.
  */
 
-import { type Proc, waitFor } from "./_helpers.ts";
+import { type LogLine, type Proc, waitFor } from "./_helpers.ts";
 import { type LabHost, type NatKind, NetLab, PUBLIC_IP } from "./_netlab.ts";
 
 /** Routers that drop unsolicited input, routers that do not, or both (alternating). */
@@ -82,6 +82,46 @@ export function expectedPath(
   // Two endpoint-dependent NATs: relayed over IPv4, direct over IPv6 when both have it.
   if (ka === "edm" && kb === "edm") return worker(a).v6 && worker(b).v6 ? "direct" : "relay";
   return "direct";
+}
+
+/** `lines` (a worker's log) say it heard `peer` over the direct path (a hello). */
+export function hearsDirect(lines: readonly LogLine[], peer: string): boolean {
+  return lines.some((l) =>
+    l.message === "peer message received" && l.peer_id === peer && l.path === "direct"
+  );
+}
+
+/**
+ * `lines` (a worker's log) on its link to `peer` going direct: ms from its
+ * first punch, and on which introduction (1: the first); null if it did not.
+ */
+export function directPath(
+  lines: readonly LogLine[],
+  peer: string,
+): { ms: number; attempts: number; round: number } | null {
+  const direct = lines.find((l) => l.message === "peer path direct" && l.peer_id === peer);
+  return direct
+    ? {
+      ms: Number(direct.ms_since_punch),
+      attempts: Number(direct.attempts),
+      round: Number(direct.round ?? 0),
+    }
+    : null;
+}
+
+/**
+ * A pair of lab workers: direct both ways (each heard the other directly),
+ * how long after the punch the later side's link went direct, and on which
+ * introduction; null while not.
+ */
+export function pairDirect(
+  a: { lines: readonly LogLine[] },
+  b: { lines: readonly LogLine[] },
+  [idA, idB]: readonly [string, string],
+): { ms: number; attempts: number } | null {
+  const [ab, ba] = [directPath(a.lines, idB), directPath(b.lines, idA)];
+  if (!ab || !ba || !hearsDirect(a.lines, idB) || !hearsDirect(b.lines, idA)) return null;
+  return { ms: Math.max(ab.ms, ba.ms), attempts: Math.max(ab.attempts, ba.attempts) };
 }
 
 /** One pair's outcome, seen from `from`. */
@@ -280,7 +320,7 @@ export async function runPunchLab(
         if (a.id === b.id) continue;
         const mine = lines.filter((l) => l.peer_id === b.id);
         const received = mine.filter((l) => l.message === "peer message received");
-        const direct = mine.find((l) => l.message === "peer path direct");
+        const direct = directPath(mine, b.id);
         const firstRelay = mine.find((l) => l.message === "peer first relayed frame sent");
         const punch = mine.find((l) => l.message === "peer punch started");
         results.push({
@@ -289,9 +329,9 @@ export async function runPunchLab(
           expected: expectedPath(a.id, b.id, routers),
           path: (received.at(-1)?.path as "direct" | "relay" | undefined) ?? "none",
           messages: received.length,
-          directMs: direct ? Number(direct.ms_since_punch) : null,
-          attempts: direct ? Number(direct.attempts) : null,
-          round: direct ? Number(direct.round ?? 0) : null,
+          directMs: direct?.ms ?? null,
+          attempts: direct?.attempts ?? null,
+          round: direct?.round ?? null,
           firstRelayMs: typeof firstRelay?.ms_since_connect === "number"
             ? firstRelay.ms_since_connect
             : null,

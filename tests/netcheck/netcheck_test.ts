@@ -12,6 +12,7 @@ import {
   formatReport,
   runNetcheck,
 } from "../../lib/netcheck/netcheck.ts";
+import { gateway } from "../portmap/_gateway.ts";
 import { StunServer } from "../../lib/stun/server.ts";
 import {
   listWorkers,
@@ -197,30 +198,12 @@ Deno.test("directVerdict: what each NAT lets through", () => {
 });
 
 /** A NAT-PMP gateway on loopback that answers public-address requests with `ip`. */
-function natPmpGateway(ip: string) {
-  const socket = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
-  const done = (async () => {
-    const buffer = new Uint8Array(1100);
-    while (true) {
-      let got;
-      try {
-        got = await socket.receive(buffer);
-      } catch {
-        return;
-      }
-      if (got[0][0] !== 0 || got[0][1] !== 0) continue; // only NAT-PMP's public-address request
-      const reply = new Uint8Array([0, 128, 0, 0, 0, 0, 0, 9, ...ip.split(".").map(Number)]);
-      await socket.send(reply, got[1]).catch(() => {});
-    }
-  })();
-  return {
-    port: (socket.addr as Deno.NetAddr).port,
-    async close() {
-      socket.close();
-      await done;
-    },
-  };
-}
+const natPmpGateway = (ip: string) =>
+  gateway((req) =>
+    req[0] === 0 && req[1] === 0 // only NAT-PMP's public-address request
+      ? [new Uint8Array([0, 128, 0, 0, 0, 0, 0, 9, ...ip.split(".").map(Number)])]
+      : []
+  );
 
 Deno.test("the port-mapping line: what the gateway offers, a public address, a double NAT, nothing to ask, not asked", () => {
   const offer = (

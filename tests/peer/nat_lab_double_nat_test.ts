@@ -8,12 +8,13 @@
 import assert from "node:assert/strict";
 import { requireOrSkip, waitFor } from "../_helpers.ts";
 import { NetLab, netlabUnavailable } from "../_netlab.ts";
+import { hearsDirect, pairDirect } from "../_punch_lab.ts";
 
 const skip = requireOrSkip(await netlabUnavailable(), "NAT lab tests");
 
 Deno.test({
   name:
-    "NAT lab: two homes behind one carrier NAT reach endpoint-dependent hosts directly on their first introduction; their own relayed pair makes no other round suspect",
+    "NAT lab: two homes behind one carrier NAT reach endpoint-dependent hosts directly; their own relayed pair makes no other round suspect",
   ignore: skip !== undefined,
   async fn() {
     const lab = await NetLab.create();
@@ -30,18 +31,15 @@ Deno.test({
       const procs = Object.fromEntries(
         Object.entries(hosts).map(([id, host]) => [id, lab.worker(host, id, env)]),
       );
-      const hears = (a: string, b: string) =>
-        procs[a].lines.find((l) =>
-          l.message === "peer message received" && l.peer_id === b && l.path === "direct"
-        );
       const pairs = [
         ["home-1", "edm-1"],
         ["home-1", "edm-2"],
         ["home-2", "edm-1"],
         ["home-2", "edm-2"],
-      ];
+      ] as const;
+      const outcome = ([a, b]: readonly [string, string]) => pairDirect(procs[a], procs[b], [a, b]);
       await waitFor(
-        () => pairs.every(([a, b]) => hears(a, b) && hears(b, a)),
+        () => pairs.every((pair) => outcome(pair)),
         "every home ↔ EDM pair direct both ways",
         30_000,
         250,
@@ -56,22 +54,13 @@ Deno.test({
       const rows: string[] = [];
       const times: number[] = [];
       for (const [a, b] of pairs) {
-        const punch = procs[a].lines.find((l) =>
-          l.message === "peer punch started" && l.peer_id === b
-        );
-        const first = [hears(a, b), hears(b, a)];
-        const ms = first.every(Boolean) && punch
-          ? Math.max(...first.map((l) => Date.parse(String(l!.time)))) -
-            Date.parse(String(punch.time))
-          : null;
-        const introductions = procs[a].lines.filter((l) =>
-          l.message === "peer punch started" && l.peer_id === b
-        ).length;
+        const direct = outcome([a, b]);
         rows.push(
-          `${a} ↔ ${b}: ${ms === null ? "not direct" : `direct in ${ms} ms`}, ` +
-            `${introductions} introduction(s)`,
+          `${a} ↔ ${b}: ${
+            direct ? `direct in ${direct.ms} ms, introduction ${direct.attempts}` : "not direct"
+          }`,
         );
-        if (ms !== null) times.push(ms);
+        if (direct) times.push(direct.ms);
       }
       const suspect = Object.values(procs).flatMap((p) =>
         p.lines.filter((l) =>
@@ -86,7 +75,7 @@ Deno.test({
       );
       assert.equal(times.length, pairs.length, rows.join("\n"));
       // The homes' own pair: relayed (the carrier does not hairpin), and no reason to suspect.
-      assert.equal(hears("home-1", "home-2"), undefined, "the homes stay relayed");
+      assert.equal(hearsDirect(procs["home-1"].lines, "home-2"), false, "the homes stay relayed");
       const homeSuspicion = ["home-1", "home-2"].flatMap((id) =>
         procs[id].lines.filter((l) =>
           l.message === "peer punch failed" && l.cause === "mapping_suspect"

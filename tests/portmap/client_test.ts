@@ -7,44 +7,7 @@
 import assert from "node:assert/strict";
 import { mapNatPmp, mapPcp, type PortMapCounts, PortMapError } from "../../lib/portmap/client.ts";
 import { within } from "../_helpers.ts";
-
-type Answer = (request: Uint8Array) => Uint8Array[];
-
-/** A gateway on 127.0.0.1 that answers each request with what `answer` returns; counts requests. */
-function gateway(answer: Answer) {
-  const socket = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
-  const requests: Uint8Array[] = [];
-  const senders: Deno.NetAddr[] = [];
-  const first = Promise.withResolvers<void>();
-  const done = (async () => {
-    const buffer = new Uint8Array(2048);
-    while (true) {
-      let got;
-      try {
-        got = await socket.receive(buffer);
-      } catch {
-        return;
-      }
-      const [bytes, from] = got;
-      requests.push(bytes.slice());
-      senders.push(from as Deno.NetAddr);
-      first.resolve();
-      for (const reply of answer(bytes)) await socket.send(reply, from).catch(() => {});
-    }
-  })();
-  return {
-    port: (socket.addr as Deno.NetAddr).port,
-    requests,
-    senders,
-    /** Resolves when the first request arrives. */
-    asked: first.promise,
-    socket,
-    async close() {
-      socket.close();
-      await done;
-    },
-  };
-}
+import { type Answer, gateway } from "./_gateway.ts";
 
 const natPmp: Answer = (req) => {
   if (req[1] === 0) return [new Uint8Array([0, 128, 0, 0, 0, 0, 0, 9, 203, 0, 113, 7])];

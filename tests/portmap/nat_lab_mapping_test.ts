@@ -9,7 +9,9 @@
  */
 import assert from "node:assert/strict";
 import { requireOrSkip, waitFor } from "../_helpers.ts";
+import { hearsDirect, pairDirect } from "../_punch_lab.ts";
 import {
+  type LabHost,
   miniupnpdMappings,
   NetLab,
   netlabUnavailable,
@@ -21,6 +23,15 @@ const skip = requireOrSkip(
   await netlabUnavailable() ?? await portMappingUnavailable(),
   "port-mapping NAT lab tests",
 );
+
+/** A lab worker's `GET /` (its health port), asked with curl inside its host's namespace. */
+async function workerStatus(host: LabHost, port: number) {
+  const out = await new Deno.Command("ip", {
+    args: ["netns", "exec", host.ns, "curl", "-sf", `http://127.0.0.1:${port}/`],
+    stdout: "piped",
+  }).output();
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
 
 Deno.test({
   name:
@@ -55,13 +66,7 @@ Deno.test({
       assert.equal(log.external, `${mapped.publicIp}:${String(log.external).split(":")[1]}`);
       // The worker's GET / says so (asked with curl inside the host's namespace).
       const health = await a.waitForLog("health server listening", () => true, 20_000);
-      const status = async () => {
-        const out = await new Deno.Command("ip", {
-          args: ["netns", "exec", mapped.ns, "curl", "-sf", `http://127.0.0.1:${health.port}/`],
-          stdout: "piped",
-        }).output();
-        return JSON.parse(new TextDecoder().decode(out.stdout)).port_mapping;
-      };
+      const status = async () => (await workerStatus(mapped, Number(health.port))).port_mapping;
       // STUN's endpoint and the mapping each come in their own time.
       let portMapping = await status();
       await waitFor(
@@ -79,30 +84,16 @@ Deno.test({
         (l) => l.worker_id === "mapped-1" && l.udp_mapped !== null,
         20_000,
       );
-      // Both ways direct: the hellos arrive over the direct path.
-      const direct = (p: typeof a, peer: string) => () =>
-        p.lines.some((l) =>
-          l.message === "peer message received" && l.peer_id === peer && l.path === "direct"
-        );
-      await waitFor(direct(a, "edm-2"), "mapped-1 hears edm-2 directly", 20_000, 100);
-      await waitFor(direct(b, "mapped-1"), "edm-2 hears mapped-1 directly", 20_000, 100);
-      const punches = (p: typeof a, peer: string) =>
-        p.lines.filter((l) => l.message === "peer punch started" && l.peer_id === peer).length;
-      const toDirect = (p: typeof a, peer: string) => {
-        const at = (l?: Record<string, unknown>) => l ? Date.parse(String(l.time)) : NaN;
-        const punch = p.lines.find((l) => l.message === "peer punch started" && l.peer_id === peer);
-        const first = p.lines.find((l) =>
-          l.message === "peer message received" && l.peer_id === peer && l.path === "direct"
-        );
-        return at(first) - at(punch);
-      };
-      console.log(
-        `direct after ${toDirect(a, "edm-2")} / ${toDirect(b, "mapped-1")} ms; introductions: ` +
-          `mapped-1 ${punches(a, "edm-2")}, edm-2 ${punches(b, "mapped-1")}`,
+      // Both ways direct (the hellos arrive over the direct path), on the first introduction.
+      const outcome = await waitFor(
+        () => pairDirect(a, b, ["mapped-1", "edm-2"]),
+        "mapped-1 ↔ edm-2 direct both ways",
+        20_000,
+        100,
       );
-      assert.equal(punches(b, "mapped-1"), 1, "direct on the first introduction");
-      const router = mapped.ns.replace(/-h(\d+)x\d+$/, "-r$1");
-      const rules = () => miniupnpdMappings(router);
+      console.log(`direct ${outcome.ms} ms after the punch, introduction ${outcome.attempts}`);
+      assert.equal(outcome.attempts, 1, "direct on the first introduction");
+      const rules = () => miniupnpdMappings(mapped.router!);
       assert.equal((await rules()).length, 1, "one mapping on the router");
       const stoppedAt = Date.now();
       a.signal("SIGTERM");
@@ -144,13 +135,10 @@ Deno.test({
         );
       }
       assert.deepEqual(mappedBy, { "map-all": "pcp", "map-upnp": "upnp", "map-pmp": "pcp" });
-      const hears = (a: string, b: string) =>
-        procs[a].lines.find((l) =>
-          l.message === "peer message received" && l.peer_id === b && l.path === "direct"
-        );
-      const pairs = ids.flatMap((a) => ids.filter((b) => a < b).map((b) => [a, b]));
+      const pairs = ids.flatMap((a) => ids.filter((b) => a < b).map((b) => [a, b] as const));
+      const outcome = ([a, b]: readonly [string, string]) => pairDirect(procs[a], procs[b], [a, b]);
       await waitFor(
-        () => pairs.every(([a, b]) => hears(a, b) && hears(b, a)),
+        () => pairs.every((pair) => outcome(pair)),
         "every pair direct both ways",
         30_000,
         250,
@@ -158,25 +146,16 @@ Deno.test({
       const rows: string[] = [];
       const mappedPairMs: number[] = [];
       for (const [a, b] of pairs) {
-        const punch = procs[a].lines.find((l) =>
-          l.message === "peer punch started" && l.peer_id === b
-        );
-        const first = [hears(a, b), hears(b, a)];
-        const ms = first.every(Boolean) && punch
-          ? Math.max(...first.map((l) => Date.parse(String(l!.time)))) -
-            Date.parse(String(punch.time))
-          : null;
-        const introductions = procs[a].lines.filter((l) =>
-          l.message === "peer punch started" && l.peer_id === b
-        ).length;
+        const direct = outcome([a, b]);
         const mapping = a.startsWith("map") || b.startsWith("map");
-        if (mapping && ms !== null) mappedPairMs.push(ms);
+        if (mapping && direct) mappedPairMs.push(direct.ms);
         rows.push(
-          `${a} ↔ ${b}: ${ms === null ? "not direct" : `direct in ${ms} ms`}, ` +
-            `${introductions} introduction(s)${mapping ? ", a side maps" : ""}`,
+          `${a} ↔ ${b}: ${
+            direct ? `direct in ${direct.ms} ms, introduction ${direct.attempts}` : "not direct"
+          }${mapping ? ", a side maps" : ""}`,
         );
-        assert.notEqual(ms, null, `${a} ↔ ${b} not direct both ways:\n${rows.join("\n")}`);
-        if (mapping) assert.equal(introductions, 1, `${a} ↔ ${b}: not on the first introduction`);
+        assert.ok(direct, `${a} ↔ ${b} not direct both ways:\n${rows.join("\n")}`);
+        if (mapping) assert.equal(direct.attempts, 1, `${a} ↔ ${b}: not on the first introduction`);
       }
       mappedPairMs.sort((x, y) => x - y);
       const p95 = mappedPairMs[Math.ceil(0.95 * mappedPairMs.length) - 1];
@@ -202,17 +181,12 @@ Deno.test({
       const worker = lab.worker(host, "short-1", { PORT_MAPPING_LIFETIME_SEC: String(lifetime) });
       const mapped = await worker.waitForLog("port mapped", () => true, 20_000);
       assert.equal(mapped.lifetime_sec, lifetime);
-      const router = host.ns.replace(/-h(\d+)x\d+$/, "-r$1");
+      const router = host.router!;
       assert.equal((await miniupnpdMappings(router)).length, 1);
       // Renewed (twice, so the first was not a fluke), through its GET /.
       const health = await worker.waitForLog("health server listening", () => true, 20_000);
-      const renewed = async () => {
-        const out = await new Deno.Command("ip", {
-          args: ["netns", "exec", host.ns, "curl", "-sf", `http://127.0.0.1:${health.port}/`],
-          stdout: "piped",
-        }).output();
-        return JSON.parse(new TextDecoder().decode(out.stdout)).port_mapping.counts.renewed;
-      };
+      const renewed = async () =>
+        (await workerStatus(host, Number(health.port))).port_mapping.counts.renewed;
       const mappedAt = Date.parse(String(mapped.time));
       await waitFor(async () => (await renewed()) >= 2, "two renewals", 4 * lifetime * 1000, 200);
       const twoRenewalsMs = Date.now() - mappedAt;
@@ -256,17 +230,8 @@ Deno.test({
       assert.deepEqual(none.offered, ["upnp"]);
       assert.ok(a.lines.some((l) => l.message === "port mapping refused" && l.protocol === "upnp"));
       // Punching goes on as it would without a router that maps (a birthday round here).
-      await waitFor(
-        () =>
-          a.lines.some((l) =>
-            l.message === "peer message received" && l.peer_id === "eim-1" && l.path === "direct"
-          ),
-        "refused-1 direct to eim-1",
-        20_000,
-        250,
-      );
-      const router = refusing.ns.replace(/-h(\d+)x\d+$/, "-r$1");
-      assert.deepEqual(await miniupnpdMappings(router), [], "nothing mapped");
+      await waitFor(() => hearsDirect(a.lines, "eim-1"), "refused-1 direct to eim-1", 20_000, 250);
+      assert.deepEqual(await miniupnpdMappings(refusing.router!), [], "nothing mapped");
     } finally {
       await lab.destroy();
     }

@@ -198,3 +198,35 @@ Deno.test("PortMapper: a refusing gateway and a silent one cost counters and log
   assert.equal(c.m.status.gateway, null);
   await c.m.stop();
 });
+
+Deno.test("PortMapper.firstRound: after the mapping where the gateway answers; after the quiet time where it says nothing", async () => {
+  const gw = gateway({ pcp: true });
+  const answering = mapper(gw.port);
+  try {
+    void answering.m.start();
+    await within(answering.m.firstRound(3000), 5000, "the first round");
+    assert.equal(answering.m.status.mapping?.protocol, "pcp", "the mapping, not the quiet time");
+  } finally {
+    await answering.m.stop();
+    await gw.close();
+  }
+  const silent = gateway({ pcp: false, natPmp: false });
+  const quiet = mapper(silent.port, {
+    target: {
+      port: silent.port,
+      waitsMs: [1000, 1000],
+      searchTo: [{ hostname: "127.0.0.1", port: 9 }],
+    },
+  });
+  try {
+    void quiet.m.start();
+    const started = performance.now();
+    await within(quiet.m.firstRound(50), 5000, "the quiet time");
+    const ms = performance.now() - started;
+    assert.ok(ms < 900, `held ${ms} ms, not the whole round`);
+    assert.equal(quiet.m.status.mapping, null);
+  } finally {
+    await quiet.m.stop();
+    await silent.close();
+  }
+});
